@@ -1,0 +1,82 @@
+"""Exceptions raised by cloudflow.
+
+Every error cloudflow raises on purpose derives from :class:`CloudflowError`, and each subclass
+also inherits the builtin exception a caller would already catch for that kind of mistake::
+
+    CloudflowError
+    ├── BundleArgumentError    (TypeError)         a save argument is of the wrong kind or shape
+    ├── ModelKeyError          (KeyError)          a model name that is not a parameter of predict_fn
+    ├── PredictArgumentError   (TypeError)         unknown or missing parameters at predict time
+    ├── CaptureError           (pickle.PicklingError)  the predict function or a model cannot be saved
+    ├── StoreError             (RuntimeError)      a tracking store, experiment or run cannot be used
+    │   └── NotFoundError      (LookupError)       an experiment, run or registered model does not exist
+    ├── BundleFormatError      (ValueError)        a path that is not a bundle, or a newer format
+    │   └── IntegrityError     (ValueError)        a file was changed, removed or added after saving
+    ├── EnvironmentMismatchError (RuntimeError)    the bundle needs another Python to unpickle
+    └── MissingDependencyError (ImportError)       a flavor's library is not installed
+"""
+
+from __future__ import annotations
+
+import pickle
+
+__all__ = [
+    "BundleArgumentError",
+    "BundleFormatError",
+    "CaptureError",
+    "CloudflowError",
+    "EnvironmentMismatchError",
+    "IntegrityError",
+    "MissingDependencyError",
+    "ModelKeyError",
+    "NotFoundError",
+    "PredictArgumentError",
+    "StoreError",
+]
+
+
+class CloudflowError(Exception):
+    """Root of every error cloudflow raises on purpose."""
+
+
+class BundleArgumentError(CloudflowError, TypeError):
+    """An argument given to a save or load call is of the wrong kind or shape."""
+
+
+class ModelKeyError(CloudflowError, KeyError):
+    """A key of ``models`` does not name a parameter of the predict function."""
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes around it
+        return str(self.args[0]) if self.args else ""
+
+
+class PredictArgumentError(CloudflowError, TypeError):
+    """``predict`` was called with unknown parameters or without a required one."""
+
+
+class CaptureError(CloudflowError, pickle.PicklingError):
+    """The predict function, a module it reaches, or a model cannot be serialized."""
+
+
+class StoreError(CloudflowError, RuntimeError):
+    """A tracking store cannot be used (not writable, not reachable, wrong kind of URI)."""
+
+
+class NotFoundError(StoreError, LookupError):
+    """An experiment, run, registered model or bundle does not exist."""
+
+
+class BundleFormatError(CloudflowError, ValueError):
+    """A path is not a cloudflow bundle, or was written by a newer format version."""
+
+
+class IntegrityError(BundleFormatError):
+    """A bundle's files do not match its manifest: changed, missing, extra, or wrongly signed."""
+
+
+class EnvironmentMismatchError(CloudflowError, RuntimeError):
+    """The bundle was saved under a Python whose pickled bytecode this interpreter cannot run."""
+
+
+class MissingDependencyError(CloudflowError, ImportError):
+    """A library needed to load one of the bundle's models is not installed."""

@@ -1,0 +1,79 @@
+"""The flavor interface: how one kind of model is saved to and loaded from a folder."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from cloudflow.exceptions import MissingDependencyError
+
+
+class PickleContext(Protocol):
+    """Pickling that knows the bundle's captured user modules.
+
+    Flavors that must pickle part of a model (a torch module's skeleton, an estimator with user
+    classes) go through this, never through ``pickle`` or ``cloudpickle`` directly: classes and
+    functions from the user's modules are then written as references into the bundle's own module
+    table, so the model and the predict function share one copy of each user class at load.
+    """
+
+    def dump(
+        self,
+        obj: object,
+        path: Path,
+        *,
+        persistent_id: Callable[[object], object | None] | None = None,
+    ) -> None: ...
+
+    def load(
+        self,
+        path: Path,
+        *,
+        persistent_load: Callable[[object], object] | None = None,
+    ) -> object: ...
+
+
+@dataclass(frozen=True)
+class Flavor:
+    """One kind of model and the verbs to save and load it.
+
+    Attributes:
+        name: Written into the manifest; never rename one, old bundles name it.
+        matches: Whether an object is of this kind. Must not import the library: look in
+            ``sys.modules`` first (an object of a library that was never imported cannot exist).
+        save: Writes the object into an empty folder; returns the JSON-able information ``load``
+            needs, stored in the manifest.
+        load: Rebuilds the object from the folder and that information.
+        packages: Distributions the saved files need at load, for requirements and the manifest.
+        extra: The ``cloudflow[...]`` extra that installs them.
+        describe: Metadata about a live model (class, parameter count, dtype...), for the manifest.
+    """
+
+    name: str
+    matches: Callable[[object], bool]
+    save: Callable[[object, Path, PickleContext], dict[str, Any]]
+    load: Callable[[Path, Mapping[str, Any], PickleContext], object]
+    packages: tuple[str, ...] = ()
+    extra: str | None = None
+    describe: Callable[[object], dict[str, Any]] | None = field(default=None)
+
+
+def loaded_module(name: str) -> Any:
+    """The module ``name`` if something already imported it, else None (imports nothing)."""
+    return sys.modules.get(name)
+
+
+def require(module: str, *, flavor: str, extra: str | None) -> Any:
+    """Import ``module`` for a flavor, or say which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        hint = f"pip install 'cloudflow[{extra}]'" if extra else f"pip install {module}"
+        raise MissingDependencyError(
+            f"The {flavor!r} flavor needs the {module!r} library, which is not installed. "
+            f"Install it with: {hint}"
+        ) from e
