@@ -1,0 +1,160 @@
+"""Small, deterministic models built fully offline, shared by tests and benchmarks.
+
+Nothing here touches the network or the Hugging Face hub: the BERT pipeline gets a local WordPiece
+tokenizer and seeded random weights. Every builder returns a fresh object; calling it twice gives
+two models with identical outputs.
+
+User-defined classes (a custom ``nn.Module``, a custom scikit-learn transformer) are deliberately
+absent: they must live in the user's own modules to be captured, so tests write those into a temp
+folder instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TEXT_LABELS = {0: "NEGATIVE", 1: "POSITIVE"}
+
+_WORDS = [
+    *("good", "great", "fine", "nice", "love", "like", "happy", "best", "awesome", "excellent"),
+    *("bad", "awful", "poor", "hate", "sad", "worst", "terrible", "boring", "slow", "broken"),
+    *("the", "a", "an", "is", "was", "it", "this", "that", "movie", "film", "food", "service"),
+    *("day", "very", "not", "and", "but", "i", "you", "we", "really", "so", "too", "quite"),
+]
+_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_WORDS, *"abcdefghijklmnopqrstuvwxyz"]
+_VOCAB += [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
+
+TEXTS = ["this movie was great", "the food is awful", "i really like it", "not good at all"]
+
+
+def tiny_tokenizer() -> Any:
+    """A ``BertTokenizerFast`` over a small WordPiece vocabulary built in memory."""
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+    from transformers import BertTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(_VOCAB)}
+    backend = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    backend.decoder = decoders.WordPiece(prefix="##")
+    return BertTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="[UNK]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        mask_token="[MASK]",
+        model_max_length=64,
+    )
+
+
+def tiny_bert_model(
+    *, hidden: int = 32, layers: int = 2, heads: int = 2, intermediate: int = 64, seed: int = 0
+) -> Any:
+    """A ``BertForSequenceClassification`` with seeded random weights, in eval mode."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(
+        vocab_size=len(_VOCAB),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=64,
+        id2label=dict(TEXT_LABELS),
+        label2id={v: k for k, v in TEXT_LABELS.items()},
+        # Wider than BERT's 0.02 so random weights give varied labels and scores.
+        initializer_range=0.5,
+    )
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(config)
+    model.eval()
+    return model
+
+
+def tiny_text_pipeline(*, seed: int = 2, **sizes: int) -> Any:
+    """A ``text-classification`` pipeline (tiny BERT, local tokenizer), deterministic per seed
+    (the default seed gives both labels on :data:`TEXTS`).
+
+    ``sizes`` go to :func:`tiny_bert_model` (``hidden``, ``layers``, ``heads``, ``intermediate``),
+    so a benchmark can build a BERT-base-sized one with the same code.
+    """
+    from transformers import pipeline
+
+    return pipeline(
+        "text-classification",
+        model=tiny_bert_model(seed=seed, **sizes),
+        tokenizer=tiny_tokenizer(),
+        device="cpu",
+    )
+
+
+def tiny_text_pipeline_dir(path: str | Path, *, seed: int = 2, **sizes: int) -> Path:
+    """Save :func:`tiny_text_pipeline` with ``save_pretrained`` into ``path``; returns the path.
+
+    Reload it with ``transformers.pipeline("text-classification", model=str(path))``.
+    """
+    path = Path(path)
+    tiny_text_pipeline(seed=seed, **sizes).save_pretrained(str(path))
+    return path
+
+
+def tiny_torch_mlp(*, sizes: tuple[int, ...] = (4, 16, 8, 3), seed: int = 0) -> Any:
+    """A seeded ``torch.nn.Sequential`` MLP (Linear/ReLU, with a BatchNorm buffer), in eval mode.
+
+    Input: a float32 tensor of shape ``(batch, sizes[0])``; see :func:`torch_input`.
+    """
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            if i == 0:
+                layers.append(nn.BatchNorm1d(n_out))
+            layers.append(nn.ReLU())
+    model = nn.Sequential(*layers)
+    with torch.no_grad():  # non-default running stats, so a lost buffer changes the outputs
+        norm = model[1]
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 1.5)
+    model.eval()
+    return model
+
+
+def torch_input(n_features: int = 4, *, batch: int = 5, seed: int = 1) -> Any:
+    """A deterministic float32 input batch for :func:`tiny_torch_mlp`."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, n_features, generator=generator)
+
+
+def iris() -> tuple[Any, Any]:
+    """scikit-learn's bundled iris data as ``(X, y)`` (no download)."""
+    from sklearn.datasets import load_iris
+
+    data = load_iris()
+    return data.data, data.target
+
+
+def tiny_sklearn_pipeline() -> Any:
+    """A fitted ``Pipeline(StandardScaler, LogisticRegression)`` on iris."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = iris()
+    return Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=200))]).fit(
+        X, y
+    )
