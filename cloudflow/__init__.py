@@ -1,0 +1,50 @@
+"""cloudflow: one MLflow pyfunc model from a multi-module predict function and its models.
+
+Save the function by value with every user module it reaches, each model in its native format,
+and load it anywhere without the source::
+
+    import cloudflow, mlflow
+    with mlflow.start_run() as run:
+        cloudflow.log_bundle(predict, {"sentiment_model": pipe, "tabular_model": clf})
+    bundle = cloudflow.load_bundle(f"runs:/{run.info.run_id}/model")
+    bundle.predict(input_type="sentiment", data="I love it")
+"""
+
+from cloudflow._api import load_bundle, log_bundle, save_bundle
+from cloudflow._bundle import Bundle
+from cloudflow._legacy import cloudflow_model, prepare_env
+from cloudflow._version import __version__
+from cloudflow.exceptions import (
+    BundleArgumentError,
+    BundleFormatError,
+    CaptureError,
+    CloudflowError,
+    EnvironmentMismatchError,
+    IntegrityError,
+    MissingDependencyError,
+    ModelKeyError,
+    NotFoundError,
+    PredictArgumentError,
+    StoreError,
+)
+
+__all__ = [
+    "Bundle",
+    "BundleArgumentError",
+    "BundleFormatError",
+    "CaptureError",
+    "CloudflowError",
+    "EnvironmentMismatchError",
+    "IntegrityError",
+    "MissingDependencyError",
+    "ModelKeyError",
+    "NotFoundError",
+    "PredictArgumentError",
+    "StoreError",
+    "__version__",
+    "cloudflow_model",
+    "load_bundle",
+    "log_bundle",
+    "prepare_env",
+    "save_bundle",
+]

@@ -1,0 +1,267 @@
+"""The public verbs: save_bundle, log_bundle, load_bundle (MLflow's names and arguments)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from cloudflow import _store
+from cloudflow._bundle import Bundle, check_arguments, read_bundle, write_bundle
+from cloudflow.exceptions import BundleArgumentError, CloudflowError, NotFoundError, StoreError
+
+_logger = logging.getLogger("cloudflow")
+
+
+def _check_names(names: Iterable[str] | None, what: str) -> tuple[str, ...]:
+    if names is None:
+        return ()
+    if isinstance(names, str):
+        names = [names]
+    out = tuple(names)
+    bad = [
+        n for n in out if not isinstance(n, str) or not all(p.isidentifier() for p in n.split("."))
+    ]
+    if bad:
+        raise BundleArgumentError(
+            f"{what} must list module names such as 'utils' or 'pkg.sub'; {bad[0]!r} is not one."
+        )
+    return out
+
+
+def save_bundle(
+    predict_fn: Callable[..., Any],
+    models: Mapping[str, object] | None,
+    path: str | os.PathLike[str],
+    *,
+    pip_requirements: Iterable[str] | None = None,
+    extra_pip_requirements: Iterable[str] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    include_modules: Iterable[str] | None = None,
+    exclude_modules: Iterable[str] | None = None,
+    strip_docstrings: bool = False,
+    signature: Any = None,
+    input_example: Any = None,
+) -> None:
+    """Save a predict function and its models as an MLflow pyfunc model in a local folder.
+
+    The function is saved by value with every user module it reaches; each model in its own
+    native format (safetensors, ``save_pretrained``, skops), anything else with cloudpickle.
+
+    Args:
+        predict_fn: The function to save. It receives each model as the keyword argument named
+            by its key in ``models``, and the caller's inputs.
+        models: Model name -> model. Every name must be a parameter of ``predict_fn``.
+        path: A folder that does not exist yet.
+        pip_requirements: Replaces the inferred requirements (as in ``mlflow.pyfunc.save_model``).
+        extra_pip_requirements: Added to the inferred requirements.
+        metadata: Free JSON-able metadata, kept in MLmodel and the bundle's manifest.
+        include_modules: Module names to capture by value even if they look installed.
+        exclude_modules: Module names (and their submodules) never to capture by value.
+        strip_docstrings: Remove docstrings from the captured code.
+        signature: An MLflow ``ModelSignature`` to write in MLmodel.
+        input_example: An input example to write with the model.
+
+    Raises:
+        BundleArgumentError: ``predict_fn`` is not a function, ``models`` not a dict of str, or
+            ``path`` exists.
+        ModelKeyError: A model name is not a parameter of ``predict_fn``.
+        CaptureError: The function, a module it reaches, or a model cannot be serialized.
+
+    Example:
+        >>> cloudflow.save_bundle(predict, {"clf": clf}, "bundle")  # doctest: +SKIP
+        >>> cloudflow.load_bundle("bundle").predict(x=[[1.0, 2.0]])  # doctest: +SKIP
+    """
+    checked = check_arguments(predict_fn, models)
+    target = Path(os.fspath(path)).expanduser().resolve()
+    write_bundle(
+        target,
+        predict_fn,
+        checked,
+        pip_requirements=pip_requirements,
+        extra_pip_requirements=extra_pip_requirements,
+        metadata=metadata,
+        include_modules=_check_names(include_modules, "include_modules"),
+        exclude_modules=_check_names(exclude_modules, "exclude_modules"),
+        strip_docstrings=strip_docstrings,
+        signature=signature,
+        input_example=input_example,
+    )
+
+
+def log_bundle(
+    predict_fn: Callable[..., Any],
+    models: Mapping[str, object] | None,
+    name: str = "model",
+    *,
+    registered_model_name: str | None = None,
+    pip_requirements: Iterable[str] | None = None,
+    extra_pip_requirements: Iterable[str] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    include_modules: Iterable[str] | None = None,
+    exclude_modules: Iterable[str] | None = None,
+    strip_docstrings: bool = False,
+    signature: Any = None,
+    input_example: Any = None,
+    tags: Mapping[str, Any] | None = None,
+    await_registration_for: int = 300,
+) -> Any:
+    """Log a predict function and its models to the active MLflow run as one pyfunc model.
+
+    Starts a run if none is active, as MLflow's ``log_model`` functions do. In a local store the
+    bundle is written straight into its final artifact folder (one rename, no copy).
+
+    Args:
+        predict_fn: The function to save (see :func:`save_bundle`).
+        models: Model name -> model.
+        name: The model's name in the run: load it with ``runs:/<run_id>/<name>``.
+        registered_model_name: Also register it in the model registry under this name.
+        tags: Tags of the logged model.
+        await_registration_for: Seconds to wait for the registered version to be ready.
+        pip_requirements, extra_pip_requirements, metadata, include_modules, exclude_modules,
+        strip_docstrings, signature, input_example: As in :func:`save_bundle`.
+
+    Returns:
+        MLflow's ``ModelInfo`` of the logged model (``model_uri``, ``run_id``, ...).
+
+    Example:
+        >>> with mlflow.start_run() as run:  # doctest: +SKIP
+        ...     info = cloudflow.log_bundle(predict, {"clf": clf})
+        >>> cloudflow.load_bundle(f"runs:/{run.info.run_id}/model")  # doctest: +SKIP
+    """
+    checked = check_arguments(predict_fn, models)
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        raise BundleArgumentError(
+            f"name must be a non-empty model name without '/', such as 'model'; got {name!r}."
+        )
+    include = _check_names(include_modules, "include_modules")
+    exclude = _check_names(exclude_modules, "exclude_modules")
+
+    import mlflow
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    from mlflow.models import Model
+    from mlflow.tracking.fluent import _create_logged_model
+
+    run = mlflow.active_run() or mlflow.start_run()
+    run_id = run.info.run_id
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment(run.info.experiment_id)
+    artifact_root = _store._local_path(str(experiment.artifact_location))
+    if artifact_root is not None:
+        staging_parent = artifact_root / ".cloudflow-staging"
+        try:
+            staging_parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(
+                f"Cannot write to the artifact folder {str(artifact_root)!r}: {e.strerror}."
+            ) from e
+        staging = Path(tempfile.mkdtemp(dir=staging_parent))
+    else:
+        staging = Path(tempfile.mkdtemp(prefix="cloudflow-"))
+    staged = staging / name
+    model_id = None
+    try:
+        manifest = write_bundle(
+            staged,
+            predict_fn,
+            checked,
+            pip_requirements=pip_requirements,
+            extra_pip_requirements=extra_pip_requirements,
+            metadata=metadata,
+            include_modules=include,
+            exclude_modules=exclude,
+            strip_docstrings=strip_docstrings,
+            signature=signature,
+            input_example=input_example,
+        )
+        logged = _create_logged_model(
+            name=name,
+            source_run_id=run_id,
+            experiment_id=run.info.experiment_id,
+            tags={k: str(v) for k, v in (tags or {}).items()} or None,
+            flavor="cloudflow",
+        )
+        model_id = logged.model_id
+        mlflow_model = Model.load(str(staged / "MLmodel"))
+        mlflow_model.run_id = run_id
+        mlflow_model.artifact_path = logged.artifact_location
+        mlflow_model.model_id = model_id
+        mlflow_model.save(str(staged / "MLmodel"))
+        destination = _store._local_path(str(logged.artifact_location))
+        if destination is not None:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            if destination.is_dir() and not any(destination.iterdir()):
+                destination.rmdir()
+            os.rename(staged, destination)
+        else:
+            client.log_model_artifacts(model_id, str(staged))
+        client.log_outputs(run_id=run_id, models=[LoggedModelOutput(model_id, step=0)])
+        logged = client.finalize_logged_model(model_id, LoggedModelStatus.READY)
+    except BaseException:
+        if model_id is not None:
+            try:
+                client.delete_logged_model(model_id)
+            except Exception:
+                _logger.debug("Could not delete the logged model %s", model_id, exc_info=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    model_info = mlflow_model.get_model_info(logged)
+    if registered_model_name is not None:
+        from mlflow.tracking._model_registry.fluent import _register_model
+
+        version = _register_model(
+            f"models:/{model_id}",
+            registered_model_name,
+            await_registration_for=await_registration_for,
+        )
+        model_info.registered_model_version = version.version
+    _logger.info("Logged bundle %r to run %s (%d models)", name, run_id, len(manifest.models))
+    return model_info
+
+
+def load_bundle(
+    model_uri: str | os.PathLike[str],
+    *,
+    verify: bool = True,
+    allow_python_mismatch: bool = False,
+) -> Bundle:
+    """Load a bundle saved by :func:`save_bundle` or :func:`log_bundle`.
+
+    Args:
+        model_uri: A local folder, ``runs:/<run_id>/<name>``, ``models:/<name>/<version>``,
+            ``models:/<name>@<alias>``, ``models:/<model_id>``, or any URI MLflow can download.
+            Bundles in a local store are read where they are, without a copy.
+        verify: Check every file against the manifest's sha256 digests before unpickling.
+        allow_python_mismatch: Try to load a bundle saved under another Python minor version.
+
+    Returns:
+        A :class:`Bundle`; call ``bundle.predict(**inputs)``.
+
+    Raises:
+        NotFoundError: The run, model or path does not exist.
+        BundleFormatError: The folder is not a bundle, or of a newer format.
+        IntegrityError: A file differs from the manifest.
+    """
+    if not isinstance(model_uri, str | os.PathLike):
+        raise BundleArgumentError(
+            f"model_uri must be a str or path, got {type(model_uri).__name__}. Pass e.g. "
+            "'runs:/<run_id>/model' or a local folder."
+        )
+    try:
+        folder, temporary = _store.local_bundle_dir(model_uri)
+    except CloudflowError:
+        raise
+    except Exception as e:
+        raise NotFoundError(f"Cannot find the bundle {os.fspath(model_uri)!r}: {e}") from e
+    try:
+        return read_bundle(folder, verify=verify, allow_python_mismatch=allow_python_mismatch)
+    finally:
+        if temporary:
+            # Weights may be memory-mapped from these files; unlinking keeps the mappings valid.
+            shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,448 @@
+"""Writing and reading a bundle folder, and the loaded :class:`Bundle`."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import platform
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from cloudflow import _capture, _manifest
+from cloudflow._manifest import CODE_FILE, DATA_DIR, MODELS_DIR, Manifest, ModelEntry
+from cloudflow._pickler import CaptureSession, LoadContext, ModuleTable, load_code
+from cloudflow._version import __version__
+from cloudflow.exceptions import (
+    BundleArgumentError,
+    BundleFormatError,
+    CaptureError,
+    EnvironmentMismatchError,
+    ModelKeyError,
+    PredictArgumentError,
+)
+
+_logger = logging.getLogger("cloudflow")
+FLAVOR_NAME = "cloudflow"
+LOADER_MODULE = "cloudflow._pyfunc"
+_BASE_PACKAGES = ("cloudpickle",)
+
+
+# --- checking arguments (before anything is written) ------------------------------------------
+
+
+def _parameters(predict_fn: Callable[..., Any]) -> tuple[inspect.Signature, list[str], bool]:
+    try:
+        signature = inspect.signature(predict_fn)
+    except (TypeError, ValueError) as e:
+        raise BundleArgumentError(
+            f"predict_fn {predict_fn!r} has no inspectable signature ({e}). Pass a Python function "
+            "(def or lambda), a functools.partial of one, or an object with a Python __call__."
+        ) from e
+    names = [
+        p.name
+        for p in signature.parameters.values()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    has_var_kw = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    return signature, names, has_var_kw
+
+
+def _describe_fn(predict_fn: Callable[..., Any]) -> str:
+    name = getattr(predict_fn, "__qualname__", None) or type(predict_fn).__name__
+    try:
+        return f"{name}{inspect.signature(predict_fn)}"
+    except (TypeError, ValueError):
+        return str(name)
+
+
+def check_arguments(predict_fn: object, models: object) -> dict[str, object]:
+    """Validate what a save was given; return the models as a plain dict."""
+    if not callable(predict_fn):
+        raise BundleArgumentError(
+            f"predict_fn must be a function, got {type(predict_fn).__name__} {predict_fn!r}. Pass "
+            "the function itself (predict_fn=my_predict), not the result of calling it."
+        )
+    if inspect.isbuiltin(predict_fn) or isinstance(predict_fn, type):
+        kind = "a builtin" if inspect.isbuiltin(predict_fn) else "a class"
+        raise BundleArgumentError(
+            f"predict_fn {predict_fn!r} is {kind}, not a Python function. Wrap it in a function "
+            "of your own that takes the models and the inputs as parameters."
+        )
+    if models is None:
+        models = {}
+    if not isinstance(models, Mapping):
+        raise BundleArgumentError(
+            f"models must be a dict of name -> model, got {type(models).__name__}. Pass e.g. "
+            "models={'sentiment_model': sentiment_model}, the keys being parameter names of "
+            "predict_fn."
+        )
+    bad_keys = [k for k in models if not isinstance(k, str)]
+    if bad_keys:
+        raise BundleArgumentError(
+            f"models keys must be str parameter names of predict_fn; {bad_keys[0]!r} is a "
+            f"{type(bad_keys[0]).__name__}. Use the parameter names as keys."
+        )
+    _, names, has_var_kw = _parameters(predict_fn)
+    for key in models:
+        if not key.isidentifier():
+            raise ModelKeyError(
+                f"Model name {key!r} is not a valid Python identifier, so it cannot be a parameter "
+                f"of {_describe_fn(predict_fn)}. Rename the key."
+            )
+        if key not in names and not has_var_kw:
+            raise ModelKeyError(
+                f"Model {key!r} is not a parameter of {_describe_fn(predict_fn)}. Its parameters "
+                f"are {names}. Rename the key or the parameter."
+            )
+    return dict(models)
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+def _requirements(
+    session: CaptureSession, flavor_packages: Iterable[str]
+) -> tuple[list[str], dict[str, str]]:
+    """Pinned requirements: cloudflow, its flavors' libraries, libraries the code imports."""
+    dists: dict[str, None] = dict.fromkeys(_BASE_PACKAGES)
+    dists.update(dict.fromkeys(flavor_packages))
+    tops = {t for t in session.third_party if t not in ("mlflow", "cloudflow")}
+    dists.update(dict.fromkeys(_capture.top_level_names_to_distributions(tops).values()))
+    versions: dict[str, str] = {}
+    for dist in dists:
+        version = _capture.distribution_version(dist)
+        if version is not None:
+            versions[dist] = version
+    reqs = [f"cloudflow=={__version__}"] + [f"{d}=={v}" for d, v in sorted(versions.items())]
+    libraries = {"cloudflow": __version__, **versions}
+    return reqs, libraries
+
+
+def _write_mlmodel(
+    root: Path,
+    manifest: Manifest,
+    mlflow_model: Any,
+    pip_requirements: Iterable[str] | None,
+    extra_pip_requirements: Iterable[str] | None,
+    signature: Any,
+    input_example: Any,
+) -> None:
+    import yaml
+    from mlflow.models import Model
+    from mlflow.pyfunc import add_to_model
+    from mlflow.utils.environment import (
+        _CONDA_ENV_FILE_NAME,
+        _CONSTRAINTS_FILE_NAME,
+        _PYTHON_ENV_FILE_NAME,
+        _REQUIREMENTS_FILE_NAME,
+        _process_pip_requirements,
+        _PythonEnv,
+    )
+
+    model = mlflow_model if mlflow_model is not None else Model()
+    if signature is not None:
+        model.signature = signature
+    if input_example is not None:
+        from mlflow.models.utils import _save_example
+
+        _save_example(model, input_example, str(root))
+    add_to_model(
+        model,
+        loader_module=LOADER_MODULE,
+        data=DATA_DIR,
+        conda_env=_CONDA_ENV_FILE_NAME,
+        python_env=_PYTHON_ENV_FILE_NAME,
+    )
+    model.add_flavor(
+        FLAVOR_NAME,
+        format_version=manifest.format_version,
+        cloudflow_version=__version__,
+        predict_fn=manifest.predict_fn["name"],
+        models={name: entry.flavor for name, entry in manifest.models.items()},
+    )
+    if manifest.metadata:
+        model.metadata = {**(model.metadata or {}), **manifest.metadata}
+    model.save(str(root / "MLmodel"))
+    conda_env, pip_reqs, constraints = _process_pip_requirements(
+        manifest.requirements,
+        list(pip_requirements) if pip_requirements is not None else None,
+        list(extra_pip_requirements) if extra_pip_requirements is not None else None,
+    )
+    with open(root / _CONDA_ENV_FILE_NAME, "w") as f:
+        yaml.safe_dump(conda_env, stream=f, default_flow_style=False)
+    if constraints:
+        (root / _CONSTRAINTS_FILE_NAME).write_text("\n".join(constraints) + "\n")
+    (root / _REQUIREMENTS_FILE_NAME).write_text("\n".join(pip_reqs) + "\n")
+    _PythonEnv.current().to_yaml(str(root / _PYTHON_ENV_FILE_NAME))
+
+
+def staging_dir_for(path: Path) -> Path:
+    """A fresh folder beside ``path`` (same file system, so publishing is one rename)."""
+    staging = path.parent / f".{path.name}.cloudflow-{uuid.uuid4().hex[:12]}.tmp"
+    staging.mkdir(parents=True)
+    return staging
+
+
+def write_bundle(
+    path: Path,
+    predict_fn: Callable[..., Any],
+    models: Mapping[str, object],
+    *,
+    pip_requirements: Iterable[str] | None = None,
+    extra_pip_requirements: Iterable[str] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    include_modules: Iterable[str] = (),
+    exclude_modules: Iterable[str] = (),
+    strip_docstrings: bool = False,
+    signature: Any = None,
+    input_example: Any = None,
+    mlflow_model: Any = None,
+) -> Manifest:
+    """Write a bundle into ``path``, which must not exist; publish it only when complete."""
+    if path.exists():
+        raise BundleArgumentError(
+            f"Path {str(path)!r} already exists. Give a new folder, or delete the old bundle first."
+        )
+    started = time.perf_counter()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_dir_for(path)
+    try:
+        manifest = _write_into(
+            staging,
+            predict_fn,
+            models,
+            metadata=dict(metadata or {}),
+            include_modules=include_modules,
+            exclude_modules=exclude_modules,
+            strip_docstrings=strip_docstrings,
+        )
+        _write_mlmodel(
+            staging,
+            manifest,
+            mlflow_model,
+            pip_requirements,
+            extra_pip_requirements,
+            signature,
+            input_example,
+        )
+        os.rename(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _logger.info("Saved bundle %s in %.2f s", path, time.perf_counter() - started)
+    return manifest
+
+
+def _write_into(
+    root: Path,
+    predict_fn: Callable[..., Any],
+    models: Mapping[str, object],
+    *,
+    metadata: dict[str, Any],
+    include_modules: Iterable[str],
+    exclude_modules: Iterable[str],
+    strip_docstrings: bool,
+) -> Manifest:
+    from cloudflow.flavors import flavor_for
+
+    data = root / DATA_DIR
+    (data / MODELS_DIR).mkdir(parents=True)
+    session = CaptureSession(
+        include=include_modules,
+        exclude=exclude_modules,
+        models=models,
+        strip_docstrings=strip_docstrings,
+    )
+    entries: dict[str, ModelEntry] = {}
+    packages: list[str] = []
+    for name, obj in models.items():
+        flavor = flavor_for(obj)
+        folder = data / MODELS_DIR / name
+        folder.mkdir()
+        t0 = time.perf_counter()
+        try:
+            info = flavor.save(obj, folder, session)
+        except CaptureError as e:
+            raise CaptureError(f"Cannot save model {name!r} ({flavor.name} flavor): {e}") from e
+        except Exception as e:
+            raise CaptureError(
+                f"Cannot save model {name!r} of type {type(obj).__module__}."
+                f"{type(obj).__qualname__} with the {flavor.name} flavor: {type(e).__name__}: {e}"
+            ) from e
+        described: dict[str, Any] = {}
+        if flavor.describe is not None:
+            try:
+                described = flavor.describe(obj)
+            except Exception as e:  # metadata is informative: never fail a save for it
+                _logger.debug("Could not describe model %r: %s", name, e)
+        entries[name] = ModelEntry(
+            flavor=flavor.name, path=f"{MODELS_DIR}/{name}", info=info, metadata=described
+        )
+        packages.extend(flavor.packages)
+        _logger.info("Saved model %r (%s) in %.2f s", name, flavor.name, time.perf_counter() - t0)
+    session.dump_code(predict_fn, data / CODE_FILE)
+    signature, names, _ = _parameters(predict_fn)
+    requirements, libraries = _requirements(session, packages)
+    manifest = Manifest(
+        format_version=_manifest.FORMAT_VERSION,
+        cloudflow_version=__version__,
+        python_version=platform.python_version(),
+        libraries=libraries,
+        predict_fn={
+            "name": getattr(predict_fn, "__qualname__", type(predict_fn).__name__),
+            "module": getattr(predict_fn, "__module__", None),
+            "signature": str(signature),
+            "parameters": names,
+            "inputs": [n for n in names if n not in models],
+        },
+        models=entries,
+        captured_modules=sorted(session.captured),
+        requirements=requirements,
+        files=_manifest.digest_files(data),
+        metadata=metadata,
+    )
+    (data / _manifest.MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+    return manifest
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def _check_python(manifest: Manifest, allow_python_mismatch: bool) -> None:
+    saved = manifest.python_version.split(".")[:2]
+    here = platform.python_version().split(".")[:2]
+    if saved != here and not allow_python_mismatch:
+        raise EnvironmentMismatchError(
+            f"This bundle was saved under Python {manifest.python_version}; this is Python "
+            f"{platform.python_version()}. Pickled bytecode only runs on the same minor version. "
+            f"Load it under Python {'.'.join(saved)}, or pass allow_python_mismatch=True to try "
+            "anyway."
+        )
+    mismatched = []
+    for dist, version in sorted(manifest.libraries.items()):
+        current = _capture.distribution_version(dist)
+        if current is not None and current != version:
+            mismatched.append(f"{dist} {version} -> {current}")
+    if mismatched:
+        _logger.warning(
+            "This bundle was saved with other library versions: %s. If it misbehaves, install "
+            "the versions in its requirements.txt.",
+            ", ".join(mismatched),
+        )
+
+
+def data_dir_of(path: Path) -> Path:
+    """The ``cloudflow`` data folder of a bundle given by its root or by the data folder itself."""
+    if (path / _manifest.MANIFEST_FILE).is_file() and path.name == DATA_DIR:
+        return path
+    if not path.exists():
+        raise BundleFormatError(
+            f"No bundle at {str(path)!r}: the folder does not exist. Check the path or model URI."
+        )
+    return path / DATA_DIR
+
+
+def read_bundle(path: Path, *, verify: bool = True, allow_python_mismatch: bool = False) -> Bundle:
+    """Load a bundle from a local folder (its root, or its ``cloudflow`` data folder)."""
+    started = time.perf_counter()
+    data = data_dir_of(path)
+    manifest = _manifest.read_manifest(data)
+    if verify:
+        _manifest.verify_files(data, manifest)
+    _check_python(manifest, allow_python_mismatch)
+    from cloudflow.flavors import get_flavor
+
+    table = ModuleTable()
+    predict_fn = load_code(data / CODE_FILE, table)
+    context = LoadContext(table)
+    models: dict[str, object] = {}
+    for name, entry in manifest.models.items():
+        flavor = get_flavor(entry.flavor)
+        t0 = time.perf_counter()
+        models[name] = flavor.load(data / entry.path, entry.info, context)
+        _logger.info("Loaded model %r (%s) in %.2f s", name, flavor.name, time.perf_counter() - t0)
+    table.bind_models(models, [predict_fn])
+    _logger.info("Loaded bundle %s in %.2f s", data.parent, time.perf_counter() - started)
+    return Bundle(predict_fn, models, manifest, data.parent)
+
+
+class Bundle:
+    """A loaded bundle: the predict function and its live models.
+
+    Attributes:
+        models: Model name -> the loaded model object.
+        metadata: The user metadata given at save time.
+        manifest: Everything the bundle records (flavors, captured modules, requirements, files).
+        path: The local folder the bundle was read from.
+    """
+
+    def __init__(
+        self,
+        predict_fn: Callable[..., Any],
+        models: dict[str, object],
+        manifest: Manifest,
+        path: Path,
+    ) -> None:
+        self.predict_fn = predict_fn
+        self.models = models
+        self.manifest = manifest
+        self.metadata = dict(manifest.metadata)
+        self.path = path
+        _, names, has_var_kw = _parameters(predict_fn)
+        signature = inspect.signature(predict_fn)
+        self.parameters = [n for n in names if n not in models]
+        self._accepted = None if has_var_kw else frozenset(self.parameters)
+        self._required = frozenset(
+            p.name
+            for p in signature.parameters.values()
+            if p.default is p.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and p.name not in models
+        )
+
+    def predict(self, **params: Any) -> Any:
+        """Call the saved predict function with the bundle's models and ``params``.
+
+        Raises:
+            PredictArgumentError: A parameter the function does not take, one that names a model,
+                or a required one missing. The message lists the function's parameters.
+        """
+        keys = params.keys()
+        if (self._accepted is not None and not keys <= self._accepted) or not (
+            self._required <= keys
+        ):
+            self._raise_for(params)
+        if not self.models:
+            return self.predict_fn(**params)
+        return self.predict_fn(**self.models, **params)
+
+    def _raise_for(self, params: Mapping[str, Any]) -> None:
+        name = self.manifest.predict_fn.get("name", "predict_fn")
+        models = [p for p in params if p in self.models]
+        if models:
+            raise PredictArgumentError(
+                f"{models[0]!r} is a model of this bundle and is passed to {name} automatically; "
+                f"do not pass it to predict. Its inputs are {self.parameters}."
+            )
+        unknown = sorted(set(params) - (self._accepted or set()))
+        if unknown:
+            raise PredictArgumentError(
+                f"{name} has no parameter {unknown[0]!r}. Its inputs are {self.parameters} "
+                f"(models, passed automatically: {sorted(self.models)}). Check the spelling."
+            )
+        missing = sorted(self._required - set(params))
+        raise PredictArgumentError(
+            f"{name} is missing the required parameter {missing[0]!r}. Its inputs are "
+            f"{self.parameters}; required: {sorted(self._required)}."
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<cloudflow.Bundle {self.manifest.predict_fn.get('name')}({', '.join(self.parameters)}) "
+            f"models={sorted(self.models)} path={str(self.path)!r}>"
+        )

@@ -1,0 +1,266 @@
+"""Which modules a predict function reaches, and which of them are the user's own.
+
+A *user module* is Python source that is neither part of the standard library nor of an installed
+distribution: the user's project files. Those are captured by value; everything else travels by
+reference and is listed in the bundle's requirements.
+
+Imports are found in two ways. Objects reached while pickling (globals, closures, classes, modules,
+models' classes) are seen by the pickler itself. Imports executed inside function bodies at call time
+(``from plugins import scoring`` in a function) are only names in the bytecode, so the code objects of
+every function pickled by value are scanned for ``IMPORT_NAME`` (and the submodules named in its
+``fromlist``), recursively through nested code objects, and resolved against the function's package.
+"""
+
+from __future__ import annotations
+
+import dis
+import importlib
+import importlib.machinery
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import site
+import sys
+import sysconfig
+import types
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+
+_logger = logging.getLogger("cloudflow")
+
+# Never captured: cloudflow loads bundles, so it must be installed where they load.
+_NEVER_CAPTURED = frozenset({"cloudflow", "__main__", "__mp_main__"})
+_SOURCE_SUFFIXES = tuple(importlib.machinery.SOURCE_SUFFIXES) + tuple(
+    importlib.machinery.BYTECODE_SUFFIXES
+)
+
+
+@lru_cache(maxsize=1)
+def _library_dirs() -> tuple[str, ...]:
+    """Folders whose modules are installed (site-packages) or the standard library."""
+    dirs: set[str] = set()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        with _suppress_errors():
+            dirs.add(sysconfig.get_paths()[key])
+    with _suppress_errors():
+        dirs.update(site.getsitepackages())
+    with _suppress_errors():
+        dirs.add(site.getusersitepackages())
+    for entry in sys.path:
+        if entry and os.path.basename(entry.rstrip("/\\")) in ("site-packages", "dist-packages"):
+            dirs.add(entry)
+    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix}:
+        dirs.add(os.path.join(prefix, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}"))
+    return tuple(sorted(os.path.realpath(d) + os.sep for d in dirs if d))
+
+
+class _suppress_errors:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return True
+
+
+@lru_cache(maxsize=1)
+def _editable_roots() -> dict[str, tuple[str, ...]]:
+    """Top-level import name -> source folders of editable installs (``pip install -e``)."""
+    roots: dict[str, list[str]] = {}
+    try:
+        mapping = importlib.metadata.packages_distributions()
+    except Exception:  # a broken distribution must not break saving
+        return {}
+    for top, dists in mapping.items():
+        for dist_name in dists:
+            try:
+                text = importlib.metadata.distribution(dist_name).read_text("direct_url.json")
+                info = json.loads(text) if text else {}
+            except Exception:
+                continue
+            if info.get("dir_info", {}).get("editable") and info.get("url", "").startswith(
+                "file://"
+            ):
+                roots.setdefault(top, []).append(os.path.realpath(info["url"][len("file://") :]))
+    return {top: tuple(paths) for top, paths in roots.items()}
+
+
+def _under(path: str, folders: tuple[str, ...]) -> bool:
+    real = os.path.realpath(path)
+    return any(real.startswith(folder) for folder in folders)
+
+
+def module_locations(module: types.ModuleType) -> list[str]:
+    """Files or folders a module was loaded from (its ``__file__``, or a namespace's ``__path__``)."""
+    file = getattr(module, "__file__", None)
+    if file:
+        return [file]
+    return [p for p in (getattr(module, "__path__", None) or []) if isinstance(p, str)]
+
+
+def is_user_module(module: types.ModuleType) -> bool:
+    """Whether a module is the user's own source, to be captured by value."""
+    name = getattr(module, "__name__", None)
+    if not isinstance(name, str):
+        return False
+    top = name.partition(".")[0]
+    if top in _NEVER_CAPTURED or top in sys.stdlib_module_names or top in sys.builtin_module_names:
+        return False
+    locations = module_locations(module)
+    if not locations:  # built-in, frozen or created at run time
+        return False
+    file = getattr(module, "__file__", None)
+    if file and not file.endswith(_SOURCE_SUFFIXES):  # compiled extension: cannot travel by value
+        return False
+    if any(_under(loc, _library_dirs()) for loc in locations):
+        return False
+    editable = _editable_roots().get(top, ())
+    return not (
+        editable and any(_under(loc, tuple(r + os.sep for r in editable)) for loc in locations)
+    )
+
+
+def spec_is_user(name: str) -> bool:
+    """Like :func:`is_user_module` for a module that is not imported yet (imports nothing)."""
+    top = name.partition(".")[0]
+    if top in _NEVER_CAPTURED or top in sys.stdlib_module_names or top in sys.builtin_module_names:
+        return False
+    if top in sys.modules:
+        return is_user_module(sys.modules[top])
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return False
+    if spec is None:
+        return False
+    locations = [spec.origin] if spec.origin and spec.has_location else []
+    locations += list(spec.submodule_search_locations or [])
+    if not locations:
+        return False
+    return not any(_under(loc, _library_dirs()) for loc in locations)
+
+
+def relative_filename(module_name: str, is_package: bool) -> str:
+    """The path a module's file has relative to its import root, e.g. ``pkg/sub/mod.py``."""
+    base = module_name.replace(".", "/")
+    return f"{base}/__init__.py" if is_package else f"{base}.py"
+
+
+# --- imports executed inside function bodies -------------------------------------------------
+
+_IMPORTS_CACHE: dict[types.CodeType, tuple[tuple[str, int, tuple[str, ...]], ...]] = {}
+
+
+def _code_objects(code: types.CodeType) -> Iterator[types.CodeType]:
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _code_objects(const)
+
+
+def imports_in_code(code: types.CodeType) -> tuple[tuple[str, int, tuple[str, ...]], ...]:
+    """Every ``import`` statement in a code object and its nested ones: (name, level, fromlist)."""
+    cached = _IMPORTS_CACHE.get(code)
+    if cached is not None:
+        return cached
+    found: list[tuple[str, int, tuple[str, ...]]] = []
+    for sub in _code_objects(code):
+        instructions = list(dis.get_instructions(sub))
+        for i, ins in enumerate(instructions):
+            if ins.opname != "IMPORT_NAME":
+                continue
+            # CPython emits LOAD_CONST level; LOAD_CONST fromlist; IMPORT_NAME name.
+            level, fromlist = 0, ()
+            if i >= 2 and instructions[i - 1].opname == "LOAD_CONST":
+                fromlist = tuple(instructions[i - 1].argval or ())
+                if instructions[i - 2].opname == "LOAD_CONST":
+                    level = int(instructions[i - 2].argval or 0)
+            found.append((str(ins.argval), level, fromlist))
+    result = tuple(found)
+    if len(_IMPORTS_CACHE) > 10_000:
+        _IMPORTS_CACHE.clear()
+    _IMPORTS_CACHE[code] = result
+    return result
+
+
+def package_of(namespace: dict) -> str | None:
+    """The package a relative import in code with these globals resolves against."""
+    package = namespace.get("__package__")
+    if package is not None:
+        return str(package)
+    name = namespace.get("__name__")
+    if not isinstance(name, str):
+        return None
+    return name if "__path__" in namespace else name.rpartition(".")[0]
+
+
+def resolve_import(name: str, level: int, package: str | None) -> str | None:
+    """The absolute module name an import statement names, or None if it cannot be resolved."""
+    if level == 0:
+        return name
+    if not package:
+        return None
+    bits = package.rsplit(".", level - 1)
+    if len(bits) < level:
+        return None
+    base = bits[0]
+    return f"{base}.{name}" if name else base
+
+
+def import_reached(name: str) -> types.ModuleType | None:
+    """Import a user module that a function's code imports at call time, at save time instead.
+
+    Only user modules are imported here (third-party ones are named in requirements without being
+    imported); a module that fails to import is reported and skipped, since the import statement may
+    sit behind a condition that never holds.
+    """
+    module = sys.modules.get(name)
+    if module is not None:
+        return module
+    if not spec_is_user(name):
+        return None
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        _logger.warning(
+            "A function imports %r at call time, but it cannot be imported: %s", name, e
+        )
+        return None
+
+
+def submodule(package: types.ModuleType, item: str) -> types.ModuleType | None:
+    """``package.item`` if it is a module (importing it when it is a user submodule not yet loaded)."""
+    value = getattr(package, item, None)
+    if isinstance(value, types.ModuleType):
+        return value
+    if value is not None or not hasattr(package, "__path__"):
+        return None
+    return import_reached(f"{package.__name__}.{item}")
+
+
+def top_level_names_to_distributions(tops: set[str]) -> dict[str, str]:
+    """Map top-level import names to installed distribution names (``sklearn`` -> ``scikit-learn``)."""
+    try:
+        mapping = importlib.metadata.packages_distributions()
+    except Exception:
+        return {}
+    out: dict[str, str] = {}
+    for top in sorted(tops):
+        dists = mapping.get(top)
+        if dists:
+            out[top] = dists[0]
+    return out
+
+
+def distribution_version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def module_path(module: types.ModuleType) -> Path | None:
+    file = getattr(module, "__file__", None)
+    return Path(file) if file else None

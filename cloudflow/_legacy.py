@@ -1,0 +1,150 @@
+"""The seed API users know, kept word for word: ``prepare_env`` and ``cloudflow_model``.
+
+A thin layer over :mod:`cloudflow._api`: the tracking URI is the folder (or server) given, the
+experiment is named or numbered by ``experiment_id``, and the bundle is the run's model ``model``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from cloudflow import _store
+from cloudflow._api import load_bundle, log_bundle
+from cloudflow._bundle import Bundle, check_arguments
+from cloudflow.exceptions import BundleArgumentError, CloudflowError, NotFoundError
+
+MODEL_NAME = "model"
+_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "NOTSET")
+
+
+def prepare_env(tracking_uri: str | os.PathLike[str], experiment_id: str) -> str:
+    """Point MLflow at a tracking store and make an experiment active, creating it if missing.
+
+    Args:
+        tracking_uri: A folder (the embedded default: an sqlite database and the artifacts inside
+            that folder), or a tracking server's ``http(s)://`` URI, or a database URI.
+        experiment_id: The experiment's name (created if it does not exist).
+
+    Returns:
+        The experiment's id, to pass to ``mlflow.start_run(experiment_id=...)``.
+    """
+    import mlflow
+
+    if not isinstance(experiment_id, str) or not experiment_id:
+        raise BundleArgumentError(
+            f"experiment_id must be the experiment's name (a non-empty str), got {experiment_id!r}."
+        )
+    uri = _store.resolve_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    exp_id = _store.get_or_create_experiment(tracking_uri, experiment_id)
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know it
+    """Save a predict function with its models in an MLflow run, or load one and predict.
+
+    Args:
+        log_level: Level of the ``cloudflow`` logger ("DEBUG", "INFO", "WARNING", "ERROR").
+    """
+
+    def __init__(self, log_level: str = "ERROR") -> None:
+        level = str(log_level).upper()
+        if level not in _LEVELS:
+            raise BundleArgumentError(
+                f"log_level {log_level!r} is not a logging level. Use one of {list(_LEVELS)}."
+            )
+        logger = logging.getLogger("cloudflow")
+        logger.setLevel(level)
+        if not logger.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(
+                logging.Formatter("%(asctime)s cloudflow %(levelname)s %(message)s")
+            )
+            logger.addHandler(handler)
+        self.log_level = level
+        self.bundle: Bundle | None = None
+
+    def save(
+        self,
+        tracking_uri: str | os.PathLike[str],
+        experiment_id: str,
+        run_id: str,
+        predict_function: Callable[..., Any],
+        models: Mapping[str, object],
+    ) -> Any:
+        """Save ``predict_function`` with ``models`` as the model ``model`` of run ``run_id``.
+
+        Args:
+            tracking_uri: The folder or server given to :func:`prepare_env`.
+            experiment_id: The experiment's name or id.
+            run_id: The run to log to (usually the active one).
+            predict_function: The function to save; it receives each model by its key.
+            models: Model name -> model; each name a parameter of ``predict_function``.
+
+        Returns:
+            MLflow's ``ModelInfo`` of the logged model.
+        """
+        import mlflow
+
+        check_arguments(predict_function, models)
+        uri = _store.resolve_tracking_uri(tracking_uri)
+        mlflow.set_tracking_uri(uri)
+        client = mlflow.MlflowClient(uri)
+        experiment = _store.find_experiment(client, experiment_id)
+        run = _store.find_run(client, run_id)
+        if run.info.experiment_id != experiment.experiment_id:
+            raise NotFoundError(
+                f"Run {run_id!r} belongs to experiment {run.info.experiment_id!r}, not to "
+                f"{experiment_id!r} ({experiment.experiment_id}). Pass the run's own experiment."
+            )
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
+            return log_bundle(predict_function, models, MODEL_NAME)
+        if active is not None:
+            # Another run is active: log into run_id without disturbing it.
+            with mlflow.start_run(run_id=run_id, nested=True):
+                return log_bundle(predict_function, models, MODEL_NAME)
+        with mlflow.start_run(run_id=run_id):
+            return log_bundle(predict_function, models, MODEL_NAME)
+
+    def load_model(
+        self,
+        tracking_uri: str | os.PathLike[str],
+        experiment_id: str,
+        run_id: str,
+    ) -> Bundle:
+        """Load the model ``model`` of run ``run_id`` (experiment given by name or id).
+
+        Returns:
+            The loaded :class:`~cloudflow.Bundle`; ``predict`` calls it.
+        """
+        import mlflow
+
+        uri = _store.resolve_tracking_uri(tracking_uri)
+        if _store.local_folder(tracking_uri) is not None and not os.path.exists(
+            os.fspath(_store.local_folder(tracking_uri) or "") + os.sep + _store.DB_FILE
+        ):
+            raise NotFoundError(f"No tracking store at {os.fspath(tracking_uri)!r}.")
+        mlflow.set_tracking_uri(uri)
+        client = mlflow.MlflowClient(uri)
+        experiment = _store.find_experiment(client, experiment_id)
+        run = _store.find_run(client, run_id)
+        if run.info.experiment_id != experiment.experiment_id:
+            raise NotFoundError(
+                f"Run {run_id!r} is not in experiment {experiment_id!r} (it belongs to experiment "
+                f"{run.info.experiment_id}). Check the experiment name and the run id."
+            )
+        self.bundle = load_bundle(f"runs:/{run_id}/{MODEL_NAME}")
+        return self.bundle
+
+    def predict(self, **params: Any) -> Any:
+        """Call the loaded predict function with its models and ``params``."""
+        if self.bundle is None:
+            raise CloudflowError(
+                "No model is loaded: call load_model(tracking_uri, experiment_id, run_id) first."
+            )
+        return self.bundle.predict(**params)

@@ -1,0 +1,229 @@
+"""Tracking stores and model URIs.
+
+A folder path (or ``file:`` URI) given as tracking URI is the *embedded default*: an sqlite database
+``<folder>/mlflow.db`` with the artifact root ``<folder>/artifacts``. mlflow 3 no longer accepts a plain
+folder as tracking URI (its file store is in maintenance mode), and this keeps everything of a store in
+the one folder the user named. Any other URI (``sqlite:``, ``postgresql:``, ``http(s):``,
+``databricks``...) goes to MLflow as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from cloudflow.exceptions import NotFoundError, StoreError
+
+DB_FILE = "mlflow.db"
+ARTIFACTS_DIR = "artifacts"
+_SCHEMES_AS_IS = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "uc")
+_initialized: set[str] = set()
+_init_lock = threading.Lock()
+
+
+def local_folder(tracking_uri: str | os.PathLike[str]) -> Path | None:
+    """The folder of an embedded store, or None for a URI that goes to MLflow as it is."""
+    text = os.fspath(tracking_uri)
+    parsed = urllib.parse.urlparse(text)
+    scheme = parsed.scheme.lower()
+    if scheme == "file":
+        return Path(urllib.request.url2pathname(parsed.path)).expanduser().resolve()
+    if scheme and len(scheme) > 1:  # one letter: a Windows drive
+        if scheme.partition("+")[0] in _SCHEMES_AS_IS:
+            return None
+        raise StoreError(
+            f"Tracking URI {text!r} has the scheme {scheme!r}, which cloudflow does not know. Give a "
+            "folder path (an embedded store), or an http(s)://, sqlite://, postgresql:// or "
+            "databricks URI."
+        )
+    return Path(text).expanduser().resolve()
+
+
+def resolve_tracking_uri(tracking_uri: str | os.PathLike[str]) -> str:
+    """The URI MLflow is given for a tracking URI; creates an embedded store where needed."""
+    folder = local_folder(tracking_uri)
+    if folder is None:
+        return os.fspath(tracking_uri)
+    return ensure_local_store(folder)
+
+
+def ensure_local_store(folder: Path) -> str:
+    """Create (once per process) the sqlite store of an embedded folder; returns its URI."""
+    uri = f"sqlite:///{folder / DB_FILE}"
+    with _init_lock:
+        if uri in _initialized:
+            return uri
+        try:
+            (folder / ARTIFACTS_DIR).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(
+                f"Cannot create the tracking store folder {str(folder)!r}: {e.strerror}. Give a "
+                "folder you can write to as tracking_uri."
+            ) from e
+        if not os.access(folder, os.W_OK):
+            raise StoreError(
+                f"The tracking store folder {str(folder)!r} is not writable. Give a folder you can "
+                "write to as tracking_uri, or fix its permissions."
+            )
+        _sqlite_store(folder)
+        _initialized.add(uri)
+    return uri
+
+
+_stores: dict[str, Any] = {}
+
+
+def _sqlite_store(folder: Path) -> Any:
+    """An SqlAlchemyStore whose default artifact root is inside the folder.
+
+    Creating it the first time creates the schema and the Default experiment; experiments created
+    through it get their artifact location under ``<folder>/artifacts``. (MLflow's own store
+    factory would put them under ``./mlruns`` of the current directory.)
+    """
+    uri = f"sqlite:///{folder / DB_FILE}"
+    store = _stores.get(uri)
+    if store is None:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        store = SqlAlchemyStore(uri, (folder / ARTIFACTS_DIR).as_uri())
+        _stores[uri] = store
+    return store
+
+
+def get_or_create_experiment(tracking_uri: str | os.PathLike[str], name: str) -> str:
+    """The id of the experiment ``name``, created (artifacts inside the store) if missing."""
+    import mlflow
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            raise StoreError(
+                f"The experiment {name!r} is deleted in {tracking_uri!s}. Restore it "
+                "(mlflow experiments restore) or choose another name."
+            )
+        return str(experiment.experiment_id)
+    folder = local_folder(tracking_uri)
+    try:
+        if folder is not None:
+            return str(_sqlite_store(folder).create_experiment(name))
+        return str(client.create_experiment(name))
+    except Exception as e:
+        # Another process may have created it at the same moment.
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return str(experiment.experiment_id)
+        raise StoreError(f"Cannot create the experiment {name!r}: {e}") from e
+
+
+def find_experiment(client: Any, experiment: str) -> Any:
+    """An experiment by name or id, or NotFoundError listing the ones that exist."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(str(experiment))
+    if found is None and str(experiment).isdigit():
+        try:
+            found = client.get_experiment(str(experiment))
+        except MlflowException:
+            found = None
+    if found is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise NotFoundError(
+            f"No experiment named or numbered {experiment!r} in this tracking store. Existing "
+            f"experiments: {names}. Check the name, or the tracking_uri."
+        )
+    return found
+
+
+def find_run(client: Any, run_id: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(str(run_id))
+    except MlflowException as e:
+        raise NotFoundError(
+            f"No run with id {run_id!r} in this tracking store ({e.error_code}). Check the run id "
+            "(printed when the run started, or in the MLflow UI) and the tracking_uri."
+        ) from e
+
+
+def _local_path(uri: str) -> Path | None:
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(urllib.request.url2pathname(parsed.path))
+    if not parsed.scheme or len(parsed.scheme) == 1:
+        return Path(uri)
+    return None
+
+
+def artifact_uri_of(model_uri: str) -> str:
+    """Resolve ``runs:/``, ``models:/`` and plain URIs to where the bundle's files are stored."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    parsed = urllib.parse.urlparse(model_uri)
+    client = mlflow.MlflowClient()
+    try:
+        if parsed.scheme == "runs":
+            run_id, _, name = parsed.path.lstrip("/").partition("/")
+            run = find_run(client, run_id)
+            name = name.strip("/") or "model"
+            for model in _logged_models(client, run.info.experiment_id, name):
+                if model.source_run_id == run_id:
+                    return str(model.artifact_location)
+            return f"{run.info.artifact_uri.rstrip('/')}/{name}"
+        if parsed.scheme == "models":
+            return _registry_artifact_uri(client, model_uri)
+    except MlflowException as e:
+        raise NotFoundError(f"Cannot resolve {model_uri!r}: {e.message}") from e
+    return model_uri
+
+
+def _logged_models(client: Any, experiment_id: str, name: str) -> list[Any]:
+    out: list[Any] = []
+    token = None
+    while True:
+        page = client.search_logged_models(
+            experiment_ids=[experiment_id], filter_string=f"name = '{name}'", page_token=token
+        )
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def _registry_artifact_uri(client: Any, model_uri: str) -> str:
+    from mlflow.store.artifact.utils.models import _parse_model_uri, get_model_name_and_version
+
+    parsed = _parse_model_uri(model_uri)
+    if parsed.model_id is not None and parsed.name is None:
+        return str(client.get_logged_model(parsed.model_id).artifact_location)
+    name, version = get_model_name_and_version(client, model_uri)
+    source = client.get_model_version_download_uri(name, version)
+    if str(source).startswith("models:/"):
+        model_id = str(source)[len("models:/") :].strip("/")
+        return str(client.get_logged_model(model_id).artifact_location)
+    return str(source)
+
+
+def local_bundle_dir(model_uri: str | os.PathLike[str]) -> tuple[Path, bool]:
+    """A local folder holding the bundle, and whether it is a temporary download.
+
+    A bundle in a local store is read where it is: no copy of its weights.
+    """
+    text = os.fspath(model_uri)
+    local = _local_path(text)
+    if local is not None:
+        return local, False
+    artifact_uri = artifact_uri_of(text)
+    local = _local_path(artifact_uri)
+    if local is not None:
+        return local, False
+    import mlflow
+
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri)), True
