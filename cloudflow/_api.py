@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -210,6 +211,9 @@ def log_bundle(
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if artifact_root is not None:
+            with contextlib.suppress(OSError):  # other saves may be staging there right now
+                staging.parent.rmdir()
 
     model_info = mlflow_model.get_model_info(logged)
     if registered_model_name is not None:

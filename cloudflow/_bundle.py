@@ -118,7 +118,10 @@ def _requirements(
         version = _capture.distribution_version(dist)
         if version is not None:
             versions[dist] = version
-    reqs = [f"cloudflow=={__version__}"] + [f"{d}=={v}" for d, v in sorted(versions.items())]
+    # A local version label (torch 2.13.0+cpu) names a build no index serves: pin the release.
+    reqs = [f"cloudflow=={__version__}"] + [
+        f"{d}=={v.partition('+')[0]}" for d, v in sorted(versions.items())
+    ]
     libraries = {"cloudflow": __version__, **versions}
     return reqs, libraries
 
