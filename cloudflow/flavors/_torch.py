@@ -1,0 +1,206 @@
+"""torch ``nn.Module``: its tensors in one safetensors file, its skeleton pickled without them.
+
+The module object (its class, possibly a user subclass, its submodules, hooks and plain attributes)
+is pickled through the bundle's context with every tensor replaced by a persistent id, so
+``module.pkl`` holds structure only and stays a few kilobytes whatever the model's size. The
+tensors go to ``weights.safetensors``, each stored once however many attributes point at it (tied
+embeddings), and at load every reference gets the very same restored object back, so weights that
+were shared stay shared. The weights are memory-mapped, not copied, when the file is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cloudflow.exceptions import BundleFormatError
+from cloudflow.flavors._base import Flavor, PickleContext, loaded_module, require
+
+FLAVOR_NAME = "torch"
+EXTRA = "torch"
+_WEIGHTS = "weights.safetensors"
+_SKELETON = "module.pkl"
+# First item of every persistent id written into module.pkl; anything else is not ours.
+_PID_TAG = "cloudflow.torch.tensor"
+# Dtypes safetensors can store; a tensor of another dtype stays inside the pickle.
+_SAFETENSORS_DTYPES = frozenset(
+    {"bool", "uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64"}
+    | {"float16", "bfloat16", "float32", "float64", "complex64"}
+    | {"float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz"}
+)
+
+
+def _matches(obj: object) -> bool:
+    nn = loaded_module("torch.nn")
+    return nn is not None and isinstance(obj, nn.Module)
+
+
+def _storable(torch: Any, tensor: Any) -> bool:
+    """Whether safetensors can hold this tensor's values (dense, real data, a known dtype)."""
+    if type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+        return (
+            False  # subclasses (UninitializedParameter, user tensor types) keep their own pickling
+        )
+    if tensor.layout != torch.strided or tensor.is_quantized or tensor.device.type == "meta":
+        return False
+    return str(tensor.dtype).removeprefix("torch.") in _SAFETENSORS_DTYPES
+
+
+def _tensor_names(module: Any) -> dict[int, str]:
+    """State-dict style names by tensor identity; the first name of a tied tensor wins."""
+    names: dict[int, str] = {}
+    for name, tensor in module.named_parameters(remove_duplicate=False):
+        names.setdefault(id(tensor), name)
+    for name, tensor in module.named_buffers(remove_duplicate=False):
+        names.setdefault(id(tensor), name)
+    return names
+
+
+def _save(obj: object, path: Path, ctx: PickleContext) -> dict[str, Any]:
+    torch = require("torch", flavor=FLAVOR_NAME, extra=EXTRA)
+    safetensors_torch = require("safetensors.torch", flavor=FLAVOR_NAME, extra=EXTRA)
+    module: Any = obj
+    names = _tensor_names(module)
+    keys: dict[int, str] = {}  # id(tensor) -> key in the safetensors file
+    tensors: dict[str, Any] = {}  # key -> tensor, which also keeps every id above alive
+
+    def persistent_id(value: object) -> tuple[str, str, str, bool, str] | None:
+        if not isinstance(value, torch.Tensor) or not _storable(torch, value):
+            return None
+        key = keys.get(id(value))
+        if key is None:
+            key = names.get(id(value)) or f"_tensors.{len(tensors)}"
+            while key in tensors:
+                key += "_"
+            keys[id(value)] = key
+            tensors[key] = value
+        kind = "parameter" if isinstance(value, torch.nn.Parameter) else "tensor"
+        return (_PID_TAG, key, kind, bool(value.requires_grad), str(value.device))
+
+    ctx.dump(module, path / _SKELETON, persistent_id=persistent_id)
+    safetensors_torch.save_file(_packed(torch, tensors), path / _WEIGHTS)
+    return {
+        "weights": _WEIGHTS,
+        "module": _SKELETON,
+        "tensors": len(tensors),
+        "training": bool(module.training),
+    }
+
+
+def _packed(torch: Any, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """The tensors as safetensors accepts them: detached, contiguous, no two on one storage.
+
+    Distinct tensor objects that are views of one storage (a slice kept next to its base) are
+    stored as separate copies: safetensors refuses overlapping tensors, and the shape each
+    attribute had is what the model's code reads. Identical objects were already merged.
+    """
+    packed: dict[str, Any] = {}
+    storages: set[tuple[str, int]] = set()
+    for key, tensor in tensors.items():
+        value = tensor.detach()
+        storage = (str(value.device), value.untyped_storage().data_ptr())
+        if storage in storages and value.numel() > 0:
+            value = value.clone()
+        else:
+            storages.add(storage)
+        packed[key] = value.contiguous()
+    return packed
+
+
+def device_or_cpu(torch: Any, name: str) -> str:
+    """The saved device if this machine has it, else the CPU."""
+    kind, _, index = name.partition(":")
+    if kind == "cuda" and torch.cuda.is_available():
+        return name if not index or int(index) < torch.cuda.device_count() else "cuda"
+    if kind == "mps" and torch.backends.mps.is_available():
+        return name
+    return "cpu"
+
+
+def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
+    torch = require("torch", flavor=FLAVOR_NAME, extra=EXTRA)
+    safetensors_torch = require("safetensors.torch", flavor=FLAVOR_NAME, extra=EXTRA)
+    # Memory-mapped: the tensors read the file's pages, nothing is copied into the heap.
+    stored = safetensors_torch.load_file(path / info.get("weights", _WEIGHTS), device="cpu")
+    restored: dict[str, Any] = {}
+
+    def persistent_load(pid: object) -> object:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == _PID_TAG):
+            raise BundleFormatError(
+                f"{path / _SKELETON} refers to an unknown object {pid!r}; the bundle was written "
+                "by another version of cloudflow's torch flavor."
+            )
+        _, key, kind, requires_grad, device = pid
+        if key in restored:  # a tied tensor: hand out the same object again
+            return restored[key]
+        try:
+            tensor = stored[key]
+        except KeyError:
+            raise BundleFormatError(
+                f"Tensor {key!r} is missing from {path / _WEIGHTS}; the bundle is damaged."
+            ) from None
+        target = device_or_cpu(torch, device)
+        if target != "cpu":
+            tensor = tensor.to(target)
+        if kind == "parameter":
+            value = torch.nn.Parameter(tensor, requires_grad=requires_grad)
+        else:
+            value = tensor.requires_grad_(requires_grad) if requires_grad else tensor
+        restored[key] = value
+        return value
+
+    return ctx.load(path / info.get("module", _SKELETON), persistent_load=persistent_load)
+
+
+def describe_module(module: Any) -> dict[str, Any]:
+    """Parameter counts, dtypes, devices and layers of an ``nn.Module``, without copying.
+
+    ``layers`` counts the leaf modules that hold weights (Linear, Conv, Norm...), not activations
+    or dropout. Also used by the transformers flavor for a pipeline's model.
+    """
+    params = list(module.parameters())  # each shared parameter once
+    buffers = list(module.buffers())
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    total = sum(p.numel() for p in params)
+    # The parameters' dtype is the model's; buffers are often integer counters and positions.
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in params or buffers})
+    devices = sorted({str(t.device) for t in params + buffers})
+    layers = sum(
+        1
+        for m in module.modules()
+        if next(m.children(), None) is None
+        and next(m.named_parameters(recurse=False), next(m.named_buffers(recurse=False), None))
+        is not None
+    )
+    return {
+        "parameters": total,
+        "trainable_parameters": trainable,
+        "frozen_parameters": total - trainable,
+        "buffers": sum(b.numel() for b in buffers),
+        "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
+        "device": devices[0] if len(devices) == 1 else devices,
+        "layers": layers,
+        "weights_bytes": sum(t.numel() * t.element_size() for t in params + buffers),
+        "training": bool(module.training),
+    }
+
+
+def _describe(obj: object) -> dict[str, Any]:
+    cls = type(obj)
+    return {
+        "framework": "torch",
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        **describe_module(obj),
+    }
+
+
+FLAVOR = Flavor(
+    name=FLAVOR_NAME,
+    matches=_matches,
+    save=_save,
+    load=_load,
+    packages=("torch", "safetensors"),
+    extra=EXTRA,
+    describe=_describe,
+)
