@@ -445,7 +445,8 @@ class Bundle:
         )
 
     def __repr__(self) -> str:
+        name = self.manifest.predict_fn.get("name")
         return (
-            f"<cloudflow.Bundle {self.manifest.predict_fn.get('name')}({', '.join(self.parameters)}) "
+            f"<cloudflow.Bundle {name}({', '.join(self.parameters)}) "
             f"models={sorted(self.models)} path={str(self.path)!r}>"
         )

@@ -4,11 +4,12 @@ A *user module* is Python source that is neither part of the standard library no
 distribution: the user's project files. Those are captured by value; everything else travels by
 reference and is listed in the bundle's requirements.
 
-Imports are found in two ways. Objects reached while pickling (globals, closures, classes, modules,
-models' classes) are seen by the pickler itself. Imports executed inside function bodies at call time
-(``from plugins import scoring`` in a function) are only names in the bytecode, so the code objects of
-every function pickled by value are scanned for ``IMPORT_NAME`` (and the submodules named in its
-``fromlist``), recursively through nested code objects, and resolved against the function's package.
+Imports are found in two ways. Objects reached while pickling (globals, closures, classes,
+modules, models' classes) are seen by the pickler itself. Imports executed inside function bodies
+at call time (``from plugins import scoring`` in a function) are only names in the bytecode, so
+the code objects of every function pickled by value are scanned for ``IMPORT_NAME`` (and the
+submodules named in its ``fromlist``), recursively through nested code objects, and resolved
+against the function's package.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def _under(path: str, folders: tuple[str, ...]) -> bool:
 
 
 def module_locations(module: types.ModuleType) -> list[str]:
-    """Files or folders a module was loaded from (its ``__file__``, or a namespace's ``__path__``)."""
+    """Files or folders a module was loaded from (``__file__``, or a namespace's ``__path__``)."""
     file = getattr(module, "__file__", None)
     if file:
         return [file]
@@ -231,7 +232,7 @@ def import_reached(name: str) -> types.ModuleType | None:
 
 
 def submodule(package: types.ModuleType, item: str) -> types.ModuleType | None:
-    """``package.item`` if it is a module (importing it when it is a user submodule not yet loaded)."""
+    """``package.item`` if it is a module (imported if it is a user submodule not loaded yet)."""
     value = getattr(package, item, None)
     if isinstance(value, types.ModuleType):
         return value
@@ -241,7 +242,7 @@ def submodule(package: types.ModuleType, item: str) -> types.ModuleType | None:
 
 
 def top_level_names_to_distributions(tops: set[str]) -> dict[str, str]:
-    """Map top-level import names to installed distribution names (``sklearn`` -> ``scikit-learn``)."""
+    """Map top-level import names to distribution names (``sklearn`` -> ``scikit-learn``)."""
     try:
         mapping = importlib.metadata.packages_distributions()
     except Exception:

@@ -153,15 +153,16 @@ def verify_files(data_dir: Path, manifest: Manifest) -> None:
     extra = sorted(present - expected)
     if extra:
         raise IntegrityError(
-            f"The bundle at {data_dir.parent} holds a file its manifest does not list: {extra[0]!r}. "
-            "Files were added after saving; remove them or save the bundle again."
+            f"The bundle at {data_dir.parent} holds a file its manifest does not list: "
+            f"{extra[0]!r}. Files were added after saving; remove them or save the bundle again."
         )
     for rel, entry in manifest.files.items():
         size = (data_dir / rel).stat().st_size
         if size != entry.get("size"):
             raise IntegrityError(
                 f"The file {rel!r} of the bundle at {data_dir.parent} has {size} bytes, but "
-                f"{entry.get('size')} were saved: it was changed or truncated. Save the bundle again."
+                f"{entry.get('size')} were saved: it was changed or truncated. Save the bundle "
+                "again."
             )
     rels = sorted(manifest.files)
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(4, max(1, len(rels)))) as pool:

@@ -33,7 +33,7 @@ import pickle
 import sys
 import threading
 import types
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -71,7 +71,7 @@ class ModuleTable:
         name: str,
         globals: Mapping[str, Any] | None = None,
         locals: Mapping[str, Any] | None = None,
-        fromlist: Iterable[str] | None = (),
+        fromlist: Sequence[str] | None = (),
         level: int = 0,
     ) -> types.ModuleType:
         absname = name
@@ -145,7 +145,7 @@ class ModuleTable:
                     k: models[v.name] if isinstance(v, ModelRef) else v
                     for k, v in obj.keywords.items()
                 }
-                obj.__setstate__((obj.func, args, keywords, obj.__dict__ or None))
+                obj.__setstate__((obj.func, args, keywords, obj.__dict__ or None))  # type: ignore[attr-defined]
                 stack.append(obj.func)
 
 
@@ -302,11 +302,11 @@ def load_code(path: Path, table: ModuleTable) -> Callable[..., Any]:
     """Read ``code.pkl``: the predict function, then the captured modules, until ``None``."""
     with activate(table), open(path, "rb") as f:
         unpickler = _Unpickler(f)
-        predict_fn = unpickler.load()
+        predict_fn: Callable[..., Any] = unpickler.load()
         while unpickler.load() is not None:
             pass
     table.finish()
-    return predict_fn  # type: ignore[no-any-return]
+    return predict_fn
 
 
 # --- save side ---------------------------------------------------------------------------------
@@ -485,7 +485,7 @@ class _BundlePickler(cloudpickle.Pickler):
         self.owner = owner
         self.pickled: set[str] = set()
         self._persistent = persistent_id
-        # The C pickler calls persistent_id for every object when it exists: only set it when needed.
+        # The C pickler calls persistent_id for every object if it exists: set it only when needed.
         if owner or persistent_id is not None:
             self.persistent_id = self._persistent_id
         super().__init__(file, protocol=PROTOCOL)

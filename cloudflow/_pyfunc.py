@@ -14,7 +14,7 @@ from cloudflow._bundle import Bundle, read_bundle
 
 
 def _to_python(value: Any) -> Any:
-    """Unwrap what MLflow's serving and pandas put around plain values (0-d arrays, numpy scalars)."""
+    """Unwrap what MLflow's serving and pandas put around plain values (0-d arrays, scalars)."""
     try:
         import numpy as np
     except ImportError:  # pragma: no cover - numpy is an MLflow dependency

@@ -1,10 +1,10 @@
 """Tracking stores and model URIs.
 
-A folder path (or ``file:`` URI) given as tracking URI is the *embedded default*: an sqlite database
-``<folder>/mlflow.db`` with the artifact root ``<folder>/artifacts``. mlflow 3 no longer accepts a plain
-folder as tracking URI (its file store is in maintenance mode), and this keeps everything of a store in
-the one folder the user named. Any other URI (``sqlite:``, ``postgresql:``, ``http(s):``,
-``databricks``...) goes to MLflow as it is.
+A folder path (or ``file:`` URI) given as tracking URI is the *embedded default*: an sqlite
+database ``<folder>/mlflow.db`` with the artifact root ``<folder>/artifacts``. mlflow 3 no longer
+accepts a plain folder as tracking URI (its file store is in maintenance mode), and this keeps
+everything of a store in the one folder the user named. Any other URI (``sqlite:``,
+``postgresql:``, ``http(s):``, ``databricks``...) goes to MLflow as it is.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ def local_folder(tracking_uri: str | os.PathLike[str]) -> Path | None:
         if scheme.partition("+")[0] in _SCHEMES_AS_IS:
             return None
         raise StoreError(
-            f"Tracking URI {text!r} has the scheme {scheme!r}, which cloudflow does not know. Give a "
-            "folder path (an embedded store), or an http(s)://, sqlite://, postgresql:// or "
-            "databricks URI."
+            f"Tracking URI {text!r} has the scheme {scheme!r}, which cloudflow does not know. "
+            "Give a folder path (an embedded store), or an http(s)://, sqlite://, postgresql:// "
+            "or databricks URI."
         )
     return Path(text).expanduser().resolve()
 

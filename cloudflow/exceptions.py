@@ -4,16 +4,16 @@ Every error cloudflow raises on purpose derives from :class:`CloudflowError`, an
 also inherits the builtin exception a caller would already catch for that kind of mistake::
 
     CloudflowError
-    ├── BundleArgumentError    (TypeError)         a save argument is of the wrong kind or shape
-    ├── ModelKeyError          (KeyError)          a model name that is not a parameter of predict_fn
-    ├── PredictArgumentError   (TypeError)         unknown or missing parameters at predict time
-    ├── CaptureError           (pickle.PicklingError)  the predict function or a model cannot be saved
-    ├── StoreError             (RuntimeError)      a tracking store, experiment or run cannot be used
-    │   └── NotFoundError      (LookupError)       an experiment, run or registered model does not exist
-    ├── BundleFormatError      (ValueError)        a path that is not a bundle, or a newer format
-    │   └── IntegrityError     (ValueError)        a file was changed, removed or added after saving
-    ├── EnvironmentMismatchError (RuntimeError)    the bundle needs another Python to unpickle
-    └── MissingDependencyError (ImportError)       a flavor's library is not installed
+    ├── BundleArgumentError (TypeError)        a save argument of the wrong kind or shape
+    ├── ModelKeyError (KeyError)               a model name that is not a parameter of predict_fn
+    ├── PredictArgumentError (TypeError)       unknown or missing parameters at predict time
+    ├── CaptureError (pickle.PicklingError)    the predict function or a model cannot be saved
+    ├── StoreError (RuntimeError)              a tracking store cannot be used
+    │   └── NotFoundError (LookupError)        no such experiment, run, model or bundle
+    ├── BundleFormatError (ValueError)         not a bundle, or a newer format
+    │   └── IntegrityError (ValueError)        a file changed, removed or added after saving
+    ├── EnvironmentMismatchError (RuntimeError) the bundle needs another Python to unpickle
+    └── MissingDependencyError (ImportError)   a flavor's library is not installed
 """
 
 from __future__ import annotations
