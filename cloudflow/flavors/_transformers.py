@@ -14,15 +14,17 @@ bundle's context, as a reference into the bundle's captured modules.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import json
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from cloudflow.exceptions import BundleFormatError
 from cloudflow.flavors._base import Flavor, PickleContext, loaded_module, require
-from cloudflow.flavors._torch import describe_module, device_or_cpu
+from cloudflow.flavors._torch import describe_module, device_or_cpu, write_safetensors
 
 FLAVOR_NAME = "transformers"
 EXTRA = "transformers"
@@ -42,6 +44,7 @@ _KINDS = (
 # Pipeline components that save_pretrained writes into the same folder.
 _COMPONENTS = ("tokenizer", "feature_extractor", "image_processor", "video_processor", "processor")
 _SETTINGS_FILE = "pipeline_settings.pkl"
+_WRITER_LOCK = threading.Lock()
 
 
 def _kind(obj: object) -> str | None:
@@ -71,6 +74,30 @@ def _quiet(transformers: Any) -> Iterator[None]:
     finally:
         if enabled:
             logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _aligned_weights() -> Iterator[None]:
+    """Have ``save_pretrained`` write 64-byte aligned safetensors files (see write_safetensors).
+
+    Without it the memory-mapped weights sit 8-byte aligned and the reloaded model's outputs can
+    differ from the saved model's in their last bits. transformers writes through the name
+    ``safe_save_file`` of its ``modeling_utils``; it is swapped for the duration of the save only
+    when it is exactly safetensors' ``save_file``, so another transformers version, which may
+    write differently, just gets files of its own (correct, merely 8-byte aligned).
+    """
+    modeling_utils = loaded_module("transformers.modeling_utils")
+    safetensors_torch = loaded_module("safetensors.torch")
+    original = getattr(modeling_utils, "safe_save_file", None)
+    if original is None or original is not getattr(safetensors_torch, "save_file", None):
+        yield
+        return
+    with _WRITER_LOCK:
+        modeling_utils.safe_save_file = functools.partial(write_safetensors, pad=False)
+        try:
+            yield
+        finally:
+            modeling_utils.safe_save_file = original
 
 
 def _dtype_kwarg(transformers: Any) -> str:
@@ -130,7 +157,7 @@ def _save(obj: object, path: Path, ctx: PickleContext) -> dict[str, Any]:
     transformers = require("transformers", flavor=FLAVOR_NAME, extra=EXTRA)
     kind = _kind(obj)
     target: Any = obj
-    with _quiet(transformers):
+    with _quiet(transformers), _aligned_weights():
         target.save_pretrained(str(path))
     info: dict[str, Any] = {"kind": kind, "class": _save_class(type(obj), path, "class", ctx)}
     if kind == "model":

@@ -1,0 +1,595 @@
+"""Each model flavor saves and loads its kind of model with the same outputs.
+
+The round trip is parametrized over the registry itself: a new flavor in ``FLAVORS`` fails
+``test_every_flavor_has_a_sample`` until it gets a sample model here, and is then round-tripped
+like the others. Flavors pickle through a context; these tests use a plain cloudpickle one (see
+``pickle_context``) so they exercise the flavors alone; the bundle tests use cloudflow's own.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import cloudpickle
+import models
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from cloudflow.exceptions import BundleFormatError, MissingDependencyError
+from cloudflow.flavors import FLAVORS, Flavor, flavor_for, get_flavor
+from cloudflow.flavors import _sklearn as sklearn_flavor
+from cloudflow.flavors._base import require
+from cloudflow.flavors._torch import ALIGNMENT, write_safetensors
+
+# --- the pickling context ---------------------------------------------------------------------
+
+
+class CloudpickleContext:
+    """A minimal PickleContext: cloudpickle out, pickle in, persistent ids passed through."""
+
+    def dump(
+        self,
+        obj: object,
+        path: Path,
+        *,
+        persistent_id: Callable[[object], object | None] | None = None,
+    ) -> None:
+        with open(path, "wb") as f:
+            pickler = cloudpickle.Pickler(f, protocol=5)
+            if persistent_id is not None:
+                pickler.persistent_id = persistent_id  # type: ignore[method-assign]
+            pickler.dump(obj)
+
+    def load(self, path: Path, *, persistent_load: Callable[[object], object] | None = None) -> Any:
+        with open(path, "rb") as f:
+            unpickler = pickle.Unpickler(f)
+            if persistent_load is not None:
+                unpickler.persistent_load = persistent_load  # type: ignore[method-assign]
+            return unpickler.load()
+
+
+@pytest.fixture
+def pickle_context() -> CloudpickleContext:
+    return CloudpickleContext()
+
+
+def round_trip(flavor: Flavor, obj: object, folder: Path, ctx: Any) -> tuple[object, dict]:
+    """Save, pass the info through JSON as the manifest does, load."""
+    folder.mkdir(parents=True, exist_ok=True)
+    info = flavor.save(obj, folder, ctx)
+    info = json.loads(json.dumps(info))
+    return flavor.load(folder, info, ctx), info
+
+
+# --- samples and output checks, one per flavor ------------------------------------------------
+
+
+def _pickle_sample() -> object:
+    return {"threshold": 0.5, "labels": ["NEGATIVE", "POSITIVE"], "weights": (1, 2.5)}
+
+
+SAMPLES: dict[str, Callable[[], object]] = {
+    "transformers": models.tiny_text_pipeline,
+    "torch": models.tiny_torch_mlp,
+    "sklearn": models.tiny_sklearn_pipeline,
+    "pickle": _pickle_sample,
+}
+
+
+def _same_pipeline_outputs(original: Any, loaded: Any) -> None:
+    assert loaded(models.TEXTS) == original(models.TEXTS)
+    assert loaded.model.config.id2label == original.model.config.id2label
+
+
+def _same_torch_outputs(original: Any, loaded: Any) -> None:
+    x = models.torch_input()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), original(x))
+    assert loaded.training == original.training
+
+
+def _same_sklearn_outputs(original: Any, loaded: Any) -> None:
+    X, _ = models.iris()
+    np.testing.assert_array_equal(loaded.predict_proba(X), original.predict_proba(X))
+
+
+def _same_object(original: Any, loaded: Any) -> None:
+    assert loaded == original
+
+
+CHECKS: dict[str, Callable[[Any, Any], None]] = {
+    "transformers": _same_pipeline_outputs,
+    "torch": _same_torch_outputs,
+    "sklearn": _same_sklearn_outputs,
+    "pickle": _same_object,
+}
+
+
+def test_every_flavor_has_a_sample() -> None:
+    names = [flavor.name for flavor in FLAVORS]
+    assert len(set(names)) == len(names)
+    assert set(SAMPLES) == set(names) == set(CHECKS)
+
+
+def test_pickle_fallback_is_last() -> None:
+    assert FLAVORS[-1].name == "pickle"
+    assert FLAVORS[-1].matches(object())
+
+
+@pytest.mark.parametrize("flavor", FLAVORS, ids=lambda f: f.name)
+def test_round_trip_gives_the_same_outputs(
+    flavor: Flavor, tmp_path: Path, pickle_context: CloudpickleContext
+) -> None:
+    original = SAMPLES[flavor.name]()
+    assert flavor_for(original) is flavor
+    loaded, _ = round_trip(flavor, original, tmp_path / "model", pickle_context)
+    assert type(loaded) is type(original)
+    CHECKS[flavor.name](original, loaded)
+
+
+@pytest.mark.parametrize("flavor", FLAVORS, ids=lambda f: f.name)
+def test_describe_names_framework_and_class(flavor: Flavor) -> None:
+    assert flavor.describe is not None
+    obj = SAMPLES[flavor.name]()
+    meta = flavor.describe(obj)
+    json.dumps(meta)  # goes into the manifest and MLflow tags
+    assert meta["class"] == f"{type(obj).__module__}.{type(obj).__qualname__}"
+    assert meta["framework"] in {flavor.name, "builtins"}
+
+
+@pytest.mark.parametrize("flavor", FLAVORS, ids=lambda f: f.name)
+def test_flavor_declares_its_packages(flavor: Flavor) -> None:
+    assert flavor.packages
+    assert flavor.extra in {None, "torch", "transformers", "sklearn"}
+
+
+# --- choosing a flavor ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("build", "expected"),
+    [
+        (models.tiny_text_pipeline, "transformers"),
+        (models.tiny_bert_model, "transformers"),  # also an nn.Module: the specific flavor wins
+        (models.tiny_tokenizer, "transformers"),
+        (models.tiny_torch_mlp, "torch"),
+        (lambda: nn.Linear(2, 2), "torch"),
+        (models.tiny_sklearn_pipeline, "sklearn"),
+        (lambda: np.arange(3), "pickle"),
+        (lambda: len, "pickle"),
+    ],
+)
+def test_flavor_for_picks_the_specific_flavor(build: Callable[[], object], expected: str) -> None:
+    assert flavor_for(build()).name == expected
+
+
+def test_importing_and_matching_imports_no_framework() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        from cloudflow.flavors import flavor_for
+        assert flavor_for({"a": 1}).name == "pickle"
+        heavy = {"torch", "transformers", "sklearn", "safetensors", "skops"} & set(sys.modules)
+        assert not heavy, heavy
+        print("ok")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_unknown_flavor_name_lists_the_known_ones() -> None:
+    with pytest.raises(BundleFormatError, match=r"Unknown model flavor 'onnx'.*'torch'.*'pickle'"):
+        get_flavor("onnx")
+
+
+def test_get_flavor_returns_the_registered_flavor() -> None:
+    for flavor in FLAVORS:
+        assert get_flavor(flavor.name) is flavor
+
+
+def test_missing_library_names_the_extra(
+    tmp_path: Path, pickle_context: CloudpickleContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flavor = get_flavor("torch")
+    info = flavor.save(models.tiny_torch_mlp(), tmp_path, pickle_context)
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)  # makes the import fail
+    with pytest.raises(MissingDependencyError, match=r"pip install 'cloudflow\[torch\]'"):
+        flavor.load(tmp_path, info, pickle_context)
+
+
+def test_require_without_extra_names_the_module() -> None:
+    with pytest.raises(MissingDependencyError, match=r"pip install no_such_module_here"):
+        require("no_such_module_here", flavor="pickle", extra=None)
+
+
+# --- user classes: they live in the user's modules, not in an installed library ---------------
+
+USER_MODULE = """
+import torch
+from torch import nn
+from sklearn.base import BaseEstimator, TransformerMixin
+
+
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(4, 3)
+        self.register_buffer("scale", torch.tensor([2.0, 0.5, 1.0]))
+
+    def forward(self, x):
+        return self.body(x) * self.scale
+
+
+class AddConstant(TransformerMixin, BaseEstimator):
+    def __init__(self, value=1.0):
+        self.value = value
+
+    def fit(self, X, y=None):
+        return self
+
+    def transform(self, X):
+        return X + self.value
+"""
+
+
+@pytest.fixture
+def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """A user module on sys.path, pickled by value; ``forget`` makes it unimportable again."""
+    source = tmp_path / "user_src"
+    source.mkdir()
+    (source / "cf_user_models.py").write_text(USER_MODULE, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(source))
+    import cf_user_models
+
+    cloudpickle.register_pickle_by_value(cf_user_models)
+    try:
+        yield cf_user_models
+    finally:
+        cloudpickle.unregister_pickle_by_value(cf_user_models)
+        sys.modules.pop("cf_user_models", None)
+
+
+def _forget(module: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user's source is gone: the class must come from the saved files."""
+    monkeypatch.delitem(sys.modules, module.__name__)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if not p.endswith("user_src")])
+    with pytest.raises(ImportError, match="cf_user_models"):
+        __import__(module.__name__)
+
+
+def test_user_torch_module_round_trips(
+    user_module: ModuleType,
+    tmp_path: Path,
+    pickle_context: CloudpickleContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    torch.manual_seed(0)
+    net = user_module.TinyNet().eval()
+    flavor = flavor_for(net)
+    assert flavor.name == "torch"
+    folder = tmp_path / "net"
+    folder.mkdir()
+    info = flavor.save(net, folder, pickle_context)
+    _forget(user_module, monkeypatch)
+    loaded: Any = flavor.load(folder, info, pickle_context)
+    # The module cannot be imported any more, so the class came from module.pkl, by value.
+    assert type(loaded).__qualname__ == "TinyNet"
+    x = models.torch_input()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net(x))
+
+
+def test_user_sklearn_transformer_round_trips(
+    user_module: ModuleType,
+    tmp_path: Path,
+    pickle_context: CloudpickleContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    X, y = models.iris()
+    estimator = make_pipeline(user_module.AddConstant(3.0), LogisticRegression(max_iter=300))
+    estimator.fit(X, y)
+    flavor = flavor_for(estimator)
+    assert flavor.name == "sklearn"
+    monkeypatch.setattr(sklearn_flavor, "FORMAT", "skops")  # even then: skops cannot import it
+    folder = tmp_path / "est"
+    folder.mkdir()
+    info = flavor.save(estimator, folder, pickle_context)
+    assert info["format"] == "pickle"
+    assert not (folder / "model.skops").exists()
+    _forget(user_module, monkeypatch)
+    loaded: Any = flavor.load(folder, info, pickle_context)
+    np.testing.assert_array_equal(loaded.predict_proba(X), estimator.predict_proba(X))
+
+
+# --- torch ------------------------------------------------------------------------------------
+
+
+def _tied_model() -> nn.Module:
+    torch.manual_seed(0)
+    embed = nn.Embedding(10, 4)
+    head = nn.Linear(4, 10, bias=False)
+    head.weight = embed.weight  # tied, as language models tie input and output embeddings
+    return nn.Sequential(embed, nn.Tanh(), head).eval()
+
+
+def test_torch_tied_weights_are_stored_once_and_stay_shared(
+    tmp_path: Path, pickle_context: CloudpickleContext
+) -> None:
+    model = _tied_model()
+    loaded: Any
+    loaded, info = round_trip(get_flavor("torch"), model, tmp_path, pickle_context)
+    with safe_open(tmp_path / "weights.safetensors", framework="pt") as f:
+        assert list(f.keys()) == ["0.weight"]
+    assert info["tensors"] == 1
+    assert loaded[0].weight is loaded[2].weight
+    assert isinstance(loaded[2].weight, nn.Parameter)
+    tokens = torch.tensor([[1, 2, 3], [7, 8, 9]])
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens), model(tokens))
+
+
+def test_torch_skeleton_holds_no_weight_bytes(
+    tmp_path: Path, pickle_context: CloudpickleContext
+) -> None:
+    model = models.tiny_torch_mlp(sizes=(64, 512, 256, 8))
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert weights > 600_000
+    round_trip(get_flavor("torch"), model, tmp_path, pickle_context)
+    skeleton = (tmp_path / "module.pkl").read_bytes()
+    assert len(skeleton) < 5_000
+    first_layer = model[0].weight.detach().numpy().tobytes()
+    assert first_layer[:256] not in skeleton
+    assert (tmp_path / "weights.safetensors").stat().st_size >= weights
+
+
+class _Everything(nn.Module):
+    """Parameters and tensors of every kind the torch flavor has to tell apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trainable = nn.Linear(3, 2)
+        self.frozen = nn.Linear(3, 2).to(torch.float64).requires_grad_(False)
+        self.low = nn.Parameter(torch.ones(2, dtype=torch.float16))
+        self.register_buffer("table", torch.arange(12.0).reshape(3, 4))
+        self.register_buffer("scratch", torch.full((2,), 7), persistent=False)
+        self.row = self.table[1]  # a view of the buffer: another tensor on the same storage
+        self.plain = torch.tensor([0.25, 0.75])  # a tensor attribute, neither param nor buffer
+        self.sparse = torch.eye(3).to_sparse()  # not storable in safetensors: stays pickled
+
+
+def test_torch_keeps_parameter_kinds_dtypes_and_mode(
+    tmp_path: Path, pickle_context: CloudpickleContext
+) -> None:
+    torch.manual_seed(0)
+    model = _Everything().train()
+    loaded: Any
+    loaded, _ = round_trip(get_flavor("torch"), model, tmp_path, pickle_context)
+    assert loaded.training
+    assert loaded.trainable.weight.requires_grad
+    assert not loaded.frozen.weight.requires_grad
+    assert loaded.frozen.weight.dtype == torch.float64
+    assert loaded.low.dtype == torch.float16
+    assert isinstance(loaded.low, nn.Parameter)
+    assert sorted(dict(loaded.named_parameters())) == sorted(dict(model.named_parameters()))
+    assert sorted(dict(loaded.named_buffers())) == ["scratch", "table"]
+    assert not isinstance(loaded.table, nn.Parameter)
+    assert "scratch" not in loaded.state_dict()  # still non-persistent
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    assert torch.equal(loaded.scratch, model.scratch)
+    assert torch.equal(loaded.row, model.row)
+    assert torch.equal(loaded.plain, model.plain)
+    assert torch.equal(loaded.sparse.to_dense(), torch.eye(3))
+
+
+def test_torch_load_memory_maps_the_weights(
+    tmp_path: Path, pickle_context: CloudpickleContext
+) -> None:
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        pytest.skip("needs Linux /proc to see memory mappings")
+    loaded, _ = round_trip(get_flavor("torch"), models.tiny_torch_mlp(), tmp_path, pickle_context)
+    assert str(tmp_path / "weights.safetensors") in maps.read_text()
+    assert loaded is not None  # the mapping lives as long as the model
+
+
+@pytest.mark.parametrize("pad", [True, False])
+def test_write_safetensors_is_standard_and_aligned(tmp_path: Path, pad: bool) -> None:
+    from safetensors.torch import load_file
+
+    base = torch.randn(16, 16)
+    tensors = {
+        "odd": torch.randn(3),
+        "matrix": base,
+        "row": base[2],  # shares the storage of "matrix"
+        "transposed": torch.randn(4, 4).t(),  # not contiguous
+        "flag": torch.tensor(True),
+        "half": torch.randn(5, dtype=torch.bfloat16),
+        "small": torch.arange(5, dtype=torch.int16),
+        "empty": torch.zeros(0, 3),
+        "complex": torch.randn(2, 3, dtype=torch.complex64),
+        "last": torch.randn(16, 16, dtype=torch.float64),
+    }
+    write_safetensors(tensors, tmp_path / "w.safetensors", {"format": "pt"}, pad=pad)
+    loaded = load_file(tmp_path / "w.safetensors")  # safetensors' own reader accepts it
+    padding = {k for k in loaded if k.startswith("__cloudflow_padding__.")}
+    assert bool(padding) == pad
+    assert set(loaded) - padding == set(tensors)
+    for name, tensor in tensors.items():
+        assert loaded[name].dtype == tensor.dtype
+        assert torch.equal(loaded[name], tensor), name
+    sizes_aligned = [n for n, t in tensors.items() if t.numel() * t.element_size() % ALIGNMENT == 0]
+    must_align = [n for n in tensors if tensors[n].numel()] if pad else sizes_aligned
+    assert all(loaded[n].data_ptr() % ALIGNMENT == 0 for n in must_align)
+    with safe_open(tmp_path / "w.safetensors", framework="pt") as f:
+        assert f.metadata() == {"format": "pt"}
+
+
+def test_torch_describe_counts_trainable_and_frozen() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    model[0].requires_grad_(False)
+    meta = get_flavor("torch").describe(model)  # type: ignore[misc]
+    assert meta["parameters"] == 4 * 8 + 8 + 8 * 2 + 2
+    assert meta["frozen_parameters"] == 4 * 8 + 8
+    assert meta["trainable_parameters"] == 8 * 2 + 2
+    assert meta["layers"] == 2  # the ReLU holds no weights
+    assert meta["dtype"] == "float32"
+    assert meta["device"] == "cpu"
+
+
+# --- transformers -----------------------------------------------------------------------------
+
+
+def test_pipeline_keeps_task_labels_and_call_settings(
+    tmp_path: Path, pickle_context: CloudpickleContext
+) -> None:
+    from transformers import pipeline
+
+    original = pipeline(
+        "text-classification",
+        model=models.tiny_bert_model(seed=2),
+        tokenizer=models.tiny_tokenizer(),
+        top_k=None,  # every label with its score
+        function_to_apply="sigmoid",
+        truncation=True,
+        device="cpu",
+    )
+    loaded: Any
+    loaded, info = round_trip(get_flavor("transformers"), original, tmp_path, pickle_context)
+    assert info["task"] == "text-classification"
+    assert loaded.task == "text-classification"
+    expected = original(models.TEXTS)
+    assert len(expected[0]) == 2  # top_k=None was kept, not reset to the best label only
+    assert loaded(models.TEXTS) == expected
+    assert loaded.model.config.id2label == models.TEXT_LABELS
+
+
+def test_pipeline_folder_is_what_transformers_reads(
+    tmp_path: Path, pickle_context: CloudpickleContext
+) -> None:
+    from transformers import pipeline
+
+    original = models.tiny_text_pipeline()
+    get_flavor("transformers").save(original, tmp_path, pickle_context)
+    assert (tmp_path / "model.safetensors").exists()
+    reread = pipeline("text-classification", model=str(tmp_path))
+    assert reread(models.TEXTS) == original(models.TEXTS)
+
+
+def test_pipeline_load_memory_maps_the_weights(
+    tmp_path: Path, pickle_context: CloudpickleContext
+) -> None:
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        pytest.skip("needs Linux /proc to see memory mappings")
+    pipe = models.tiny_text_pipeline()
+    loaded, _ = round_trip(get_flavor("transformers"), pipe, tmp_path, pickle_context)
+    assert str(tmp_path / "model.safetensors") in maps.read_text()
+    assert loaded is not None
+
+
+def test_pipeline_weights_load_aligned_for_identical_outputs(
+    tmp_path: Path, pickle_context: CloudpickleContext
+) -> None:
+    # 8-byte aligned memory-mapped weights change the last bits of the scores; see
+    # write_safetensors. Every weight whose size allows it must start 64-byte aligned.
+    pipe = models.tiny_text_pipeline()
+    loaded: Any
+    loaded, _ = round_trip(get_flavor("transformers"), pipe, tmp_path, pickle_context)
+    for name, param in loaded.model.named_parameters():
+        if param.numel() * param.element_size() % ALIGNMENT == 0:
+            assert param.data_ptr() % ALIGNMENT == 0, name
+    assert loaded(models.TEXTS * 3) == pipe(models.TEXTS * 3)
+
+
+def test_bare_transformers_model_round_trips(
+    tmp_path: Path, pickle_context: CloudpickleContext
+) -> None:
+    model = models.tiny_bert_model().train()
+    loaded: Any
+    loaded, info = round_trip(get_flavor("transformers"), model, tmp_path, pickle_context)
+    assert info["kind"] == "model"
+    assert type(loaded) is type(model)
+    assert loaded.training
+    inputs = models.tiny_tokenizer()(models.TEXTS, padding=True, return_tensors="pt")
+    model.eval()
+    loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)
+
+
+def test_tokenizer_round_trips(tmp_path: Path, pickle_context: CloudpickleContext) -> None:
+    tokenizer = models.tiny_tokenizer()
+    loaded: Any
+    loaded, info = round_trip(get_flavor("transformers"), tokenizer, tmp_path, pickle_context)
+    assert info["kind"] == "pretrained"
+    assert type(loaded) is type(tokenizer)
+    assert loaded(models.TEXTS)["input_ids"] == tokenizer(models.TEXTS)["input_ids"]
+
+
+def test_transformers_describe_reports_layers_and_labels() -> None:
+    meta = get_flavor("transformers").describe(models.tiny_text_pipeline())  # type: ignore[misc]
+    assert meta["task"] == "text-classification"
+    assert meta["layers"] == 2
+    assert meta["labels"] == {"0": "NEGATIVE", "1": "POSITIVE"}
+    assert meta["parameters"] == meta["trainable_parameters"] > 0
+    assert meta["dtype"] == "float32"
+
+
+# --- scikit-learn -----------------------------------------------------------------------------
+
+
+def test_sklearn_pickles_by_default(tmp_path: Path, pickle_context: CloudpickleContext) -> None:
+    _, info = round_trip(
+        get_flavor("sklearn"), models.tiny_sklearn_pipeline(), tmp_path, pickle_context
+    )
+    assert info == {"format": "pickle", "file": "model.pkl"}
+
+
+def test_sklearn_skops_format_round_trips(
+    tmp_path: Path, pickle_context: CloudpickleContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sklearn.ensemble import RandomForestClassifier
+
+    monkeypatch.setattr(sklearn_flavor, "FORMAT", "skops")
+    X, y = models.iris()
+    forest = RandomForestClassifier(n_estimators=5, random_state=0).fit(X, y)
+    loaded: Any
+    loaded, info = round_trip(get_flavor("sklearn"), forest, tmp_path, pickle_context)
+    assert info["format"] == "skops"
+    assert all(name.startswith("sklearn.") for name in info["trusted"])
+    assert not (tmp_path / "model.pkl").exists()
+    np.testing.assert_array_equal(loaded.predict_proba(X), forest.predict_proba(X))
+
+
+def test_sklearn_unknown_format_is_refused(
+    tmp_path: Path, pickle_context: CloudpickleContext
+) -> None:
+    with pytest.raises(BundleFormatError, match=r"Unknown scikit-learn format 'onnx'"):
+        get_flavor("sklearn").load(tmp_path, {"format": "onnx"}, pickle_context)
+
+
+def test_sklearn_describe_lists_steps() -> None:
+    meta = get_flavor("sklearn").describe(models.tiny_sklearn_pipeline())  # type: ignore[misc]
+    assert meta["steps"] == ["scale: StandardScaler", "clf: LogisticRegression"]
+    assert meta["n_features_in"] == 4
+    assert meta["n_classes"] == 3
+    assert meta["parameters"] > 0
