@@ -1,16 +1,27 @@
-"""The bundle manifest: what a bundle holds, and the digests that prove it is unchanged."""
+"""The bundle manifest: what a bundle holds, and the digests that prove it is unchanged.
+
+Three layers, each checked before anything of the bundle is unpickled:
+
+- ``files``: the sha256 and size of every file of the ``cloudflow`` folder but the manifest, so
+  a changed, truncated, missing or added file is found and named;
+- ``manifest_sha256``: a checksum of the manifest's own content, so damage to the manifest itself
+  (a flipped byte in a digest, a version or a model entry) is found too;
+- optionally ``manifest.sig`` (:mod:`cloudflow._signing`): an HMAC of the manifest. Digests and
+  checksum catch accidents; only a signature catches someone who rewrote a file *and* its digest.
+"""
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import hashlib
 import json
 import os
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cloudflow import _digests, _signing
 from cloudflow.exceptions import BundleFormatError, IntegrityError
 
 #: Version of the on-disk layout of a bundle (``cloudflow/`` folder, manifest keys, pickle
@@ -21,9 +32,13 @@ FORMAT_VERSION = 1
 
 DATA_DIR = "cloudflow"
 MANIFEST_FILE = "manifest.json"
+SIGNATURE_FILE = _signing.SIGNATURE_FILE
 CODE_FILE = "code.pkl"
 MODELS_DIR = "models"
-_CHUNK = 8 * 1024 * 1024
+#: The manifest's checksum of itself (optional: bundles written before it existed have none).
+CHECKSUM_KEY = "manifest_sha256"
+# Files of the data folder that describe the others and are not listed in ``files``.
+_META_FILES = frozenset({MANIFEST_FILE, SIGNATURE_FILE})
 
 
 @dataclass(frozen=True)
@@ -53,7 +68,12 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True, default=str)
+        """The manifest file's text, with its checksum."""
+        # Round-trip first: the checksum is of what a reader will parse (default=str turns odd
+        # metadata values into strings, int keys into str keys).
+        data = json.loads(json.dumps(dataclasses.asdict(self), default=str))
+        data[CHECKSUM_KEY] = checksum(data)
+        return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
@@ -73,7 +93,7 @@ class Manifest:
         values = {k: v for k, v in data.items() if k in known}
         values["extra"] = {
             **data.get("extra", {}),
-            **{k: v for k, v in data.items() if k not in known},
+            **{k: v for k, v in data.items() if k not in known and k != CHECKSUM_KEY},
         }
         values["models"] = {
             name: ModelEntry(**entry) for name, entry in (data.get("models") or {}).items()
@@ -81,25 +101,96 @@ class Manifest:
         return cls(**values)
 
 
-def read_manifest(data_dir: Path) -> Manifest:
-    """Read and check the manifest of a bundle's data folder."""
+def checksum(data: dict[str, Any]) -> str:
+    """sha256 of the manifest's content (every key but the checksum), in a canonical form."""
+    body = {k: v for k, v in data.items() if k != CHECKSUM_KEY}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def _damaged(path: Path, what: str) -> IntegrityError:
+    return IntegrityError(
+        f"The manifest {str(path)!r} is damaged: {what}. Do not load this bundle; copy it again "
+        "or save it again."
+    )
+
+
+def _safe_relative(rel: object) -> bool:
+    """A path inside the data folder: relative, '/'-separated, no '..', no empty parts."""
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel or "\0" in rel:
+        return False
+    parts = rel.split("/")
+    return all(p not in ("", ".", "..") for p in parts) and posixpath.normpath(rel) == rel
+
+
+def _check_shape(data: dict[str, Any], path: Path) -> None:
+    """The types every reader relies on; a damaged manifest says so instead of a TypeError."""
+    for key, kind in (
+        ("cloudflow_version", str),
+        ("python_version", str),
+        ("libraries", dict),
+        ("predict_fn", dict),
+        ("models", dict),
+        ("captured_modules", list),
+        ("requirements", list),
+        ("files", dict),
+        ("metadata", dict),
+        ("extra", dict),
+    ):
+        if key in data and not isinstance(data[key], kind):
+            raise _damaged(path, f"{key!r} is a {type(data[key]).__name__}, not a {kind.__name__}")
+    for rel, entry in (data.get("files") or {}).items():
+        if not _safe_relative(rel) or rel in _META_FILES:
+            raise _damaged(path, f"it lists the file {rel!r}, which is not a path in the bundle")
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("sha256"), str)
+            or type(entry.get("size")) is not int
+        ):
+            raise _damaged(path, f"the entry of {rel!r} has no sha256 and size")
+    for name, entry in (data.get("models") or {}).items():
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("flavor"), str)
+            or not _safe_relative(entry.get("path"))
+            or not str(entry.get("path")).startswith(MODELS_DIR + "/")
+            or not isinstance(entry.get("info", {}), dict)
+            or not isinstance(entry.get("metadata", {}), dict)
+            or set(entry) - {"flavor", "path", "info", "metadata"}
+        ):
+            raise _damaged(path, f"the entry of model {name!r} is not a flavor, path and info")
+    for dist, version in (data.get("libraries") or {}).items():
+        if not isinstance(version, str):
+            raise _damaged(path, f"the version of {dist!r} is not a string")
+
+
+def read_manifest(data_dir: Path, *, signing_key: bytes | None = None) -> Manifest:
+    """Read and check the manifest of a bundle's data folder.
+
+    With a key, the signature is checked on the very bytes that are then parsed.
+
+    Raises:
+        BundleFormatError: The folder is not a bundle, or of a newer format.
+        IntegrityError: The manifest is damaged, or unsigned / wrongly signed under the key.
+    """
     path = data_dir / MANIFEST_FILE
     if not path.is_file():
         raise BundleFormatError(
-            f"{data_dir.parent} is not a cloudflow bundle: {DATA_DIR}/{MANIFEST_FILE} is missing. "
-            "Give the folder that holds the MLmodel file of a bundle saved by cloudflow."
+            f"{str(data_dir.parent)!r} is not a cloudflow bundle: {DATA_DIR}/{MANIFEST_FILE} is "
+            "missing. Give the folder that holds the MLmodel file of a bundle saved by cloudflow."
         )
+    raw = path.read_bytes()
+    if signing_key is not None:
+        _signing.check(data_dir, raw, signing_key)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise IntegrityError(
-            f"The manifest {path} is not valid JSON ({e}): the bundle is damaged. Save it again."
-        ) from e
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise _damaged(path, f"it is not valid JSON ({e})") from e
     if not isinstance(data, dict):
-        raise IntegrityError(f"The manifest {path} is not a JSON object: the bundle is damaged.")
+        raise _damaged(path, "it is not a JSON object")
     version = data.get("format_version")
-    if not isinstance(version, int):
-        raise IntegrityError(f"The manifest {path} has no integer format_version: it is damaged.")
+    if type(version) is not int or version < 1:
+        raise _damaged(path, "it has no valid format_version")
     if version > FORMAT_VERSION:
         from cloudflow._version import __version__
 
@@ -107,15 +198,20 @@ def read_manifest(data_dir: Path) -> Manifest:
             f"This bundle has format version {version}, newer than the {FORMAT_VERSION} this "
             f"cloudflow {__version__} reads. Upgrade cloudflow: pip install -U cloudflow"
         )
+    if CHECKSUM_KEY in data and data[CHECKSUM_KEY] != checksum(data):
+        raise _damaged(path, "its content does not match its checksum (manifest_sha256)")
+    _check_shape(data, path)
     return Manifest.from_dict(data)
 
 
+def sign(data_dir: Path, signing_key: bytes) -> None:
+    """Sign the manifest written in ``data_dir`` (writes ``manifest.sig`` beside it)."""
+    _signing.sign(data_dir, (data_dir / MANIFEST_FILE).read_bytes(), signing_key)
+
+
 def digest_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    """sha256 of one file (no cache)."""
+    return _digests.digest_file(path)
 
 
 def _walk_files(data_dir: Path) -> list[str]:
@@ -123,16 +219,18 @@ def _walk_files(data_dir: Path) -> list[str]:
     for root, _dirs, files in os.walk(data_dir):
         for name in files:
             rel = os.path.relpath(os.path.join(root, name), data_dir).replace(os.sep, "/")
-            if rel != MANIFEST_FILE:
+            if rel not in _META_FILES:
                 out.append(rel)
     return sorted(out)
 
 
 def digest_files(data_dir: Path) -> dict[str, dict[str, Any]]:
-    """sha256 and size of every file of a data folder but the manifest (hashed in parallel)."""
+    """sha256 and size of every file of a data folder but the manifest (hashed in parallel).
+
+    The digests also go to the digest cache: the first load on this machine does not hash again.
+    """
     rels = _walk_files(data_dir)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(4, max(1, len(rels)))) as pool:
-        digests = list(pool.map(lambda rel: digest_file(data_dir / rel), rels))
+    digests = _digests.digest_files([data_dir / rel for rel in rels])
     return {
         rel: {"sha256": digest, "size": (data_dir / rel).stat().st_size}
         for rel, digest in zip(rels, digests, strict=True)
@@ -140,39 +238,50 @@ def digest_files(data_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def verify_files(data_dir: Path, manifest: Manifest) -> None:
-    """Check every file against the manifest before anything is unpickled."""
+    """Check every file against the manifest before anything is unpickled.
+
+    Raises:
+        IntegrityError: A file is missing, added, of another size or another digest; the message
+            names it.
+    """
+    bundle = str(data_dir.parent)
     present = set(_walk_files(data_dir))
     expected = set(manifest.files)
     missing = sorted(expected - present)
     if missing:
         raise IntegrityError(
-            f"The bundle at {data_dir.parent} is missing {missing[0]!r} (listed in its manifest)"
+            f"The bundle at {bundle!r} is missing {missing[0]!r} (listed in its manifest)"
             + (f" and {len(missing) - 1} more file(s)" if len(missing) > 1 else "")
             + ". It is incomplete: copy it again or save it again."
         )
     extra = sorted(present - expected)
     if extra:
         raise IntegrityError(
-            f"The bundle at {data_dir.parent} holds a file its manifest does not list: "
-            f"{extra[0]!r}. Files were added after saving; remove them or save the bundle again."
+            f"The bundle at {bundle!r} holds a file its manifest does not list: {extra[0]!r}. "
+            "Files were added after saving; remove them or save the bundle again."
         )
-    for rel, entry in manifest.files.items():
-        size = (data_dir / rel).stat().st_size
-        if size != entry.get("size"):
-            raise IntegrityError(
-                f"The file {rel!r} of the bundle at {data_dir.parent} has {size} bytes, but "
-                f"{entry.get('size')} were saved: it was changed or truncated. Save the bundle "
-                "again."
-            )
     rels = sorted(manifest.files)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(4, max(1, len(rels)))) as pool:
-        digests = dict(
-            zip(rels, pool.map(lambda rel: digest_file(data_dir / rel), rels), strict=True)
-        )
     for rel in rels:
-        if digests[rel] != manifest.files[rel].get("sha256"):
+        try:
+            size = (data_dir / rel).stat().st_size
+        except OSError as e:
             raise IntegrityError(
-                f"The file {rel!r} of the bundle at {data_dir.parent} does not match the sha256 "
+                f"The file {rel!r} of the bundle at {bundle!r} cannot be read ({e.strerror})."
+            ) from e
+        if size != manifest.files[rel]["size"]:
+            raise IntegrityError(
+                f"The file {rel!r} of the bundle at {bundle!r} has {size} bytes, but "
+                f"{manifest.files[rel]['size']} were saved: it was changed or truncated. Save the "
+                "bundle again."
+            )
+    try:
+        digests = _digests.digest_files([data_dir / rel for rel in rels])
+    except OSError as e:
+        raise IntegrityError(f"A file of the bundle at {bundle!r} cannot be read: {e}") from e
+    for rel, digest in zip(rels, digests, strict=True):
+        if digest != manifest.files[rel]["sha256"]:
+            raise IntegrityError(
+                f"The file {rel!r} of the bundle at {bundle!r} does not match the sha256 "
                 "digest in its manifest: it was changed after saving. Do not load it; save the "
                 "bundle again from its source."
             )
