@@ -205,8 +205,14 @@ def write_bundle(
     signature: Any = None,
     input_example: Any = None,
     mlflow_model: Any = None,
+    signing_key: bytes | None = None,
+    verify: bool = False,
 ) -> Manifest:
-    """Write a bundle into ``path``, which must not exist; publish it only when complete."""
+    """Write a bundle into ``path``, which must not exist; publish it only when complete.
+
+    With ``signing_key`` the manifest is signed; with ``verify`` the bundle is first loaded (and
+    ``input_example`` run) in a clean process, and a failure leaves nothing behind.
+    """
     if path.exists():
         raise BundleArgumentError(
             f"Path {str(path)!r} already exists. Give a new folder, or delete the old bundle first."
@@ -233,6 +239,12 @@ def write_bundle(
             signature,
             input_example,
         )
+        if signing_key is not None:
+            _manifest.sign(staging / DATA_DIR, signing_key)
+        if verify:
+            from cloudflow._verify import check_in_clean_process
+
+            check_in_clean_process(staging, input_example)
         os.rename(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -350,12 +362,26 @@ def data_dir_of(path: Path) -> Path:
     return path / DATA_DIR
 
 
-def read_bundle(path: Path, *, verify: bool = True, allow_python_mismatch: bool = False) -> Bundle:
-    """Load a bundle from a local folder (its root, or its ``cloudflow`` data folder)."""
+def read_bundle(
+    path: Path,
+    *,
+    verify: bool = True,
+    allow_python_mismatch: bool = False,
+    signing_key: str | bytes | None = None,
+) -> Bundle:
+    """Load a bundle from a local folder (its root, or its ``cloudflow`` data folder).
+
+    The manifest, its signature (when a key is given or ``CLOUDFLOW_SIGNING_KEY`` is set: then
+    every file is checked whatever ``verify`` says) and the files are checked before anything
+    is unpickled.
+    """
+    from cloudflow._signing import resolve_key
+
     started = time.perf_counter()
+    key = resolve_key(signing_key)
     data = data_dir_of(path)
-    manifest = _manifest.read_manifest(data)
-    if verify:
+    manifest = _manifest.read_manifest(data, signing_key=key)
+    if verify or key is not None:
         _manifest.verify_files(data, manifest)
     _check_python(manifest, allow_python_mismatch)
     from cloudflow.flavors import get_flavor
