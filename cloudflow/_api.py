@@ -13,6 +13,7 @@ from typing import Any
 
 from cloudflow import _store
 from cloudflow._bundle import Bundle, check_arguments, read_bundle, write_bundle
+from cloudflow._signing import resolve_key
 from cloudflow.exceptions import BundleArgumentError, CloudflowError, NotFoundError, StoreError
 
 _logger = logging.getLogger("cloudflow")
@@ -47,6 +48,8 @@ def save_bundle(
     strip_docstrings: bool = False,
     signature: Any = None,
     input_example: Any = None,
+    signing_key: str | bytes | None = None,
+    verify: bool = False,
 ) -> None:
     """Save a predict function and its models as an MLflow pyfunc model in a local folder.
 
@@ -66,6 +69,12 @@ def save_bundle(
         strip_docstrings: Remove docstrings from the captured code.
         signature: An MLflow ``ModelSignature`` to write in MLmodel.
         input_example: An input example to write with the model.
+        signing_key: Sign the manifest with this secret (HMAC-SHA256); default: the environment
+            variable ``CLOUDFLOW_SIGNING_KEY`` if set. A load with a key refuses bundles that are
+            unsigned or signed with another key.
+        verify: Before publishing, load the bundle in a clean process (without your source on
+            the path) and run ``input_example`` there; a capture that missed a module fails the
+            save, naming it, and nothing is written.
 
     Raises:
         BundleArgumentError: ``predict_fn`` is not a function, ``models`` not a dict of str, or
@@ -78,6 +87,7 @@ def save_bundle(
         >>> cloudflow.load_bundle("bundle").predict(x=[[1.0, 2.0]])  # doctest: +SKIP
     """
     checked = check_arguments(predict_fn, models)
+    key = resolve_key(signing_key)
     target = Path(os.fspath(path)).expanduser().resolve()
     write_bundle(
         target,
@@ -91,6 +101,8 @@ def save_bundle(
         strip_docstrings=strip_docstrings,
         signature=signature,
         input_example=input_example,
+        signing_key=key,
+        verify=verify,
     )
 
 
@@ -110,6 +122,8 @@ def log_bundle(
     input_example: Any = None,
     tags: Mapping[str, Any] | None = None,
     await_registration_for: int = 300,
+    signing_key: str | bytes | None = None,
+    verify: bool = False,
 ) -> Any:
     """Log a predict function and its models to the active MLflow run as one pyfunc model.
 
@@ -124,7 +138,8 @@ def log_bundle(
         tags: Tags of the logged model.
         await_registration_for: Seconds to wait for the registered version to be ready.
         pip_requirements, extra_pip_requirements, metadata, include_modules, exclude_modules,
-        strip_docstrings, signature, input_example: As in :func:`save_bundle`.
+        strip_docstrings, signature, input_example, signing_key, verify: As in
+        :func:`save_bundle`.
 
     Returns:
         MLflow's ``ModelInfo`` of the logged model (``model_uri``, ``run_id``, ...).
@@ -135,6 +150,7 @@ def log_bundle(
         >>> cloudflow.load_bundle(f"runs:/{run.info.run_id}/model")  # doctest: +SKIP
     """
     checked = check_arguments(predict_fn, models)
+    key = resolve_key(signing_key)
     if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
         raise BundleArgumentError(
             f"name must be a non-empty model name without '/', such as 'model'; got {name!r}."
@@ -178,6 +194,8 @@ def log_bundle(
             strip_docstrings=strip_docstrings,
             signature=signature,
             input_example=input_example,
+            signing_key=key,
+            verify=verify,
         )
         logged = _create_logged_model(
             name=name,
@@ -234,6 +252,7 @@ def load_bundle(
     *,
     verify: bool = True,
     allow_python_mismatch: bool = False,
+    signing_key: str | bytes | None = None,
 ) -> Bundle:
     """Load a bundle saved by :func:`save_bundle` or :func:`log_bundle`.
 
@@ -243,6 +262,9 @@ def load_bundle(
             Bundles in a local store are read where they are, without a copy.
         verify: Check every file against the manifest's sha256 digests before unpickling.
         allow_python_mismatch: Try to load a bundle saved under another Python minor version.
+        signing_key: Refuse the bundle unless its manifest is signed with this key; default: the
+            environment variable ``CLOUDFLOW_SIGNING_KEY`` if set. With a key, every file is
+            verified whatever ``verify`` says.
 
     Returns:
         A :class:`Bundle`; call ``bundle.predict(**inputs)``.
@@ -250,13 +272,16 @@ def load_bundle(
     Raises:
         NotFoundError: The run, model or path does not exist.
         BundleFormatError: The folder is not a bundle, or of a newer format.
-        IntegrityError: A file differs from the manifest.
+        IntegrityError: A file differs from the manifest, or the bundle is unsigned or wrongly
+            signed while a key is configured.
+        EnvironmentMismatchError: The bundle was saved under another Python minor version.
     """
     if not isinstance(model_uri, str | os.PathLike):
         raise BundleArgumentError(
             f"model_uri must be a str or path, got {type(model_uri).__name__}. Pass e.g. "
             "'runs:/<run_id>/model' or a local folder."
         )
+    key = resolve_key(signing_key)
     try:
         folder, temporary = _store.local_bundle_dir(model_uri)
     except CloudflowError:
@@ -264,7 +289,12 @@ def load_bundle(
     except Exception as e:
         raise NotFoundError(f"Cannot find the bundle {os.fspath(model_uri)!r}: {e}") from e
     try:
-        return read_bundle(folder, verify=verify, allow_python_mismatch=allow_python_mismatch)
+        return read_bundle(
+            folder,
+            verify=verify,
+            allow_python_mismatch=allow_python_mismatch,
+            signing_key=key,
+        )
     finally:
         if temporary:
             # Weights may be memory-mapped from these files; unlinking keeps the mappings valid.
