@@ -514,6 +514,8 @@ class _BundlePickler(cloudpickle.Pickler):
             return self._reduce_module(obj)
         if t is types.CodeType:
             return self._reduce_code(obj)
+        if t is property and self.session.strip_docstrings and obj.__doc__ is not None:
+            return (property, (obj.fget, obj.fset, obj.fdel, None))
         return NotImplemented
 
     def _reduce_module(self, module: types.ModuleType) -> Any:
@@ -554,11 +556,23 @@ class _BundlePickler(cloudpickle.Pickler):
                 reference = self._by_reference(cls)
                 if reference is not None:
                     return reference
-            return _cp._dynamic_class_reduce(cls)
+            return self._strip_class_doc(_cp._dynamic_class_reduce(cls))
         module = getattr(cls, "__module__", None)
         if isinstance(module, str):
             self.session.wants_name(module)  # records the library for requirements
-        return _cp._class_reduce(cls)
+        return self._strip_class_doc(_cp._class_reduce(cls))
+
+    def _strip_class_doc(self, reduced: Any) -> Any:
+        """A class pickled by value keeps its docstring in its dict: drop it when asked."""
+        if (
+            self.session.strip_docstrings
+            and isinstance(reduced, tuple)
+            and len(reduced) > 2
+            and reduced[0] in (_cp._make_skeleton_class, _cp._make_skeleton_enum)
+            and isinstance(reduced[2][0].get("__doc__"), str)
+        ):
+            reduced[2][0]["__doc__"] = None
+        return reduced
 
     def _reduce_function(self, func: types.FunctionType) -> Any:
         module = getattr(func, "__module__", None)
@@ -571,6 +585,8 @@ class _BundlePickler(cloudpickle.Pickler):
             return NotImplemented
         self.session.scan_code(func.__code__, func.__globals__)
         reduced = self._dynamic_function_reduce(func)
+        if self.session.strip_docstrings:
+            reduced[2][1]["__doc__"] = None  # cloudpickle's slot state sets func.__doc__
         return (_make_function, *reduced[1:5], _function_setstate)
 
     def _function_getnewargs(self, func: types.FunctionType) -> Any:
@@ -603,13 +619,19 @@ class _BundlePickler(cloudpickle.Pickler):
         return _cp._code_reduce(code)
 
 
+_CO_HAS_DOCSTRING = 0x4000000  # Python 3.14+
+
+
 def _strip_docstring(code: types.CodeType) -> tuple[Any, ...]:
-    # Up to Python 3.13 a function's first constant is its docstring, or None when it has none;
-    # comprehensions and lambdas (names in angle brackets) follow no such rule.
+    # Up to Python 3.13 a function's first constant is its docstring, or None when it has none
+    # (so a string returned by a function without docstring is never first); comprehensions and
+    # lambdas (names in angle brackets) follow no such rule. 3.14 flags the docstring instead.
     consts = code.co_consts
-    if consts and isinstance(consts[0], str) and not code.co_name.startswith("<"):
-        return (None, *consts[1:])
-    return consts
+    if not consts or not isinstance(consts[0], str) or code.co_name.startswith("<"):
+        return consts
+    if sys.version_info >= (3, 14) and not code.co_flags & _CO_HAS_DOCSTRING:
+        return consts
+    return (None, *consts[1:])
 
 
 def _relative_code_path(filename: str, session: CaptureSession) -> str:
