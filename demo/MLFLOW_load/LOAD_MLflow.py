@@ -41,10 +41,11 @@ def latest_run_id(experiment_id):
 def logged_examples(run_id):
     """The example inputs SAVE_MLflow.py logged with the run; image files are made local paths."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     try:
         folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="examples"))
-    except Exception:  # a run saved without examples
+    except MlflowException:  # a run saved without examples
         return {}
     examples = json.loads((folder / "examples.json").read_text())
     for params in examples.values():
@@ -101,9 +102,9 @@ def main(argv=None):
     start = time.perf_counter()
     import cloudflow
 
-    say(f"Imported cloudflow in {time.perf_counter() - start:.1f} s")
     experiment_id = cloudflow.prepare_env(args.tracking_uri, args.experiment)
     run_id = args.run_id or latest_run_id(experiment_id)
+    say(f"Opened the store {args.tracking_uri} in {time.perf_counter() - start:.1f} s")
 
     say(f"Loading run {run_id} of experiment {args.experiment!r} ...")
     start = time.perf_counter()
