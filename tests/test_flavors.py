@@ -223,6 +223,7 @@ USER_MODULE = """
 import torch
 from torch import nn
 from sklearn.base import BaseEstimator, TransformerMixin
+from transformers import BertForSequenceClassification, TextClassificationPipeline
 
 
 class TinyNet(nn.Module):
@@ -233,6 +234,16 @@ class TinyNet(nn.Module):
 
     def forward(self, x):
         return self.body(x) * self.scale
+
+
+class LoudPipeline(TextClassificationPipeline):
+    def postprocess(self, model_outputs, **kwargs):
+        result = super().postprocess(model_outputs, **kwargs)
+        return {**result, "loud": True}
+
+
+class MyBert(BertForSequenceClassification):
+    pass
 
 
 class AddConstant(TransformerMixin, BaseEstimator):
@@ -317,6 +328,35 @@ def test_user_sklearn_transformer_round_trips(
     _forget(user_module, monkeypatch)
     loaded: Any = flavor.load(folder, info, pickle_context)
     np.testing.assert_array_equal(loaded.predict_proba(X), estimator.predict_proba(X))
+
+
+def test_user_pipeline_and_model_classes_round_trip(
+    user_module: ModuleType,
+    tmp_path: Path,
+    pickle_context: CloudpickleContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    base = models.tiny_bert_model()
+    model = user_module.MyBert(base.config)
+    model.load_state_dict(base.state_dict())
+    model.eval()
+    pipe = user_module.LoudPipeline(
+        model=model, tokenizer=models.tiny_tokenizer(), task="text-classification", device="cpu"
+    )
+    expected = pipe(models.TEXTS)
+    assert expected[0]["loud"]
+    flavor = flavor_for(pipe)
+    assert flavor.name == "transformers"
+    folder = tmp_path / "pipe"
+    folder.mkdir()
+    info = flavor.save(pipe, folder, pickle_context)
+    assert "file" in info["class"]
+    assert "file" in info["model_class"]
+    _forget(user_module, monkeypatch)
+    loaded: Any = flavor.load(folder, info, pickle_context)
+    assert type(loaded).__qualname__ == "LoudPipeline"
+    assert type(loaded.model).__qualname__ == "MyBert"
+    assert loaded(models.TEXTS) == expected
 
 
 # --- torch ------------------------------------------------------------------------------------
