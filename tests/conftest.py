@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import shutil
@@ -136,18 +137,28 @@ def user_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Us
     modules.purge()
 
 
-@pytest.fixture
-def mlflow_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Give MLflow's process-wide tracking URI, active experiment and run back after the test."""
+@contextlib.contextmanager
+def restored_mlflow_state() -> Iterator[None]:
+    """Give MLflow's process-wide tracking URI, active experiment and run back afterwards."""
     import mlflow
     from mlflow.tracking import fluent
 
     previous_uri = mlflow.get_tracking_uri()
-    monkeypatch.setattr(fluent, "_active_experiment_id", None)
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        monkeypatch.setenv(name, "")  # records the original state, so undo restores it
-        monkeypatch.delenv(name)
-    yield
-    while mlflow.active_run() is not None:
-        mlflow.end_run()
-    mlflow.set_tracking_uri(previous_uri)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fluent, "_active_experiment_id", None)
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+            patch.setenv(name, "")  # records the original state, so undo restores it
+            patch.delenv(name)
+        try:
+            yield
+        finally:
+            while mlflow.active_run() is not None:
+                mlflow.end_run()
+            mlflow.set_tracking_uri(previous_uri)
+
+
+@pytest.fixture
+def mlflow_state() -> Iterator[None]:
+    """MLflow's process-wide state, restored after the test."""
+    with restored_mlflow_state():
+        yield

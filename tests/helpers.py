@@ -174,6 +174,45 @@ def run_script(
     )
 
 
+# Floats are compared to float32 precision: a transformers model reloaded from save_pretrained
+# (same weights, same config) already differs from the live one by an ulp or so in its logits.
+REL_TOL = 1e-5
+ABS_TOL = 1e-6
+
+
+def assert_same_prediction(got: Any, want: Any, where: str = "result") -> None:
+    """``got`` equals ``want``: same structure, types and strings; floats to float32 precision."""
+    import math
+
+    if isinstance(want, float) or isinstance(got, float):
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (got, want))
+        assert numbers, f"{where}: {got!r} != {want!r}"
+        assert math.isclose(got, want, rel_tol=REL_TOL, abs_tol=ABS_TOL), (
+            f"{where}: {got!r} != {want!r}"
+        )
+    elif isinstance(want, dict):
+        assert isinstance(got, dict), f"{where}: {got!r} is not a dict like {want!r}"
+        assert sorted(got) == sorted(want), f"{where}: keys {sorted(got)} != {sorted(want)}"
+        for key in want:
+            assert_same_prediction(got[key], want[key], f"{where}[{key!r}]")
+    elif isinstance(want, list):
+        assert isinstance(got, list), f"{where}: {got!r} is not a list like {want!r}"
+        assert len(got) == len(want), f"{where}: {len(got)} items != {len(want)}: {got!r}"
+        for i, (have, expected) in enumerate(zip(got, want, strict=True)):
+            assert_same_prediction(have, expected, f"{where}[{i}]")
+    else:
+        assert got == want, f"{where}: {got!r} != {want!r}"
+        assert type(got) is type(want), f"{where}: {type(got).__name__} != {type(want).__name__}"
+
+
+def assert_same_predictions(got: Any, cases: list[Any], expected: list[Any]) -> None:
+    """One result per case, each :func:`assert_same_prediction` to the expected one."""
+    assert isinstance(got, list), f"expected a list of results, got {got!r}"
+    assert len(got) == len(cases), f"{len(got)} results for {len(cases)} cases"
+    for case, have, want in zip(cases, got, expected, strict=True):
+        assert_same_prediction(have, want, f"case {case}")
+
+
 def sqlite_uri(store: Path) -> str:
     """The MLflow tracking URI cloudflow uses for a folder store."""
     return f"sqlite:///{Path(store).resolve()}/mlflow.db"

@@ -13,7 +13,7 @@ import json
 
 import pytest
 from conftest import SavedProject
-from helpers import outcome, requirement_names, run_snippet
+from helpers import assert_same_predictions, outcome, requirement_names, run_snippet
 
 PROGRAM_UTILS = '''
 """The loading program's own utils module."""
@@ -140,9 +140,9 @@ def test_each_bundle_uses_its_own_utils(
     assert (a_info["project"], a_info["lazy_project"]) == ("project-a", "project-a")
     assert (b_info["project"], b_info["lazy_project"]) == ("project-b", "project-b")
     # Every answer, interleaved A, B, A, equals what the saving process computed.
-    assert got["a"] == saved_project_a.expected
-    assert got["a_again"] == saved_project_a.expected
-    assert got["b"] == saved_project_b.expected
+    assert_same_predictions(got["a"], saved_project_a.cases, saved_project_a.expected)
+    assert_same_predictions(got["a_again"], saved_project_a.cases, saved_project_a.expected)
+    assert_same_predictions(got["b"], saved_project_b.cases, saved_project_b.expected)
 
 
 def test_loading_program_does_not_see_bundle_utils(side_by_side: dict) -> None:
