@@ -58,34 +58,41 @@ def _same(a: object, b: object, tol: float = 1e-3) -> bool:
     return a == b
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    tmp = tmp_path_factory.mktemp("demo")
+def _serve(folder: Path) -> http.server.ThreadingHTTPServer:
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=folder)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+# One test for the whole round trip: SAVE and LOAD take a minute, and pytest-xdist would run a
+# shared module fixture once per worker.
+@pytest.mark.slow  # serves an image over http on 127.0.0.1
+def test_demo_round_trip_without_the_project_source(tmp_path: Path) -> None:
     env = _clean_env()
-    project = tmp / "MLFLOW_save"
+    project = tmp_path / "MLFLOW_save"
     shutil.copytree(
         DEMO / "MLFLOW_save",
         project,
         ignore=shutil.ignore_patterns("__pycache__", "cloudflow_store"),
     )
-    store = tmp / "store"
+    store = tmp_path / "store"
+    save_json, load_json = tmp_path / "save.json", tmp_path / "load.json"
     save = _run(
         "SAVE_MLflow.py",
         project,
         "--tracking-uri",
         str(store),
         "--json-out",
-        str(tmp / "save.json"),
+        str(save_json),
         env=env,
     )
     assert save.returncode == 0, save.stdout + save.stderr
     shutil.rmtree(project)
 
-    # Serve the logged sample image on 127.0.0.1 to classify it from a URL as well.
+    # The sample image logged with the run, classified from a URL and from a local path.
     (digit,) = store.rglob("examples/digit.png")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=digit.parent)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = _serve(digit.parent)
     url = f"http://127.0.0.1:{server.server_address[1]}/digit.png"
     try:
         load = _run(
@@ -100,69 +107,47 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "--text",
             "I love this place, the staff were wonderful.",
             "--json-out",
-            str(tmp / "load.json"),
+            str(load_json),
             env=env,
         )
     finally:
         server.shutdown()
         server.server_close()
     assert load.returncode == 0, load.stdout + load.stderr
-    return {
-        "env": env,
-        "save": json.loads((tmp / "save.json").read_text()),
-        "load": json.loads((tmp / "load.json").read_text()),
-        "save_out": save.stdout,
-        "load_out": load.stdout,
-    }
+    saved, loaded = json.loads(save_json.read_text()), json.loads(load_json.read_text())
 
-
-@pytest.mark.slow  # serves an image over http on 127.0.0.1
-def test_load_answers_equal_save_answers(demo_run: dict) -> None:
-    saved, loaded = demo_run["save"], demo_run["load"]
-    assert loaded["run_id"] == saved["run_id"]  # the latest run, found without --run-id
+    # The load side answers what the save side answered, for the latest run (no --run-id given).
+    assert loaded["run_id"] == saved["run_id"]
     expected = {"sentiment", "translation", "summarization", "image", "tabular"}
     assert set(saved["predictions"]) == expected
     for name, answer in saved["predictions"].items():
         assert _same(loaded["predictions"][name], answer), (name, answer, loaded["predictions"])
 
+    # The answers mean something.
+    answers = loaded["predictions"]
+    assert [a["label"] for a in answers["sentiment"]] == ["POSITIVE", "NEGATIVE"]
+    assert answers["sentiment (--text 1)"][0]["label"] == "POSITIVE"
+    assert answers["translation"][0]["translation_text"] == "Où est la gare ?"
+    assert answers["tabular"][0]["label"] == "virginica"
+    summary = answers["summarization"]["summary_text"]
+    assert 0 < len(summary) < len(answers["summarization"]["input_text"])
+    assert answers["image"][0] == {"label": "2", "score": pytest.approx(0.947, abs=0.05)}
+    assert _same(answers["image (--image 1)"], answers["image"])  # from the URL
+    assert _same(answers["image (--image 2)"], answers["image"])  # from the local path
 
-@pytest.mark.slow
-def test_answers_are_meaningful(demo_run: dict) -> None:
-    predictions = demo_run["load"]["predictions"]
-    assert [a["label"] for a in predictions["sentiment"]] == ["POSITIVE", "NEGATIVE"]
-    assert predictions["sentiment (--text 1)"][0]["label"] == "POSITIVE"
-    assert predictions["translation"][0]["translation_text"] == "Où est la gare ?"
-    assert predictions["tabular"][0]["label"] == "virginica"
-    summary = predictions["summarization"]["summary_text"]
-    assert 0 < len(summary) < len(predictions["summarization"]["input_text"])
-    assert predictions["image"][0] == {"label": "2", "score": pytest.approx(0.947, abs=0.05)}
-
-
-@pytest.mark.slow
-def test_image_from_url_and_from_path(demo_run: dict) -> None:
-    predictions = demo_run["load"]["predictions"]
-    assert _same(predictions["image (--image 1)"], predictions["image"])  # URL
-    assert _same(predictions["image (--image 2)"], predictions["image"])  # local path
-
-
-@pytest.mark.slow
-def test_progress_and_timings_are_shown(demo_run: dict) -> None:
-    save_out, load_out = demo_run["save_out"], demo_run["load_out"]
-    assert f"RUN ID :  {demo_run['save']['run_id']}" in save_out
+    # Progress and timings are visible.
+    assert f"RUN ID :  {saved['run_id']}" in save.stdout
     for step in ("Training the sentiment head", "Training the torch digits network", "Saving"):
-        assert f"{step}" in save_out
-        assert any(step in line and "done in" in line for line in save_out.splitlines()), step
-    assert "Loaded in" in load_out
-    assert "- image: digit.png -> 2 (" in load_out
+        assert any(step in line and "done in" in line for line in save.stdout.splitlines()), step
+    assert "Loaded in" in load.stdout
+    assert "- image: digit.png -> 2 (" in load.stdout
 
-
-@pytest.mark.slow
-def test_load_ran_without_the_save_modules(demo_run: dict) -> None:
+    # LOAD ran where none of the project's modules can be imported.
     code = f"import importlib.util as u; print([m for m in {SAVE_MODULES!r} if u.find_spec(m)])"
     probe = subprocess.run(
         [sys.executable, "-c", code],
         cwd=DEMO / "MLFLOW_load",
-        env=demo_run["env"],
+        env=env,
         capture_output=True,
         text=True,
         check=True,
