@@ -56,19 +56,31 @@ def tiny_tokenizer() -> Any:
 
 
 def tiny_bert_model(
-    *, hidden: int = 32, layers: int = 2, heads: int = 2, intermediate: int = 64, seed: int = 0
+    *,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    intermediate: int = 64,
+    vocab_size: int = 0,
+    max_positions: int = 64,
+    seed: int = 0,
 ) -> Any:
-    """A ``BertForSequenceClassification`` with seeded random weights, in eval mode."""
+    """A ``BertForSequenceClassification`` with seeded random weights, in eval mode.
+
+    ``vocab_size`` above the local vocabulary only adds embedding rows the tokenizer never uses,
+    so a benchmark gets BERT-base's size (``hidden=768, layers=12, heads=12,
+    intermediate=3072, vocab_size=30522, max_positions=512``: 110M parameters).
+    """
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
     config = BertConfig(
-        vocab_size=len(_VOCAB),
+        vocab_size=max(vocab_size, len(_VOCAB)),
         hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         intermediate_size=intermediate,
-        max_position_embeddings=64,
+        max_position_embeddings=max_positions,
         id2label=dict(TEXT_LABELS),
         label2id={v: k for k, v in TEXT_LABELS.items()},
         # Wider than BERT's 0.02 so random weights give varied labels and scores.
@@ -84,8 +96,9 @@ def tiny_text_pipeline(*, seed: int = 2, **sizes: int) -> Any:
     """A ``text-classification`` pipeline (tiny BERT, local tokenizer), deterministic per seed
     (the default seed gives both labels on :data:`TEXTS`).
 
-    ``sizes`` go to :func:`tiny_bert_model` (``hidden``, ``layers``, ``heads``, ``intermediate``),
-    so a benchmark can build a BERT-base-sized one with the same code.
+    ``sizes`` go to :func:`tiny_bert_model` (``hidden``, ``layers``, ``heads``, ``intermediate``,
+    ``vocab_size``, ``max_positions``), so a benchmark can build a BERT-base-sized one with the
+    same code.
     """
     from transformers import pipeline
 
