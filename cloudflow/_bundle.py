@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _capture, _manifest
+from cloudflow import _capture, _manifest, _progress, _signature
 from cloudflow._manifest import CODE_FILE, DATA_DIR, MODELS_DIR, Manifest, ModelEntry
 from cloudflow._pickler import CaptureSession, LoadContext, ModuleTable, load_code
 from cloudflow._version import __version__
@@ -213,6 +213,7 @@ def write_bundle(
     With ``signing_key`` the manifest is signed; with ``verify`` the bundle is first loaded (and
     ``input_example`` run) in a clean process, and a failure leaves nothing behind.
     """
+    signature = _signature.resolve_signature(signature, predict_fn, models, input_example)
     if path.exists():
         raise BundleArgumentError(
             f"Path {str(path)!r} already exists. Give a new folder, or delete the old bundle first."
@@ -221,15 +222,16 @@ def write_bundle(
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_dir_for(path)
     try:
-        manifest = _write_into(
-            staging,
-            predict_fn,
-            models,
-            metadata=dict(metadata or {}),
-            include_modules=include_modules,
-            exclude_modules=exclude_modules,
-            strip_docstrings=strip_docstrings,
-        )
+        with _progress.Steps("Saving bundle", total=len(models) + 1):
+            manifest = _write_into(
+                staging,
+                predict_fn,
+                models,
+                metadata=dict(metadata or {}),
+                include_modules=include_modules,
+                exclude_modules=exclude_modules,
+                strip_docstrings=strip_docstrings,
+            )
         _write_mlmodel(
             staging,
             manifest,
@@ -300,7 +302,9 @@ def _write_into(
         )
         packages.extend(flavor.packages)
         _logger.info("Saved model %r (%s) in %.2f s", name, flavor.name, time.perf_counter() - t0)
+        _progress.advance(f"model {name}")
     session.dump_code(predict_fn, data / CODE_FILE)
+    _progress.advance("code")
     signature, names, _ = _parameters(predict_fn)
     requirements, libraries = _requirements(session, packages)
     manifest = Manifest(
@@ -381,20 +385,25 @@ def read_bundle(
     key = resolve_key(signing_key)
     data = data_dir_of(path)
     manifest = _manifest.read_manifest(data, signing_key=key)
-    if verify or key is not None:
-        _manifest.verify_files(data, manifest)
-    _check_python(manifest, allow_python_mismatch)
     from cloudflow.flavors import get_flavor
 
-    table = ModuleTable()
-    predict_fn = load_code(data / CODE_FILE, table)
-    context = LoadContext(table)
     models: dict[str, object] = {}
-    for name, entry in manifest.models.items():
-        flavor = get_flavor(entry.flavor)
-        t0 = time.perf_counter()
-        models[name] = flavor.load(data / entry.path, entry.info, context)
-        _logger.info("Loaded model %r (%s) in %.2f s", name, flavor.name, time.perf_counter() - t0)
+    with _progress.Steps("Loading bundle", total=len(manifest.models) + 2) as steps:
+        if verify or key is not None:
+            _manifest.verify_files(data, manifest)
+        steps.advance("files verified")
+        _check_python(manifest, allow_python_mismatch)
+        table = ModuleTable()
+        predict_fn = load_code(data / CODE_FILE, table)
+        context = LoadContext(table)
+        steps.advance("code")
+        for name, entry in manifest.models.items():
+            flavor = get_flavor(entry.flavor)
+            t0 = time.perf_counter()
+            models[name] = flavor.load(data / entry.path, entry.info, context)
+            elapsed = time.perf_counter() - t0
+            _logger.info("Loaded model %r (%s) in %.2f s", name, flavor.name, elapsed)
+            steps.advance(f"model {name}")
     table.bind_models(models, [predict_fn])
     _logger.info("Loaded bundle %s in %.2f s", data.parent, time.perf_counter() - started)
     return Bundle(predict_fn, models, manifest, data.parent)
