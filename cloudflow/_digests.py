@@ -8,10 +8,17 @@ on disk, ``(host, device, inode, size, mtime_ns, ctime_ns)``, to its sha256.
 Why that is safe: bundle files are never modified after saving, and any write to a file, or a
 change of its times with ``touch``/``utime``, moves its ``ctime`` to the current time, which no
 unprivileged process can set back. A file whose content changed therefore has a new identity, and
-is hashed again. The cache lives in the user's own cache folder (``~/.cache/cloudflow/digests``,
-``$XDG_CACHE_HOME``, or ``$CLOUDFLOW_CACHE_DIR``); it is ignored if that folder is writable by
-anyone else. ``CLOUDFLOW_DIGEST_CACHE=0`` turns it off. Files under :data:`CACHE_MIN_SIZE` are
-always hashed: that is faster than a look-up.
+is hashed again. File times have a coarse granularity (a kernel tick, a second on some file
+systems): two writes within one tick can leave the same ``ctime``. So a digest is only remembered
+for a file whose last change is at least :data:`SETTLED_S` old when it is read: any later write
+then gets a later ``ctime``. (A bundle just saved or downloaded is hashed on its first load; the
+loads after that find its digests here.) On Windows ``st_ctime`` is the creation time, which a
+write does not change, so there is no cache there.
+
+The cache lives in the user's own cache folder (``~/.cache/cloudflow/digests``, under
+``$XDG_CACHE_HOME`` if set, or ``$CLOUDFLOW_CACHE_DIR/digests``); it is ignored if that folder is
+writable by anyone else. ``CLOUDFLOW_DIGEST_CACHE=0`` turns it off. Files under
+:data:`CACHE_MIN_SIZE` are always hashed: that is faster than a look-up.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from cloudflow.exceptions import IntegrityError
 CACHE_ENV = "CLOUDFLOW_DIGEST_CACHE"
 CACHE_DIR_ENV = "CLOUDFLOW_CACHE_DIR"
 CACHE_MIN_SIZE = 4 * 1024 * 1024
+SETTLED_S = 2.0
 _CHUNK = 8 * 1024 * 1024
 _MAX_ENTRIES = 4096
 _MAX_AGE_S = 30 * 24 * 3600
@@ -44,11 +52,11 @@ def cache_dir() -> Path | None:
     """The folder of the digest cache, created if needed; None when off or not private."""
     if os.environ.get(CACHE_ENV, "1").strip().lower() in {"0", "false", "no", "off"}:
         return None
+    if sys.platform == "win32":
+        return None
     base = os.environ.get(CACHE_DIR_ENV)
     if base:
         folder = Path(base) / "digests"
-    elif sys.platform == "win32":
-        folder = Path(os.environ.get("LOCALAPPDATA", Path.home())) / "cloudflow" / "digests"
     else:
         xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         folder = Path(xdg) / "cloudflow" / "digests"
@@ -142,8 +150,14 @@ def digest_file(path: Path, *, folder: Path | None = None) -> str:
                 if cached is not None:
                     return cached
     digest, before, after = _hash_open_file(path)
-    # Only a file that did not change while it was read gets an entry.
-    if folder is not None and before.st_size >= CACHE_MIN_SIZE and _same_file(before, after):
+    # Only a file that did not change while it was read, and had not changed for a while before,
+    # gets an entry (see the module docstring).
+    if (
+        folder is not None
+        and before.st_size >= CACHE_MIN_SIZE
+        and _same_file(before, after)
+        and time.time_ns() - after.st_ctime_ns > SETTLED_S * 1e9
+    ):
         _remember(folder, after, digest)
     return digest
 

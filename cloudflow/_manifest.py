@@ -225,10 +225,7 @@ def _walk_files(data_dir: Path) -> list[str]:
 
 
 def digest_files(data_dir: Path) -> dict[str, dict[str, Any]]:
-    """sha256 and size of every file of a data folder but the manifest (hashed in parallel).
-
-    The digests also go to the digest cache: the first load on this machine does not hash again.
-    """
+    """sha256 and size of every file of a data folder but the manifest (hashed in parallel)."""
     rels = _walk_files(data_dir)
     digests = _digests.digest_files([data_dir / rel for rel in rels])
     return {
