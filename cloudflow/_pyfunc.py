@@ -6,65 +6,114 @@ Never rename it or ``_load_pyfunc``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+import math
+import os
+import sys
+import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from cloudflow._bundle import Bundle, read_bundle
 
+# Set by MLflow's scoring server (mlflow models serve) in its own process.
+_SERVING_ENV = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"
 
-def _to_python(value: Any) -> Any:
-    """Unwrap what MLflow's serving and pandas put around plain values (0-d arrays, scalars)."""
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover - numpy is an MLflow dependency
-        return value
-    if isinstance(value, np.ndarray):
-        if value.ndim == 0:
-            return value.item()
-        if value.ndim == 1 and value.size == 1 and value.dtype.kind in "OUSbifc":
-            return value[0].item() if hasattr(value[0], "item") else value[0]
-        return value
-    if isinstance(value, np.generic):
-        return value.item()
+
+def _in_serving() -> bool:
+    return os.environ.get(_SERVING_ENV, "").strip().lower() in ("1", "true")
+
+
+def _plain(value: Any) -> Any:
+    """The JSON-like value that MLflow's JSON parsing, pandas or Arrow wrapped in numpy.
+
+    Serving parses each value of ``{"inputs": {...}}`` into a numpy array (0-d for a scalar,
+    n-d for a list) when the model has no signature; DataFrame cells hold numpy scalars, and
+    Spark's array columns arrive as numpy arrays. ``tolist`` gives the JSON value back.
+    """
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
     return value
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _int_parameters(fn: Callable[..., Any]) -> frozenset[str]:
+    """Parameters annotated ``int`` (or ``int | None``), or unannotated with an int default."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return frozenset()
+    out = set()
+    for p in parameters:
+        annotation = p.annotation
+        if isinstance(annotation, str):
+            annotation = annotation.replace(" ", "")
+            is_int = annotation in ("int", "int|None", "None|int", "Optional[int]")
+        elif annotation is p.empty:
+            is_int = type(p.default) is int
+        else:
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            is_int = annotation is int or args == [int]
+        if is_int:
+            out.add(p.name)
+    return frozenset(out)
 
 
 class CloudflowPyfunc:
     """What ``mlflow.pyfunc.load_model`` wraps: inputs in MLflow's shapes -> ``Bundle.predict``.
 
-    - a dict of parameters: one call, its result returned as it is;
-    - a pandas DataFrame (serving's ``dataframe_records``, ``spark_udf``): one call per row,
-      a list of results;
-    - a list of dicts: one call each, a list of results.
+    - a dict of parameters: one call, its result returned as it is; locally the values reach
+      the function exactly as given (in serving, numpy wrappers are removed first);
+    - a pandas DataFrame (``spark_udf``, serving's ``dataframe_records``): one call per row, a
+      list of results. An empty cell (None, NaN) of a parameter with a default is left out, so
+      the default applies, as when the caller omits it;
+    - a list of dicts (serving's ``{"inputs": [...]}``): one call each, a list of results.
     MLflow's inference ``params`` are passed as parameters too.
     """
 
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
+        self._ints = _int_parameters(bundle.predict_fn)
 
     def get_raw_model(self) -> Bundle:
         return self.bundle
 
+    def _row(self, row: Mapping[Any, Any]) -> dict[str, Any]:
+        required = self.bundle._required
+        out = {}
+        for key, value in row.items():
+            name, value = str(key), _plain(value)
+            if _is_missing(value) and name not in required:
+                continue
+            # pandas turns an int column with an empty cell into floats: 3 arrives as 3.0.
+            if name in self._ints and isinstance(value, float) and value.is_integer():
+                value = int(value)
+            out[name] = value
+        return out
+
     def predict(self, model_input: Any, params: Mapping[str, Any] | None = None) -> Any:
-        extra = {k: _to_python(v) for k, v in (params or {}).items()}
+        convert: Callable[[Any], Any] = _plain if _in_serving() else _same
+        extra = {k: convert(v) for k, v in (params or {}).items()}
         if isinstance(model_input, Mapping):
             return self.bundle.predict(
-                **{k: _to_python(v) for k, v in model_input.items()}, **extra
+                **{str(k): convert(v) for k, v in model_input.items()}, **extra
             )
-        try:
-            import pandas as pd
-        except ImportError:  # pragma: no cover
-            pd = None
+        pd = sys.modules.get("pandas")
         if pd is not None and isinstance(model_input, pd.DataFrame):
             rows = model_input.to_dict(orient="records")
-            return [
-                self.bundle.predict(**{str(k): _to_python(v) for k, v in row.items()}, **extra)
-                for row in rows
-            ]
+            return [self.bundle.predict(**self._row(row), **extra) for row in rows]
         if isinstance(model_input, list) and all(isinstance(r, Mapping) for r in model_input):
             return [
-                self.bundle.predict(**{k: _to_python(v) for k, v in row.items()}, **extra)
+                self.bundle.predict(**{str(k): convert(v) for k, v in row.items()}, **extra)
                 for row in model_input
             ]
         from cloudflow.exceptions import PredictArgumentError
