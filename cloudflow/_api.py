@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _store
+from cloudflow import _inspect, _progress, _store
 from cloudflow._bundle import Bundle, check_arguments, read_bundle, write_bundle
 from cloudflow._signing import resolve_key
 from cloudflow.exceptions import BundleArgumentError, CloudflowError, NotFoundError, StoreError
@@ -234,6 +234,7 @@ def log_bundle(
                 staging.parent.rmdir()
 
     model_info = mlflow_model.get_model_info(logged)
+    _inspect.log_metadata_tags(client, run_id, manifest, name)
     if registered_model_name is not None:
         from mlflow.tracking._model_registry.fluent import _register_model
 
@@ -283,7 +284,8 @@ def load_bundle(
         )
     key = resolve_key(signing_key)
     try:
-        folder, temporary = _store.local_bundle_dir(model_uri)
+        with _progress.mlflow_download_bars():
+            folder, temporary = _store.local_bundle_dir(model_uri)
     except CloudflowError:
         raise
     except Exception as e:

@@ -1,0 +1,301 @@
+"""What a bundle holds, read from its manifest and MLmodel without unpickling anything.
+
+Used by ``cloudflow inspect`` and for the MLflow tags :func:`cloudflow.log_bundle` sets on the run.
+Nothing here imports a model's library or runs the bundle's code, so it is safe on a bundle one
+does not trust yet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cloudflow import _manifest, _progress, _store
+from cloudflow.exceptions import CloudflowError, IntegrityError, NotFoundError
+
+#: Model metadata logged as run tags, in this order; values are shortened to TAG_VALUE_MAX.
+TAG_KEYS = (
+    "framework",
+    "class",
+    "task",
+    "parameters",
+    "trainable_parameters",
+    "frozen_parameters",
+    "dtype",
+    "device",
+    "layers",
+)
+TAG_VALUE_MAX = 250
+_BATCH = 100  # MLflow's limit of tags per log_batch call
+_logger = logging.getLogger("cloudflow")
+
+
+def _model_sizes(manifest: _manifest.Manifest) -> dict[str, dict[str, int]]:
+    out = {}
+    for name, entry in manifest.models.items():
+        prefix = entry.path.rstrip("/") + "/"
+        sizes = [int(f.get("size", 0)) for r, f in manifest.files.items() if r.startswith(prefix)]
+        out[name] = {"bytes": sum(sizes), "files": len(sizes)}
+    return out
+
+
+def _mlmodel(root: Path) -> dict[str, Any]:
+    path = root / "MLmodel"
+    if not path.is_file():
+        return {}
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f)
+    return data if isinstance(data, dict) else {}
+
+
+def _signature_inputs(mlmodel: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    inputs = (mlmodel.get("signature") or {}).get("inputs")
+    if not inputs:
+        return None
+    try:
+        parsed = json.loads(inputs)
+    except (TypeError, ValueError):
+        return None
+    return parsed if isinstance(parsed, list) else None
+
+
+def _integrity(data: Path, manifest: _manifest.Manifest, verify: bool) -> dict[str, Any]:
+    signature_file = getattr(_manifest, "SIGNATURE_FILE", "manifest.sig")
+    status: dict[str, Any] = {"signed": (data / signature_file).is_file()}
+    if not verify:
+        return {"status": "not checked", **status}
+    try:
+        _manifest.verify_files(data, manifest)
+    except IntegrityError as e:
+        return {"status": "FAILED", "error": str(e), **status}
+    return {"status": "ok", **status}
+
+
+def describe_folder(path: Path, *, verify: bool = True) -> dict[str, Any]:
+    """Everything ``cloudflow inspect`` shows about the bundle in a local folder, as JSON data."""
+    from cloudflow._bundle import data_dir_of
+
+    data = data_dir_of(Path(path))
+    manifest = _manifest.read_manifest(data)
+    root = data.parent
+    mlmodel = _mlmodel(root)
+    sizes = _model_sizes(manifest)
+    saved_python = manifest.python_version
+    here = platform.python_version()
+    requirements_file = root / "requirements.txt"
+    requirements = (
+        [line for line in requirements_file.read_text().splitlines() if line.strip()]
+        if requirements_file.is_file()
+        else list(manifest.requirements)
+    )
+    return {
+        "path": str(root),
+        "format_version": manifest.format_version,
+        "cloudflow_version": manifest.cloudflow_version,
+        "mlflow_version": mlmodel.get("mlflow_version"),
+        "created": mlmodel.get("utc_time_created"),
+        "run_id": mlmodel.get("run_id"),
+        "model_id": mlmodel.get("model_id"),
+        "python": {
+            "saved": saved_python,
+            "here": here,
+            "compatible": saved_python.split(".")[:2] == here.split(".")[:2],
+        },
+        "predict_fn": dict(manifest.predict_fn),
+        "models": {
+            name: {
+                "flavor": entry.flavor,
+                "size_bytes": sizes[name]["bytes"],
+                "files": sizes[name]["files"],
+                "metadata": dict(entry.metadata),
+            }
+            for name, entry in manifest.models.items()
+        },
+        "size_bytes": sum(int(f.get("size", 0)) for f in manifest.files.values()),
+        "captured_modules": list(manifest.captured_modules),
+        "requirements": requirements,
+        "libraries": dict(manifest.libraries),
+        "signature": _signature_inputs(mlmodel),
+        "metadata": dict(manifest.metadata),
+        "integrity": _integrity(data, manifest, verify),
+    }
+
+
+def describe(model_uri: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any]:
+    """:func:`describe_folder` for any model URI (a remote bundle is downloaded to a temp dir).
+
+    Raises:
+        NotFoundError: The run, model or path does not exist.
+        BundleFormatError: The folder is not a bundle, or its manifest is damaged.
+    """
+    try:
+        with _progress.mlflow_download_bars():
+            folder, temporary = _store.local_bundle_dir(model_uri)
+    except CloudflowError:
+        raise
+    except Exception as e:
+        raise NotFoundError(f"Cannot find the bundle {os.fspath(model_uri)!r}: {e}") from e
+    try:
+        info = describe_folder(folder, verify=verify)
+    finally:
+        if temporary:
+            shutil.rmtree(folder, ignore_errors=True)
+    info["uri"] = os.fspath(model_uri)
+    if temporary:
+        info["path"] = None
+    return info
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        value = ", ".join(str(v) for v in value)
+    elif isinstance(value, dict):
+        value = json.dumps(value, sort_keys=True, default=str)
+    text = str(value)
+    return text if len(text) <= TAG_VALUE_MAX else text[: TAG_VALUE_MAX - 3] + "..."
+
+
+def metadata_tags(manifest: _manifest.Manifest, name: str = "model") -> dict[str, str]:
+    """Run tags describing a bundle logged as ``name``: ``cloudflow.<name>.<model>.<key>``.
+
+    Example:
+        ``cloudflow.model.sentiment_model.class``: ``transformers.pipelines....Pipeline``,
+        ``cloudflow.model.sentiment_model.parameters``: ``4386``.
+    """
+    prefix = f"cloudflow.{name}"
+    tags = {
+        f"{prefix}.predict_fn": _short(
+            f"{manifest.predict_fn.get('name', '')}{manifest.predict_fn.get('signature', '')}"
+        ),
+        f"{prefix}.cloudflow_version": manifest.cloudflow_version,
+        f"{prefix}.python_version": manifest.python_version,
+    }
+    sizes = _model_sizes(manifest)
+    for model, entry in manifest.models.items():
+        tags[f"{prefix}.{model}.flavor"] = entry.flavor
+        for key in TAG_KEYS:
+            value = entry.metadata.get(key)
+            if value is not None and value != "":
+                tags[f"{prefix}.{model}.{key}"] = _short(value)
+        tags[f"{prefix}.{model}.size_bytes"] = str(sizes[model]["bytes"])
+    return tags
+
+
+def log_metadata_tags(client: Any, run_id: str, manifest: _manifest.Manifest, name: str) -> None:
+    """Set :func:`metadata_tags` on the run; a failure is logged, never raised (tags inform)."""
+    try:
+        from mlflow.entities import RunTag
+
+        tags = [RunTag(k, v) for k, v in metadata_tags(manifest, name).items()]
+        for start in range(0, len(tags), _BATCH):
+            client.log_batch(run_id, tags=tags[start : start + _BATCH])
+    except Exception as e:
+        _logger.warning("Could not tag run %s with the models' metadata: %s", run_id, e)
+
+
+# --- text output of ``cloudflow inspect`` ----------------------------------------------------
+
+
+def human_size(n: int | float) -> str:
+    """1536 -> '1.5 KB' (powers of 1024)."""
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"  # pragma: no cover - the loop returns
+
+
+def _fmt_number(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def _model_details(meta: Mapping[str, Any]) -> list[str]:
+    parts = []
+    if "parameters" in meta:
+        text = f"parameters {_fmt_number(meta['parameters'])}"
+        if "trainable_parameters" in meta:
+            text += (
+                f" (trainable {_fmt_number(meta['trainable_parameters'])}, "
+                f"frozen {_fmt_number(meta.get('frozen_parameters', 0))})"
+            )
+        parts.append(text)
+    for key in ("task", "dtype", "device", "layers", "n_features_in", "n_classes"):
+        if key in meta:
+            value = meta[key]
+            value = ", ".join(map(str, value)) if isinstance(value, list) else value
+            parts.append(f"{key} {_fmt_number(value)}")
+    return parts
+
+
+def _type_text(spec: Mapping[str, Any]) -> str:
+    kind = spec.get("type")
+    if kind == "array" and isinstance(spec.get("items"), dict):
+        return f"array<{_type_text(spec['items'])}>"
+    if kind == "map" and isinstance(spec.get("values"), dict):
+        return f"map<string, {_type_text(spec['values'])}>"
+    return str(kind)
+
+
+def format_text(info: Mapping[str, Any]) -> str:
+    """The human-readable report of ``cloudflow inspect``."""
+    lines: list[str] = []
+    add = lines.append
+    fn = info["predict_fn"]
+    add(f"Bundle            {info.get('uri') or info['path']}")
+    add(f"predict function  {fn.get('name', '?')}{fn.get('signature', '')}")
+    add(f"inputs            {', '.join(fn.get('inputs', [])) or '(none)'}")
+    py = info["python"]
+    verdict = "same minor version" if py["compatible"] else "DIFFERENT minor version: will not load"
+    add(f"Python            {py['saved']} (this interpreter: {py['here']}, {verdict})")
+    add(
+        f"cloudflow         {info['cloudflow_version']} (format {info['format_version']}), "
+        f"MLflow {info.get('mlflow_version') or '?'}"
+    )
+    integrity = info["integrity"]
+    status = integrity["status"]
+    if status == "FAILED":
+        status = f"FAILED: {integrity.get('error')}"
+    elif status == "ok":
+        status = f"ok (every file matches its sha256; {human_size(info['size_bytes'])})"
+    add(f"integrity         {status}{', signed' if integrity.get('signed') else ''}")
+    if info.get("run_id"):
+        add(f"run               {info['run_id']}")
+    add("")
+    add(f"Models ({len(info['models'])})")
+    for name, model in info["models"].items():
+        meta = model["metadata"]
+        cls = meta.get("class", "")
+        add(f"  {name}  [{model['flavor']}]  {human_size(model['size_bytes'])}  {cls}".rstrip())
+        details = _model_details(meta)
+        if details:
+            add("    " + " | ".join(details))
+    add("")
+    modules = info["captured_modules"]
+    add(f"Captured modules ({len(modules)})")
+    if modules:
+        add("  " + ", ".join(modules))
+    add("")
+    add(f"Requirements ({len(info['requirements'])})")
+    for requirement in info["requirements"]:
+        add(f"  {requirement}")
+    if info.get("signature"):
+        add("")
+        add("Signature (inputs)")
+        for col in info["signature"]:
+            required = "required" if col.get("required", True) else "optional"
+            add(f"  {col.get('name')}: {_type_text(col)} ({required})")
+    if info.get("metadata"):
+        add("")
+        add("Metadata")
+        for key, value in info["metadata"].items():
+            add(f"  {key}: {json.dumps(value, default=str)}")
+    return "\n".join(lines)

@@ -1,0 +1,194 @@
+"""The ``cloudflow`` command: look into a bundle, or call its predict function.
+
+Examples::
+
+    cloudflow inspect ./bundle
+    cloudflow inspect runs:/<run_id>/model --tracking-uri ./cloudflow_store --json
+    cloudflow predict ./bundle --param input_type=sentiment --param data="I love it"
+    cloudflow predict models:/sentiment@champion --tracking-uri http://127.0.0.1:5000 --json in.json
+    python -m cloudflow --help
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+
+from cloudflow._version import __version__
+
+_TRACKING_HELP = (
+    "Tracking store for runs:/ and models:/ URIs: a folder (as given to prepare_env) or a server "
+    "or database URI. Default: $MLFLOW_TRACKING_URI."
+)
+
+
+def _use_tracking_uri(tracking_uri: str | None) -> None:
+    if not tracking_uri:
+        return
+    import mlflow
+
+    from cloudflow import _store
+
+    mlflow.set_tracking_uri(_store.resolve_tracking_uri(tracking_uri))
+
+
+def _configure_logging(level: str) -> None:
+    logger = logging.getLogger("cloudflow")
+    logger.setLevel(level.upper())
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("cloudflow %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+
+
+def _jsonable(value: Any) -> Any:
+    """What ``json.dumps`` cannot write itself: numpy, pandas, sets; anything else as repr."""
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return value.tolist()
+    if hasattr(value, "to_dict"):  # pandas
+        try:
+            return value.to_dict(orient="records")
+        except TypeError:
+            return value.to_dict()
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=repr)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return repr(value)
+
+
+def _dump(obj: Any) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False, default=_jsonable)
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier():
+        raise click.BadParameter(
+            f"{text!r} is not NAME=VALUE. Write e.g. --param text='I love it' or --param top_k=3.",
+            param_hint="'--param'",
+        )
+    try:
+        return key, json.loads(raw)
+    except ValueError:
+        return key, raw
+
+
+class _CloudflowErrors(click.Group):
+    """Turn cloudflow's and MLflow's errors into one-line messages (exit code 1)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from cloudflow.exceptions import CloudflowError
+
+        try:
+            return super().invoke(ctx)
+        except CloudflowError as e:
+            raise click.ClickException(f"{type(e).__name__}: {e}") from e
+        except Exception as e:
+            if type(e).__name__ == "MlflowException":
+                raise click.ClickException(f"MlflowException: {e}") from e
+            raise
+
+
+@click.group(cls=_CloudflowErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cloudflow")
+@click.option(
+    "--log-level",
+    default="WARNING",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="Level of the cloudflow logger (messages go to stderr).",
+)
+def main(log_level: str) -> None:
+    """Inspect cloudflow bundles and call their predict function.
+
+    A bundle is given by a local folder or an MLflow model URI: runs:/<run_id>/<name>,
+    models:/<name>/<version>, models:/<name>@<alias> or models:/<model_id>.
+    """
+    _configure_logging(log_level)
+
+
+@main.command()
+@click.argument("model_uri")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help=_TRACKING_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--no-verify", is_flag=True, help="Do not check the files' sha256 digests.")
+def inspect(model_uri: str, tracking_uri: str | None, as_json: bool, no_verify: bool) -> None:
+    """Show what the bundle MODEL_URI holds, without running any of its code.
+
+    Models (flavor, size, class, parameter counts...), the predict function's parameters, the
+    captured modules, requirements, the Python it was saved with, and whether every file still
+    matches its digest. Exits with 2 if the integrity check fails.
+    """
+    from cloudflow._inspect import describe, format_text
+
+    _use_tracking_uri(tracking_uri)
+    info = describe(model_uri, verify=not no_verify)
+    click.echo(_dump(info) if as_json else format_text(info))
+    if info["integrity"]["status"] == "FAILED":
+        sys.exit(2)
+
+
+@main.command()
+@click.argument("model_uri")
+@click.option(
+    "--param",
+    "-p",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="An input of the predict function; VALUE is read as JSON if it parses, else as a "
+    "string (3 is a number, '\"3\"' a string). Repeat for each input.",
+)
+@click.option(
+    "--json",
+    "json_file",
+    type=click.File("r", encoding="utf-8"),
+    help="A JSON file ('-' for stdin) with the inputs: an object for one call, or a list of "
+    "objects for one call each. --param values are added to every call.",
+)
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help=_TRACKING_HELP)
+@click.option("--no-verify", is_flag=True, help="Do not check the files' sha256 digests.")
+def predict(
+    model_uri: str,
+    params: tuple[str, ...],
+    json_file: Any,
+    tracking_uri: str | None,
+    no_verify: bool,
+) -> None:
+    """Load the bundle MODEL_URI and print what its predict function returns, as JSON."""
+    given = dict(_parse_param(p) for p in params)
+    calls: list[dict[str, Any]]
+    many = False
+    if json_file is not None:
+        try:
+            loaded = json.load(json_file)
+        except ValueError as e:
+            raise click.BadParameter(f"not valid JSON: {e}", param_hint="'--json'") from e
+        if isinstance(loaded, dict):
+            calls = [{**loaded, **given}]
+        elif isinstance(loaded, list) and all(isinstance(c, dict) for c in loaded):
+            calls, many = [{**c, **given} for c in loaded], True
+        else:
+            raise click.BadParameter(
+                "the file must hold a JSON object of inputs, or a list of such objects.",
+                param_hint="'--json'",
+            )
+    else:
+        calls = [given]
+
+    from cloudflow import load_bundle
+
+    _use_tracking_uri(tracking_uri)
+    bundle = load_bundle(model_uri, verify=not no_verify)
+    results = [bundle.predict(**call) for call in calls]
+    click.echo(_dump(results if many else results[0]))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
