@@ -119,6 +119,11 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
     ) -> Bundle:
         """Load the model ``model`` of run ``run_id`` (experiment given by name or id).
 
+        ``run_id`` may also be a model URI: ``models:/<name>/<version>`` or
+        ``models:/<name>@<alias>`` for a version of a registered model, or
+        ``runs:/<run_id>/<name>``. Registered models live outside experiments, so
+        ``experiment_id`` is then not used.
+
         Returns:
             The loaded :class:`~cloudflow.Bundle`; ``predict`` calls it.
         """
@@ -130,6 +135,9 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         ):
             raise NotFoundError(f"No tracking store at {os.fspath(tracking_uri)!r}.")
         mlflow.set_tracking_uri(uri)
+        if str(run_id).startswith(("models:/", "runs:/")):
+            self.bundle = load_bundle(str(run_id))
+            return self.bundle
         client = mlflow.MlflowClient(uri)
         experiment = _store.find_experiment(client, experiment_id)
         run = _store.find_run(client, run_id)
