@@ -19,10 +19,10 @@ from cloudflow._pickler import CaptureSession, LoadContext, ModuleTable, load_co
 from cloudflow._version import __version__
 from cloudflow.exceptions import (
     BundleArgumentError,
-    BundleFormatError,
     CaptureError,
     EnvironmentMismatchError,
     ModelKeyError,
+    NotFoundError,
     PredictArgumentError,
 )
 
@@ -360,7 +360,7 @@ def data_dir_of(path: Path) -> Path:
     if (path / _manifest.MANIFEST_FILE).is_file() and path.name == DATA_DIR:
         return path
     if not path.exists():
-        raise BundleFormatError(
+        raise NotFoundError(
             f"No bundle at {str(path)!r}: the folder does not exist. Check the path or model URI."
         )
     return path / DATA_DIR

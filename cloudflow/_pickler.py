@@ -27,6 +27,8 @@ import builtins
 import contextlib
 import contextvars
 import functools
+import importlib
+import importlib.util
 import io
 import logging
 import pickle
@@ -65,6 +67,20 @@ class ModuleTable:
         self.builtins: dict[str, Any] = dict(builtins.__dict__)
         self.builtins["__import__"] = self._import
         self.model_refs: list[ModelRef] = []
+        # Code that loads plugins by name (importlib.import_module("plugins.x")) must find the
+        # bundle's modules too: captured code gets an importlib whose import_module asks the
+        # table first. The real importlib (and sys.modules) stay untouched.
+        self.importlib = types.ModuleType("importlib")
+        self.importlib.__dict__.update(importlib.__dict__)
+        self.importlib.import_module = self.import_module  # type: ignore[attr-defined]
+
+    def import_module(self, name: str, package: str | None = None) -> types.ModuleType:
+        """``importlib.import_module`` that finds the bundle's modules first."""
+        absname = importlib.util.resolve_name(name, package) if name.startswith(".") else name
+        module = self.modules.get(absname)
+        if module is not None:
+            return module
+        return importlib.import_module(name, package)
 
     def _import(
         self,
@@ -109,9 +125,13 @@ class ModuleTable:
             parent, _, child = name.rpartition(".")
             if parent in self.modules and not hasattr(self.modules[parent], child):
                 setattr(self.modules[parent], child, module)
-            module.__dict__["__builtins__"] = self.builtins
-        for namespace in self.namespaces:
+        for namespace in [*(m.__dict__ for m in self.modules.values()), *self.namespaces]:
             namespace["__builtins__"] = self.builtins
+            for key, value in namespace.items():
+                if value is importlib:
+                    namespace[key] = self.importlib
+                elif value is importlib.import_module:
+                    namespace[key] = self.import_module
 
     def bind_models(self, models: Mapping[str, object], roots: Iterable[object]) -> None:
         """Replace the placeholders of models the code referred to by the loaded models."""
