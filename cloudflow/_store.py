@@ -9,10 +9,12 @@ everything of a store in the one folder the user named. Any other URI (``sqlite:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from cloudflow.exceptions import NotFoundError, StoreError
 
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "artifacts"
+LOCK_FILE = ".cloudflow.lock"
 _SCHEMES_AS_IS = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "uc")
 _initialized: set[str] = set()
 _init_lock = threading.Lock()
@@ -69,9 +72,28 @@ def ensure_local_store(folder: Path) -> str:
                 f"The tracking store folder {str(folder)!r} is not writable. Give a folder you can "
                 "write to as tracking_uri, or fix its permissions."
             )
-        _sqlite_store(folder)
+        # Creating the schema of a new database is not safe to run in two processes at once
+        # (MLflow's migrations race: "table ... already exists"): one process at a time.
+        with _folder_lock(folder):
+            _sqlite_store(folder)
         _initialized.add(uri)
     return uri
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock between processes on ``<folder>/.cloudflow.lock`` (POSIX only)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock; sqlite's own locking still guards the data
+        yield
+        return
+    with open(folder / LOCK_FILE, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 _stores: dict[str, Any] = {}
@@ -173,9 +195,20 @@ def artifact_uri_of(model_uri: str) -> str:
             run_id, _, name = parsed.path.lstrip("/").partition("/")
             run = find_run(client, run_id)
             name = name.strip("/") or "model"
-            for model in _logged_models(client, run.info.experiment_id, name):
-                if model.source_run_id == run_id:
-                    return str(model.artifact_location)
+            mine = [
+                m
+                for m in _logged_models(client, run.info.experiment_id, name)
+                if m.source_run_id == run_id
+            ]
+            # A save killed midway leaves a PENDING model: use the newest finished one.
+            ready = [m for m in mine if str(m.status) == "READY"]
+            if ready:
+                return str(max(ready, key=lambda m: m.creation_timestamp).artifact_location)
+            if mine:
+                raise NotFoundError(
+                    f"The model {name!r} of run {run_id!r} was never finished (status "
+                    f"{mine[0].status}): its save was interrupted. Save it again."
+                )
             return f"{run.info.artifact_uri.rstrip('/')}/{name}"
         if parsed.scheme == "models":
             return _registry_artifact_uri(client, model_uri)
