@@ -2,14 +2,13 @@
 
 The round trip is parametrized over the registry itself: a new flavor in ``FLAVORS`` fails
 ``test_every_flavor_has_a_sample`` until it gets a sample model here, and is then round-tripped
-like the others. Flavors pickle through a context; these tests use a plain cloudpickle one (see
-``pickle_context``) so they exercise the flavors alone; the bundle tests use cloudflow's own.
+like the others. Flavors pickle through cloudflow's own context (see ``pickle_context``), so
+user classes inside models travel by value exactly as in a saved bundle.
 """
 
 from __future__ import annotations
 
 import json
-import pickle
 import subprocess
 import sys
 import textwrap
@@ -18,7 +17,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import cloudpickle
 import models
 import numpy as np
 import pytest
@@ -26,6 +24,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from cloudflow._pickler import CaptureSession, LoadContext, ModuleTable, load_code
 from cloudflow.exceptions import BundleFormatError, MissingDependencyError
 from cloudflow.flavors import FLAVORS, Flavor, flavor_for, get_flavor
 from cloudflow.flavors import _sklearn as sklearn_flavor
@@ -35,8 +34,18 @@ from cloudflow.flavors._torch import ALIGNMENT, write_safetensors
 # --- the pickling context ---------------------------------------------------------------------
 
 
-class CloudpickleContext:
-    """A minimal PickleContext: cloudpickle out, pickle in, persistent ids passed through."""
+class BundleContext:
+    """cloudflow's own pickling context, as a bundle uses it.
+
+    Flavors dump through the capture session, which writes classes of user modules as references
+    into the bundle's module table; the first load writes and reads the ``code.pkl`` that holds
+    those modules, as loading a bundle does before its models.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.session = CaptureSession()
+        self._load_context: LoadContext | None = None
 
     def dump(
         self,
@@ -45,23 +54,21 @@ class CloudpickleContext:
         *,
         persistent_id: Callable[[object], object | None] | None = None,
     ) -> None:
-        with open(path, "wb") as f:
-            pickler = cloudpickle.Pickler(f, protocol=5)
-            if persistent_id is not None:
-                pickler.persistent_id = persistent_id  # type: ignore[method-assign]
-            pickler.dump(obj)
+        self.session.dump(obj, path, persistent_id=persistent_id)
 
     def load(self, path: Path, *, persistent_load: Callable[[object], object] | None = None) -> Any:
-        with open(path, "rb") as f:
-            unpickler = pickle.Unpickler(f)
-            if persistent_load is not None:
-                unpickler.persistent_load = persistent_load  # type: ignore[method-assign]
-            return unpickler.load()
+        if self._load_context is None:
+            code = self.folder / "code.pkl"
+            self.session.dump_code(len, code)  # any function: what matters are the modules
+            table = ModuleTable()
+            load_code(code, table)
+            self._load_context = LoadContext(table)
+        return self._load_context.load(path, persistent_load=persistent_load)
 
 
 @pytest.fixture
-def pickle_context() -> CloudpickleContext:
-    return CloudpickleContext()
+def pickle_context(tmp_path: Path) -> BundleContext:
+    return BundleContext(tmp_path)
 
 
 def round_trip(flavor: Flavor, obj: object, folder: Path, ctx: Any) -> tuple[object, dict]:
@@ -129,7 +136,7 @@ def test_pickle_fallback_is_last() -> None:
 
 @pytest.mark.parametrize("flavor", FLAVORS, ids=lambda f: f.name)
 def test_round_trip_gives_the_same_outputs(
-    flavor: Flavor, tmp_path: Path, pickle_context: CloudpickleContext
+    flavor: Flavor, tmp_path: Path, pickle_context: BundleContext
 ) -> None:
     original = SAMPLES[flavor.name]()
     assert flavor_for(original) is flavor
@@ -203,7 +210,7 @@ def test_get_flavor_returns_the_registered_flavor() -> None:
 
 
 def test_missing_library_names_the_extra(
-    tmp_path: Path, pickle_context: CloudpickleContext, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, pickle_context: BundleContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     flavor = get_flavor("torch")
     info = flavor.save(models.tiny_torch_mlp(), tmp_path, pickle_context)
@@ -260,18 +267,16 @@ class AddConstant(TransformerMixin, BaseEstimator):
 
 @pytest.fixture
 def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
-    """A user module on sys.path, pickled by value; ``forget`` makes it unimportable again."""
+    """A user module on sys.path; ``_forget`` makes it unimportable again."""
     source = tmp_path / "user_src"
     source.mkdir()
     (source / "cf_user_models.py").write_text(USER_MODULE, encoding="utf-8")
     monkeypatch.syspath_prepend(str(source))
     import cf_user_models
 
-    cloudpickle.register_pickle_by_value(cf_user_models)
     try:
         yield cf_user_models
     finally:
-        cloudpickle.unregister_pickle_by_value(cf_user_models)
         sys.modules.pop("cf_user_models", None)
 
 
@@ -286,7 +291,7 @@ def _forget(module: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_user_torch_module_round_trips(
     user_module: ModuleType,
     tmp_path: Path,
-    pickle_context: CloudpickleContext,
+    pickle_context: BundleContext,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     torch.manual_seed(0)
@@ -308,7 +313,7 @@ def test_user_torch_module_round_trips(
 def test_user_sklearn_transformer_round_trips(
     user_module: ModuleType,
     tmp_path: Path,
-    pickle_context: CloudpickleContext,
+    pickle_context: BundleContext,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from sklearn.linear_model import LogisticRegression
@@ -333,7 +338,7 @@ def test_user_sklearn_transformer_round_trips(
 def test_user_pipeline_and_model_classes_round_trip(
     user_module: ModuleType,
     tmp_path: Path,
-    pickle_context: CloudpickleContext,
+    pickle_context: BundleContext,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     base = models.tiny_bert_model()
@@ -371,7 +376,7 @@ def _tied_model() -> nn.Module:
 
 
 def test_torch_tied_weights_are_stored_once_and_stay_shared(
-    tmp_path: Path, pickle_context: CloudpickleContext
+    tmp_path: Path, pickle_context: BundleContext
 ) -> None:
     model = _tied_model()
     loaded: Any
@@ -387,7 +392,7 @@ def test_torch_tied_weights_are_stored_once_and_stay_shared(
 
 
 def test_torch_skeleton_holds_no_weight_bytes(
-    tmp_path: Path, pickle_context: CloudpickleContext
+    tmp_path: Path, pickle_context: BundleContext
 ) -> None:
     model = models.tiny_torch_mlp(sizes=(64, 512, 256, 8))
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -416,7 +421,7 @@ class _Everything(nn.Module):
 
 
 def test_torch_keeps_parameter_kinds_dtypes_and_mode(
-    tmp_path: Path, pickle_context: CloudpickleContext
+    tmp_path: Path, pickle_context: BundleContext
 ) -> None:
     torch.manual_seed(0)
     model = _Everything().train()
@@ -440,9 +445,7 @@ def test_torch_keeps_parameter_kinds_dtypes_and_mode(
     assert torch.equal(loaded.sparse.to_dense(), torch.eye(3))
 
 
-def test_torch_load_memory_maps_the_weights(
-    tmp_path: Path, pickle_context: CloudpickleContext
-) -> None:
+def test_torch_load_memory_maps_the_weights(tmp_path: Path, pickle_context: BundleContext) -> None:
     maps = Path("/proc/self/maps")
     if not maps.exists():
         pytest.skip("needs Linux /proc to see memory mappings")
@@ -499,7 +502,7 @@ def test_torch_describe_counts_trainable_and_frozen() -> None:
 
 
 def test_pipeline_keeps_task_labels_and_call_settings(
-    tmp_path: Path, pickle_context: CloudpickleContext
+    tmp_path: Path, pickle_context: BundleContext
 ) -> None:
     from transformers import pipeline
 
@@ -523,7 +526,7 @@ def test_pipeline_keeps_task_labels_and_call_settings(
 
 
 def test_pipeline_folder_is_what_transformers_reads(
-    tmp_path: Path, pickle_context: CloudpickleContext
+    tmp_path: Path, pickle_context: BundleContext
 ) -> None:
     from transformers import pipeline
 
@@ -535,7 +538,7 @@ def test_pipeline_folder_is_what_transformers_reads(
 
 
 def test_pipeline_load_memory_maps_the_weights(
-    tmp_path: Path, pickle_context: CloudpickleContext
+    tmp_path: Path, pickle_context: BundleContext
 ) -> None:
     maps = Path("/proc/self/maps")
     if not maps.exists():
@@ -547,7 +550,7 @@ def test_pipeline_load_memory_maps_the_weights(
 
 
 def test_pipeline_weights_load_aligned_for_identical_outputs(
-    tmp_path: Path, pickle_context: CloudpickleContext
+    tmp_path: Path, pickle_context: BundleContext
 ) -> None:
     # 8-byte aligned memory-mapped weights change the last bits of the scores; see
     # write_safetensors. Every weight whose size allows it must start 64-byte aligned.
@@ -560,9 +563,7 @@ def test_pipeline_weights_load_aligned_for_identical_outputs(
     assert loaded(models.TEXTS * 3) == pipe(models.TEXTS * 3)
 
 
-def test_bare_transformers_model_round_trips(
-    tmp_path: Path, pickle_context: CloudpickleContext
-) -> None:
+def test_bare_transformers_model_round_trips(tmp_path: Path, pickle_context: BundleContext) -> None:
     model = models.tiny_bert_model().train()
     loaded: Any
     loaded, info = round_trip(get_flavor("transformers"), model, tmp_path, pickle_context)
@@ -576,7 +577,7 @@ def test_bare_transformers_model_round_trips(
         assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)
 
 
-def test_tokenizer_round_trips(tmp_path: Path, pickle_context: CloudpickleContext) -> None:
+def test_tokenizer_round_trips(tmp_path: Path, pickle_context: BundleContext) -> None:
     tokenizer = models.tiny_tokenizer()
     loaded: Any
     loaded, info = round_trip(get_flavor("transformers"), tokenizer, tmp_path, pickle_context)
@@ -597,7 +598,7 @@ def test_transformers_describe_reports_layers_and_labels() -> None:
 # --- scikit-learn -----------------------------------------------------------------------------
 
 
-def test_sklearn_pickles_by_default(tmp_path: Path, pickle_context: CloudpickleContext) -> None:
+def test_sklearn_pickles_by_default(tmp_path: Path, pickle_context: BundleContext) -> None:
     _, info = round_trip(
         get_flavor("sklearn"), models.tiny_sklearn_pipeline(), tmp_path, pickle_context
     )
@@ -605,7 +606,7 @@ def test_sklearn_pickles_by_default(tmp_path: Path, pickle_context: CloudpickleC
 
 
 def test_sklearn_skops_format_round_trips(
-    tmp_path: Path, pickle_context: CloudpickleContext, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, pickle_context: BundleContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from sklearn.ensemble import RandomForestClassifier
 
@@ -620,9 +621,7 @@ def test_sklearn_skops_format_round_trips(
     np.testing.assert_array_equal(loaded.predict_proba(X), forest.predict_proba(X))
 
 
-def test_sklearn_unknown_format_is_refused(
-    tmp_path: Path, pickle_context: CloudpickleContext
-) -> None:
+def test_sklearn_unknown_format_is_refused(tmp_path: Path, pickle_context: BundleContext) -> None:
     with pytest.raises(BundleFormatError, match=r"Unknown scikit-learn format 'onnx'"):
         get_flavor("sklearn").load(tmp_path, {"format": "onnx"}, pickle_context)
 
