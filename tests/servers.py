@@ -1,0 +1,329 @@
+"""Real MLflow servers on 127.0.0.1 for tests: a tracking server and model scoring servers.
+
+Each server is a subprocess in its own process group on a free port. Starting waits for its
+health endpoint with a timeout (the failure message carries the tail of its log); stopping ends
+the whole group (``mlflow server`` and ``mlflow models serve`` start uvicorn as a child), always,
+also when the test fails.
+
+A test module uses the session-wide tracking server with ``pytest_plugins = ["servers"]``; one
+server then serves every module of a pytest process (each xdist worker starts its own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import subprocess_env
+
+STARTUP_TIMEOUT = 240.0  # mlflow server migrates its database first; CI machines are slow
+STOP_TIMEOUT = 20.0
+BIN_DIR = str(Path(sys.executable).parent)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the server may still lose a race for it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A user process's environment with this interpreter's ``bin/`` first on PATH.
+
+    ``mlflow models serve`` starts uvicorn through ``bash -c``, found on PATH.
+    """
+    env = subprocess_env(extra)
+    env["PATH"] = os.pathsep.join([BIN_DIR, env.get("PATH", "")])
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@dataclass
+class Server:
+    """A running server: its base URL, process and log file."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=STOP_TIMEOUT)
+
+    def get(self, path: str, timeout: float = 60.0) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def post_json(self, path: str, payload: Any, timeout: float = 120.0) -> tuple[int, Any]:
+        """POST ``payload`` as JSON; returns the status and the decoded JSON answer."""
+        request = urllib.request.Request(
+            self.url + path,
+            data=json.dumps(payload).encode("utf-8"),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            body = e.read()
+            try:
+                return e.code, json.loads(body)
+            except ValueError:
+                return e.code, body.decode("utf-8", errors="replace")
+
+
+def _wait_healthy(server: Server, health: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(
+                f"the server exited with {server.process.returncode} before it was up.\n"
+                f"--- log tail ---\n{server.log_tail()}"
+            )
+        with contextlib.suppress(OSError):
+            status, _ = server.get(health, timeout=5)
+            if status == 200:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(
+        f"{server.url}{health} did not answer within {timeout:.0f} s.\n"
+        f"--- log tail ---\n{server.log_tail()}"
+    )
+
+
+@contextlib.contextmanager
+def running_server(
+    argv_for_port: Any,
+    *,
+    health: str,
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = STARTUP_TIMEOUT,
+    attempts: int = 3,
+) -> Iterator[Server]:
+    """Start ``argv_for_port(port)`` on a free port, wait until ``health`` answers 200, stop it.
+
+    A server that exits before it is up (another process took the port) is retried on a new
+    port, ``attempts`` times in all.
+    """
+    last_error: Exception | None = None
+    for _ in range(attempts):
+        port = free_port()
+        argv: Sequence[str] = argv_for_port(port)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                list(argv),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=dict(env) if env is not None else server_env(),
+                cwd=str(cwd) if cwd else None,
+                start_new_session=True,  # its own process group: stop() ends uvicorn too
+            )
+        server = Server(f"http://127.0.0.1:{port}", process, log)
+        try:
+            _wait_healthy(server, health, timeout)
+        except RuntimeError as e:
+            server.stop()
+            last_error = e
+            continue
+        except BaseException:
+            server.stop()
+            raise
+        try:
+            yield server
+        finally:
+            server.stop()
+        return
+    raise RuntimeError(f"could not start {argv_for_port(0)[:4]}: {last_error}")
+
+
+def tracking_server(root: Path) -> contextlib.AbstractContextManager[Server]:
+    """``mlflow server`` with an sqlite backend and proxied artifacts, all under ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+
+    def argv(port: int) -> list[str]:
+        return [
+            *(sys.executable, "-m", "mlflow", "server"),
+            *("--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"),
+            *("--artifacts-destination", str(root / "artifacts")),
+            *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
+        ]
+
+    return running_server(argv, health="/health", log=root / "server.log", cwd=root)
+
+
+def model_server(
+    model_uri: str,
+    log: Path,
+    *,
+    tracking_uri: str | None = None,
+) -> contextlib.AbstractContextManager[Server]:
+    """``mlflow models serve -m model_uri --env-manager local`` (MLflow's scoring server)."""
+
+    def argv(port: int) -> list[str]:
+        return [
+            *(sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri),
+            *("--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)),
+            *("--workers", "1"),
+        ]
+
+    extra = {"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else None
+    return running_server(argv, health="/ping", log=log, env=server_env(extra), cwd=log.parent)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One ``mlflow server`` for the session (per xdist worker); its URL is ``.url``."""
+    with tracking_server(tmp_path_factory.mktemp("mlflow_server")) as server:
+        yield server
+
+
+# --- the small user project that the server, registry, serving, Spark and CLI tests save -----
+
+#: A package of two modules and a module imported inside the function body, so that loading
+#: depends on capture by value. The predict function returns JSON-like data (a dict of str,
+#: float, int and list of str), the same through pyfunc, REST and Spark.
+SHOP_SOURCE = {
+    "shop/__init__.py": "",
+    "shop/features.py": """
+        VOWELS = set("aeiou")
+
+
+        def normalize(text):
+            return " ".join(str(text).lower().split())
+
+
+        def vectorize(text, repeat):
+            return [len(text) / 10, sum(c in VOWELS for c in text) / 5, text.count(" "), repeat]
+        """,
+    "shop/labels.py": """
+        NAMES = ["bad", "neutral", "good"]
+        """,
+    "shop/predict.py": '''
+        from __future__ import annotations
+
+        from shop.features import normalize, vectorize
+
+
+        def predict(mlp, settings, text: str, repeat: int = 1, tags: list[str] | None = None):
+            """Label a text with the MLP; ``settings`` scales the score."""
+            import torch
+
+            from shop import labels  # imported at call time: must travel by value too
+
+            clean = normalize(text)
+            with torch.no_grad():
+                out = mlp(torch.tensor([vectorize(clean, repeat)], dtype=torch.float32))[0]
+            k = int(out.argmax())
+            return {
+                "label": labels.NAMES[k],
+                "score": round(float(out[k]) * settings["scale"], 6),
+                "words": len(clean.split()) * repeat,
+                "tags": sorted(tags or []),
+            }
+        ''',
+}
+
+#: Calls of the predict function: ``repeat`` and ``tags`` are optional.
+SHOP_CASES: list[dict[str, Any]] = [
+    {"text": "Great food, really"},
+    {"text": "not good at all", "repeat": 2},
+    {"text": "ok", "tags": ["b", "a"]},
+    {"text": "the service was slow", "repeat": 3, "tags": []},
+]
+
+#: Runs in a subprocess whose working directory holds the ``shop`` package; argv[1] is a JSON
+#: spec: {"tests_dir", "mode": "save"|"log", "path" | "tracking_uri", "experiment",
+#: "registered_model_name", "scale", "save_kwargs"}. Emits the expected predictions and what
+#: the save returned.
+SHOP_SAVER = r"""
+import json, sys
+spec = json.loads(sys.argv[1])
+sys.path.append(spec["tests_dir"])
+from models import tiny_torch_mlp
+import cloudflow
+from shop.predict import predict
+
+models = {"mlp": tiny_torch_mlp(), "settings": {"scale": spec.get("scale", 2.0)}}
+cases = spec["cases"]
+expected = [predict(**models, **case) for case in cases]
+out = {"expected": expected}
+if spec["mode"] == "save":
+    cloudflow.save_bundle(predict, models, spec["path"], **spec.get("save_kwargs", {}))
+else:
+    import mlflow
+
+    out["experiment_id"] = cloudflow.prepare_env(spec["tracking_uri"], spec["experiment"])
+    with mlflow.start_run() as run:
+        info = cloudflow.log_bundle(
+            predict,
+            models,
+            registered_model_name=spec.get("registered_model_name"),
+            **spec.get("save_kwargs", {}),
+        )
+    out.update(
+        run_id=run.info.run_id,
+        model_uri=info.model_uri,
+        registered_model_version=info.registered_model_version,
+    )
+emit(out)
+"""
+
+
+def save_shop(root: Path, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Write the shop project under ``root``, save or log it in a subprocess, delete the source.
+
+    Returns what the subprocess emitted: ``expected`` (one result per :data:`SHOP_CASES` case,
+    computed before saving) and, when logging, ``run_id``, ``model_uri``...
+    """
+    import shutil
+    import textwrap
+
+    from helpers import TESTS_DIR, run_snippet
+
+    source = root / "shop_source"
+    for relative, text in SHOP_SOURCE.items():
+        path = source / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+    full = {"tests_dir": str(TESTS_DIR), "cases": SHOP_CASES, **spec}
+    try:
+        return dict(run_snippet(SHOP_SAVER, cwd=source, args=[json.dumps(full)], timeout=300))
+    finally:
+        shutil.rmtree(source)  # from here on, the project's source cannot be imported
