@@ -30,7 +30,7 @@ import pytest
 from helpers import subprocess_env
 
 STARTUP_TIMEOUT = 240.0  # mlflow server migrates its database first; CI machines are slow
-STOP_TIMEOUT = 20.0
+STOP_TIMEOUT = 5.0  # then SIGKILL: test servers keep nothing worth a graceful stop
 BIN_DIR = str(Path(sys.executable).parent)
 
 
@@ -269,9 +269,9 @@ SHOP_CASES: list[dict[str, Any]] = [
 ]
 
 #: Runs in a subprocess whose working directory holds the ``shop`` package; argv[1] is a JSON
-#: spec: {"tests_dir", "mode": "save"|"log", "path" | "tracking_uri", "experiment",
-#: "registered_model_name", "scale", "save_kwargs"}. Emits the expected predictions and what
-#: the save returned.
+#: spec {"tests_dir", "cases", "jobs": [...]}, each job {"mode": "save" | "log", "path" or
+#: "tracking_uri" and "experiment", "registered_model_name", "scale", "save_kwargs"}. Emits one
+#: dict per job: the expected predictions (computed before saving) and what the save returned.
 SHOP_SAVER = r"""
 import json, sys
 spec = json.loads(sys.argv[1])
@@ -280,37 +280,37 @@ from models import tiny_torch_mlp
 import cloudflow
 from shop.predict import predict
 
-models = {"mlp": tiny_torch_mlp(), "settings": {"scale": spec.get("scale", 2.0)}}
-cases = spec["cases"]
-expected = [predict(**models, **case) for case in cases]
-out = {"expected": expected}
-if spec["mode"] == "save":
-    cloudflow.save_bundle(predict, models, spec["path"], **spec.get("save_kwargs", {}))
-else:
-    import mlflow
+mlp = tiny_torch_mlp()
+outputs = []
+for job in spec["jobs"]:
+    models = {"mlp": mlp, "settings": {"scale": job.get("scale", 2.0)}}
+    out = {"expected": [predict(**models, **case) for case in spec["cases"]]}
+    kwargs = job.get("save_kwargs", {})
+    if job["mode"] == "save":
+        cloudflow.save_bundle(predict, models, job["path"], **kwargs)
+    else:
+        import mlflow
 
-    out["experiment_id"] = cloudflow.prepare_env(spec["tracking_uri"], spec["experiment"])
-    with mlflow.start_run() as run:
-        info = cloudflow.log_bundle(
-            predict,
-            models,
-            registered_model_name=spec.get("registered_model_name"),
-            **spec.get("save_kwargs", {}),
+        out["experiment_id"] = cloudflow.prepare_env(job["tracking_uri"], job["experiment"])
+        with mlflow.start_run() as run:
+            info = cloudflow.log_bundle(
+                predict, models, registered_model_name=job.get("registered_model_name"), **kwargs
+            )
+        out.update(
+            run_id=run.info.run_id,
+            model_uri=info.model_uri,
+            registered_model_version=info.registered_model_version,
         )
-    out.update(
-        run_id=run.info.run_id,
-        model_uri=info.model_uri,
-        registered_model_version=info.registered_model_version,
-    )
-emit(out)
+    outputs.append(out)
+emit(outputs)
 """
 
 
-def save_shop(root: Path, spec: Mapping[str, Any]) -> dict[str, Any]:
-    """Write the shop project under ``root``, save or log it in a subprocess, delete the source.
+def save_shop(root: Path, *jobs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Write the shop project under ``root``, run the save ``jobs`` in one subprocess, delete it.
 
-    Returns what the subprocess emitted: ``expected`` (one result per :data:`SHOP_CASES` case,
-    computed before saving) and, when logging, ``run_id``, ``model_uri``...
+    Returns one dict per job: ``expected`` (one result per :data:`SHOP_CASES` case, computed
+    before saving) and, when logging, ``run_id``, ``model_uri``, ``registered_model_version``.
     """
     import shutil
     import textwrap
@@ -322,8 +322,34 @@ def save_shop(root: Path, spec: Mapping[str, Any]) -> dict[str, Any]:
         path = source / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(text), encoding="utf-8")
-    full = {"tests_dir": str(TESTS_DIR), "cases": SHOP_CASES, **spec}
+    spec = {"tests_dir": str(TESTS_DIR), "cases": SHOP_CASES, "jobs": list(jobs)}
     try:
-        return dict(run_snippet(SHOP_SAVER, cwd=source, args=[json.dumps(full)], timeout=300))
+        return list(run_snippet(SHOP_SAVER, cwd=source, args=[json.dumps(spec)], timeout=300))
     finally:
         shutil.rmtree(source)  # from here on, the project's source cannot be imported
+
+
+SHOP_EXPERIMENT = "team-shop"
+SHOP_MODEL_NAME = "shop-model"
+
+
+@pytest.fixture(scope="session")
+def shop_on_server(mlflow_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The shop project logged twice over HTTP to :func:`mlflow_server`, both runs registered.
+
+    Version 1 (score scale 2) has the alias ``champion``, version 2 (scale 5) none. Returns
+    ``{"v1": ..., "v2": ...}``, each as :func:`save_shop` returns it.
+    """
+    import mlflow
+
+    job = {
+        "mode": "log",
+        "tracking_uri": mlflow_server.url,
+        "experiment": SHOP_EXPERIMENT,
+        "registered_model_name": SHOP_MODEL_NAME,
+    }
+    root = tmp_path_factory.mktemp("shop_on_server")
+    first, second = save_shop(root, {**job, "scale": 2.0}, {**job, "scale": 5.0})
+    client = mlflow.MlflowClient(mlflow_server.url, registry_uri=mlflow_server.url)
+    client.set_registered_model_alias(SHOP_MODEL_NAME, "champion", "1")
+    return {"v1": first, "v2": second}

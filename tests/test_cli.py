@@ -28,7 +28,7 @@ from cloudflow.cli import main
 def shop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("cli_shop")
     path = root / "bundle"
-    saved = save_shop(root, {"mode": "save", "path": str(path)})
+    (saved,) = save_shop(root, {"mode": "save", "path": str(path)})
     return {"path": path, "expected": saved["expected"], "root": root}
 
 
@@ -147,7 +147,8 @@ def test_predict_errors_are_one_line_messages(shop: dict[str, Any], tmp_path: Pa
 def test_python_dash_m_and_runs_uri(shop: dict[str, Any], tmp_path: Path) -> None:
     """``python -m cloudflow`` in a fresh process, on a runs:/ URI of a folder store."""
     store = tmp_path / "store"
-    logged = save_shop(tmp_path, {"mode": "log", "tracking_uri": str(store), "experiment": "cli"})
+    job = {"mode": "log", "tracking_uri": str(store), "experiment": "cli"}
+    (logged,) = save_shop(tmp_path, job)
     uri = f"runs:/{logged['run_id']}/model"
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
