@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -33,6 +34,59 @@ def _check_names(names: Iterable[str] | None, what: str) -> tuple[str, ...]:
             f"{what} must list module names such as 'utils' or 'pkg.sub'; {bad[0]!r} is not one."
         )
     return out
+
+
+def _check_requirements(value: Iterable[str] | None, what: str) -> list[str] | None:
+    """A list of requirement strings; a str is the path of a requirements file, as in MLflow."""
+    if value is None:
+        return None
+    if isinstance(value, str | os.PathLike):
+        file = Path(os.fspath(value)).expanduser()
+        if file.is_file():
+            return [f"-r {file.resolve()}"]
+        raise BundleArgumentError(
+            f"{what} is {os.fspath(value)!r}, which is not a requirements file. Pass a list of "
+            f"requirement strings, such as [{os.fspath(value)!r}], or the path of an existing "
+            "requirements file."
+        )
+    try:
+        items = list(value)
+    except TypeError:
+        raise BundleArgumentError(
+            f"{what} must be a list of requirement strings such as ['torch==2.3'], got "
+            f"{type(value).__name__}."
+        ) from None
+    bad = [r for r in items if not isinstance(r, str)]
+    if bad:
+        raise BundleArgumentError(
+            f"{what} must hold requirement strings; {bad[0]!r} is a {type(bad[0]).__name__}. "
+            "Write each as a string, such as 'torch==2.3'."
+        )
+    return items
+
+
+def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Metadata as plain JSON (it goes to MLmodel's YAML and the manifest's JSON)."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, Mapping):
+        raise BundleArgumentError(
+            f"metadata must be a dict of JSON values, got {type(metadata).__name__}. Pass e.g. "
+            "metadata={'owner': 'team-a', 'version': 3}."
+        )
+    for key, value in metadata.items():
+        if not isinstance(key, str):
+            raise BundleArgumentError(
+                f"metadata keys must be str; {key!r} is a {type(key).__name__}. Use str keys."
+            )
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise BundleArgumentError(
+                f"metadata[{key!r}] is not JSON ({e}). Use str, numbers, bools, None, and lists "
+                "and dicts of them."
+            ) from None
+    return dict(json.loads(json.dumps(dict(metadata))))  # tuples become lists, for YAML
 
 
 def save_bundle(
@@ -93,9 +147,11 @@ def save_bundle(
         target,
         predict_fn,
         checked,
-        pip_requirements=pip_requirements,
-        extra_pip_requirements=extra_pip_requirements,
-        metadata=metadata,
+        pip_requirements=_check_requirements(pip_requirements, "pip_requirements"),
+        extra_pip_requirements=_check_requirements(
+            extra_pip_requirements, "extra_pip_requirements"
+        ),
+        metadata=_check_metadata(metadata),
         include_modules=_check_names(include_modules, "include_modules"),
         exclude_modules=_check_names(exclude_modules, "exclude_modules"),
         strip_docstrings=strip_docstrings,
@@ -157,6 +213,9 @@ def log_bundle(
         )
     include = _check_names(include_modules, "include_modules")
     exclude = _check_names(exclude_modules, "exclude_modules")
+    pip_requirements = _check_requirements(pip_requirements, "pip_requirements")
+    extra_pip_requirements = _check_requirements(extra_pip_requirements, "extra_pip_requirements")
+    metadata = _check_metadata(metadata)
 
     import mlflow
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus
