@@ -129,11 +129,14 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         """
         import mlflow
 
+        # Check before resolving: resolving creates an embedded store, and a load writes nothing.
+        folder = _store.local_folder(tracking_uri)
+        if folder is not None and not (folder / _store.DB_FILE).is_file():
+            raise NotFoundError(
+                f"No tracking store at {os.fspath(tracking_uri)!r}: it has no {_store.DB_FILE}. "
+                "Give the folder that was given to prepare_env when the model was saved."
+            )
         uri = _store.resolve_tracking_uri(tracking_uri)
-        if _store.local_folder(tracking_uri) is not None and not os.path.exists(
-            os.fspath(_store.local_folder(tracking_uri) or "") + os.sep + _store.DB_FILE
-        ):
-            raise NotFoundError(f"No tracking store at {os.fspath(tracking_uri)!r}.")
         mlflow.set_tracking_uri(uri)
         if str(run_id).startswith(("models:/", "runs:/")):
             self.bundle = load_bundle(str(run_id))
