@@ -471,6 +471,14 @@ class CaptureSession:
         except CaptureError:
             raise
         except Exception as e:
+            if not pickler.owner:  # a model's file
+                culprit = self._find_unpicklable_part(obj, pickler)
+                where = f" The cause is {culprit}." if culprit else ""
+                raise CaptureError(
+                    f"Cannot serialize {what}: {type(e).__name__}: {e}.{where} Make the model "
+                    "picklable: drop what cannot be pickled (locks, open files, connections, "
+                    "generators) or give its class __getstate__ and __setstate__."
+                ) from e
             culprit = self._find_unpicklable()
             where = f" The cause is {culprit}." if culprit else ""
             raise CaptureError(
@@ -478,6 +486,23 @@ class CaptureSession:
                 "exclude_modules=[...] if the function does not need it, or make the object "
                 "picklable."
             ) from e
+
+    def _find_unpicklable_part(self, obj: object, pickler: _BundlePickler) -> str | None:
+        """Name the attribute or item of a model that cannot be pickled (error path only)."""
+        if isinstance(obj, Mapping):
+            parts = [(f"[{k!r}]", v) for k, v in obj.items()]
+        elif isinstance(obj, list | tuple):
+            parts = [(f"[{i}]", v) for i, v in enumerate(obj)]
+        else:
+            parts = [(f".{k}", v) for k, v in getattr(obj, "__dict__", {}).items()]
+        for label, value in parts:
+            try:
+                _BundlePickler(
+                    io.BytesIO(), self, owner=False, persistent_id=pickler._persistent
+                ).dump(value)
+            except Exception as e:
+                return f"the model's {label} ({type(value).__name__}: {e})"
+        return None
 
     def _find_unpicklable(self) -> str | None:
         """Name the module attribute that cannot be pickled (only on the error path)."""
