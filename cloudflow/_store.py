@@ -213,7 +213,11 @@ def artifact_uri_of(model_uri: str) -> str:
         if parsed.scheme == "models":
             return _registry_artifact_uri(client, model_uri)
     except MlflowException as e:
-        raise NotFoundError(f"Cannot resolve {model_uri!r}: {e.message}") from e
+        raise NotFoundError(
+            f"Cannot resolve {model_uri!r}: {e.message}. Check the model name, version or alias "
+            "(models:/<name>/<version>, models:/<name>@<alias>), and that MLflow points at the "
+            "tracking store that holds it (mlflow.set_tracking_uri or MLFLOW_TRACKING_URI)."
+        ) from e
     return model_uri
 
 
