@@ -136,3 +136,37 @@ def test_cli_inspect_over_http(
     assert info["run_id"] == logged["run_id"]
     assert info["path"] is None  # downloaded to a temporary folder, removed again
     assert sorted(info["models"]) == ["mlp", "settings"]
+
+
+QUIET_THEN_ASKED = r"""
+import os, sys
+import cloudflow, mlflow
+mlflow.set_tracking_uri(sys.argv[1])
+cloudflow.load_bundle(sys.argv[2])
+print("=== asked", file=sys.stderr, flush=True)
+os.environ["CLOUDFLOW_PROGRESS"] = "1"
+cloudflow.load_bundle(sys.argv[2])
+"""
+
+
+def test_download_bars_only_when_asked(
+    logged: dict[str, Any], mlflow_server: Server, tmp_path: Path
+) -> None:
+    """In a log (stderr not a terminal), MLflow's 'Downloading artifacts' bars stay out."""
+    import subprocess
+    import sys
+
+    from helpers import subprocess_env
+
+    done = subprocess.run(
+        [sys.executable, "-c", QUIET_THEN_ASKED, mlflow_server.url, logged["model_uri"]],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    quiet, _, asked = done.stderr.partition("=== asked")
+    assert "Downloading artifacts" not in quiet
+    assert "Downloading artifacts" in asked
