@@ -30,11 +30,22 @@ def _plain(value: Any) -> Any:
 
     Serving parses each value of ``{"inputs": {...}}`` into a numpy array (0-d for a scalar,
     n-d for a list) when the model has no signature; DataFrame cells hold numpy scalars, and
-    Spark's array columns arrive as numpy arrays. ``tolist`` gives the JSON value back.
+    Spark's array columns arrive as numpy arrays (nested ones as object arrays of arrays, and
+    map or struct cells as dicts of them). ``tolist`` gives the JSON value back.
     """
     np = sys.modules.get("numpy")
-    if np is not None and isinstance(value, np.ndarray | np.generic):
-        return value.tolist()
+    if np is None:
+        return value
+    if isinstance(value, np.ndarray):
+        if value.dtype != object:
+            return value.tolist()
+        return _plain(value.item()) if value.ndim == 0 else [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
     return value
 
 

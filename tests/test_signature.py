@@ -208,3 +208,15 @@ def test_unknown_parameter_is_named_with_signature(probe: Any, tmp_path: Path) -
         model.predict({"txt": "a"})
     with pytest.raises(cloudflow.PredictArgumentError, match="missing the required parameter"):
         model.predict({"n": 1})
+
+
+def test_dataframe_cells_from_arrow_become_plain_values(probe: Any, tmp_path: Path) -> None:
+    """Spark hands array columns over as numpy arrays, nested ones as object arrays of arrays."""
+    cloudflow.save_bundle(probe.predict, {"table": {"scale": 10}}, tmp_path / "b")
+    model = mlflow.pyfunc.load_model(str(tmp_path / "b"))
+    nested = np.empty(2, dtype=object)
+    nested[0], nested[1] = np.array([1.0, 2.0]), np.array([3.0])
+    frame = pd.DataFrame({"text": ["a"], "n": [np.int64(4)], "items": [np.array([1.5])]})
+    frame["extra"] = [nested]
+    want = {"text": "a", "n": 4, "items": [1.5], "extra": [[1.0, 2.0], [3.0]]}
+    assert model.predict(frame) == [_expected(probe, want)]
