@@ -877,7 +877,11 @@ class Sampler:
             "threads; a thread's time counts for each function it is in), own = at the top"
         ]
         lines.append(f"{'cumulative s':>12} {'own s':>7}  function")
-        ranked = sorted(self.total.items(), key=lambda kv: -kv[1])[:top]
+        # The benchmark's own wrappers and thread plumbing are on every stack: leave them out.
+        skip = ("bench.py:", "threading.py:")
+        ranked = sorted(
+            ((n, c) for n, c in self.total.items() if not n.startswith(skip)), key=lambda kv: -kv[1]
+        )[:top]
         for name, count in ranked:
             lines.append(f"{count * per:12.3f} {self.own.get(name, 0) * per:7.3f}  {name}")
         return "\n".join(lines)  # fmt: skip
