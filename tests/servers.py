@@ -185,7 +185,9 @@ def tracking_server(root: Path) -> contextlib.AbstractContextManager[Server]:
             *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
         ]
 
-    return running_server(argv, health="/health", log=root / "server.log", cwd=root)
+    # No job runner (huey consumers for MLflow's GenAI jobs): nothing here uses it.
+    env = server_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    return running_server(argv, health="/health", log=root / "server.log", env=env, cwd=root)
 
 
 def model_server(
