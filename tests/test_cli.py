@@ -27,9 +27,13 @@ from cloudflow.cli import main
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("cli_shop")
-    path = root / "bundle"
-    (saved,) = save_shop(root, {"mode": "save", "path": str(path)})
-    return {"path": path, "expected": saved["expected"], "root": root}
+    path, store = root / "bundle", root / "store"
+    saved, logged = save_shop(
+        root,
+        {"mode": "save", "path": str(path)},
+        {"mode": "log", "tracking_uri": str(store), "experiment": "cli"},
+    )
+    return {"path": path, "expected": saved["expected"], "store": store, "logged": logged}
 
 
 def _run(*args: str, input: str | None = None) -> Any:
@@ -146,9 +150,7 @@ def test_predict_errors_are_one_line_messages(shop: dict[str, Any], tmp_path: Pa
 
 def test_python_dash_m_and_runs_uri(shop: dict[str, Any], tmp_path: Path) -> None:
     """``python -m cloudflow`` in a fresh process, on a runs:/ URI of a folder store."""
-    store = tmp_path / "store"
-    job = {"mode": "log", "tracking_uri": str(store), "experiment": "cli"}
-    (logged,) = save_shop(tmp_path, job)
+    store, logged = shop["store"], shop["logged"]
     uri = f"runs:/{logged['run_id']}/model"
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
