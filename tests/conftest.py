@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 
 pytest.register_assert_rewrite("helpers")
+# The server fixtures (tracking server, model serving) for every test module that asks for them.
+pytest_plugins = ["servers"]
 
 from helpers import FIXTURES_DIR, TESTS_DIR, run_script  # noqa: E402
 

@@ -18,8 +18,6 @@ from servers import SHOP_CASES, SHOP_EXPERIMENT, SHOP_MODEL_NAME, Server, model_
 
 import cloudflow
 
-pytest_plugins = ["servers"]
-
 LOADER = r"""
 import json, sys
 spec = json.loads(sys.argv[1])

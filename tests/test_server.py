@@ -16,7 +16,6 @@ import pytest
 from helpers import assert_same_predictions, outcome, run_snippet
 from servers import SHOP_CASES, SHOP_EXPERIMENT, Server
 
-pytest_plugins = ["servers"]
 pytestmark = pytest.mark.slow
 
 EXPERIMENT = SHOP_EXPERIMENT
