@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from cloudflow import _inspect, _progress, _store
-from cloudflow._bundle import Bundle, check_arguments, read_bundle, write_bundle
+from cloudflow._bundle import (
+    Bundle,
+    check_arguments,
+    read_bundle,
+    remove_stale_staging,
+    write_bundle,
+)
 from cloudflow._signing import resolve_key
 from cloudflow.exceptions import BundleArgumentError, CloudflowError, NotFoundError, StoreError
 
@@ -235,6 +241,7 @@ def log_bundle(
             raise StoreError(
                 f"Cannot write to the artifact folder {str(artifact_root)!r}: {e.strerror}."
             ) from e
+        remove_stale_staging(staging_parent, "tmp*")
         staging = Path(tempfile.mkdtemp(dir=staging_parent))
     else:
         staging = Path(tempfile.mkdtemp(prefix="cloudflow-"))

@@ -184,8 +184,31 @@ def _write_mlmodel(
     _PythonEnv.current().to_yaml(str(root / _PYTHON_ENV_FILE_NAME))
 
 
+STALE_STAGING_S = 24 * 3600
+
+
+def remove_stale_staging(folder: Path, pattern: str) -> None:
+    """Delete staging folders a killed save left behind, once they are a day old.
+
+    A save in progress touches its staging folder continuously, and none takes a day; what is
+    older belongs to a process that died (SIGKILL, power loss) and was never published.
+    """
+    now = time.time()
+    try:
+        candidates = list(folder.glob(pattern))
+    except OSError:
+        return
+    for candidate in candidates:
+        try:
+            if candidate.is_dir() and now - candidate.stat().st_mtime > STALE_STAGING_S:
+                shutil.rmtree(candidate, ignore_errors=True)
+        except OSError:
+            continue
+
+
 def staging_dir_for(path: Path) -> Path:
     """A fresh folder beside ``path`` (same file system, so publishing is one rename)."""
+    remove_stale_staging(path.parent, f".{path.name}.cloudflow-*.tmp")
     staging = path.parent / f".{path.name}.cloudflow-{uuid.uuid4().hex[:12]}.tmp"
     staging.mkdir(parents=True)
     return staging

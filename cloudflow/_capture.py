@@ -67,13 +67,19 @@ class _suppress_errors:
 
 
 @lru_cache(maxsize=1)
+def _packages_distributions() -> dict[str, list[str]]:
+    """Top-level import name -> distributions, read once per process (it scans every dist)."""
+    try:
+        return dict(importlib.metadata.packages_distributions())
+    except Exception:  # a broken distribution must not break saving
+        return {}
+
+
+@lru_cache(maxsize=1)
 def _editable_roots() -> dict[str, tuple[str, ...]]:
     """Top-level import name -> source folders of editable installs (``pip install -e``)."""
     roots: dict[str, list[str]] = {}
-    try:
-        mapping = importlib.metadata.packages_distributions()
-    except Exception:  # a broken distribution must not break saving
-        return {}
+    mapping = _packages_distributions()
     for top, dists in mapping.items():
         for dist_name in dists:
             try:
@@ -243,10 +249,9 @@ def submodule(package: types.ModuleType, item: str) -> types.ModuleType | None:
 
 def top_level_names_to_distributions(tops: set[str]) -> dict[str, str]:
     """Map top-level import names to distribution names (``sklearn`` -> ``scikit-learn``)."""
-    try:
-        mapping = importlib.metadata.packages_distributions()
-    except Exception:
+    if not tops:
         return {}
+    mapping = _packages_distributions()
     out: dict[str, str] = {}
     for top in sorted(tops):
         dists = mapping.get(top)
