@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _inspect, _progress, _store
+from cloudflow import _inspect, _store
 from cloudflow._bundle import (
     Bundle,
     check_arguments,
@@ -21,7 +21,7 @@ from cloudflow._bundle import (
     write_bundle,
 )
 from cloudflow._signing import resolve_key
-from cloudflow.exceptions import BundleArgumentError, CloudflowError, NotFoundError, StoreError
+from cloudflow.exceptions import BundleArgumentError, StoreError
 
 _logger = logging.getLogger("cloudflow")
 
@@ -349,21 +349,10 @@ def load_bundle(
             "'runs:/<run_id>/model' or a local folder."
         )
     key = resolve_key(signing_key)
-    try:
-        with _progress.mlflow_download_bars():
-            folder, temporary = _store.local_bundle_dir(model_uri)
-    except CloudflowError:
-        raise
-    except Exception as e:
-        raise NotFoundError(f"Cannot find the bundle {os.fspath(model_uri)!r}: {e}") from e
-    try:
+    with _store.bundle_dir(model_uri) as (folder, _):
         return read_bundle(
             folder,
             verify=verify,
             allow_python_mismatch=allow_python_mismatch,
             signing_key=key,
         )
-    finally:
-        if temporary:
-            # Weights may be memory-mapped from these files; unlinking keeps the mappings valid.
-            shutil.rmtree(folder, ignore_errors=True)

@@ -11,13 +11,12 @@ import json
 import logging
 import os
 import platform
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _manifest, _progress, _store
-from cloudflow.exceptions import CloudflowError, IntegrityError, NotFoundError
+from cloudflow import _manifest, _store
+from cloudflow.exceptions import IntegrityError
 
 #: Model metadata logged as run tags, in this order; values are shortened to TAG_VALUE_MAX.
 TAG_KEYS = (
@@ -136,18 +135,8 @@ def describe(model_uri: str | os.PathLike[str], *, verify: bool = True) -> dict[
         NotFoundError: The run, model or path does not exist.
         BundleFormatError: The folder is not a bundle, or its manifest is damaged.
     """
-    try:
-        with _progress.mlflow_download_bars():
-            folder, temporary = _store.local_bundle_dir(model_uri)
-    except CloudflowError:
-        raise
-    except Exception as e:
-        raise NotFoundError(f"Cannot find the bundle {os.fspath(model_uri)!r}: {e}") from e
-    try:
+    with _store.bundle_dir(model_uri) as (folder, temporary):
         info = describe_folder(folder, verify=verify)
-    finally:
-        if temporary:
-            shutil.rmtree(folder, ignore_errors=True)
     info["uri"] = os.fspath(model_uri)
     if temporary:
         info["path"] = None

@@ -99,14 +99,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         check_arguments(predict_function, models)
         uri = _store.resolve_tracking_uri(tracking_uri)
         mlflow.set_tracking_uri(uri)
-        client = mlflow.MlflowClient(uri)
-        experiment = _store.find_experiment(client, experiment_id)
-        run = _store.find_run(client, run_id)
-        if run.info.experiment_id != experiment.experiment_id:
-            raise NotFoundError(
-                f"Run {run_id!r} belongs to experiment {run.info.experiment_id!r}, not to "
-                f"{experiment_id!r} ({experiment.experiment_id}). Pass the run's own experiment."
-            )
+        _store.run_in_experiment(mlflow.MlflowClient(uri), experiment_id, run_id)
         active = mlflow.active_run()
         if active is not None and active.info.run_id == run_id:
             return log_bundle(predict_function, models, MODEL_NAME, verify=verify)
@@ -147,14 +140,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         if str(run_id).startswith(("models:/", "runs:/")):
             self.bundle = load_bundle(str(run_id))
             return self.bundle
-        client = mlflow.MlflowClient(uri)
-        experiment = _store.find_experiment(client, experiment_id)
-        run = _store.find_run(client, run_id)
-        if run.info.experiment_id != experiment.experiment_id:
-            raise NotFoundError(
-                f"Run {run_id!r} is not in experiment {experiment_id!r} (it belongs to experiment "
-                f"{run.info.experiment_id}). Check the experiment name and the run id."
-            )
+        _store.run_in_experiment(mlflow.MlflowClient(uri), experiment_id, run_id)
         self.bundle = load_bundle(f"runs:/{run_id}/{MODEL_NAME}")
         return self.bundle
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import threading
 import urllib.parse
 import urllib.request
@@ -18,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cloudflow.exceptions import NotFoundError, StoreError
+from cloudflow.exceptions import CloudflowError, NotFoundError, StoreError
 
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "artifacts"
@@ -264,3 +265,42 @@ def local_bundle_dir(model_uri: str | os.PathLike[str]) -> tuple[Path, bool]:
     import mlflow
 
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri)), True
+
+
+@contextlib.contextmanager
+def bundle_dir(model_uri: str | os.PathLike[str]) -> Iterator[tuple[Path, bool]]:
+    """The local folder of a bundle while the block runs, and whether it is a download.
+
+    A download (a remote store) is deleted when the block ends; memory-mapped weights stay valid,
+    since unlinking a file keeps its mappings.
+
+    Raises:
+        NotFoundError: The run, model or path does not exist.
+    """
+    from cloudflow import _progress
+
+    try:
+        with _progress.mlflow_download_bars():
+            folder, temporary = local_bundle_dir(model_uri)
+    except CloudflowError:
+        raise
+    except Exception as e:
+        raise NotFoundError(f"Cannot find the bundle {os.fspath(model_uri)!r}: {e}") from e
+    try:
+        yield folder, temporary
+    finally:
+        if temporary:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_in_experiment(client: Any, experiment: str, run_id: str) -> Any:
+    """The run ``run_id``, checked to belong to the experiment named or numbered ``experiment``."""
+    found = find_experiment(client, experiment)
+    run = find_run(client, run_id)
+    if run.info.experiment_id != found.experiment_id:
+        raise NotFoundError(
+            f"Run {run_id!r} is not in experiment {experiment!r} ({found.experiment_id}): it "
+            f"belongs to experiment {run.info.experiment_id}. Check the experiment name and the "
+            "run id, or pass the run's own experiment."
+        )
+    return run
