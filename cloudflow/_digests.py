@@ -10,10 +10,11 @@ change of its times with ``touch``/``utime``, moves its ``ctime`` to the current
 unprivileged process can set back. A file whose content changed therefore has a new identity, and
 is hashed again. File times have a coarse granularity (a kernel tick, a second on some file
 systems): two writes within one tick can leave the same ``ctime``. So a digest is only remembered
-for a file whose last change is at least :data:`SETTLED_S` old when it is read: any later write
-then gets a later ``ctime``. (A bundle just saved or downloaded is hashed on its first load; the
-loads after that find its digests here.) On Windows ``st_ctime`` is the creation time, which a
-write does not change, so there is no cache there.
+for a file whose last change is old enough when it is read (:data:`SETTLED_FINE_S`, or
+:data:`SETTLED_S` where timestamps are whole seconds): any later write then gets a later
+``ctime``. A save remembers the digests it computes for its large files, so a bundle saved on
+this machine is not hashed again at its first load. On Windows ``st_ctime`` is the creation
+time, which a write does not change, so there is no cache there.
 
 The cache lives in the user's own cache folder (``~/.cache/cloudflow/digests``, under
 ``$XDG_CACHE_HOME`` if set, or ``$CLOUDFLOW_CACHE_DIR/digests``); it is ignored if that folder is
@@ -42,6 +43,9 @@ CACHE_ENV = "CLOUDFLOW_DIGEST_CACHE"
 CACHE_DIR_ENV = "CLOUDFLOW_CACHE_DIR"
 CACHE_MIN_SIZE = 4 * 1024 * 1024
 SETTLED_S = 2.0
+#: How old a change must be on a file system whose timestamps carry sub-second parts: well above
+#: the kernel's timestamp tick (1-10 ms), so a later write gets a later ctime.
+SETTLED_FINE_S = 0.1
 _CHUNK = 8 * 1024 * 1024
 _MAX_ENTRIES = 4096
 _MAX_AGE_S = 30 * 24 * 3600
@@ -156,10 +160,23 @@ def digest_file(path: Path, *, folder: Path | None = None) -> str:
         folder is not None
         and before.st_size >= CACHE_MIN_SIZE
         and _same_file(before, after)
-        and time.time_ns() - after.st_ctime_ns > SETTLED_S * 1e9
+        and _settled(after.st_ctime_ns)
     ):
         _remember(folder, after, digest)
     return digest
+
+
+def _settled(ctime_ns: int) -> bool:
+    """Whether a file's last change is old enough that any new one gets a later ctime.
+
+    Whole-second ctimes mean a file system with one-second timestamps: wait :data:`SETTLED_S`.
+    Otherwise timestamps follow the kernel tick, and :data:`SETTLED_FINE_S` is plenty; a large
+    weight file written by a save is past that by the time it is hashed, so its digest is
+    remembered at save time and the first load on this machine needs no second sha256 pass.
+    """
+    age_s = (time.time_ns() - ctime_ns) / 1e9
+    coarse = ctime_ns % 1_000_000_000 == 0
+    return age_s > (SETTLED_S if coarse else SETTLED_FINE_S)
 
 
 def digest_files(paths: Sequence[Path], *, use_cache: bool = True) -> list[str]:

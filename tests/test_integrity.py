@@ -455,11 +455,13 @@ def count_hashes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 def test_digest_cache_skips_rehashing_a_settled_file_and_sees_any_change(
     app: Any, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(_digests, "SETTLED_FINE_S", 3600.0)
     bundle = big_bundle(app, tmp_path / "bundle")
     weights = bundle / "cloudflow" / "models" / "blob" / "model.pkl"
     assert weights.stat().st_size >= _digests.CACHE_MIN_SIZE
     assert not cache.exists() or not any(cache.iterdir())  # just written: not settled yet
     monkeypatch.setattr(_digests, "SETTLED_S", 0.0)
+    monkeypatch.setattr(_digests, "SETTLED_FINE_S", 0.0)
     assert cloudflow.load_bundle(bundle).predict(i=3) == 3
     assert len(list(cache.iterdir())) == 1
 
@@ -481,6 +483,7 @@ def test_digest_cache_waits_until_a_file_has_settled(
     app: Any, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_digests, "SETTLED_S", 3600.0)  # nothing is old enough
+    monkeypatch.setattr(_digests, "SETTLED_FINE_S", 3600.0)
     bundle = big_bundle(app, tmp_path / "bundle")
     hashed = count_hashes(monkeypatch)
     for _ in range(2):
@@ -490,11 +493,37 @@ def test_digest_cache_waits_until_a_file_has_settled(
     assert not cache.exists() or not any(cache.iterdir())
 
 
+def test_a_save_remembers_the_digests_it_computed(
+    app: Any, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The save hashes its large files once they have settled; the first load then reads the
+    # digest from the cache instead of hashing the weights a second time.
+    monkeypatch.setattr(_digests, "SETTLED_S", 0.0)
+    monkeypatch.setattr(_digests, "SETTLED_FINE_S", 0.0)
+    bundle = big_bundle(app, tmp_path / "bundle")
+    weights = bundle / "cloudflow" / "models" / "blob" / "model.pkl"
+    assert len(list(cache.iterdir())) == 1
+    hashed = count_hashes(monkeypatch)
+    assert cloudflow.load_bundle(bundle).predict(i=5) == 5
+    assert weights not in hashed
+    assert any(p.name == "code.pkl" for p in hashed)
+
+
+def test_whole_second_timestamps_wait_longer() -> None:
+    now = time.time_ns()
+    fine = now - int(0.5e9) + 123  # half a second old, sub-second digits
+    coarse = (now - int(0.5e9)) // 1_000_000_000 * 1_000_000_000
+    assert _digests._settled(fine)
+    if now - coarse < _digests.SETTLED_S * 1e9:
+        assert not _digests._settled(coarse)
+
+
 @pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX permissions")
 def test_digest_cache_off_or_shared_is_not_used(
     app: Any, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_digests, "SETTLED_S", 0.0)
+    monkeypatch.setattr(_digests, "SETTLED_FINE_S", 0.0)
     monkeypatch.setenv("CLOUDFLOW_DIGEST_CACHE", "0")
     bundle = big_bundle(app, tmp_path / "bundle")
     cloudflow.load_bundle(bundle)
