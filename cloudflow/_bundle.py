@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import inspect
 import logging
 import os
@@ -389,6 +390,9 @@ def data_dir_of(path: Path) -> Path:
     return path / DATA_DIR
 
 
+_VERIFIER = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="cloudflow")
+
+
 def read_bundle(
     path: Path,
     *,
@@ -411,22 +415,37 @@ def read_bundle(
     from cloudflow.flavors import get_flavor
 
     models: dict[str, object] = {}
+    # Pickles (which run code) and everything else are verified before anything is unpickled.
+    # Weights in safetensors, a format parsed without running code, are hashed on another core
+    # while the models load; the bundle is returned only once they match too.
+    deferred = _manifest.deferred_files(manifest) if (verify or key is not None) else []
+    pending: concurrent.futures.Future[None] | None = None
     with _progress.Steps("Loading bundle", total=len(manifest.models) + 2) as steps:
         if verify or key is not None:
-            _manifest.verify_files(data, manifest)
+            _manifest.verify_files(data, manifest, skip_digests=deferred)
+            if deferred:
+                pending = _VERIFIER.submit(_manifest.verify_digests, data, manifest, deferred)
         steps.advance("files verified")
-        _check_python(manifest, allow_python_mismatch)
-        table = ModuleTable()
-        predict_fn = load_code(data / CODE_FILE, table)
-        context = LoadContext(table)
-        steps.advance("code")
-        for name, entry in manifest.models.items():
-            flavor = get_flavor(entry.flavor)
-            t0 = time.perf_counter()
-            models[name] = flavor.load(data / entry.path, entry.info, context)
-            elapsed = time.perf_counter() - t0
-            _logger.info("Loaded model %r (%s) in %.2f s", name, flavor.name, elapsed)
-            steps.advance(f"model {name}")
+        try:
+            _check_python(manifest, allow_python_mismatch)
+            table = ModuleTable()
+            predict_fn = load_code(data / CODE_FILE, table)
+            context = LoadContext(table)
+            steps.advance("code")
+            for name, entry in manifest.models.items():
+                flavor = get_flavor(entry.flavor)
+                t0 = time.perf_counter()
+                models[name] = flavor.load(data / entry.path, entry.info, context)
+                elapsed = time.perf_counter() - t0
+                _logger.info("Loaded model %r (%s) in %.2f s", name, flavor.name, elapsed)
+                steps.advance(f"model {name}")
+        except BaseException:
+            # A damaged weights file may be why a model failed to load: say that first.
+            if pending is not None:
+                pending.result()
+            raise
+        if pending is not None:
+            pending.result()
     table.bind_models(models, [predict_fn])
     _logger.info("Loaded bundle %s in %.2f s", data.parent, time.perf_counter() - started)
     return Bundle(predict_fn, models, manifest, data.parent)

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import posixpath
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,8 +235,22 @@ def digest_files(data_dir: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def verify_files(data_dir: Path, manifest: Manifest) -> None:
+#: Files in formats built to be read from untrusted sources, parsed without running code: their
+#: digests may be checked while they load (see :func:`deferred_files`). Pickles never are.
+DEFERRABLE_SUFFIXES = (".safetensors",)
+
+
+def deferred_files(manifest: Manifest) -> list[str]:
+    """The large data-only files whose digests can be checked while the models load."""
+    return sorted(rel for rel in manifest.files if rel.endswith(DEFERRABLE_SUFFIXES))
+
+
+def verify_files(data_dir: Path, manifest: Manifest, *, skip_digests: Iterable[str] = ()) -> None:
     """Check every file against the manifest before anything is unpickled.
+
+    Args:
+        skip_digests: Files whose presence and size are checked here but whose digests the
+            caller checks itself (with :func:`verify_digests`), while they load.
 
     Raises:
         IntegrityError: A file is missing, added, of another size or another digest; the message
@@ -271,6 +286,13 @@ def verify_files(data_dir: Path, manifest: Manifest) -> None:
                 f"{manifest.files[rel]['size']} were saved: it was changed or truncated. Save the "
                 "bundle again."
             )
+    skipped = set(skip_digests)
+    verify_digests(data_dir, manifest, [rel for rel in rels if rel not in skipped])
+
+
+def verify_digests(data_dir: Path, manifest: Manifest, rels: Sequence[str]) -> None:
+    """Check the sha256 digests of some files of a bundle (hashed in parallel)."""
+    bundle = str(data_dir.parent)
     try:
         digests = _digests.digest_files([data_dir / rel for rel in rels])
     except OSError as e:
