@@ -168,6 +168,27 @@ def save_bundle(
     )
 
 
+def _staging_in(parent: Path) -> Path:
+    """A fresh staging folder inside ``parent``, in a store other processes write to as well.
+
+    Another save that just finished may remove ``parent`` when it is empty, between this save's
+    ``mkdir`` and ``mkdtemp``: create it again and retry.
+    """
+    for attempt in range(5):
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            if attempt == 0:
+                remove_stale_staging(parent, "tmp*")
+            return Path(tempfile.mkdtemp(dir=parent))
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise StoreError(
+                f"Cannot write to the artifact folder {str(parent.parent)!r}: {e.strerror}."
+            ) from e
+    raise StoreError(f"Cannot create a staging folder in {str(parent)!r}; try the save again.")
+
+
 def log_bundle(
     predict_fn: Callable[..., Any],
     models: Mapping[str, object] | None,
@@ -234,15 +255,7 @@ def log_bundle(
     experiment = client.get_experiment(run.info.experiment_id)
     artifact_root = _store._local_path(str(experiment.artifact_location))
     if artifact_root is not None:
-        staging_parent = artifact_root / ".cloudflow-staging"
-        try:
-            staging_parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StoreError(
-                f"Cannot write to the artifact folder {str(artifact_root)!r}: {e.strerror}."
-            ) from e
-        remove_stale_staging(staging_parent, "tmp*")
-        staging = Path(tempfile.mkdtemp(dir=staging_parent))
+        staging = _staging_in(artifact_root / ".cloudflow-staging")
     else:
         staging = Path(tempfile.mkdtemp(prefix="cloudflow-"))
     staged = staging / name
