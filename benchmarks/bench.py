@@ -143,35 +143,10 @@ SIZES = {s.name: s for s in (FULL, QUICK, TINY)}
 
 
 def build_tokenizer() -> Any:
-    """A ``BertTokenizerFast`` over BERT-base's vocabulary size, built in memory."""
-    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
-    from tokenizers.models import WordPiece
-    from transformers import BertTokenizerFast
+    """A ``BertTokenizerFast`` with BERT-base's vocabulary size (tests/models.py's builder)."""
+    from tests.models import tiny_tokenizer
 
-    words = sorted({w for text in TEXTS for w in text.split()})
-    letters = list("abcdefghijklmnopqrstuvwxyz0123456789")
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *letters]
-    tokens += [f"##{c}" for c in letters]
-    tokens += [f"[unused{i}]" for i in range(BERT_VOCAB - len(tokens))]
-    vocab = {token: i for i, token in enumerate(tokens)}
-    backend = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
-    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
-    )
-    backend.decoder = decoders.WordPiece(prefix="##")
-    return BertTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="[UNK]",
-        sep_token="[SEP]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        mask_token="[MASK]",
-        model_max_length=512,
-    )
+    return tiny_tokenizer(vocab_size=BERT_VOCAB, max_length=512)
 
 
 def build_text_model(sizes: Sizes, seed: int = 0) -> Any:

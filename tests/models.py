@@ -28,13 +28,19 @@ _VOCAB += [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
 TEXTS = ["this movie was great", "the food is awful", "i really like it", "not good at all"]
 
 
-def tiny_tokenizer() -> Any:
-    """A ``BertTokenizerFast`` over a small WordPiece vocabulary built in memory."""
+def tiny_tokenizer(*, vocab_size: int | None = None, max_length: int = 64) -> Any:
+    """A ``BertTokenizerFast`` over a small WordPiece vocabulary built in memory.
+
+    ``vocab_size`` pads the vocabulary with ``[unusedN]`` tokens (BERT-base has 30522), so a
+    benchmark's tokenizer is as large as a real one.
+    """
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordPiece
     from transformers import BertTokenizerFast
 
-    vocab = {token: i for i, token in enumerate(_VOCAB)}
+    tokens = list(_VOCAB)
+    tokens += [f"[unused{i}]" for i in range((vocab_size or 0) - len(tokens))]
+    vocab = {token: i for i, token in enumerate(tokens)}
     backend = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
     backend.normalizer = normalizers.BertNormalizer(lowercase=True)
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -51,7 +57,7 @@ def tiny_tokenizer() -> Any:
         pad_token="[PAD]",
         cls_token="[CLS]",
         mask_token="[MASK]",
-        model_max_length=64,
+        model_max_length=max_length,
     )
 
 
