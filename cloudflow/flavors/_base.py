@@ -62,6 +62,12 @@ class Flavor:
     describe: Callable[[object], dict[str, Any]] | None = field(default=None)
 
 
+def class_name(obj: object) -> str:
+    """The dotted name of an object's class, as flavors report it (``module.Qualname``)."""
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def loaded_module(name: str) -> Any:
     """The module ``name`` if something already imported it, else None (imports nothing)."""
     return sys.modules.get(name)

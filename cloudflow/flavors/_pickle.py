@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudflow.flavors._base import Flavor, PickleContext
+from cloudflow.flavors._base import Flavor, PickleContext, class_name
 
 FLAVOR_NAME = "pickle"
 _FILE = "model.pkl"
@@ -27,11 +27,10 @@ def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
 
 
 def _describe(obj: object) -> dict[str, Any]:
-    cls = type(obj)
     # Nothing else is cheap and safe to ask of an arbitrary object (len() may load a dataset).
     return {
-        "framework": cls.__module__.partition(".")[0],
-        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "framework": type(obj).__module__.partition(".")[0],
+        "class": class_name(obj),
     }
 
 

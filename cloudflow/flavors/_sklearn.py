@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudflow.exceptions import BundleFormatError
-from cloudflow.flavors._base import Flavor, PickleContext, loaded_module, require
+from cloudflow.flavors._base import Flavor, PickleContext, class_name, loaded_module, require
 
 FLAVOR_NAME = "sklearn"
 EXTRA = "sklearn"
@@ -102,8 +102,7 @@ def _count(estimator: Any) -> tuple[int, int]:
 
 
 def _describe(obj: object) -> dict[str, Any]:
-    cls = type(obj)
-    meta: dict[str, Any] = {"framework": "sklearn", "class": f"{cls.__module__}.{cls.__qualname__}"}
+    meta: dict[str, Any] = {"framework": "sklearn", "class": class_name(obj)}
     steps = getattr(obj, "steps", None)
     if isinstance(steps, list):
         meta["steps"] = [f"{name}: {type(step).__qualname__}" for name, step in steps]

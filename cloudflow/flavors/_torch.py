@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudflow.exceptions import BundleFormatError
-from cloudflow.flavors._base import Flavor, PickleContext, loaded_module, require
+from cloudflow.flavors._base import Flavor, PickleContext, class_name, loaded_module, require
 
 FLAVOR_NAME = "torch"
 EXTRA = "torch"
@@ -250,10 +250,9 @@ def describe_module(module: Any) -> dict[str, Any]:
 
 
 def _describe(obj: object) -> dict[str, Any]:
-    cls = type(obj)
     return {
         "framework": "torch",
-        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "class": class_name(obj),
         **describe_module(obj),
     }
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudflow.exceptions import BundleFormatError
-from cloudflow.flavors._base import Flavor, PickleContext, loaded_module, require
+from cloudflow.flavors._base import Flavor, PickleContext, class_name, loaded_module, require
 from cloudflow.flavors._torch import describe_module, device_or_cpu, write_safetensors
 
 FLAVOR_NAME = "transformers"
@@ -50,9 +50,9 @@ _WRITER_LOCK = threading.Lock()
 def _kind(obj: object) -> str | None:
     if loaded_module("transformers") is None:
         return None
-    for module_name, class_name, kind in _KINDS:
+    for module_name, attr, kind in _KINDS:
         module = loaded_module(module_name)
-        cls = getattr(module, class_name, None) if module is not None else None
+        cls = getattr(module, attr, None) if module is not None else None
         if isinstance(cls, type) and isinstance(obj, cls):
             return kind
     return None
@@ -246,17 +246,16 @@ def _load_pipeline(
 
 
 def _describe(obj: object) -> dict[str, Any]:
-    cls = type(obj)
     meta: dict[str, Any] = {
         "framework": "transformers",
-        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "class": class_name(obj),
     }
     kind = _kind(obj)
     target: Any = obj
     model = target.model if kind == "pipeline" else target if kind == "model" else None
     if kind == "pipeline":
         meta["task"] = target.task
-        meta["model_class"] = f"{type(model).__module__}.{type(model).__qualname__}"
+        meta["model_class"] = class_name(model)
     if model is not None:
         meta.update(describe_module(model))
         config = getattr(model, "config", None)
