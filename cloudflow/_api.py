@@ -340,7 +340,7 @@ def load_bundle(
         model_uri: A local folder, ``runs:/<run_id>/<name>``, ``models:/<name>/<version>``,
             ``models:/<name>@<alias>``, ``models:/<model_id>``, or any URI MLflow can download.
             Bundles in a local store are read where they are, without a copy.
-        verify: Check every file against the manifest's sha256 digests before unpickling.
+        verify: Check every file against the manifest's digests before unpickling.
         allow_python_mismatch: Try to load a bundle saved under another Python minor version.
         signing_key: Refuse the bundle unless its manifest is signed with this key; default: the
             environment variable ``CLOUDFLOW_SIGNING_KEY`` if set. With a key, every file is

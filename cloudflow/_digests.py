@@ -1,9 +1,14 @@
-"""sha256 of bundle files, with a cache of digests already computed on this machine.
+"""Digests of bundle files, with a cache of digests already computed on this machine.
 
-Verifying a bundle hashes every file before anything is unpickled. For large weights that costs
-about as much as loading them (sha256 runs at 0.6-1.7 GB/s on one core; safetensors maps the file
-in milliseconds), so a digest computed once is remembered: the cache maps the identity of a file
-on disk, ``(host, device, inode, size, mtime_ns, ctime_ns)``, to its sha256.
+New bundles list a BLAKE3 digest of every file; bundles of format 1 list sha256 digests, which
+are still read. BLAKE3 is a cryptographic hash built for this job: on one core it runs at about
+4 GB/s here against 1.7 GB/s for sha256 (with SHA-NI), and it splits a large file across cores,
+so hashing 400 MB of weights takes about 50 ms on two cores instead of 240 ms. Files are mapped
+into memory, not read through a buffer, and both hashes release the GIL while they run.
+
+Verifying a bundle hashes every file before anything is unpickled, so a digest computed once
+is remembered: the cache maps the identity of a file on disk, ``(host, device, inode, size,
+mtime_ns, ctime_ns)`` and the algorithm, to its digest.
 
 Why that is safe: bundle files are never modified after saving, and any write to a file, or a
 change of its times with ``touch``/``utime``, moves its ``ctime`` to the current time, which no
@@ -27,6 +32,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import hashlib
+import mmap
 import os
 import random
 import socket
@@ -36,8 +42,14 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from cloudflow.exceptions import IntegrityError
+
+#: The digest of files in new bundles.
+ALGORITHM = "blake3"
+#: Every digest a manifest may list, newest first.
+ALGORITHMS = ("blake3", "sha256")
 
 CACHE_ENV = "CLOUDFLOW_DIGEST_CACHE"
 CACHE_DIR_ENV = "CLOUDFLOW_CACHE_DIR"
@@ -74,9 +86,9 @@ def cache_dir() -> Path | None:
     return folder
 
 
-def _identity(info: os.stat_result) -> str:
+def _identity(info: os.stat_result, algorithm: str) -> str:
     key = f"{_HOST}\0{info.st_dev}\0{info.st_ino}\0{info.st_size}\0{info.st_mtime_ns}"
-    return hashlib.sha256(f"{key}\0{info.st_ctime_ns}".encode()).hexdigest()[:40]
+    return hashlib.sha256(f"{key}\0{info.st_ctime_ns}\0{algorithm}".encode()).hexdigest()[:40]
 
 
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
@@ -89,9 +101,9 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     )
 
 
-def _lookup(folder: Path, info: os.stat_result) -> str | None:
+def _lookup(folder: Path, info: os.stat_result, algorithm: str) -> str | None:
     try:
-        with open(folder / _identity(info), encoding="ascii") as f:
+        with open(folder / _identity(info, algorithm), encoding="ascii") as f:
             digest = f.read(65).strip()
     except (OSError, UnicodeDecodeError):
         return None
@@ -100,12 +112,12 @@ def _lookup(folder: Path, info: os.stat_result) -> str | None:
     return None
 
 
-def _remember(folder: Path, info: os.stat_result, digest: str) -> None:
+def _remember(folder: Path, info: os.stat_result, algorithm: str, digest: str) -> None:
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
         with os.fdopen(fd, "w", encoding="ascii") as f:
             f.write(digest + "\n")
-        os.replace(tmp, folder / _identity(info))
+        os.replace(tmp, folder / _identity(info, algorithm))
     except OSError:
         with contextlib.suppress(OSError, UnboundLocalError):
             os.unlink(tmp)
@@ -129,31 +141,56 @@ def _prune(folder: Path) -> None:
                 os.unlink(path)
 
 
-def _hash_open_file(path: Path) -> tuple[str, os.stat_result, os.stat_result]:
-    """sha256 of a regular file, with its identity before and after reading it."""
-    h = hashlib.sha256()
+def new_hasher(algorithm: str = ALGORITHM) -> Any:
+    """A hash object with ``update`` and ``hexdigest``; BLAKE3 hashes large inputs on all cores."""
+    if algorithm == "blake3":
+        import blake3
+
+        return blake3.blake3(max_threads=blake3.blake3.AUTO)
+    if algorithm == "sha256":
+        return hashlib.sha256()
+    raise ValueError(f"Unknown digest algorithm {algorithm!r}; known: {list(ALGORITHMS)}")
+
+
+def digest_bytes(data: bytes | memoryview, algorithm: str = ALGORITHM) -> str:
+    """The digest of bytes in memory."""
+    h = new_hasher(algorithm)
+    h.update(data)
+    return str(h.hexdigest())
+
+
+def _hash_open_file(
+    path: Path, algorithm: str = ALGORITHM
+) -> tuple[str, os.stat_result, os.stat_result]:
+    """Digest of a regular file, with its identity before and after reading it."""
+    h = new_hasher(algorithm)
     with open(path, "rb") as f:
         before = os.fstat(f.fileno())
         if not stat.S_ISREG(before.st_mode):
             raise IntegrityError(
                 f"{str(path)!r} is not a regular file; a bundle holds only regular files."
             )
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
+        if before.st_size >= _CHUNK:
+            # One mapping of the file: no copy through a buffer, and BLAKE3 splits it across cores.
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                h.update(mapped)
+        else:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
         after = os.fstat(f.fileno())
-    return h.hexdigest(), before, after
+    return str(h.hexdigest()), before, after
 
 
-def digest_file(path: Path, *, folder: Path | None = None) -> str:
-    """sha256 of one file, from the cache when its identity is known (``folder``)."""
+def digest_file(path: Path, *, algorithm: str = ALGORITHM, folder: Path | None = None) -> str:
+    """Digest of one file, from the cache when its identity is known (``folder``)."""
     if folder is not None:
         with contextlib.suppress(OSError):
             info = os.stat(path)
             if stat.S_ISREG(info.st_mode) and info.st_size >= CACHE_MIN_SIZE:
-                cached = _lookup(folder, info)
+                cached = _lookup(folder, info, algorithm)
                 if cached is not None:
                     return cached
-    digest, before, after = _hash_open_file(path)
+    digest, before, after = _hash_open_file(path, algorithm)
     # Only a file that did not change while it was read, and had not changed for a while before,
     # gets an entry (see the module docstring).
     if (
@@ -162,8 +199,23 @@ def digest_file(path: Path, *, folder: Path | None = None) -> str:
         and _same_file(before, after)
         and _settled(after.st_ctime_ns)
     ):
-        _remember(folder, after, digest)
+        _remember(folder, after, algorithm, digest)
     return digest
+
+
+def remember(path: Path, digest: str, *, algorithm: str = ALGORITHM) -> None:
+    """Record the digest of a file the caller has just hashed itself (once it has settled)."""
+    folder = cache_dir()
+    if folder is None:
+        return
+    with contextlib.suppress(OSError):
+        info = os.stat(path)
+        if (
+            stat.S_ISREG(info.st_mode)
+            and info.st_size >= CACHE_MIN_SIZE
+            and _settled(info.st_ctime_ns)
+        ):
+            _remember(folder, info, algorithm, digest)
 
 
 def _settled(ctime_ns: int) -> bool:
@@ -172,18 +224,20 @@ def _settled(ctime_ns: int) -> bool:
     Whole-second ctimes mean a file system with one-second timestamps: wait :data:`SETTLED_S`.
     Otherwise timestamps follow the kernel tick, and :data:`SETTLED_FINE_S` is plenty; a large
     weight file written by a save is past that by the time it is hashed, so its digest is
-    remembered at save time and the first load on this machine needs no second sha256 pass.
+    remembered at save time and the first load on this machine needs no second pass.
     """
     age_s = (time.time_ns() - ctime_ns) / 1e9
     coarse = ctime_ns % 1_000_000_000 == 0
     return age_s > (SETTLED_S if coarse else SETTLED_FINE_S)
 
 
-def digest_files(paths: Sequence[Path], *, use_cache: bool = True) -> list[str]:
-    """sha256 of several files, hashed in parallel threads (hashlib releases the GIL)."""
+def digest_files(
+    paths: Sequence[Path], *, algorithm: str = ALGORITHM, use_cache: bool = True
+) -> list[str]:
+    """Digests of several files, hashed in parallel threads (both hashes release the GIL)."""
     folder = cache_dir() if use_cache else None
     if len(paths) <= 1:
-        return [digest_file(p, folder=folder) for p in paths]
+        return [digest_file(p, algorithm=algorithm, folder=folder) for p in paths]
     workers = min(4, len(paths), os.cpu_count() or 1) or 1
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda p: digest_file(p, folder=folder), paths))
+        return list(pool.map(lambda p: digest_file(p, algorithm=algorithm, folder=folder), paths))

@@ -254,7 +254,7 @@ def format_text(info: Mapping[str, Any]) -> str:
     if status == "FAILED":
         status = f"FAILED: {integrity.get('error')}"
     elif status == "ok":
-        status = f"ok (every file matches its sha256; {human_size(info['size_bytes'])})"
+        status = f"ok (every file matches its digest; {human_size(info['size_bytes'])})"
     add(f"integrity         {status}{', signed' if integrity.get('signed') else ''}")
     if info.get("run_id"):
         add(f"run               {info['run_id']}")

@@ -2,8 +2,8 @@
 
 Three layers, each checked before anything of the bundle is unpickled:
 
-- ``files``: the sha256 and size of every file of the ``cloudflow`` folder but the manifest, so
-  a changed, truncated, missing or added file is found and named;
+- ``files``: the digest (BLAKE3; sha256 in format 1) and size of every file of the ``cloudflow``
+  folder but the manifest, so a changed, truncated, missing or added file is found and named;
 - ``manifest_sha256``: a checksum of the manifest's own content, so damage to the manifest itself
   (a flipped byte in a digest, a version or a model entry) is found too;
 - optionally ``manifest.sig`` (:mod:`cloudflow._signing`): an HMAC of the manifest. Digests and
@@ -29,7 +29,9 @@ from cloudflow.exceptions import BundleFormatError, IntegrityError
 #: reconstructors). Bump it when a bundle written by this version cannot be read by an older
 #: cloudflow: a new required manifest key, a renamed file, a removed reconstructor. Adding an
 #: optional key or a new flavor does not need a bump. Older formats must keep loading.
-FORMAT_VERSION = 1
+#: Format 2 lists BLAKE3 digests of files (``{"blake3": ..., "size": ...}``) where format 1 listed
+#: sha256 digests; both are read.
+FORMAT_VERSION = 2
 
 DATA_DIR = "cloudflow"
 MANIFEST_FILE = "manifest.json"
@@ -145,10 +147,10 @@ def _check_shape(data: dict[str, Any], path: Path) -> None:
             raise _damaged(path, f"it lists the file {rel!r}, which is not a path in the bundle")
         if (
             not isinstance(entry, dict)
-            or not isinstance(entry.get("sha256"), str)
+            or len([a for a in _digests.ALGORITHMS if isinstance(entry.get(a), str)]) != 1
             or type(entry.get("size")) is not int
         ):
-            raise _damaged(path, f"the entry of {rel!r} has no sha256 and size")
+            raise _damaged(path, f"the entry of {rel!r} has no digest and size")
     for name, entry in (data.get("models") or {}).items():
         if (
             not isinstance(entry, dict)
@@ -211,8 +213,16 @@ def sign(data_dir: Path, signing_key: bytes) -> None:
 
 
 def digest_file(path: Path) -> str:
-    """sha256 of one file (no cache)."""
+    """Digest of one file, as new bundles list it (no cache)."""
     return _digests.digest_file(path)
+
+
+def file_digest(entry: dict[str, Any]) -> tuple[str, str]:
+    """The algorithm and digest a manifest's file entry records."""
+    for algorithm in _digests.ALGORITHMS:
+        if algorithm in entry:
+            return algorithm, str(entry[algorithm])
+    raise BundleFormatError(f"A file entry of the manifest has no known digest: {entry!r}")
 
 
 def _walk_files(data_dir: Path) -> list[str]:
@@ -226,11 +236,11 @@ def _walk_files(data_dir: Path) -> list[str]:
 
 
 def digest_files(data_dir: Path) -> dict[str, dict[str, Any]]:
-    """sha256 and size of every file of a data folder but the manifest (hashed in parallel)."""
+    """Digest and size of every file of a data folder but the manifest (hashed in parallel)."""
     rels = _walk_files(data_dir)
     digests = _digests.digest_files([data_dir / rel for rel in rels])
     return {
-        rel: {"sha256": digest, "size": (data_dir / rel).stat().st_size}
+        rel: {_digests.ALGORITHM: digest, "size": (data_dir / rel).stat().st_size}
         for rel, digest in zip(rels, digests, strict=True)
     }
 
@@ -291,16 +301,20 @@ def verify_files(data_dir: Path, manifest: Manifest, *, skip_digests: Iterable[s
 
 
 def verify_digests(data_dir: Path, manifest: Manifest, rels: Sequence[str]) -> None:
-    """Check the sha256 digests of some files of a bundle (hashed in parallel)."""
+    """Check the digests of some files of a bundle (hashed in parallel)."""
     bundle = str(data_dir.parent)
-    try:
-        digests = _digests.digest_files([data_dir / rel for rel in rels])
-    except OSError as e:
-        raise IntegrityError(f"A file of the bundle at {bundle!r} cannot be read: {e}") from e
-    for rel, digest in zip(rels, digests, strict=True):
-        if digest != manifest.files[rel]["sha256"]:
-            raise IntegrityError(
-                f"The file {rel!r} of the bundle at {bundle!r} does not match the sha256 "
-                "digest in its manifest: it was changed after saving. Do not load it; save the "
-                "bundle again from its source."
-            )
+    by_algorithm: dict[str, list[str]] = {}
+    for rel in rels:
+        by_algorithm.setdefault(file_digest(manifest.files[rel])[0], []).append(rel)
+    for algorithm, group in by_algorithm.items():
+        try:
+            digests = _digests.digest_files([data_dir / rel for rel in group], algorithm=algorithm)
+        except OSError as e:
+            raise IntegrityError(f"A file of the bundle at {bundle!r} cannot be read: {e}") from e
+        for rel, digest in zip(group, digests, strict=True):
+            if digest != manifest.files[rel][algorithm]:
+                raise IntegrityError(
+                    f"The file {rel!r} of the bundle at {bundle!r} does not match the {algorithm} "
+                    "digest in its manifest: it was changed after saving. Do not load it; save "
+                    "the bundle again from its source."
+                )

@@ -1,6 +1,6 @@
 """Optional signing of a bundle's manifest with HMAC-SHA256.
 
-The manifest lists the sha256 of every file of the bundle's ``cloudflow`` folder, so a valid
+The manifest lists the digest of every file of the bundle's ``cloudflow`` folder, so a valid
 signature of the manifest vouches for every file. Digests alone only catch accidents (a truncated
 copy, a flipped bit): whoever can change a file can also rewrite the digests. A signature can only
 be made with the key, so with a key configured at load, a bundle changed by anyone who lacks the

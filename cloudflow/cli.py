@@ -117,7 +117,7 @@ def main(log_level: str) -> None:
 @click.argument("model_uri")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help=_TRACKING_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--no-verify", is_flag=True, help="Do not check the files' sha256 digests.")
+@click.option("--no-verify", is_flag=True, help="Do not check the files' digests.")
 def inspect(model_uri: str, tracking_uri: str | None, as_json: bool, no_verify: bool) -> None:
     """Show what the bundle MODEL_URI holds, without running any of its code.
 
@@ -153,7 +153,7 @@ def inspect(model_uri: str, tracking_uri: str | None, as_json: bool, no_verify: 
     "objects for one call each. --param values are added to every call.",
 )
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help=_TRACKING_HELP)
-@click.option("--no-verify", is_flag=True, help="Do not check the files' sha256 digests.")
+@click.option("--no-verify", is_flag=True, help="Do not check the files' digests.")
 def predict(
     model_uri: str,
     params: tuple[str, ...],

@@ -100,7 +100,7 @@ def test_inspect_finds_a_changed_file(shop: dict[str, Any], tmp_path: Path) -> N
     result = _run("inspect", str(copy))
     assert result.exit_code == 2
     assert "integrity         FAILED" in result.output
-    assert "sha256" in result.output
+    assert "blake3" in result.output
     assert _run("inspect", str(copy), "--no-verify").exit_code == 0
 
 

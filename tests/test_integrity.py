@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import blake3
 import mlflow.pyfunc
 import pytest
 from conftest import UserModules
@@ -163,15 +164,34 @@ if hasattr(os, "mkfifo"):
 # --- the manifest -------------------------------------------------------------------------------
 
 
-def test_manifest_lists_every_file_with_sha256_and_size(app: Any, tmp_path: Path) -> None:
+def test_manifest_lists_every_file_with_blake3_and_size(app: Any, tmp_path: Path) -> None:
     bundle = save(app, tmp_path / "bundle")
     manifest = json.loads((bundle / "cloudflow" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["format_version"] == 2
     assert sorted(manifest["files"]) == data_files(bundle)
     for rel, entry in manifest["files"].items():
         raw = (bundle / "cloudflow" / rel).read_bytes()
-        assert entry == {"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)}
+        assert entry == {"blake3": blake3.blake3(raw).hexdigest(), "size": len(raw)}
     assert len(manifest["manifest_sha256"]) == 64
     assert cloudflow.load_bundle(bundle).predict(x=2) == 6
+
+
+def test_format_1_bundles_with_sha256_digests_still_load_and_are_checked(
+    app: Any, tmp_path: Path
+) -> None:
+    bundle = save(app, tmp_path / "bundle")
+
+    def as_format_1(m: dict[str, Any]) -> None:
+        m["format_version"] = 1
+        for rel in list(m["files"]):
+            raw = (bundle / "cloudflow" / rel).read_bytes()
+            m["files"][rel] = {"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)}
+
+    rewrite_manifest(bundle, as_format_1)
+    assert cloudflow.load_bundle(bundle).predict(x=2) == 6
+    _flip(bundle / "cloudflow" / "code.pkl", random.Random(3))
+    with pytest.raises(IntegrityError, match=r"'code\.pkl'.*does not match the sha256 digest"):
+        cloudflow.load_bundle(bundle)
 
 
 # --- tampering ----------------------------------------------------------------------------------
@@ -263,7 +283,7 @@ def test_digests_alone_do_not_stop_a_deliberate_rewrite_a_signature_does(
         rewrite_manifest(
             bundle,
             lambda m: m["files"].update(
-                {target: {"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)}}
+                {target: {"blake3": blake3.blake3(raw).hexdigest(), "size": len(raw)}}
             ),
         )
 
@@ -444,9 +464,9 @@ def count_hashes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     hashed: list[Path] = []
     real = _digests._hash_open_file
 
-    def spy(path: Path) -> object:
+    def spy(path: Path, *args: Any) -> object:
         hashed.append(path)
-        return real(path)
+        return real(path, *args)
 
     monkeypatch.setattr(_digests, "_hash_open_file", spy)
     return hashed
@@ -474,7 +494,7 @@ def test_digest_cache_skips_rehashing_a_settled_file_and_sees_any_change(
     info = weights.stat()
     _flip(weights, random.Random(1))
     os.utime(weights, ns=(info.st_atime_ns, info.st_mtime_ns))  # same size, same mtime
-    with pytest.raises(IntegrityError, match=r"'models/blob/model\.pkl'.*sha256"):
+    with pytest.raises(IntegrityError, match=r"'models/blob/model\.pkl'.*blake3"):
         cloudflow.load_bundle(bundle)
     assert weights in hashed
 

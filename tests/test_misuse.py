@@ -390,7 +390,7 @@ CATALOGUE = [
     Misuse(
         "a damaged code file",
         IntegrityError,
-        r"'code\.pkl'.*does not match the sha256.*save the bundle again",
+        r"'code\.pkl'.*does not match the blake3.*save the bundle again",
         lambda w: cloudflow.load_bundle(w.tmp / "copy"),
         setup=lambda w: _same_size_garbage(w.copy_bundle() / "cloudflow" / "code.pkl"),
     ),
