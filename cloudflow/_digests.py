@@ -59,6 +59,7 @@ SETTLED_S = 2.0
 #: the kernel's timestamp tick (1-10 ms), so a later write gets a later ctime.
 SETTLED_FINE_S = 0.1
 _CHUNK = 8 * 1024 * 1024
+_WINDOW = 32 * 1024 * 1024  # a multiple of mmap.ALLOCATIONGRANULARITY
 _MAX_ENTRIES = 4096
 _MAX_AGE_S = 30 * 24 * 3600
 _HOST = socket.gethostname()
@@ -171,9 +172,14 @@ def _hash_open_file(
                 f"{str(path)!r} is not a regular file; a bundle holds only regular files."
             )
         if before.st_size >= _CHUNK:
-            # One mapping of the file: no copy through a buffer, and BLAKE3 splits it across cores.
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                h.update(mapped)
+            # Mapped, not read: no copy through a buffer, and BLAKE3 splits each window across
+            # cores. Windows, not one mapping, so the process's resident size grows by one window.
+            offset = 0
+            while offset < before.st_size:
+                length = min(_WINDOW, before.st_size - offset)
+                with mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ, offset=offset) as m:
+                    h.update(m)
+                offset += length
         else:
             while chunk := f.read(_CHUNK):
                 h.update(chunk)

@@ -554,3 +554,25 @@ def test_digest_cache_off_or_shared_is_not_used(
     assert _digests.cache_dir() is None
     cloudflow.load_bundle(bundle)
     assert list(cache.iterdir()) == []
+
+
+@pytest.mark.parametrize("algorithm", ["blake3", "sha256"])
+def test_file_digests_match_the_digest_of_the_bytes_across_window_edges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, algorithm: str
+) -> None:
+    # Large files are hashed through memory-mapped windows: every edge case of the windowing
+    # (empty, below the mapping threshold, exactly one window, a window and a byte) must give
+    # the digest of the whole content.
+    monkeypatch.setattr(_digests, "_CHUNK", 16 * 1024)
+    monkeypatch.setattr(_digests, "_WINDOW", 64 * 1024)
+    rng = random.Random(7)
+    for size in (0, 1, 16 * 1024 - 1, 16 * 1024, 64 * 1024, 64 * 1024 + 1, 200 * 1024 + 3):
+        data = rng.randbytes(size)
+        path = tmp_path / f"{size}.bin"
+        path.write_bytes(data)
+        expected = (
+            blake3.blake3(data).hexdigest()
+            if algorithm == "blake3"
+            else hashlib.sha256(data).hexdigest()
+        )
+        assert _digests.digest_file(path, algorithm=algorithm) == expected, size
