@@ -140,6 +140,10 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         if str(run_id).startswith(("models:/", "runs:/")):
             self.bundle = load_bundle(str(run_id))
             return self.bundle
+        fast = _store.fast_run_model(uri, str(run_id), MODEL_NAME, experiment=str(experiment_id))
+        if fast is not None:  # the run, in that experiment, with a finished model: one lookup
+            self.bundle = load_bundle(fast.artifact_location)
+            return self.bundle
         _store.run_in_experiment(mlflow.MlflowClient(uri), experiment_id, run_id)
         self.bundle = load_bundle(f"runs:/{run_id}/{MODEL_NAME}")
         return self.bundle
