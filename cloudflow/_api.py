@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _inspect, _store
+from cloudflow import _blobs, _inspect, _store
 from cloudflow._bundle import (
     Bundle,
     check_arguments,
@@ -254,63 +254,68 @@ def log_bundle(
     client = mlflow.MlflowClient()
     experiment = client.get_experiment(run.info.experiment_id)
     artifact_root = _store._local_path(str(experiment.artifact_location))
+    blobs = None
     if artifact_root is not None:
         staging = _staging_in(artifact_root / ".cloudflow-staging")
+        # Large files are shared with the experiment's other bundles (see cloudflow._blobs).
+        blobs = _blobs.blob_folder(artifact_root)
+        _blobs.remove_orphans(blobs)
     else:
         staging = Path(tempfile.mkdtemp(prefix="cloudflow-"))
     staged = staging / name
     model_id = None
-    try:
-        manifest = write_bundle(
-            staged,
-            predict_fn,
-            checked,
-            pip_requirements=pip_requirements,
-            extra_pip_requirements=extra_pip_requirements,
-            metadata=metadata,
-            include_modules=include,
-            exclude_modules=exclude,
-            strip_docstrings=strip_docstrings,
-            signature=signature,
-            input_example=input_example,
-            signing_key=key,
-            verify=verify,
-        )
-        logged = _create_logged_model(
-            name=name,
-            source_run_id=run_id,
-            experiment_id=run.info.experiment_id,
-            tags={k: str(v) for k, v in (tags or {}).items()} or None,
-            flavor="cloudflow",
-        )
-        model_id = logged.model_id
-        mlflow_model = Model.load(str(staged / "MLmodel"))
-        mlflow_model.run_id = run_id
-        mlflow_model.artifact_path = logged.artifact_location
-        mlflow_model.model_id = model_id
-        mlflow_model.save(str(staged / "MLmodel"))
-        destination = _store._local_path(str(logged.artifact_location))
-        if destination is not None:
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            if destination.is_dir() and not any(destination.iterdir()):
-                destination.rmdir()
-            os.rename(staged, destination)
-        else:
-            client.log_model_artifacts(model_id, str(staged))
-        client.log_outputs(run_id=run_id, models=[LoggedModelOutput(model_id, step=0)])
-        logged = client.finalize_logged_model(model_id, LoggedModelStatus.READY)
-    except BaseException:
-        if model_id is not None:
-            try:
-                client.delete_logged_model(model_id)
-            except Exception:
-                _logger.debug("Could not delete the logged model %s", model_id, exc_info=True)
-        raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if artifact_root is not None:
-            with contextlib.suppress(OSError):  # other saves may be staging there right now
-                staging.parent.rmdir()
+    with _blobs.saving(blobs):
+        try:
+            manifest = write_bundle(
+                staged,
+                predict_fn,
+                checked,
+                pip_requirements=pip_requirements,
+                extra_pip_requirements=extra_pip_requirements,
+                metadata=metadata,
+                include_modules=include,
+                exclude_modules=exclude,
+                strip_docstrings=strip_docstrings,
+                signature=signature,
+                input_example=input_example,
+                signing_key=key,
+                verify=verify,
+            )
+            logged = _create_logged_model(
+                name=name,
+                source_run_id=run_id,
+                experiment_id=run.info.experiment_id,
+                tags={k: str(v) for k, v in (tags or {}).items()} or None,
+                flavor="cloudflow",
+            )
+            model_id = logged.model_id
+            mlflow_model = Model.load(str(staged / "MLmodel"))
+            mlflow_model.run_id = run_id
+            mlflow_model.artifact_path = logged.artifact_location
+            mlflow_model.model_id = model_id
+            mlflow_model.save(str(staged / "MLmodel"))
+            destination = _store._local_path(str(logged.artifact_location))
+            if destination is not None:
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                if destination.is_dir() and not any(destination.iterdir()):
+                    destination.rmdir()
+                os.rename(staged, destination)
+            else:
+                client.log_model_artifacts(model_id, str(staged))
+            client.log_outputs(run_id=run_id, models=[LoggedModelOutput(model_id, step=0)])
+            logged = client.finalize_logged_model(model_id, LoggedModelStatus.READY)
+        except BaseException:
+            if model_id is not None:
+                try:
+                    client.delete_logged_model(model_id)
+                except Exception:
+                    _logger.debug("Could not delete the logged model %s", model_id, exc_info=True)
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            if artifact_root is not None:
+                with contextlib.suppress(OSError):  # other saves may be staging there right now
+                    staging.parent.rmdir()
 
     model_info = mlflow_model.get_model_info(logged)
     _inspect.log_metadata_tags(client, run_id, manifest, name)

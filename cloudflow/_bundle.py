@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import inspect
 import logging
 import os
@@ -14,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _capture, _manifest, _progress, _signature
+from cloudflow import _blobs, _capture, _digests, _manifest, _progress, _signature
 from cloudflow._manifest import CODE_FILE, DATA_DIR, MODELS_DIR, Manifest, ModelEntry
 from cloudflow._pickler import CaptureSession, LoadContext, ModuleTable, load_code
 from cloudflow._version import __version__
@@ -244,6 +245,54 @@ def write_bundle(
         )
     started = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        files = _blobs.current() or stack.enter_context(_blobs.saving(None))
+        manifest = _write_and_publish(
+            path,
+            predict_fn,
+            models,
+            files,
+            pip_requirements=pip_requirements,
+            extra_pip_requirements=extra_pip_requirements,
+            metadata=metadata,
+            include_modules=include_modules,
+            exclude_modules=exclude_modules,
+            strip_docstrings=strip_docstrings,
+            signature=signature,
+            input_example=input_example,
+            mlflow_model=mlflow_model,
+            signing_key=signing_key,
+            verify=verify,
+        )
+    total = sum(entry["size"] for entry in manifest.files.values())
+    _logger.info(
+        "Saved bundle %s in %.2f s (%.1f MB written, %.1f MB shared with the store's bundles)",
+        path,
+        time.perf_counter() - started,
+        (total - files.linked_bytes) / 1e6,
+        files.linked_bytes / 1e6,
+    )
+    return manifest
+
+
+def _write_and_publish(
+    path: Path,
+    predict_fn: Callable[..., Any],
+    models: Mapping[str, object],
+    files: _blobs.SaveFiles,
+    *,
+    pip_requirements: Iterable[str] | None,
+    extra_pip_requirements: Iterable[str] | None,
+    metadata: Mapping[str, Any] | None,
+    include_modules: Iterable[str],
+    exclude_modules: Iterable[str],
+    strip_docstrings: bool,
+    signature: Any,
+    input_example: Any,
+    mlflow_model: Any,
+    signing_key: bytes | None,
+    verify: bool,
+) -> Manifest:
     staging = staging_dir_for(path)
     try:
         with _progress.Steps("Saving bundle", total=len(models) + 1):
@@ -255,6 +304,7 @@ def write_bundle(
                 include_modules=include_modules,
                 exclude_modules=exclude_modules,
                 strip_docstrings=strip_docstrings,
+                files=files,
             )
         _write_mlmodel(
             staging,
@@ -275,7 +325,6 @@ def write_bundle(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _logger.info("Saved bundle %s in %.2f s", path, time.perf_counter() - started)
     return manifest
 
 
@@ -288,6 +337,7 @@ def _write_into(
     include_modules: Iterable[str],
     exclude_modules: Iterable[str],
     strip_docstrings: bool,
+    files: _blobs.SaveFiles,
 ) -> Manifest:
     from cloudflow.flavors import flavor_for
 
@@ -346,11 +396,22 @@ def _write_into(
         models=entries,
         captured_modules=sorted(session.captured),
         requirements=requirements,
-        files=_manifest.digest_files(data),
+        files=_share_large_files(data, files),
         metadata=metadata,
     )
     (data / _manifest.MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
     return manifest
+
+
+def _share_large_files(data: Path, files: _blobs.SaveFiles) -> dict[str, dict[str, Any]]:
+    """The manifest's file entries; large files not shared yet are shared now (see _blobs)."""
+    entries = _manifest.digest_files(data, files.known)
+    if files.blobs is not None:
+        for rel, entry in entries.items():
+            path = (data / rel).resolve()
+            if path not in files.known and entry["size"] >= _blobs.MIN_SIZE:
+                files.adopt(path, entry[_digests.ALGORITHM])
+    return entries
 
 
 # --- reading ---------------------------------------------------------------------------------

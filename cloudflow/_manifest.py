@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import posixpath
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,13 +235,25 @@ def _walk_files(data_dir: Path) -> list[str]:
     return sorted(out)
 
 
-def digest_files(data_dir: Path) -> dict[str, dict[str, Any]]:
-    """Digest and size of every file of a data folder but the manifest (hashed in parallel)."""
+def digest_files(
+    data_dir: Path, known: Mapping[Path, str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Digest and size of every file of a data folder but the manifest (hashed in parallel).
+
+    Args:
+        known: Absolute path -> digest of files whose digest was computed as they were written;
+            they are not hashed again.
+    """
+    known = known or {}
     rels = _walk_files(data_dir)
-    digests = _digests.digest_files([data_dir / rel for rel in rels])
+    todo = [rel for rel in rels if (data_dir / rel).resolve() not in known]
+    hashed = dict(zip(todo, _digests.digest_files([data_dir / rel for rel in todo]), strict=True))
     return {
-        rel: {_digests.ALGORITHM: digest, "size": (data_dir / rel).stat().st_size}
-        for rel, digest in zip(rels, digests, strict=True)
+        rel: {
+            _digests.ALGORITHM: hashed.get(rel) or known[(data_dir / rel).resolve()],
+            "size": (data_dir / rel).stat().st_size,
+        }
+        for rel in rels
     }
 
 

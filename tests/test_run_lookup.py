@@ -25,7 +25,7 @@ def _predict(x):
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> dict[str, Any]:
+def store(tmp_path: Path, mlflow_state: None) -> dict[str, Any]:
     folder = tmp_path / "store"
     experiment_id = cloudflow.prepare_env(str(folder), "lookup")
     uri = _store.resolve_tracking_uri(folder)

@@ -1,0 +1,178 @@
+"""Large bundle files shared by hard link between the bundles of a local store.
+
+A store where every run logs the same base model would otherwise hold one copy of its weights
+per run. Here each large file of a bundle logged into a local store is also entered, by hard
+link, in the experiment's blob folder (``<artifact location>/.cloudflow-blobs/<digest>``). A
+later save that would write a file with the same content links that blob into its bundle
+instead of writing a second copy; the store grows by the size of the new manifest and code.
+
+For weights the digest of the file is computed from the tensors in memory before anything is
+written (see :func:`cloudflow.flavors._torch.write_safetensors`), so a repeated save of an
+unchanged model neither serializes nor writes its weights. Other large files (pickles) are
+written, hashed, and then replaced by a link when the store already has their content.
+
+Why this is safe:
+
+- Bundle files are never changed after a save, and shared files are made read-only, so that an
+  edit in place does not reach every bundle that shares it by accident.
+- Each bundle holds its own link to the file: deleting a run or a bundle (``mlflow gc``, or by
+  hand) removes its links only, and every other bundle keeps its file. A blob that no bundle
+  links any more (one link left, its own) is removed by the next save into that experiment.
+- The blob's name is never trusted as its content: every load checks each file of a bundle
+  against the digest in the bundle's manifest, so a damaged shared file shows, in every bundle
+  that holds it.
+
+Where hard links are not possible (another file system, a store on a network share that has
+none), files are written as they were: sharing is an optimization, never a requirement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+import stat
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_logger = logging.getLogger("cloudflow")
+
+BLOB_DIR = ".cloudflow-blobs"
+#: Files smaller than this are always written: a link saves less than it costs.
+MIN_SIZE = 1024 * 1024
+_READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+
+
+@dataclass
+class SaveFiles:
+    """The files of one save whose digests are known, and the blob folder they may share."""
+
+    blobs: Path | None
+    #: Absolute path of a file of the bundle -> its digest, computed while it was written.
+    known: dict[Path, str] = field(default_factory=dict)
+    #: Blobs this save entered, removed again if the save fails.
+    created: list[Path] = field(default_factory=list)
+    #: Bytes of the bundle that are links to files the store already held.
+    linked_bytes: int = 0
+
+    def _blob(self, digest: str) -> Path | None:
+        if self.blobs is None or not digest.isalnum():
+            return None
+        return self.blobs / digest
+
+    def link_existing(self, digest: str, size: int, target: Path) -> bool:
+        """Make ``target`` (not yet existing) a link to the store's copy of this content.
+
+        Returns False, with nothing done, when the store has no such file or cannot link.
+        """
+        blob = self._blob(digest)
+        if blob is None or size < MIN_SIZE:
+            return False
+        try:
+            info = os.stat(blob)
+            if not stat.S_ISREG(info.st_mode) or info.st_size != size:
+                return False
+            os.link(blob, target)
+        except OSError:
+            return False
+        self.known[target.resolve()] = digest
+        self.linked_bytes += size
+        return True
+
+    def adopt(self, path: Path, digest: str) -> None:
+        """Share a file this save wrote: enter it as a blob, or swap it for the existing one."""
+        self.known[path.resolve()] = digest
+        blob = self._blob(digest)
+        size = path.stat().st_size
+        if blob is None or size < MIN_SIZE:
+            return
+        try:
+            blob.parent.mkdir(exist_ok=True)
+            os.link(path, blob)
+        except FileExistsError:
+            self._swap_for(blob, path, size)
+            return
+        except OSError as e:  # no hard links here: the bundle keeps its own file
+            _logger.debug("Cannot share %s through %s: %s", path, blob, e)
+            return
+        self.created.append(blob)
+        if os.name != "nt":  # on Windows a read-only file cannot be deleted
+            with contextlib.suppress(OSError):
+                os.chmod(path, _READ_ONLY)
+
+    def _swap_for(self, blob: Path, path: Path, size: int) -> None:
+        """Replace a file just written by a link to the store's file of the same content."""
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.link")
+        try:
+            info = os.stat(blob)
+            if not stat.S_ISREG(info.st_mode) or info.st_size != size:
+                raise OSError(f"{blob} is not a file of {size} bytes")
+            os.link(blob, tmp)
+            os.replace(tmp, path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            _logger.debug("Cannot link %s to %s: %s", path, blob, e)
+            return
+        self.linked_bytes += size
+
+    def discard_created(self) -> None:
+        """After a failed save: remove the blobs it entered that no bundle links."""
+        for blob in self.created:
+            with contextlib.suppress(OSError):
+                if os.stat(blob).st_nlink == 1:
+                    os.unlink(blob)
+        if self.blobs is not None:
+            with contextlib.suppress(OSError):
+                self.blobs.rmdir()  # only if empty
+
+
+_CURRENT: contextvars.ContextVar[SaveFiles | None] = contextvars.ContextVar(
+    "cloudflow_save_files", default=None
+)
+
+
+def current() -> SaveFiles | None:
+    """The files of the save in progress in this thread, if any."""
+    return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def saving(blobs: Path | None) -> Iterator[SaveFiles]:
+    """Track the files of one save; share large ones through ``blobs`` (None: do not share)."""
+    files = SaveFiles(blobs)
+    token = _CURRENT.set(files)
+    try:
+        yield files
+    except BaseException:
+        files.discard_created()
+        raise
+    finally:
+        _CURRENT.reset(token)
+
+
+def blob_folder(artifact_location: Path) -> Path:
+    """The blob folder of an experiment whose artifacts are in a local folder."""
+    return artifact_location / BLOB_DIR
+
+
+def remove_orphans(blobs: Path) -> int:
+    """Remove the blobs no bundle links any more (their only link is the blob itself).
+
+    Returns the number of bytes freed.
+    """
+    freed = 0
+    try:
+        entries = list(os.scandir(blobs))
+    except OSError:
+        return 0
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+                os.unlink(entry.path)
+                freed += info.st_size
+    return freed
