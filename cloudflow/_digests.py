@@ -153,13 +153,6 @@ def new_hasher(algorithm: str = ALGORITHM) -> Any:
     raise ValueError(f"Unknown digest algorithm {algorithm!r}; known: {list(ALGORITHMS)}")
 
 
-def digest_bytes(data: bytes | memoryview, algorithm: str = ALGORITHM) -> str:
-    """The digest of bytes in memory."""
-    h = new_hasher(algorithm)
-    h.update(data)
-    return str(h.hexdigest())
-
-
 def _hash_open_file(
     path: Path, algorithm: str = ALGORITHM
 ) -> tuple[str, os.stat_result, os.stat_result]:
@@ -207,21 +200,6 @@ def digest_file(path: Path, *, algorithm: str = ALGORITHM, folder: Path | None =
     ):
         _remember(folder, after, algorithm, digest)
     return digest
-
-
-def remember(path: Path, digest: str, *, algorithm: str = ALGORITHM) -> None:
-    """Record the digest of a file the caller has just hashed itself (once it has settled)."""
-    folder = cache_dir()
-    if folder is None:
-        return
-    with contextlib.suppress(OSError):
-        info = os.stat(path)
-        if (
-            stat.S_ISREG(info.st_mode)
-            and info.st_size >= CACHE_MIN_SIZE
-            and _settled(info.st_ctime_ns)
-        ):
-            _remember(folder, info, algorithm, digest)
 
 
 def _settled(ctime_ns: int) -> bool:
