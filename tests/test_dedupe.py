@@ -21,6 +21,7 @@ import os
 import shutil
 import stat
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -271,3 +272,74 @@ def test_a_store_without_hard_links_still_saves(
     assert not os.path.samefile(*files)
     for run_id in run_ids:
         assert cloudflow.load_bundle(f"runs:/{run_id}/model").predict(i=7) == 7.0
+
+
+RACER = r"""
+import os, sys, time
+store, out, saves = sys.argv[1], sys.argv[2], int(sys.argv[3])
+import mlflow
+import numpy as np
+import cloudflow
+from models import tiny_torch_mlp
+
+mlp = tiny_torch_mlp(sizes=(16, 1024, 512, 3))
+table = np.arange(300_000, dtype=np.float64)
+
+
+def predict(mlp, table, i):
+    return float(table[i]) + float(next(mlp.parameters()).detach().sum())
+
+
+experiment_id = cloudflow.prepare_env(store, "race")
+open(out + ".ready", "w").close()
+while not os.path.exists(out + ".go"):
+    time.sleep(0.01)
+runs = []
+for _ in range(saves):
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        cloudflow.log_bundle(predict, {"mlp": mlp, "table": table})
+    runs.append(run.info.run_id)
+emit({"runs": runs, "expected": predict(mlp, table, 7)})
+"""
+
+
+@pytest.mark.slow
+def test_processes_logging_the_same_model_at_once_share_one_file_each(
+    tmp_path: Path, mlflow_state: None
+) -> None:
+    import concurrent.futures
+
+    store = tmp_path / "store"
+    tests_dir = Path(__file__).parent
+    outs = [str(tmp_path / f"racer{i}") for i in range(4)]
+
+    def racer(out: str) -> Any:
+        return run_snippet(
+            RACER, cwd=tmp_path, args=[str(store), out, "4"], env={"PYTHONPATH": str(tests_dir)}
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(len(outs)) as pool:
+        futures = [pool.submit(racer, out) for out in outs]
+        # Start together, once every racer has imported torch and found the store.
+        deadline = time.monotonic() + 120
+        while not all(Path(out + ".ready").exists() for out in outs):
+            assert time.monotonic() < deadline, "the racers did not start"
+            for future in futures:
+                if future.done():  # a racer that ended early: show why
+                    pytest.fail(f"a racer ended before the start: {future.result()!r}")
+            time.sleep(0.05)
+        for out in outs:
+            Path(out + ".go").touch()
+        results = [f.result() for f in futures]
+    runs = [run for result in results for run in result["runs"]]
+    assert len(set(runs)) == 16
+    mlflow.set_tracking_uri(_store.resolve_tracking_uri(store))
+    for name in ("models/mlp/weights.safetensors", "models/table/model.pkl"):
+        files = [_bundle(store, run) / "cloudflow" / name for run in runs]
+        inodes = {(f.stat().st_dev, f.stat().st_ino) for f in files}
+        assert len(inodes) == 1, f"{name}: {len(inodes)} copies in the store"
+    blobs = _blobs.blob_folder(_bundle(store, runs[0]).parents[2])
+    assert len(list(blobs.iterdir())) == 2
+    expected = results[0]["expected"]
+    for run in runs[:: len(runs) // 4]:
+        assert cloudflow.load_bundle(f"runs:/{run}/model").predict(i=7) == expected
