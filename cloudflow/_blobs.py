@@ -159,20 +159,21 @@ def blob_folder(artifact_location: Path) -> Path:
     return artifact_location / BLOB_DIR
 
 
-def remove_orphans(blobs: Path) -> int:
+def remove_orphans(blobs: Path) -> tuple[int, int]:
     """Remove the blobs no bundle links any more (their only link is the blob itself).
 
-    Returns the number of bytes freed.
+    Returns the number of files removed and the bytes freed.
     """
-    freed = 0
+    removed = freed = 0
     try:
         entries = list(os.scandir(blobs))
     except OSError:
-        return 0
+        return 0, 0
     for entry in entries:
         with contextlib.suppress(OSError):
             info = entry.stat(follow_symlinks=False)
             if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
                 os.unlink(entry.path)
+                removed += 1
                 freed += info.st_size
-    return freed
+    return removed, freed

@@ -1,4 +1,4 @@
-"""The ``cloudflow`` command: look into a bundle, or call its predict function.
+"""The ``cloudflow`` command: look into a bundle, call its predict function, free shared files.
 
 Examples::
 
@@ -6,6 +6,7 @@ Examples::
     cloudflow inspect runs:/<run_id>/model --tracking-uri ./cloudflow_store --json
     cloudflow predict ./bundle --param input_type=sentiment --param data="I love it"
     cloudflow predict models:/sentiment@champion --tracking-uri http://127.0.0.1:5000 --json in.json
+    cloudflow gc --tracking-uri ./cloudflow_store
     python -m cloudflow --help
 """
 
@@ -188,6 +189,51 @@ def predict(
     bundle = load_bundle(model_uri, verify=not no_verify)
     results = [bundle.predict(**call) for call in calls]
     click.echo(_dump(results if many else results[0]))
+
+
+@main.command()
+@click.option(
+    "--tracking-uri",
+    envvar="MLFLOW_TRACKING_URI",
+    required=True,
+    help="The store: a folder (as given to prepare_env) or a database URI whose experiments keep "
+    "their artifacts in local folders. Default: $MLFLOW_TRACKING_URI.",
+)
+def gc(tracking_uri: str) -> None:
+    """Free the shared model files that no bundle of the store holds any more.
+
+    Bundles logged into a local store share their large files (see the README's Storage
+    section). Deleting a run's model removes its links; the file itself goes once no bundle
+    holds it, at the next save into its experiment, or now with this command. Bundles that
+    still hold a file are never touched.
+    """
+    import mlflow
+    from mlflow.entities import ViewType
+
+    from cloudflow import _blobs, _store
+    from cloudflow.exceptions import NotFoundError
+
+    folder = _store.local_folder(tracking_uri)
+    if folder is not None and not (folder / _store.DB_FILE).is_file():
+        raise NotFoundError(
+            f"No tracking store at {tracking_uri!r}: it has no {_store.DB_FILE}. Give the folder "
+            "that was given to prepare_env."
+        )
+    client = mlflow.MlflowClient(_store.resolve_tracking_uri(tracking_uri))
+    total_files = total_bytes = 0
+    for experiment in client.search_experiments(view_type=ViewType.ALL):
+        root = _store._local_path(str(experiment.artifact_location))
+        if root is None:
+            continue
+        removed, freed = _blobs.remove_orphans(_blobs.blob_folder(root))
+        if removed:
+            click.echo(
+                f"experiment {experiment.name!r} ({experiment.experiment_id}): removed "
+                f"{removed} file(s), {freed / 1e6:.1f} MB"
+            )
+        total_files += removed
+        total_bytes += freed
+    click.echo(f"freed {total_bytes / 1e6:.1f} MB ({total_files} file(s) no bundle held)")
 
 
 if __name__ == "__main__":  # pragma: no cover
