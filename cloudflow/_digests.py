@@ -17,9 +17,12 @@ is hashed again. File times have a coarse granularity (a kernel tick, a second o
 systems): two writes within one tick can leave the same ``ctime``. So a digest is only remembered
 for a file whose last change is old enough when it is read (:data:`SETTLED_FINE_S`, or
 :data:`SETTLED_S` where timestamps are whole seconds): any later write then gets a later
-``ctime``. A save remembers the digests it computes for its large files, so a bundle saved on
-this machine is not hashed again at its first load. On Windows ``st_ctime`` is the creation
-time, which a write does not change, so there is no cache there.
+``ctime``. A save remembers the digests of the large files it hashes once written (pickles,
+settled); weights get their digest from memory before they are written (see
+:mod:`cloudflow._blobs`), so the first load of a new bundle hashes them once, and later loads
+find them here. Linking a file into another bundle changes its ``ctime`` too: it is hashed once
+more at its next load. On Windows ``st_ctime`` is the creation time, which a write does not
+change, so there is no cache there.
 
 The cache lives in the user's own cache folder (``~/.cache/cloudflow/digests``, under
 ``$XDG_CACHE_HOME`` if set, or ``$CLOUDFLOW_CACHE_DIR/digests``); it is ignored if that folder is
@@ -206,9 +209,8 @@ def _settled(ctime_ns: int) -> bool:
     """Whether a file's last change is old enough that any new one gets a later ctime.
 
     Whole-second ctimes mean a file system with one-second timestamps: wait :data:`SETTLED_S`.
-    Otherwise timestamps follow the kernel tick, and :data:`SETTLED_FINE_S` is plenty; a large
-    weight file written by a save is past that by the time it is hashed, so its digest is
-    remembered at save time and the first load on this machine needs no second pass.
+    Otherwise timestamps follow the kernel tick, and :data:`SETTLED_FINE_S` is plenty: a large
+    file written early in a save is usually past that by the time the save hashes it.
     """
     age_s = (time.time_ns() - ctime_ns) / 1e9
     coarse = ctime_ns % 1_000_000_000 == 0
