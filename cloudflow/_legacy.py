@@ -14,7 +14,7 @@ from typing import Any
 from cloudflow import _store
 from cloudflow._api import load_bundle, log_bundle
 from cloudflow._bundle import Bundle, check_arguments
-from cloudflow.exceptions import BundleArgumentError, CloudflowError, NotFoundError
+from cloudflow.exceptions import BundleArgumentError, CloudflowError
 
 MODEL_NAME = "model"
 _LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "NOTSET")
@@ -128,14 +128,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         """
         import mlflow
 
-        # Check before resolving: resolving creates an embedded store, and a load writes nothing.
-        folder = _store.local_folder(tracking_uri)
-        if folder is not None and not (folder / _store.DB_FILE).is_file():
-            raise NotFoundError(
-                f"No tracking store at {os.fspath(tracking_uri)!r}: it has no {_store.DB_FILE}. "
-                "Give the folder that was given to prepare_env when the model was saved."
-            )
-        uri = _store.resolve_tracking_uri(tracking_uri)
+        uri = _store.existing_store_uri(tracking_uri)  # a load creates no store
         mlflow.set_tracking_uri(uri)
         if str(run_id).startswith(("models:/", "runs:/")):
             self.bundle = load_bundle(str(run_id))

@@ -56,6 +56,24 @@ def resolve_tracking_uri(tracking_uri: str | os.PathLike[str]) -> str:
     return ensure_local_store(folder)
 
 
+def existing_store_uri(tracking_uri: str | os.PathLike[str]) -> str:
+    """The URI MLflow is given for a store that must already exist (a load, a clean-up).
+
+    Resolving a folder creates an embedded store; what only reads or removes must not, so a
+    folder without its database is refused first.
+
+    Raises:
+        NotFoundError: ``tracking_uri`` is a folder that holds no store.
+    """
+    folder = local_folder(tracking_uri)
+    if folder is not None and not (folder / DB_FILE).is_file():
+        raise NotFoundError(
+            f"No tracking store at {os.fspath(tracking_uri)!r}: it has no {DB_FILE}. "
+            "Give the folder that was given to prepare_env when the model was saved."
+        )
+    return resolve_tracking_uri(tracking_uri)
+
+
 def ensure_local_store(folder: Path) -> str:
     """Create (once per process) the sqlite store of an embedded folder; returns its URI."""
     uri = f"sqlite:///{folder / DB_FILE}"

@@ -211,15 +211,8 @@ def gc(tracking_uri: str) -> None:
     from mlflow.entities import ViewType
 
     from cloudflow import _blobs, _store
-    from cloudflow.exceptions import NotFoundError
 
-    folder = _store.local_folder(tracking_uri)
-    if folder is not None and not (folder / _store.DB_FILE).is_file():
-        raise NotFoundError(
-            f"No tracking store at {tracking_uri!r}: it has no {_store.DB_FILE}. Give the folder "
-            "that was given to prepare_env."
-        )
-    client = mlflow.MlflowClient(_store.resolve_tracking_uri(tracking_uri))
+    client = mlflow.MlflowClient(_store.existing_store_uri(tracking_uri))
     total_files = total_bytes = 0
     for experiment in client.search_experiments(view_type=ViewType.ALL):
         root = _store._local_path(str(experiment.artifact_location))
