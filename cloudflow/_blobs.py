@@ -72,21 +72,17 @@ class SaveFiles:
         if blob is None or size < MIN_SIZE:
             return False
         try:
-            info = os.stat(blob)
-            if not stat.S_ISREG(info.st_mode) or info.st_size != size:
-                return False
-            os.link(blob, target)
+            _link_blob(blob, size, target)
         except OSError:
             return False
         self.known[target.resolve()] = digest
         self.linked_bytes += size
         return True
 
-    def adopt(self, path: Path, digest: str) -> None:
+    def adopt(self, path: Path, digest: str, size: int) -> None:
         """Share a file this save wrote: enter it as a blob, or swap it for the existing one."""
         self.known[path.resolve()] = digest
         blob = self._blob(digest)
-        size = path.stat().st_size
         if blob is None or size < MIN_SIZE:
             return
         try:
@@ -107,10 +103,7 @@ class SaveFiles:
         """Replace a file just written by a link to the store's file of the same content."""
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.link")
         try:
-            info = os.stat(blob)
-            if not stat.S_ISREG(info.st_mode) or info.st_size != size:
-                raise OSError(f"{blob} is not a file of {size} bytes")
-            os.link(blob, tmp)
+            _link_blob(blob, size, tmp)
             os.replace(tmp, path)
         except OSError as e:
             with contextlib.suppress(OSError):
@@ -128,6 +121,18 @@ class SaveFiles:
         if self.blobs is not None:
             with contextlib.suppress(OSError):
                 self.blobs.rmdir()  # only if empty
+
+
+def _link_blob(blob: Path, size: int, target: Path) -> None:
+    """Hard-link ``blob`` as ``target`` (which must not exist) if it is a file of ``size`` bytes.
+
+    Raises:
+        OSError: The blob is missing, not a regular file of that size, or cannot be linked.
+    """
+    info = os.stat(blob)
+    if not stat.S_ISREG(info.st_mode) or info.st_size != size:
+        raise OSError(f"{blob} is not a file of {size} bytes")
+    os.link(blob, target)
 
 
 _CURRENT: contextvars.ContextVar[SaveFiles | None] = contextvars.ContextVar(

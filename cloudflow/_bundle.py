@@ -410,7 +410,7 @@ def _share_large_files(data: Path, files: _blobs.SaveFiles) -> dict[str, dict[st
         for rel, entry in entries.items():
             path = (data / rel).resolve()
             if path not in files.known and entry["size"] >= _blobs.MIN_SIZE:
-                files.adopt(path, entry[_digests.ALGORITHM])
+                files.adopt(path, entry[_digests.ALGORITHM], entry["size"])
     return entries
 
 

@@ -212,11 +212,6 @@ def sign(data_dir: Path, signing_key: bytes) -> None:
     _signing.sign(data_dir, (data_dir / MANIFEST_FILE).read_bytes(), signing_key)
 
 
-def digest_file(path: Path) -> str:
-    """Digest of one file, as new bundles list it (no cache)."""
-    return _digests.digest_file(path)
-
-
 def file_digest(entry: dict[str, Any]) -> tuple[str, str]:
     """The algorithm and digest a manifest's file entry records."""
     for algorithm in _digests.ALGORITHMS:
@@ -244,16 +239,13 @@ def digest_files(
         known: Absolute path -> digest of files whose digest was computed as they were written;
             they are not hashed again.
     """
-    known = known or {}
-    rels = _walk_files(data_dir)
-    todo = [rel for rel in rels if (data_dir / rel).resolve() not in known]
-    hashed = dict(zip(todo, _digests.digest_files([data_dir / rel for rel in todo]), strict=True))
+    paths = {rel: (data_dir / rel).resolve() for rel in _walk_files(data_dir)}
+    digests = dict(known or {})
+    todo = [path for path in paths.values() if path not in digests]
+    digests.update(zip(todo, _digests.digest_files(todo), strict=True))
     return {
-        rel: {
-            _digests.ALGORITHM: hashed.get(rel) or known[(data_dir / rel).resolve()],
-            "size": (data_dir / rel).stat().st_size,
-        }
-        for rel in rels
+        rel: {_digests.ALGORITHM: digests[path], "size": path.stat().st_size}
+        for rel, path in paths.items()
     }
 
 

@@ -178,22 +178,21 @@ def write_safetensors(
     # a store that already holds this very file links it instead (see cloudflow._blobs), and the
     # manifest needs no second pass over the written file.
     files = _blobs.current()
-    digest = None
+    size = len(head) + offset
     if files is not None:
         hasher = _digests.new_hasher()
         for piece in pieces():
             hasher.update(piece)
         digest = str(hasher.hexdigest())
-        if files.link_existing(digest, len(head) + offset, Path(filename)):
+        if files.link_existing(digest, size, Path(filename)):
             return
-    if files is not None:  # never write through a link another bundle shares
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError):  # never write through a shared link
             os.unlink(filename)
     with open(filename, "wb") as f:
         for piece in pieces():
             f.write(piece)
-    if files is not None and digest is not None:
-        files.adopt(Path(filename), digest)
+    if files is not None:
+        files.adopt(Path(filename), digest, size)
 
 
 def device_or_cpu(torch: Any, name: str) -> str:
