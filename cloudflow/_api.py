@@ -171,8 +171,10 @@ def save_bundle(
 def _staging_in(parent: Path) -> Path:
     """A fresh staging folder inside ``parent``, in a store other processes write to as well.
 
-    Another save that just finished may remove ``parent`` when it is empty, between this save's
-    ``mkdir`` and ``mkdtemp``: create it again and retry.
+    Another save that just finished may remove ``parent`` when it is empty: between this save's
+    ``mkdir`` and ``mkdtemp`` (FileNotFoundError), or inside ``mkdir`` itself, after it found the
+    folder present and before it checked that it is a folder (pathlib then raises
+    FileExistsError). Either way: create it again and retry.
     """
     for attempt in range(5):
         try:
@@ -180,7 +182,7 @@ def _staging_in(parent: Path) -> Path:
             if attempt == 0:
                 remove_stale_staging(parent, "tmp*")
             return Path(tempfile.mkdtemp(dir=parent))
-        except FileNotFoundError:
+        except (FileNotFoundError, FileExistsError):
             continue
         except OSError as e:
             raise StoreError(
