@@ -320,7 +320,8 @@ def _write_and_publish(
         if verify:
             from cloudflow._verify import check_in_clean_process
 
-            check_in_clean_process(staging, input_example)
+            hidden = _capture.user_roots(manifest.captured_modules)
+            check_in_clean_process(staging, input_example, hidden)
         os.rename(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -395,6 +396,7 @@ def _write_into(
         },
         models=entries,
         captured_modules=sorted(session.captured),
+        captured_globals=session.capture_report(),
         requirements=requirements,
         files=_share_large_files(data, files),
         metadata=metadata,
@@ -491,6 +493,7 @@ def read_bundle(
             _check_python(manifest, allow_python_mismatch)
             table = ModuleTable()
             predict_fn = load_code(data / CODE_FILE, table)
+            table.mark_left_out(manifest.captured_globals)
             context = LoadContext(table)
             steps.advance("code")
             for name, entry in manifest.models.items():
@@ -507,7 +510,7 @@ def read_bundle(
             raise
         if pending is not None:
             pending.result()
-    table.bind_models(models, [predict_fn])
+    predict_fn = table.bind_models(models, [predict_fn])
     _logger.info("Loaded bundle %s in %.2f s", data.parent, time.perf_counter() - started)
     return Bundle(predict_fn, models, manifest, data.parent)
 
@@ -542,9 +545,13 @@ class Bundle:
             p.name
             for p in signature.parameters.values()
             if p.default is p.empty
-            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
             and p.name not in models
         )
+        # def predict(model, /, x): positional-only parameters cannot be passed by name.
+        self._positional = [
+            p.name for p in signature.parameters.values() if p.kind is p.POSITIONAL_ONLY
+        ]
 
     def predict(self, **params: Any) -> Any:
         """Call the saved predict function with the bundle's models and ``params``.
@@ -558,6 +565,14 @@ class Bundle:
             self._required <= keys
         ):
             self._raise_for(params)
+        if self._positional:
+            named = {**self.models, **params}
+            args = []
+            for name in self._positional:
+                if name not in named:
+                    break
+                args.append(named.pop(name))
+            return self.predict_fn(*args, **named)
         if not self.models:
             return self.predict_fn(**params)
         return self.predict_fn(**self.models, **params)

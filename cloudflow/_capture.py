@@ -22,11 +22,14 @@ import importlib.util
 import json
 import logging
 import os
+import pkgutil
+import re
 import site
 import sys
 import sysconfig
 import types
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -76,22 +79,46 @@ def _packages_distributions() -> dict[str, list[str]]:
 
 
 @lru_cache(maxsize=1)
-def _editable_roots() -> dict[str, tuple[str, ...]]:
-    """Top-level import name -> source folders of editable installs (``pip install -e``)."""
-    roots: dict[str, list[str]] = {}
-    mapping = _packages_distributions()
-    for top, dists in mapping.items():
-        for dist_name in dists:
-            try:
-                text = importlib.metadata.distribution(dist_name).read_text("direct_url.json")
-                info = json.loads(text) if text else {}
-            except Exception:
-                continue
-            if info.get("dir_info", {}).get("editable") and info.get("url", "").startswith(
-                "file://"
-            ):
-                roots.setdefault(top, []).append(os.path.realpath(info["url"][len("file://") :]))
-    return {top: tuple(paths) for top, paths in roots.items()}
+def editable_distributions() -> dict[str, str]:
+    """Distribution name -> source folder of every editable install (``pip install -e``).
+
+    Read from ``direct_url.json`` (PEP 610), which pip, uv and poetry write for editable installs.
+    """
+    found: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        try:
+            text = dist.read_text("direct_url.json")
+            info = json.loads(text) if text else {}
+            name = dist.metadata["Name"]
+        except Exception:  # a broken distribution must not break saving
+            continue
+        url = info.get("url", "") if isinstance(info, dict) else ""
+        if info.get("dir_info", {}).get("editable") and url.startswith("file://") and name:
+            found[str(name)] = os.path.realpath(url[len("file://") :])
+    return found
+
+
+def user_roots(module_names: Iterable[str]) -> list[str]:
+    """Folders of the user's source: those of the captured modules, and of editable installs."""
+    roots = set(editable_distributions().values())
+    for name in module_names:
+        module = sys.modules.get(name)
+        root = import_root(module) if module is not None else None
+        if root is not None:
+            roots.add(root)
+    return sorted(roots)
+
+
+def import_root(module: types.ModuleType) -> str | None:
+    """The folder a module is imported from: ``/proj/src`` for ``/proj/src/pkg/sub.py``."""
+    file = getattr(module, "__file__", None)
+    name = getattr(module, "__name__", "")
+    if not file or not isinstance(name, str):
+        return None
+    depth = name.count(".") + 1 + (1 if hasattr(module, "__path__") else 0)
+    path = Path(os.path.realpath(file))
+    parents = path.parents
+    return str(parents[depth - 1]) if depth - 1 < len(parents) else None
 
 
 def _under(path: str, folders: tuple[str, ...]) -> bool:
@@ -121,12 +148,9 @@ def is_user_module(module: types.ModuleType) -> bool:
     file = getattr(module, "__file__", None)
     if file and not file.endswith(_SOURCE_SUFFIXES):  # compiled extension: cannot travel by value
         return False
-    if any(_under(loc, _library_dirs()) for loc in locations):
-        return False
-    editable = _editable_roots().get(top, ())
-    return not (
-        editable and any(_under(loc, tuple(r + os.sep for r in editable)) for loc in locations)
-    )
+    # The user's own project installed with ``pip install -e`` (or a poetry / uv / hatch path
+    # entry) has its source outside site-packages, so it counts as user code like any other.
+    return not any(_under(loc, _library_dirs()) for loc in locations)
 
 
 def spec_is_user(name: str) -> bool:
@@ -258,6 +282,124 @@ def top_level_names_to_distributions(tops: set[str]) -> dict[str, str]:
         if dists:
             out[top] = dists[0]
     return out
+
+
+# --- what code reads: names, and access that static reading cannot follow ----------------------
+
+_IDENTIFIER_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+_SKIPPED_OPS = frozenset({"PUSH_NULL", "CACHE", "EXTENDED_ARG", "NOP", "PRECALL"})
+_GLOBAL_LOADS = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})
+_ATTR_LOADS = frozenset({"LOAD_ATTR", "LOAD_METHOD"})
+_ATTRIBUTE_OPS = _ATTR_LOADS | {"STORE_ATTR", "DELETE_ATTR", "IMPORT_FROM", "LOAD_SUPER_ATTR"}
+_REFLECTION = frozenset({"getattr", "hasattr", "setattr", "delattr", "vars"})
+_NAMED_BY_STRING = frozenset(
+    {"getattr", "hasattr", "import_module", "__import__", "attrgetter", "methodcaller"}
+)
+_IMPORTERS = frozenset({"import_module", "__import__"})
+
+
+@dataclass(frozen=True)
+class CodeAccess:
+    """What one code object (with its nested ones) reads, as far as its bytecode tells.
+
+    Attributes:
+        names: Every name the code uses: globals, attributes, names imported from modules.
+        attributes: The names it reads or writes as attributes (``obj.name``) or imports from
+            a module (``from mod import name``): of a module reached as an object, those travel.
+        strings: Dotted-identifier string constants, kept only when the code also calls
+            ``getattr``, ``import_module`` or the like, whose targets they may name.
+        calls_globals: The code calls ``globals()``: its module is read by computed names.
+        sys_modules: Global names the code reads ``.modules`` from (``sys.modules[...]``).
+        reflected: Global name -> how the code reads the object it names by computed names
+            (``vars(mod)``, ``getattr(mod, name)``, ``mod.__dict__``).
+        computed_import: The code imports a module whose name is computed at run time.
+    """
+
+    names: frozenset[str]
+    attributes: frozenset[str]
+    strings: frozenset[str]
+    calls_globals: bool
+    sys_modules: frozenset[str]
+    reflected: Mapping[str, str]
+    computed_import: bool
+
+
+_ACCESS_CACHE: dict[types.CodeType, CodeAccess] = {}
+
+
+def code_access(code: types.CodeType) -> CodeAccess:
+    """Read what ``code`` and its nested code objects access (cached per code object)."""
+    cached = _ACCESS_CACHE.get(code)
+    if cached is not None:
+        return cached
+    names: set[str] = set()
+    attributes: set[str] = set()
+    strings: set[str] = set()
+    sys_modules: set[str] = set()
+    reflected: dict[str, str] = {}
+    calls_globals = computed_import = False
+    for sub in _code_objects(code):
+        names.update(sub.co_names)
+        ops = [i for i in dis.get_instructions(sub) if i.opname not in _SKIPPED_OPS]
+        for i, ins in enumerate(ops):
+            nxt = ops[i + 1] if i + 1 < len(ops) else None
+            prev = ops[i - 1] if i else None
+            name = ins.argval
+            if ins.opname in _ATTRIBUTE_OPS and isinstance(name, str):
+                attributes.add(name)
+            if ins.opname in _GLOBAL_LOADS and isinstance(name, str):
+                if name == "globals":
+                    calls_globals = True
+                if nxt is not None and nxt.opname in _ATTR_LOADS:
+                    if nxt.argval == "__dict__":
+                        reflected[name] = f"{name}.__dict__"
+                    elif nxt.argval == "modules":
+                        sys_modules.add(name)
+                if (
+                    prev is not None
+                    and prev.opname in _GLOBAL_LOADS
+                    and prev.argval in (_REFLECTION)
+                ):
+                    static = (
+                        prev.argval != "vars"
+                        and nxt is not None
+                        and nxt.opname == "LOAD_CONST"
+                        and isinstance(nxt.argval, str)
+                    )
+                    if not static:
+                        reflected[name] = f"{prev.argval}({name}, ...)"
+            named = nxt is not None and nxt.opname == "LOAD_CONST" and isinstance(nxt.argval, str)
+            if name in _IMPORTERS and ins.opname in _GLOBAL_LOADS | _ATTR_LOADS and not named:
+                computed_import = True
+        if _NAMED_BY_STRING & set(sub.co_names):
+            strings.update(
+                c for c in sub.co_consts if isinstance(c, str) and _IDENTIFIER_PATH.match(c)
+            )
+    access = CodeAccess(
+        names=frozenset(names),
+        attributes=frozenset(attributes),
+        strings=frozenset(strings),
+        calls_globals=calls_globals,
+        sys_modules=frozenset(sys_modules),
+        reflected=reflected,
+        computed_import=computed_import,
+    )
+    if len(_ACCESS_CACHE) > 10_000:
+        _ACCESS_CACHE.clear()
+    _ACCESS_CACHE[code] = access
+    return access
+
+
+def walk_submodules(package: types.ModuleType) -> list[types.ModuleType]:
+    """Every submodule of a user package, imported (for ``include_modules``, which asks it)."""
+    found: list[types.ModuleType] = []
+    paths = [p for p in getattr(package, "__path__", None) or [] if isinstance(p, str)]
+    for info in pkgutil.walk_packages(paths, prefix=package.__name__ + "."):
+        try:
+            found.append(importlib.import_module(info.name))
+        except Exception as e:  # one broken plugin must not hide the others
+            _logger.warning("include_modules: cannot import %s: %s", info.name, e)
+    return found
 
 
 def distribution_version(dist: str) -> str | None:

@@ -120,6 +120,7 @@ def describe_folder(path: Path, *, verify: bool = True) -> dict[str, Any]:
         },
         "size_bytes": sum(int(f.get("size", 0)) for f in manifest.files.values()),
         "captured_modules": list(manifest.captured_modules),
+        "captured_globals": dict(manifest.captured_globals),
         "requirements": requirements,
         "libraries": dict(manifest.libraries),
         "signature": _signature_inputs(mlmodel),
@@ -270,8 +271,19 @@ def format_text(info: Mapping[str, Any]) -> str:
     add("")
     modules = info["captured_modules"]
     add(f"Captured modules ({len(modules)})")
-    if modules:
+    report = info.get("captured_globals") or {}
+    if modules and not report:  # bundles of format 2 and older captured modules whole
         add("  " + ", ".join(modules))
+    for module in modules:
+        entry = report.get(module)
+        if entry is None:
+            continue
+        whole = f"  (whole: {entry['whole']})" if entry.get("whole") else ""
+        add(f"  {module}{whole}")
+        if entry.get("globals"):
+            add("    globals:  " + ", ".join(entry["globals"]))
+        if entry.get("left_out") and not entry.get("whole"):
+            add("    left out: " + ", ".join(entry["left_out"]))
     add("")
     add(f"Requirements ({len(info['requirements'])})")
     for requirement in info["requirements"]:

@@ -30,8 +30,10 @@ from cloudflow.exceptions import BundleFormatError, IntegrityError
 #: cloudflow: a new required manifest key, a renamed file, a removed reconstructor. Adding an
 #: optional key or a new flavor does not need a bump. Older formats must keep loading.
 #: Format 2 lists BLAKE3 digests of files (``{"blake3": ..., "size": ...}``) where format 1 listed
-#: sha256 digests; both are read.
-FORMAT_VERSION = 2
+#: sha256 digests; both are read. Format 3 pickles carry only the globals saved code reaches and
+#: rebuild classes through cloudflow's own reconstructors (per-bundle class identity), which an
+#: older cloudflow does not have.
+FORMAT_VERSION = 3
 
 DATA_DIR = "cloudflow"
 MANIFEST_FILE = "manifest.json"
@@ -68,6 +70,8 @@ class Manifest:
     requirements: list[str]
     files: dict[str, dict[str, Any]]
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: Captured module -> ``{"globals": [...], "left_out": [...], "whole": why}`` (format 3+).
+    captured_globals: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:

@@ -31,11 +31,14 @@ import importlib
 import importlib.util
 import io
 import logging
+import os
 import pickle
 import sys
 import threading
 import types
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import typing
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -43,7 +46,7 @@ import cloudpickle
 from cloudpickle import cloudpickle as _cp
 
 from cloudflow import _capture
-from cloudflow.exceptions import CaptureError
+from cloudflow.exceptions import CaptureError, LeftOutGlobalError
 
 _logger = logging.getLogger("cloudflow")
 
@@ -67,12 +70,19 @@ class ModuleTable:
         self.builtins: dict[str, Any] = dict(builtins.__dict__)
         self.builtins["__import__"] = self._import
         self.model_refs: list[ModelRef] = []
+        # Classes rebuilt by value, by the saving process's tracker id: one class per bundle,
+        # shared by its pickles, never the class of another bundle or of the loading program
+        # (cloudpickle's own tracker is process-wide, so a second bundle would get the first
+        # one's class, and the saving process its live class, rewritten).
+        self.classes: dict[str, Any] = {}
         # Code that loads plugins by name (importlib.import_module("plugins.x")) must find the
         # bundle's modules too: captured code gets an importlib whose import_module asks the
         # table first. The real importlib (and sys.modules) stay untouched.
         self.importlib = types.ModuleType("importlib")
         self.importlib.__dict__.update(importlib.__dict__)
         self.importlib.import_module = self.import_module  # type: ignore[attr-defined]
+        # sys.modules[__name__] (registries, dispatch by name) must find the bundle's modules.
+        self.sys = _BundleSys(self)
 
     def import_module(self, name: str, package: str | None = None) -> types.ModuleType:
         """``importlib.import_module`` that finds the bundle's modules first."""
@@ -91,6 +101,14 @@ class ModuleTable:
         level: int = 0,
     ) -> types.ModuleType:
         absname = name
+        # importlib.import_module("plugins.x") inside captured code finds the bundle's.
+        if level == 0 and name.partition(".")[0] == "importlib" and not fromlist:
+            _real_import(name, globals, locals, fromlist or (), level)
+            return self.importlib
+        if level == 0 and name == "importlib":
+            return self.importlib
+        if level == 0 and name == "sys":
+            return self.sys
         if level > 0:
             package = _capture.package_of(dict(globals or {}))
             resolved = _capture.resolve_import(name, level, package)
@@ -130,43 +148,162 @@ class ModuleTable:
             for key, value in namespace.items():
                 if value is importlib:
                     namespace[key] = self.importlib
+                elif value is sys:
+                    namespace[key] = self.sys
                 elif value is importlib.import_module:
                     namespace[key] = self.import_module
 
-    def bind_models(self, models: Mapping[str, object], roots: Iterable[object]) -> None:
-        """Replace the placeholders of models the code referred to by the loaded models."""
+    def mark_left_out(self, report: Mapping[str, Any]) -> None:
+        """Give each module the names its save left out (the manifest's ``captured_globals``)."""
+        for name, entry in report.items():
+            module = self.modules.get(name)
+            left_out = entry.get("left_out") if isinstance(entry, Mapping) else None
+            if module is not None and isinstance(left_out, list):
+                _finish_module(module, tuple(str(n) for n in left_out))
+
+    def bind_models(self, models: Mapping[str, object], roots: Iterable[object]) -> Any:
+        """Replace the placeholders of models the code referred to by the loaded models.
+
+        Placeholders sit wherever the code kept a model: module globals, closures, defaults,
+        partials, and containers of those (lists, dicts, sets, tuples, objects' and classes'
+        attributes). Returns the first root, rebuilt if it was a tuple holding a placeholder.
+        """
+        roots = list(roots)
         if not self.model_refs:
-            return
-        seen: set[int] = set()
-        stack: list[object] = [*roots, *self.modules.values(), *self.namespaces]
-        while stack:
-            obj = stack.pop()
-            if id(obj) in seen:
-                continue
-            seen.add(id(obj))
-            if isinstance(obj, types.ModuleType):
-                stack.append(obj.__dict__)
-            elif isinstance(obj, dict):
-                for key, value in list(obj.items()):
-                    if isinstance(value, ModelRef):
-                        obj[key] = models[value.name]
-                    elif isinstance(value, types.FunctionType | functools.partial | type | dict):
-                        stack.append(value)
-            elif isinstance(obj, types.FunctionType):
-                for cell in obj.__closure__ or ():
-                    with contextlib.suppress(ValueError):
-                        if isinstance(cell.cell_contents, ModelRef):
-                            cell.cell_contents = models[cell.cell_contents.name]
-                        elif isinstance(cell.cell_contents, types.FunctionType | functools.partial):
-                            stack.append(cell.cell_contents)
-            elif isinstance(obj, functools.partial):
-                args = tuple(models[a.name] if isinstance(a, ModelRef) else a for a in obj.args)
-                keywords = {
-                    k: models[v.name] if isinstance(v, ModelRef) else v
-                    for k, v in obj.keywords.items()
-                }
-                obj.__setstate__((obj.func, args, keywords, obj.__dict__ or None))  # type: ignore[attr-defined]
-                stack.append(obj.func)
+            return roots[0] if roots else None
+        return _ModelBinder(models).bind([*roots, *self.modules.values(), *self.namespaces])
+
+
+class _ModelBinder:
+    """Walks loaded code and data once, putting each model where its placeholder was."""
+
+    # Leaves: nothing inside them can be a placeholder the code kept.
+    _LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), range, memoryview)
+
+    def __init__(self, models: Mapping[str, object]) -> None:
+        self.models = models
+        self.done: dict[int, Any] = {}
+        self.model_ids = {id(m) for m in models.values()}
+
+    def bind(self, roots: list[Any]) -> Any:
+        fixed = [self.fix(root) for root in roots]
+        return fixed[0] if fixed else None
+
+    def fix(self, obj: Any) -> Any:
+        """``obj`` with its placeholders replaced (a new object only for immutable ones)."""
+        if isinstance(obj, ModelRef):
+            return self.models[obj.name]
+        key = id(obj)
+        if key in self.done:
+            return self.done[key]
+        if isinstance(obj, self._LEAVES) or key in self.model_ids:
+            return obj
+        self.done[key] = obj  # breaks cycles; immutable containers are replaced below
+        if isinstance(obj, types.ModuleType):
+            self._fix_dict(obj.__dict__)
+        elif isinstance(obj, dict):
+            self._fix_dict(obj)
+        elif isinstance(obj, list):
+            for i, value in enumerate(obj):
+                new = self.fix(value)
+                if new is not value:
+                    obj[i] = new
+        elif isinstance(obj, tuple | frozenset | set):
+            items = [self.fix(v) for v in obj]
+            if any(a is not b for a, b in zip(items, obj, strict=True)):
+                if isinstance(obj, set):
+                    obj.clear()
+                    obj.update(items)
+                else:
+                    new_obj = type(obj)(items) if not hasattr(obj, "_make") else obj._make(items)
+                    self.done[key] = new_obj
+                    return new_obj
+        elif isinstance(obj, types.FunctionType):
+            self._fix_function(obj)
+        elif isinstance(obj, functools.partial):
+            args = tuple(self.fix(a) for a in obj.args)
+            keywords = {k: self.fix(v) for k, v in obj.keywords.items()}
+            obj.__setstate__((self.fix(obj.func), args, keywords, obj.__dict__ or None))  # type: ignore[attr-defined]
+        elif isinstance(obj, type):
+            if obj.__module__ in ("builtins",) or not hasattr(obj, "__dict__"):
+                return obj
+            for name, value in list(vars(obj).items()):
+                if name.startswith("__") and name.endswith("__"):
+                    continue
+                new = self.fix(value)
+                if new is not value:
+                    with contextlib.suppress(AttributeError, TypeError):
+                        setattr(obj, name, new)
+        elif isinstance(obj, staticmethod | classmethod):
+            self.fix(obj.__func__)
+        elif isinstance(obj, property):
+            for accessor in (obj.fget, obj.fset, obj.fdel):
+                if accessor is not None:
+                    self.fix(accessor)
+        elif (
+            isinstance(getattr(obj, "__dict__", None), dict) and type(obj).__module__ != "builtins"
+        ):
+            self._fix_dict(obj.__dict__)
+        return obj
+
+    def _fix_dict(self, mapping: dict[Any, Any]) -> None:
+        for k, value in list(mapping.items()):
+            new = self.fix(value)
+            if new is not value:
+                mapping[k] = new
+
+    def _fix_function(self, func: types.FunctionType) -> None:
+        for cell in func.__closure__ or ():
+            with contextlib.suppress(ValueError):
+                new = self.fix(cell.cell_contents)
+                if new is not cell.cell_contents:
+                    cell.cell_contents = new
+        if func.__defaults__:
+            func.__defaults__ = self.fix(func.__defaults__)
+        if func.__kwdefaults__:
+            self._fix_dict(func.__kwdefaults__)
+        self._fix_dict(func.__dict__)
+
+
+class _ModulesView(MutableMapping[str, types.ModuleType]):
+    """``sys.modules`` as a bundle's code sees it: the bundle's modules first."""
+
+    def __init__(self, table: ModuleTable) -> None:
+        self._table = table
+
+    def __getitem__(self, name: str) -> types.ModuleType:
+        module = self._table.modules.get(name)
+        return module if module is not None else sys.modules[name]
+
+    def __setitem__(self, name: str, module: types.ModuleType) -> None:
+        sys.modules[name] = module
+
+    def __delitem__(self, name: str) -> None:
+        del sys.modules[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._table.modules
+        yield from (n for n in list(sys.modules) if n not in self._table.modules)
+
+    def __len__(self) -> int:
+        return len(set(sys.modules) | set(self._table.modules))
+
+
+class _BundleSys(types.ModuleType):
+    """The ``sys`` module of a bundle's code: the real one, but for ``modules`` (see above)."""
+
+    def __init__(self, table: ModuleTable) -> None:
+        super().__init__("sys", sys.__doc__)
+        self.__dict__["modules"] = _ModulesView(table)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(sys, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(sys, name, value)  # sys.stdout = ... changes the real one
+
+    def __delattr__(self, name: str) -> None:
+        delattr(sys, name)
 
 
 class ModelRef:
@@ -234,6 +371,111 @@ def _fresh_namespace(items: dict[str, Any]) -> dict[str, Any]:
     return namespace
 
 
+def _finish_module(module: types.ModuleType, left_out: tuple[str, ...]) -> types.ModuleType:
+    """Make a read of a global the save left out say so, instead of a bare AttributeError."""
+    if left_out and "__getattr__" not in module.__dict__:
+        module.__dict__["__getattr__"] = _LeftOut(module.__name__, frozenset(left_out))
+    return module
+
+
+class _LeftOut:
+    """A captured module's ``__getattr__`` (PEP 562) for the globals the save left out."""
+
+    def __init__(self, module: str, names: frozenset[str]) -> None:
+        self.module = module
+        self.names = names
+
+    def __call__(self, name: str) -> Any:
+        if name in self.names:
+            raise LeftOutGlobalError(
+                f"{self.module}.{name} is not in this bundle: no code the bundle saved read it "
+                f"by name, so it was left out when the bundle was saved. If your code reaches it "
+                f"by a computed name, save again with include_modules=[{self.module!r}] (the "
+                "whole module travels then)."
+            )
+        raise AttributeError(f"module {self.module!r} has no attribute {name!r}")
+
+
+# Which loaded bundle a class rebuilt by value belongs to (saving it again adopts the bundle).
+_TABLE_OF_CLASS: weakref.WeakKeyDictionary[Any, ModuleTable] = weakref.WeakKeyDictionary()
+
+
+def _track(table: ModuleTable, class_tracker_id: str | None, cls: Any) -> Any:
+    """Keep a rebuilt class as its bundle's, under the id it had when saved.
+
+    cloudpickle learns the class -> id direction only, so that saving the class again writes the
+    same id (deterministic re-saves), never id -> class, which would make every later load in
+    this process return this bundle's class.
+    """
+    if class_tracker_id is not None:
+        table.classes[class_tracker_id] = cls
+        with _cp._DYNAMIC_CLASS_TRACKER_LOCK:
+            _cp._DYNAMIC_CLASS_TRACKER_BY_CLASS[cls] = class_tracker_id
+    with contextlib.suppress(TypeError):  # TypeVars cannot be weakly referenced before 3.12
+        _TABLE_OF_CLASS[cls] = table
+    return cls
+
+
+def _skeleton_class(
+    type_constructor: type,
+    name: str,
+    bases: tuple[type, ...],
+    type_kwargs: dict[str, Any],
+    class_tracker_id: str | None,
+    extra: Any,
+) -> type:
+    """cloudpickle's ``_make_skeleton_class``, tracked per bundle (see ModuleTable.classes)."""
+    table = _table()
+    if class_tracker_id is not None and class_tracker_id in table.classes:
+        return table.classes[class_tracker_id]
+    namespace = {sys.intern(k): v for k, v in type_kwargs.items()}
+    cls = types.new_class(
+        name, bases, {"metaclass": type_constructor}, lambda ns: ns.update(namespace)
+    )
+    return _track(table, class_tracker_id, cls)
+
+
+def _skeleton_enum(
+    bases: tuple[type, ...],
+    name: str,
+    qualname: str,
+    members: dict[str, Any],
+    module: str,
+    class_tracker_id: str | None,
+    extra: Any,
+) -> type:
+    """cloudpickle's ``_make_skeleton_enum``, tracked per bundle."""
+    table = _table()
+    if class_tracker_id is not None and class_tracker_id in table.classes:
+        return table.classes[class_tracker_id]
+    metaclass = type(bases[-1])
+    namespace: Any = metaclass.__prepare__(name, bases)
+    for member, value in members.items():
+        namespace[member] = value
+    cls: Any = metaclass.__new__(metaclass, name, bases, namespace)
+    cls.__module__ = module
+    cls.__qualname__ = qualname
+    return _track(table, class_tracker_id, cls)
+
+
+def _typevar(
+    name: str,
+    bound: Any,
+    constraints: tuple[Any, ...],
+    covariant: bool,
+    contravariant: bool,
+    class_tracker_id: str | None,
+) -> Any:
+    """cloudpickle's ``_make_typevar``, tracked per bundle."""
+    table = _table()
+    if class_tracker_id is not None and class_tracker_id in table.classes:
+        return table.classes[class_tracker_id]
+    tv = typing.TypeVar(  # type: ignore[misc]
+        name, *constraints, bound=bound, covariant=covariant, contravariant=contravariant
+    )
+    return _track(table, class_tracker_id, tv)
+
+
 def _bundle_module(name: str) -> types.ModuleType:
     return _table().modules[name]
 
@@ -268,10 +510,13 @@ def _function_setstate(func: types.FunctionType, state: Any) -> None:
 class _ModuleNamespaceRef:
     """Pickles as the ``__dict__`` of a captured module (the globals of its functions)."""
 
-    def __init__(self, module: types.ModuleType) -> None:
+    def __init__(self, module: types.ModuleType, pickler: _BundlePickler) -> None:
         self.module = module
+        self.pickler = pickler
 
     def __reduce__(self) -> tuple[Any, ...]:
+        # The module is pickled next as the globals of a function, not as an object.
+        self.pickler.namespace_of = self.module
         return (_module_namespace, (self.module,))
 
 
@@ -291,6 +536,17 @@ class _Unpickler(pickle.Unpickler):
     ) -> None:
         super().__init__(file)
         self._persistent = persistent_load
+
+    def find_class(self, module: str, name: str) -> Any:
+        # A global written by name (an object whose __reduce__ returns its name) of a captured
+        # module is the bundle's, never the loading program's module of that name.
+        table = _active_table.get()
+        if table is not None and module in table.modules:
+            found: Any = table.modules[module]
+            for part in name.split("."):
+                found = getattr(found, part)
+            return found
+        return super().find_class(module, name)
 
     def persistent_load(self, pid: object) -> object:
         if isinstance(pid, tuple) and len(pid) == 2 and pid[0] == _MODEL_PID:
@@ -320,20 +576,46 @@ class LoadContext:
 
 def load_code(path: Path, table: ModuleTable) -> Callable[..., Any]:
     """Read ``code.pkl``: the predict function, then the captured modules, until ``None``."""
-    with activate(table), open(path, "rb") as f:
-        unpickler = _Unpickler(f)
-        predict_fn: Callable[..., Any] = unpickler.load()
+    with open(path, "rb") as f:
+        return read_code(f, table)
+
+
+def read_code(file: BinaryIO, table: ModuleTable) -> Any:
+    """Read a code pickle from an open file into ``table`` (what :func:`load_code` does)."""
+    with activate(table):
+        unpickler = _Unpickler(file)
+        obj: Any = unpickler.load()
         while unpickler.load() is not None:
             pass
     table.finish()
-    return predict_fn
+    return obj
+
+
+def dumps(obj: object, **session_options: Any) -> bytes:
+    """``obj`` pickled as ``save_bundle`` writes a predict function (a bundle's ``code.pkl``)."""
+    buffer = io.BytesIO()
+    CaptureSession(**session_options).write_code(obj, buffer)
+    return buffer.getvalue()
+
+
+def loads(data: bytes, table: ModuleTable | None = None) -> Any:
+    """What :func:`dumps` wrote, loaded as ``load_bundle`` loads ``code.pkl`` (a fresh table)."""
+    return read_code(io.BytesIO(data), table if table is not None else ModuleTable())
 
 
 # --- save side ---------------------------------------------------------------------------------
 
 
 class CaptureSession:
-    """Decides which modules travel by value and writes the pickles of one bundle."""
+    """Decides what travels by value and writes the pickles of one bundle.
+
+    A module is *captured* (travels by value) when saved code reaches it and it is the user's;
+    of a captured module, only the globals that saved code reaches travel: the names its
+    functions, class bodies and nested code use (globals, attributes read off modules, names
+    imported from them), and what those reach in turn. A module the code reads by computed
+    names (``globals()``, ``vars(mod)``, ``getattr(mod, name)``, ``sys.modules[...]``) or that
+    ``include_modules`` names travels whole. See :meth:`capture_report`.
+    """
 
     def __init__(
         self,
@@ -349,6 +631,21 @@ class CaptureSession:
         self.captured: dict[str, types.ModuleType] = {}
         self._rejected: set[str] = set()
         self.third_party: set[str] = set()  # top-level import names of libraries reached
+        # Attribute names saved code reads: a module reached as an object carries those.
+        self.attributes: set[str] = set()
+        # Modules reached as objects (a global or closure value, an import), not only as the
+        # globals of their functions.
+        self.as_objects: set[str] = set()
+        # Module -> names it must carry: the globals its saved functions use, and the names the
+        # models' pickles refer to (reference mode).
+        self.forced: dict[str, set[str]] = {}
+        self._tables: list[ModuleTable] = []
+        # Module -> why it travels whole.
+        self.whole: dict[str, str] = {}
+        # Module -> the globals written so far.
+        self.written: dict[str, set[str]] = {}
+        self._reached: list[types.FunctionType] = []
+        self._computed_imports: set[str] = set()
         # Scalars are interned: a model that is the int 7 must not stand for every 7 in the code.
         self._models_by_id = {
             id(obj): name
@@ -367,11 +664,17 @@ class CaptureSession:
                     "or make the module importable (sys.path) before saving."
                 )
             self.wants(module)
+            # Asked for by name: plugins loaded by computed names must be there too.
+            for sub in _capture.walk_submodules(module):
+                self.wants(sub)
 
     # deciding -----------------------------------------------------------------------------------
 
     def _excluded(self, name: str) -> bool:
         return any(name == e or name.startswith(e + ".") for e in self.exclude)
+
+    def _included(self, name: str) -> bool:
+        return any(name == i or name.startswith(i + ".") for i in self.include)
 
     def wants(self, module: types.ModuleType) -> bool:
         """Whether a module travels by value; adds it (and its user parents) when it should."""
@@ -380,11 +683,15 @@ class CaptureSession:
             return True
         if name in self._rejected:
             return False
-        if not self._excluded(name) and (name in self.include or _capture.is_user_module(module)):
+        if not self._excluded(name) and (
+            self._included(name) or _capture.is_user_module(module) or _in_table(module)
+        ):
             self.captured[name] = module
+            if self._included(name):
+                self.whole.setdefault(name, "include_modules names it")
             parent = name.rpartition(".")[0]
             while parent:
-                parent_module = sys.modules.get(parent)
+                parent_module = self._lookup(parent)
                 if parent_module is not None:
                     self.wants(parent_module)
                 parent = parent.rpartition(".")[0]
@@ -394,6 +701,10 @@ class CaptureSession:
         if top not in sys.stdlib_module_names and top not in _capture._NEVER_CAPTURED:
             self.third_party.add(top)
         return False
+
+    def _lookup(self, name: str) -> types.ModuleType | None:
+        """A module by name: one already captured (a loaded bundle's, say), else sys.modules."""
+        return self.captured.get(name) or sys.modules.get(name)
 
     def wants_name(self, module_name: object) -> bool:
         if not isinstance(module_name, str):
@@ -405,50 +716,198 @@ class CaptureSession:
         module = sys.modules.get(module_name)
         return module is not None and self.wants(module)
 
+    def adopt_globals(self, namespace: Mapping[str, Any]) -> types.ModuleType | None:
+        """The captured module whose ``__dict__`` is ``namespace``, if it is one.
+
+        A loaded bundle's functions have its modules' dicts as globals: saving such a function
+        again (promoting a loaded bundle into another store) captures the bundle's modules,
+        which ``sys.modules`` does not hold.
+        """
+        name = namespace.get("__name__")
+        if not isinstance(name, str):
+            return None
+        table = _table_of(namespace)
+        if table is not None:
+            self.adopt_table(table)
+        module = self.captured.get(name)
+        if module is None:
+            module = sys.modules.get(name)
+            if module is None or module.__dict__ is not namespace or not self.wants(module):
+                return None
+        return module if module.__dict__ is namespace else None
+
+    def adopt_table(self, table: ModuleTable) -> None:
+        """Capture the modules of a loaded bundle whose code or classes are being saved again.
+
+        They take their names before modules of the same names in ``sys.modules`` (the saving
+        process's own): what is saved is the bundle's code, bound to the bundle's modules.
+        """
+        if any(t is table for t in self._tables):
+            return
+        self._tables.append(table)
+        for name, module in table.modules.items():
+            if not self._excluded(name):
+                self.captured.setdefault(name, module)
+                self._rejected.discard(name)
+
     def scan_code(self, code: types.CodeType, namespace: Mapping[str, Any]) -> None:
         """Capture the user modules imported inside a function body at call time."""
         package = _capture.package_of(dict(namespace)) if namespace else None
         for name, level, fromlist in _capture.imports_in_code(code):
             absname = _capture.resolve_import(name, level, package)
-            if absname is None:
+            if absname is not None:
+                self._reach_import(absname, fromlist)
+
+    def _reach_import(self, absname: str, fromlist: Iterable[str] = ()) -> None:
+        module = self.captured.get(absname) or _capture.import_reached(absname)
+        if module is None:
+            top = absname.partition(".")[0]
+            if top not in sys.stdlib_module_names and not _capture.spec_is_user(absname):
+                self.third_party.add(top)
+            return
+        if not self.wants(module):
+            return
+        # `import a.b.c` binds `a`: every package on the way must be in the table too.
+        parts = absname.split(".")
+        self._reached_as_object(module)
+        for i in range(1, len(parts)):
+            parent = self._lookup(".".join(parts[:i]))
+            if parent is not None and self.wants(parent):
+                self._reached_as_object(parent)
+                self.forced.setdefault(parent.__name__, set()).add(parts[i])
+        for item in fromlist:
+            if item == "*":
+                self.whole.setdefault(absname, "a function imports * from it")
                 continue
-            module = _capture.import_reached(absname)
-            if module is None:
-                top = absname.partition(".")[0]
-                if top not in sys.stdlib_module_names and not _capture.spec_is_user(absname):
-                    self.third_party.add(top)
-                continue
-            if not self.wants(module):
-                continue
-            # `import a.b.c` binds `a`: every package on the way must be in the table too.
-            parts = absname.split(".")
-            for i in range(1, len(parts)):
-                parent = sys.modules.get(".".join(parts[:i]))
-                if parent is not None:
-                    self.wants(parent)
-            for item in fromlist:
-                if item == "*":
-                    continue
-                sub = _capture.submodule(module, item)
-                if sub is not None:
-                    self.wants(sub)
+            sub = _capture.submodule(module, item)
+            if sub is not None and self.wants(sub):
+                self._reached_as_object(sub)
+
+    def _reached_as_object(self, module: types.ModuleType) -> None:
+        if self.wants(module):
+            self.as_objects.add(module.__name__)
+
+    def note_function(self, func: types.FunctionType) -> None:
+        """Record what a function pickled by value reads (see the class docstring)."""
+        self._reached.append(func)
+        access = _capture.code_access(func.__code__)
+        namespace = func.__globals__
+        self.attributes.update(access.attributes)
+        self.attributes.update(s for s in access.strings if "." not in s)
+        own = self.captured.get(str(namespace.get("__name__")))
+        if own is not None and own.__dict__ is not namespace:
+            own = None
+        used = _cp._extract_code_globals(func.__code__)
+        if own is not None:
+            self.forced.setdefault(own.__name__, set()).update(used)
+            self.travels_home(own, func)
+        values = [namespace[k] for k in used if k in namespace]
+        for cell in func.__closure__ or ():
+            with contextlib.suppress(ValueError):
+                values.append(cell.cell_contents)
+        for value in values:
+            if isinstance(value, types.ModuleType):
+                self._reached_as_object(value)
+        where = f"{func.__module__}.{func.__qualname__}"
+        if own is not None and access.calls_globals and "globals" not in namespace:
+            self.capture_whole(own.__name__, f"{where} calls globals()")
+        if own is not None and any(namespace.get(n) is sys for n in access.sys_modules):
+            self.capture_whole(own.__name__, f"{where} reads sys.modules")
+        for name, how in access.reflected.items():
+            value = namespace.get(name)
+            if isinstance(value, types.ModuleType) and self.wants(value):
+                self.capture_whole(value.__name__, f"{where} reads {how}")
+        if _capture._IMPORTERS & access.names:
+            for text in sorted(access.strings):
+                if text in sys.modules or _capture.spec_is_user(text):
+                    self._reach_import(text)
+            if access.computed_import and where not in self._computed_imports:
+                self._computed_imports.add(where)
+                _logger.warning(
+                    "%s imports a module by a name computed at run time; cloudflow cannot see "
+                    "which. If it is one of your modules, name its package in include_modules.",
+                    where,
+                )
+
+    def travels_home(self, module: types.ModuleType, obj: Any) -> None:
+        """A function or class that travels is also its module's global of that name."""
+        name = getattr(obj, "__name__", None)
+        if isinstance(name, str) and module.__dict__.get(name) is obj:
+            self.forced.setdefault(module.__name__, set()).add(name)
+
+    def capture_whole(self, name: str, why: str) -> None:
+        if name not in self.whole:
+            self.whole[name] = why
+            _logger.info("Capturing module %s whole: %s", name, why)
 
     def model_name(self, obj: object) -> str | None:
         return self._models_by_id.get(id(obj))
+
+    def capture_report(self) -> dict[str, dict[str, Any]]:
+        """Module -> the globals that travel, those left out, and why it travels whole if so."""
+        report: dict[str, dict[str, Any]] = {}
+        for name, module in sorted(self.captured.items()):
+            entry: dict[str, Any] = {
+                "globals": sorted(self.written.get(name, set())),
+                "left_out": list(self._left_out(name, module)),
+            }
+            if name in self.whole:
+                entry["whole"] = self.whole[name]
+            report[name] = entry
+        return report
 
     # writing ------------------------------------------------------------------------------------
 
     def dump_code(self, predict_fn: Callable[..., Any], path: Path) -> None:
         """Write ``code.pkl``: the predict function, then every captured module, then ``None``."""
-        with self._lock, open(path, "wb") as f:
+        with open(path, "wb") as f:
+            self.write_code(predict_fn, f)
+
+    def write_code(self, predict_fn: object, f: BinaryIO) -> None:
+        """Write what :meth:`dump_code` writes into an open file.
+
+        The predict function comes first; then, round after round until nothing new is
+        reached, the globals of captured modules that saved code reaches (each round may reach
+        more code, and so more names); then ``None``. What was left out goes to the manifest
+        (:meth:`capture_report`), so the pickle depends only on what travels.
+        """
+        with self._lock:
             pickler = _BundlePickler(f, self, owner=True)
             self._dump(pickler, predict_fn, "the predict function")
             while True:
-                pending = [m for n, m in sorted(self.captured.items()) if n not in pickler.pickled]
-                if not pending:
+                batch = self._pending_state(pickler)
+                if not batch:
                     break
-                self._dump(pickler, tuple(pending), "module " + pending[0].__name__)
+                for state in batch:
+                    self._dump(pickler, state, f"module {state.module.__name__}", state)
             pickler.dump(None)
+
+    def _left_out(self, name: str, module: types.ModuleType) -> tuple[str, ...]:
+        """Globals of a captured module that do not travel (its captured submodules do)."""
+        left = _carried_names(module) - self.written.get(name, set())
+        return tuple(sorted(k for k in left if f"{name}.{k}" not in self.captured))
+
+    def _pending_state(self, pickler: _BundlePickler) -> list[_ModuleState]:
+        batch = []
+        for name, module in sorted(self.captured.items()):
+            written = self.written.setdefault(name, set())
+            carried = _carried_names(module)
+            if name in self.whole:
+                wanted = carried
+            else:
+                reached = self.forced.get(name, set()) | _ALWAYS_CARRIED
+                if name in self.as_objects:
+                    reached = reached | self.attributes
+                wanted = carried & reached
+            new = sorted(wanted - written)
+            if new or name not in pickler.pickled:
+                written.update(new)
+                state = {k: module.__dict__[k] for k in new}
+                for value in state.values():
+                    if isinstance(value, types.ModuleType):
+                        self._reached_as_object(value)
+                batch.append(_ModuleState(module, state))
+        return batch
 
     def dump(
         self,
@@ -465,7 +924,9 @@ class CaptureSession:
     def load(self, path: Path, *, persistent_load: Any = None) -> object:
         raise CaptureError("Models are loaded through a LoadContext.")
 
-    def _dump(self, pickler: _BundlePickler, obj: object, what: str) -> None:
+    def _dump(
+        self, pickler: _BundlePickler, obj: object, what: str, state: _ModuleState | None = None
+    ) -> None:
         try:
             pickler.dump(obj)
         except CaptureError:
@@ -479,12 +940,28 @@ class CaptureSession:
                     "picklable: drop what cannot be pickled (locks, open files, connections, "
                     "generators) or give its class __getstate__ and __setstate__."
                 ) from e
-            culprit = self._find_unpicklable()
-            where = f" The cause is {culprit}." if culprit else ""
+            found = self._find_unpicklable(state)
+            if found is None:
+                raise CaptureError(
+                    f"Cannot serialize {what}: {type(e).__name__}: {e}. Make the object "
+                    "picklable, or keep it out of what the function reaches."
+                ) from e
+            module, attr, value, error = found
+            kind = type(value)
+            why = self.whole.get(module)
+            reached = (
+                f"The module travels whole because {why}"
+                if why
+                else "Saved code reads it; create it inside the function that uses it (or at "
+                "first use)"
+            )
+            if self.wants_name(kind.__module__):
+                reached += f", or give {kind.__qualname__} __getstate__ and __setstate__"
             raise CaptureError(
-                f"Cannot serialize {what}: {type(e).__name__}: {e}.{where} Exclude the module with "
-                "exclude_modules=[...] if the function does not need it, or make the object "
-                "picklable."
+                f"Cannot serialize {what}: the global {module}.{attr} "
+                f"({kind.__module__}.{kind.__qualname__}) cannot be pickled: {error}. "
+                f"{reached}; or keep {module!r} by reference with "
+                f"exclude_modules=[{module!r}] if it is installed where the bundle loads."
             ) from e
 
     def _find_unpicklable_part(self, obj: object, pickler: _BundlePickler) -> str | None:
@@ -504,17 +981,77 @@ class CaptureSession:
                 return f"the model's {label} ({type(value).__name__}: {e})"
         return None
 
-    def _find_unpicklable(self) -> str | None:
-        """Name the module attribute that cannot be pickled (only on the error path)."""
-        for name, module in sorted(self.captured.items()):
-            for attr, value in vars(module).items():
-                if attr in _MODULE_SKIP or self.model_name(value) is not None:
-                    continue
-                try:
-                    _BundlePickler(io.BytesIO(), self, owner=True).dump(value)
-                except Exception as e:
-                    return f"{name}.{attr} ({type(value).__name__}: {e})"
+    def _find_unpicklable(self, state: _ModuleState | None) -> tuple[str, str, object, str] | None:
+        """The module global that cannot be pickled: (module, name, value, error); error path.
+
+        Candidates are the globals being written when the dump failed: those of the module
+        state, else the globals of the functions reached, the latest first (the failure is
+        deepest in the graph, and plain values before functions, which would only repeat it).
+        """
+        candidates: list[tuple[str, str, object]] = []
+        if state is not None:
+            name = state.module.__name__
+            candidates = [(name, k, v) for k, v in state.state.items()]
+        else:
+            for func in reversed(self._reached):
+                module = str(func.__globals__.get("__name__"))
+                for key in _cp._extract_code_globals(func.__code__):
+                    if key in func.__globals__:
+                        candidates.append((module, key, func.__globals__[key]))
+        candidates.sort(key=lambda c: isinstance(c[2], types.FunctionType | type))
+        seen: set[int] = set()
+        for module, key, value in candidates:
+            if id(value) in seen or self.model_name(value) is not None:
+                continue
+            seen.add(id(value))
+            try:
+                _BundlePickler(io.BytesIO(), self, owner=True).dump(value)
+            except Exception as e:
+                return module, key, value, f"{type(e).__name__}: {e}"
         return None
+
+
+# Module globals every captured module carries when it has them: Python reads them itself.
+_ALWAYS_CARRIED = frozenset({"__all__", "__getattr__", "__dir__"})
+# Module attributes that describe where the module came from on the saving machine, or that
+# the skeleton sets itself.
+_NOT_CARRIED = _MODULE_SKIP | {"__name__", "__file__", "__path__", "__package__", "__doc__"}
+
+
+def _carried_names(module: types.ModuleType) -> set[str]:
+    """The globals of a module that can travel (all but the import system's own)."""
+    return {
+        k for k, v in vars(module).items() if k not in _NOT_CARRIED and not isinstance(v, _LeftOut)
+    }
+
+
+def _table_of(namespace: Mapping[str, Any]) -> ModuleTable | None:
+    """The loaded bundle a globals dict belongs to (its builtins' ``__import__`` says)."""
+    builtins_ = namespace.get("__builtins__")
+    importer = builtins_.get("__import__") if isinstance(builtins_, dict) else None
+    owner = getattr(importer, "__self__", None)
+    return owner if isinstance(owner, ModuleTable) else None
+
+
+def _in_table(module: types.ModuleType) -> bool:
+    return _table_of(module.__dict__) is not None
+
+
+class _ModuleState:
+    """Pickles as globals set into a captured module (one round of ``write_code``)."""
+
+    def __init__(self, module: types.ModuleType, state: dict[str, Any]) -> None:
+        self.module = module
+        self.state = state
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_set_module_state, (self.module, self.state))
+
+
+_OWN_SKELETONS = {
+    _cp._make_skeleton_class: _skeleton_class,
+    _cp._make_skeleton_enum: _skeleton_enum,
+}
 
 
 class _BundlePickler(cloudpickle.Pickler):
@@ -536,7 +1073,7 @@ class _BundlePickler(cloudpickle.Pickler):
         super().__init__(file, protocol=PROTOCOL)
         self._namespaces: dict[int, _FreshNamespaceRef] = {}
         self._keep: list[object] = []  # keeps rewritten code objects alive while ids are in use
-        self._captured_dicts = {id(m.__dict__): m for m in session.captured.values()}
+        self.namespace_of: types.ModuleType | None = None
 
     def _persistent_id(self, obj: object) -> object | None:
         if self._persistent is not None:
@@ -559,6 +1096,8 @@ class _BundlePickler(cloudpickle.Pickler):
             return self._reduce_module(obj)
         if t is types.CodeType:
             return self._reduce_code(obj)
+        if t is typing.TypeVar:
+            return self._reduce_typevar(obj)
         if t is property and self.session.strip_docstrings and obj.__doc__ is not None:
             return (property, (obj.fget, obj.fset, obj.fdel, None))
         return NotImplemented
@@ -567,17 +1106,22 @@ class _BundlePickler(cloudpickle.Pickler):
         if not self.session.wants(module):
             return NotImplemented
         name = module.__name__
+        if self.namespace_of is module:
+            self.namespace_of = None
+        else:
+            self.session.as_objects.add(name)
         if not self.owner:
             return (_bundle_module, (name,))
         self.pickled.add(name)
-        self._captured_dicts[id(module.__dict__)] = module
         is_package = hasattr(module, "__path__")
-        state = {k: v for k, v in vars(module).items() if k not in _MODULE_SKIP}
-        state["__file__"] = _capture.relative_filename(name, is_package)
+        # The skeleton only: the globals follow, as far as saved code reaches them.
+        state: dict[str, Any] = {
+            "__file__": _capture.relative_filename(name, is_package),
+            "__package__": module.__dict__.get("__package__"),
+            "__doc__": None if self.session.strip_docstrings else module.__dict__.get("__doc__"),
+        }
         if is_package:
             state["__path__"] = []
-        if self.session.strip_docstrings:
-            state["__doc__"] = None
         return (_rebuild_module, (name, is_package), state, None, None, _set_module_state)
 
     def _by_reference(self, obj: Any) -> Any:
@@ -593,35 +1137,55 @@ class _BundlePickler(cloudpickle.Pickler):
             return None
         if found is not obj:
             return None
+        # The code pickle must then carry that global of the module.
+        self.session.forced.setdefault(module_name, set()).add(qualname.partition(".")[0])
         return (_bundle_global, (module_name, qualname))
 
     def _reduce_class(self, cls: type) -> Any:
+        table = _TABLE_OF_CLASS.get(cls)
+        if table is not None:
+            self.session.adopt_table(table)
         if self.session.wants_name(getattr(cls, "__module__", None)):
             if not self.owner:
                 reference = self._by_reference(cls)
                 if reference is not None:
                     return reference
-            return self._strip_class_doc(_cp._dynamic_class_reduce(cls))
+            self.session.travels_home(self.session.captured[cls.__module__], cls)
+            return self._own_class(cls, _cp._dynamic_class_reduce(cls))
         module = getattr(cls, "__module__", None)
         if isinstance(module, str):
             self.session.wants_name(module)  # records the library for requirements
-        return self._strip_class_doc(_cp._class_reduce(cls))
+        return self._own_class(cls, _cp._class_reduce(cls))
 
-    def _strip_class_doc(self, reduced: Any) -> Any:
-        """A class pickled by value keeps its docstring in its dict: drop it when asked."""
+    def _own_class(self, cls: type, reduced: Any) -> Any:
+        """A class by value, rebuilt per bundle, with its ``__slots__``, docstring if asked."""
+        if not isinstance(reduced, tuple) or reduced[0] not in _OWN_SKELETONS:
+            return reduced
+        maker, args, (clsdict, slotstate), *rest = reduced
         if (
-            self.session.strip_docstrings
-            and isinstance(reduced, tuple)
-            and len(reduced) > 2
-            and reduced[0] in (_cp._make_skeleton_class, _cp._make_skeleton_enum)
-            and isinstance(reduced[2][0].get("__doc__"), str)
+            maker is _cp._make_skeleton_class
+            and "__slots__" in cls.__dict__
+            and typing.NamedTuple not in cls.__dict__.get("__orig_bases__", ())
         ):
-            reduced[2][0]["__doc__"] = None
-        return reduced
+            # cloudpickle sets __slots__ after creating the class, where it has no effect.
+            args = (*args[:3], {**args[3], "__slots__": cls.__dict__["__slots__"]}, *args[4:])
+            clsdict = {k: v for k, v in clsdict.items() if k != "__slots__"}
+        if self.session.strip_docstrings and isinstance(clsdict.get("__doc__"), str):
+            clsdict = {**clsdict, "__doc__": None}
+        return (_OWN_SKELETONS[maker], args, (clsdict, slotstate), *rest)
+
+    def _reduce_typevar(self, tv: Any) -> Any:
+        found = _cp._lookup_module_and_qualname(tv, name=tv.__name__)
+        if found is None or self.session.wants(found[0]):
+            # By value even when its module is captured: that module's globals are set after
+            # the code that uses the TypeVar is rebuilt.
+            return (_typevar, _cp._decompose_typevar(tv))
+        return NotImplemented
 
     def _reduce_function(self, func: types.FunctionType) -> Any:
         module = getattr(func, "__module__", None)
-        if self.session.wants_name(module):
+        own = self.session.adopt_globals(func.__globals__)
+        if own is not None or self.session.wants_name(module):
             if not self.owner:
                 reference = self._by_reference(func)
                 if reference is not None:
@@ -629,6 +1193,7 @@ class _BundlePickler(cloudpickle.Pickler):
         elif _cp._should_pickle_by_reference(func):
             return NotImplemented
         self.session.scan_code(func.__code__, func.__globals__)
+        self.session.note_function(func)
         reduced = self._dynamic_function_reduce(func)
         if self.session.strip_docstrings:
             reduced[2][1]["__doc__"] = None  # cloudpickle's slot state sets func.__doc__
@@ -636,13 +1201,9 @@ class _BundlePickler(cloudpickle.Pickler):
 
     def _function_getnewargs(self, func: types.FunctionType) -> Any:
         code, base_globals, _, _, closure = super()._function_getnewargs(func)
-        module = self._captured_dicts.get(id(func.__globals__))
-        if module is None and self.owner:
-            module = self.session.captured.get(func.__globals__.get("__name__", ""))
-            if module is not None and module.__dict__ is not func.__globals__:
-                module = None
-        if module is not None and self.owner:
-            return code, _ModuleNamespaceRef(module), None, None, closure
+        module = self.session.adopt_globals(func.__globals__) if self.owner else None
+        if module is not None:
+            return code, _ModuleNamespaceRef(module, self), None, None, closure
         ref = self._namespaces.get(id(func.__globals__))
         if ref is None:
             items = dict(base_globals)
@@ -681,8 +1242,8 @@ def _strip_docstring(code: types.CodeType) -> tuple[Any, ...]:
 
 def _relative_code_path(filename: str, session: CaptureSession) -> str:
     """The saving machine's path of a code object, made relative (no home or project folder)."""
-    if not filename or filename.startswith("<"):
-        return filename
+    if not filename or filename.startswith("<") or not os.path.isabs(filename):
+        return filename  # relative already: code of a loaded bundle, saved again
     for name, module in session.captured.items():
         file = getattr(module, "__file__", None)
         if file and file == filename:

@@ -8,6 +8,7 @@ also inherits the builtin exception a caller would already catch for that kind o
     ├── ModelKeyError (KeyError)               a model name that is not a parameter of predict_fn
     ├── PredictArgumentError (TypeError)       unknown or missing parameters at predict time
     ├── CaptureError (pickle.PicklingError)    the predict function or a model cannot be saved
+    ├── LeftOutGlobalError (AttributeError)    a module global no saved code reached was read
     ├── StoreError (RuntimeError)              a tracking store cannot be used
     │   └── NotFoundError (LookupError)        no such experiment, run, model or bundle
     ├── BundleFormatError (ValueError)         not a bundle, or a newer format
@@ -27,6 +28,7 @@ __all__ = [
     "CloudflowError",
     "EnvironmentMismatchError",
     "IntegrityError",
+    "LeftOutGlobalError",
     "MissingDependencyError",
     "ModelKeyError",
     "NotFoundError",
@@ -56,6 +58,14 @@ class PredictArgumentError(CloudflowError, TypeError):
 
 class CaptureError(CloudflowError, pickle.PicklingError):
     """The predict function, a module it reaches, or a model cannot be serialized."""
+
+
+class LeftOutGlobalError(CloudflowError, AttributeError):
+    """Code of a loaded bundle read a module global that was left out when it was saved.
+
+    A bundle carries the globals of each captured module that the saved code reaches; one read
+    in a way the bytecode does not show (a name computed at run time) was not saved.
+    """
 
 
 class StoreError(CloudflowError, RuntimeError):

@@ -226,14 +226,16 @@ def test_log_bundle_killed_at_random_moments(
 
 @pytest.fixture
 def lazy_app(user_modules: UserModules) -> Any:
-    """A predict function that imports a plugin by name at call time: invisible to the capture."""
+    """A predict function that imports a plugin by a computed name: invisible to the capture."""
     user_modules.write(
         {
             "lazy_app.py": """
                 import importlib
 
+                PLUGIN = "7c2"
+
                 def predict(table, x):
-                    plugin = importlib.import_module("hidden_plugin_7c2")
+                    plugin = importlib.import_module(f"hidden_plugin_{PLUGIN}")
                     return plugin.twice(table["k"] * x)
             """,
             "hidden_plugin_7c2.py": """

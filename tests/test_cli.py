@@ -54,6 +54,14 @@ def test_inspect_json_reports_everything_without_running_code(shop: dict[str, An
     assert info["predict_fn"]["inputs"] == ["text", "repeat", "tags"]
     assert info["predict_fn"]["parameters"] == ["mlp", "settings", "text", "repeat", "tags"]
     assert set(info["captured_modules"]) >= {"shop.predict", "shop.features", "shop.labels"}
+    report = info["captured_globals"]
+    assert report["shop.features"] == {
+        "globals": ["VOWELS", "normalize", "vectorize"],
+        "left_out": [],
+    }
+    # `from __future__ import annotations` leaves a __future__ feature nothing reads.
+    assert "annotations" in report["shop.predict"]["left_out"]
+    assert {"normalize", "vectorize"} <= set(report["shop.predict"]["globals"])
     assert {r.split("==")[0] for r in info["requirements"]} >= {"cloudflow", "torch", "mlflow"}
     mlp = info["models"]["mlp"]
     assert mlp["flavor"] == "torch"
@@ -84,6 +92,7 @@ def test_inspect_text(shop: dict[str, Any]) -> None:
         "parameters 275 (trainable 275, frozen 0)",
         "settings  [pickle]",
         "shop.features",
+        "    globals:  VOWELS, normalize, vectorize",
         "text: string (required)",
         "tags: array<string> (optional)",
     ):

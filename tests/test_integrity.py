@@ -167,7 +167,7 @@ if hasattr(os, "mkfifo"):
 def test_manifest_lists_every_file_with_blake3_and_size(app: Any, tmp_path: Path) -> None:
     bundle = save(app, tmp_path / "bundle")
     manifest = json.loads((bundle / "cloudflow" / "manifest.json").read_text(encoding="utf-8"))
-    assert manifest["format_version"] == 2
+    assert manifest["format_version"] == 3
     assert sorted(manifest["files"]) == data_files(bundle)
     for rel, entry in manifest["files"].items():
         raw = (bundle / "cloudflow" / rel).read_bytes()

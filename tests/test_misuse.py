@@ -243,7 +243,8 @@ CATALOGUE = [
     Misuse(
         "code that cannot be pickled",
         CaptureError,
-        r"misuse_locked_5d1\.LOCK \(lock.*exclude_modules=",
+        r"global misuse_locked_5d1\.LOCK \(_thread\.lock\) cannot be pickled.*inside the "
+        r"function that uses it.*exclude_modules=\[.misuse_locked_5d1.\]",
         lambda w: _save(w, predict=__import__("misuse_locked_5d1").predict_locked),
     ),
     Misuse(
