@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,48 @@ _logger = logging.getLogger("cloudflow")
 TIMEOUT_S = 900
 
 _CHILD = r"""
-import json, pickle, sys, traceback
-bundle, example_file, result_file = sys.argv[1:4]
+import json, os, pickle, sys, traceback
+bundle, example_file, result_file, hidden = sys.argv[1:5]
+hidden = json.loads(hidden)
 result = {"ok": False, "stage": "import cloudflow"}
+
+
+class HideUserSource:
+    # The user's source stays importable through editable installs (.pth files, setuptools'
+    # finders) even without PYTHONPATH: refuse any module found under a folder the capture
+    # treated as the user's, unless it is installed (site-packages) or cloudflow itself.
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "cloudflow":
+            return None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            try:
+                spec = find(name, path, target)
+            except Exception:
+                continue
+            if spec is None:
+                continue
+            places = [spec.origin] if spec.origin and spec.has_location else []
+            places += list(spec.submodule_search_locations or [])
+            real = [os.path.realpath(p) + os.sep for p in places if p]
+            if real and all(
+                any(r.startswith(h) for h in hidden) and not r.startswith(LIBRARY_DIRS)
+                for r in real
+            ):
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return None
+        return None
+
+
 try:
+    from cloudflow import _capture
+
+    LIBRARY_DIRS = _capture._library_dirs()
+    hidden = [os.path.realpath(h) + os.sep for h in hidden]
+    if hidden:
+        sys.meta_path.insert(0, HideUserSource())
     import cloudflow
     from cloudflow._pyfunc import CloudflowPyfunc
     result["stage"] = "load"
@@ -71,8 +110,13 @@ def _python_path(scratch: Path) -> str:
     return str(only)
 
 
-def check_in_clean_process(bundle: Path, input_example: Any = None) -> float:
+def check_in_clean_process(
+    bundle: Path, input_example: Any = None, hidden_roots: Sequence[str] = ()
+) -> float:
     """Load ``bundle`` (and run ``input_example``) in a fresh interpreter; returns the seconds.
+
+    ``hidden_roots`` are folders of the user's source (editable installs included) whose modules
+    the clean process must not import, even through an installed ``.pth`` file or finder.
 
     Raises:
         CaptureError: The bundle does not load, or the example fails, without the user's source.
@@ -100,7 +144,16 @@ def check_in_clean_process(bundle: Path, input_example: Any = None) -> float:
         env["PYTHONPATH"] = _python_path(scratch)
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         flags = ["-P"] if sys.version_info >= (3, 11) else []  # -P: no cwd on sys.path
-        argv = [sys.executable, *flags, "-c", _CHILD, str(bundle), example_file, str(result_file)]
+        argv = [
+            sys.executable,
+            *flags,
+            "-c",
+            _CHILD,
+            str(bundle),
+            example_file,
+            str(result_file),
+            json.dumps(list(hidden_roots)),
+        ]
         try:
             done = subprocess.run(
                 argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
@@ -148,9 +201,18 @@ def _explain(result: dict[str, Any]) -> str:
             f"include_modules=[{top!r}] (or install {top!r} where the bundle is loaded and list "
             "it in extra_pip_requirements). Nothing was saved."
         )
+    if result.get("type") in ("FileNotFoundError", "NotADirectoryError", "PermissionError"):
+        cause = (
+            "The function reads a file of the saving machine (a path relative to the working "
+            "directory, or one that only exists here); load it into a global before saving, or "
+            "pass its content as a model."
+        )
+    else:
+        cause = (
+            "Something it needs is not in the bundle, or does not rebuild from a pickle: the "
+            "traceback below shows where."
+        )
     return (
         f"The bundle does not work in a clean process, without your source: {stage} raised "
-        f"{error}. The function may read files or state of the saving process (paths relative "
-        "to the working directory, environment variables). Nothing was saved.\n"
-        f"{result.get('traceback', '')}"
+        f"{error}. {cause} Nothing was saved.\n{result.get('traceback', '')}"
     )
