@@ -124,8 +124,11 @@ def save_bundle(
         pip_requirements: Replaces the inferred requirements (as in ``mlflow.pyfunc.save_model``).
         extra_pip_requirements: Added to the inferred requirements.
         metadata: Free JSON-able metadata, kept in MLmodel and the bundle's manifest.
-        include_modules: Module names to capture by value even if they look installed.
-        exclude_modules: Module names (and their submodules) never to capture by value.
+        include_modules: Module names (and their submodules) to capture by value even if they
+            look installed, whole: every global, and every submodule of a package, imported.
+            For code that reaches modules or globals by names computed at run time.
+        exclude_modules: Module names (and their submodules) never to capture by value; your
+            own editable project (``pip install -e``) is captured unless excluded here.
         strip_docstrings: Remove docstrings from the captured code.
         signature: An MLflow ``ModelSignature`` to write in MLmodel.
         input_example: An input example to write with the model.
