@@ -110,6 +110,7 @@ def save_bundle(
     input_example: Any = None,
     signing_key: str | bytes | None = None,
     verify: bool = False,
+    python_versions: str | Iterable[str] | None = None,
 ) -> None:
     """Save a predict function and its models as an MLflow pyfunc model in a local folder.
 
@@ -138,6 +139,10 @@ def save_bundle(
         verify: Before publishing, load the bundle in a clean process (without your source on
             the path) and run ``input_example`` there; a capture that missed a module fails the
             save, naming it, and nothing is written.
+        python_versions: CPython minor versions the bundle must load on besides the saving one
+            (``["3.12", "3.13"]``), or ``"all"``: every one found on this machine (PATH,
+            pyenv, uv). Each compiles the code from your source at save time; the bundle still
+            holds no source. Default: the saving version only.
 
     Raises:
         BundleArgumentError: ``predict_fn`` is not a function, ``models`` not a dict of str, or
@@ -168,6 +173,7 @@ def save_bundle(
         input_example=input_example,
         signing_key=key,
         verify=verify,
+        python_versions=python_versions,
     )
 
 
@@ -212,6 +218,7 @@ def log_bundle(
     await_registration_for: int = 300,
     signing_key: str | bytes | None = None,
     verify: bool = False,
+    python_versions: str | Iterable[str] | None = None,
 ) -> Any:
     """Log a predict function and its models to the active MLflow run as one pyfunc model.
 
@@ -226,7 +233,7 @@ def log_bundle(
         tags: Tags of the logged model.
         await_registration_for: Seconds to wait for the registered version to be ready.
         pip_requirements, extra_pip_requirements, metadata, include_modules, exclude_modules,
-        strip_docstrings, signature, input_example, signing_key, verify: As in
+        strip_docstrings, signature, input_example, signing_key, verify, python_versions: As in
         :func:`save_bundle`.
 
     Returns:
@@ -285,6 +292,7 @@ def log_bundle(
                 input_example=input_example,
                 signing_key=key,
                 verify=verify,
+                python_versions=python_versions,
             )
             logged = _create_logged_model(
                 name=name,

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _blobs, _capture, _digests, _manifest, _progress, _signature
+from cloudflow import _blobs, _capture, _digests, _manifest, _portable, _progress, _signature
 from cloudflow._manifest import CODE_FILE, DATA_DIR, MODELS_DIR, Manifest, ModelEntry
 from cloudflow._pickler import CaptureSession, LoadContext, ModuleTable, load_code
 from cloudflow._version import __version__
@@ -232,6 +232,7 @@ def write_bundle(
     mlflow_model: Any = None,
     signing_key: bytes | None = None,
     verify: bool = False,
+    python_versions: str | Iterable[str] | None = None,
 ) -> Manifest:
     """Write a bundle into ``path``, which must not exist; publish it only when complete.
 
@@ -239,6 +240,7 @@ def write_bundle(
     ``input_example`` run) in a clean process, and a failure leaves nothing behind.
     """
     signature = _signature.resolve_signature(signature, predict_fn, models, input_example)
+    interpreters = _portable.resolve_versions(python_versions)
     if path.exists():
         raise BundleArgumentError(
             f"Path {str(path)!r} already exists. Give a new folder, or delete the old bundle first."
@@ -263,6 +265,7 @@ def write_bundle(
             mlflow_model=mlflow_model,
             signing_key=signing_key,
             verify=verify,
+            interpreters=interpreters,
         )
     total = sum(entry["size"] for entry in manifest.files.values())
     _logger.info(
@@ -292,6 +295,7 @@ def _write_and_publish(
     mlflow_model: Any,
     signing_key: bytes | None,
     verify: bool,
+    interpreters: Mapping[str, str],
 ) -> Manifest:
     staging = staging_dir_for(path)
     try:
@@ -305,6 +309,7 @@ def _write_and_publish(
                 exclude_modules=exclude_modules,
                 strip_docstrings=strip_docstrings,
                 files=files,
+                interpreters=interpreters,
             )
         _write_mlmodel(
             staging,
@@ -339,6 +344,7 @@ def _write_into(
     exclude_modules: Iterable[str],
     strip_docstrings: bool,
     files: _blobs.SaveFiles,
+    interpreters: Mapping[str, str],
 ) -> Manifest:
     from cloudflow.flavors import flavor_for
 
@@ -349,6 +355,7 @@ def _write_into(
         exclude=exclude_modules,
         models=models,
         strip_docstrings=strip_docstrings,
+        python_versions=interpreters,
     )
     entries: dict[str, ModelEntry] = {}
     packages: list[str] = []
@@ -379,6 +386,11 @@ def _write_into(
         _logger.info("Saved model %r (%s) in %.2f s", name, flavor.name, time.perf_counter() - t0)
         _progress.advance(f"model {name}")
     session.dump_code(predict_fn, data / CODE_FILE)
+    python_versions = [".".join(platform.python_version().split(".")[:2])]
+    if session.code_tables is not None:
+        tables, python_versions = session.code_tables.build()
+        for version, table in tables.items():
+            (data / _portable.table_name(version)).write_bytes(table)
     _progress.advance("code")
     signature, names, _ = _parameters(predict_fn)
     requirements, libraries = _requirements(session, packages)
@@ -397,6 +409,7 @@ def _write_into(
         models=entries,
         captured_modules=sorted(session.captured),
         captured_globals=session.capture_report(),
+        python_versions=python_versions,
         requirements=requirements,
         files=_share_large_files(data, files),
         metadata=metadata,
@@ -420,14 +433,25 @@ def _share_large_files(data: Path, files: _blobs.SaveFiles) -> dict[str, dict[st
 
 
 def _check_python(manifest: Manifest, allow_python_mismatch: bool) -> None:
-    saved = manifest.python_version.split(".")[:2]
-    here = platform.python_version().split(".")[:2]
-    if saved != here and not allow_python_mismatch:
+    here = ".".join(platform.python_version().split(".")[:2])
+    saved = ".".join(manifest.python_version.split(".")[:2])
+    # Bundles of format 2 and older list no versions: they load on the saving one.
+    versions = manifest.python_versions or [saved]
+    portable = len(versions) > 1
+    if not portable:
+        versions = [saved]
+    if here not in versions and not allow_python_mismatch:
         raise EnvironmentMismatchError(
-            f"This bundle was saved under Python {manifest.python_version}; this is Python "
-            f"{platform.python_version()}. Pickled bytecode only runs on the same minor version. "
-            f"Load it under Python {'.'.join(saved)}, or pass allow_python_mismatch=True to try "
-            "anyway."
+            f"This bundle loads on Python {', '.join(versions)} (saved under Python "
+            f"{manifest.python_version}); this is Python {platform.python_version()}. "
+            + (
+                ""
+                if portable
+                else "Pickled bytecode only runs on the minor version that wrote it. "
+            )
+            + f"Load it under Python {' or '.join(versions)}, or save it again with "
+            f"python_versions=[..., {here!r}] (or pass allow_python_mismatch=True to try "
+            "anyway)."
         )
     mismatched = []
     for dist, version in sorted(manifest.libraries.items()):
@@ -492,6 +516,7 @@ def read_bundle(
         try:
             _check_python(manifest, allow_python_mismatch)
             table = ModuleTable()
+            table.code_table = _portable.read_table(data, manifest.python_versions)
             predict_fn = load_code(data / CODE_FILE, table)
             table.mark_left_out(manifest.captured_globals)
             context = LoadContext(table)

@@ -153,6 +153,11 @@ def is_user_module(module: types.ModuleType) -> bool:
     return not any(_under(loc, _library_dirs()) for loc in locations)
 
 
+def is_user_file(path: str) -> bool:
+    """Whether a source file is the user's (not in the standard library or site-packages)."""
+    return bool(path) and not _under(path, _library_dirs())
+
+
 def spec_is_user(name: str) -> bool:
     """Like :func:`is_user_module` for a module that is not imported yet (imports nothing)."""
     top = name.partition(".")[0]

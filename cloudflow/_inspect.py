@@ -88,6 +88,7 @@ def describe_folder(path: Path, *, verify: bool = True) -> dict[str, Any]:
     mlmodel = _mlmodel(root)
     sizes = _model_sizes(manifest)
     saved_python = manifest.python_version
+    loads_on = list(manifest.python_versions) or [".".join(saved_python.split(".")[:2])]
     here = platform.python_version()
     requirements_file = root / "requirements.txt"
     requirements = (
@@ -106,7 +107,8 @@ def describe_folder(path: Path, *, verify: bool = True) -> dict[str, Any]:
         "python": {
             "saved": saved_python,
             "here": here,
-            "compatible": saved_python.split(".")[:2] == here.split(".")[:2],
+            "loads_on": loads_on,
+            "compatible": ".".join(here.split(".")[:2]) in loads_on,
         },
         "predict_fn": dict(manifest.predict_fn),
         "models": {
@@ -244,8 +246,16 @@ def format_text(info: Mapping[str, Any]) -> str:
     add(f"predict function  {fn.get('name', '?')}{fn.get('signature', '')}")
     add(f"inputs            {', '.join(fn.get('inputs', [])) or '(none)'}")
     py = info["python"]
-    verdict = "same minor version" if py["compatible"] else "DIFFERENT minor version: will not load"
-    add(f"Python            {py['saved']} (this interpreter: {py['here']}, {verdict})")
+    loads_on = py.get("loads_on") or []
+    if len(loads_on) > 1:
+        verdict = "loads here" if py["compatible"] else "will not load here"
+        add(f"Python            saved under {py['saved']}; loads on {', '.join(loads_on)}")
+        add(f"                  (this interpreter: {py['here']}, {verdict})")
+    else:
+        verdict = (
+            "same minor version" if py["compatible"] else "DIFFERENT minor version: will not load"
+        )
+        add(f"Python            {py['saved']} (this interpreter: {py['here']}, {verdict})")
     add(
         f"cloudflow         {info['cloudflow_version']} (format {info['format_version']}), "
         f"MLflow {info.get('mlflow_version') or '?'}"

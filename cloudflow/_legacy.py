@@ -79,6 +79,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         verify: bool = True,
         include_modules: Iterable[str] | None = None,
         exclude_modules: Iterable[str] | None = None,
+        python_versions: str | Iterable[str] | None = None,
     ) -> Any:
         """Save ``predict_function`` with ``models`` as the model ``model`` of run ``run_id``.
 
@@ -95,6 +96,8 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
             include_modules: Modules (and their submodules) to capture by value and whole, as
                 in :func:`cloudflow.log_bundle`.
             exclude_modules: Modules (and their submodules) to keep by reference, as in
+                :func:`cloudflow.log_bundle`.
+            python_versions: CPython versions the bundle loads on, as in
                 :func:`cloudflow.log_bundle`.
 
         Returns:
@@ -115,6 +118,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
                 verify=verify,
                 include_modules=include_modules,
                 exclude_modules=exclude_modules,
+                python_versions=python_versions,
             )
 
         active = mlflow.active_run()

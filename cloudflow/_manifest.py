@@ -72,6 +72,8 @@ class Manifest:
     metadata: dict[str, Any] = field(default_factory=dict)
     #: Captured module -> ``{"globals": [...], "left_out": [...], "whole": why}`` (format 3+).
     captured_globals: dict[str, Any] = field(default_factory=dict)
+    #: CPython minor versions the bundle loads on (format 3+; empty: the saving one only).
+    python_versions: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:

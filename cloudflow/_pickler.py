@@ -26,6 +26,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import importlib
 import importlib.util
@@ -45,8 +46,8 @@ from typing import Any, BinaryIO
 import cloudpickle
 from cloudpickle import cloudpickle as _cp
 
-from cloudflow import _capture
-from cloudflow.exceptions import CaptureError, LeftOutGlobalError
+from cloudflow import _capture, _portable
+from cloudflow.exceptions import CaptureError, EnvironmentMismatchError, LeftOutGlobalError
 
 _logger = logging.getLogger("cloudflow")
 
@@ -70,6 +71,8 @@ class ModuleTable:
         self.builtins: dict[str, Any] = dict(builtins.__dict__)
         self.builtins["__import__"] = self._import
         self.model_refs: list[ModelRef] = []
+        # A portable bundle's code objects for this Python (see cloudflow._portable).
+        self.code_table: dict[str, types.CodeType] | None = None
         # Classes rebuilt by value, by the saving process's tracker id: one class per bundle,
         # shared by its pickles, never the class of another bundle or of the loading program
         # (cloudpickle's own tracker is process-wide, so a second bundle would get the first
@@ -624,8 +627,14 @@ class CaptureSession:
         exclude: Iterable[str] = (),
         models: Mapping[str, object] | None = None,
         strip_docstrings: bool = False,
+        python_versions: Mapping[str, str] | None = None,
     ) -> None:
         self.include = frozenset(include)
+        self.code_tables = (
+            _portable.CodeTables(dict(python_versions), strip_docstrings)
+            if python_versions is not None and len(python_versions) > 1
+            else None
+        )
         self.exclude = frozenset(exclude)
         self.strip_docstrings = strip_docstrings
         self.captured: dict[str, types.ModuleType] = {}
@@ -1074,6 +1083,7 @@ class _BundlePickler(cloudpickle.Pickler):
         self._namespaces: dict[int, _FreshNamespaceRef] = {}
         self._keep: list[object] = []  # keeps rewritten code objects alive while ids are in use
         self.namespace_of: types.ModuleType | None = None
+        self._owners: dict[int, str] = {}  # code id -> the function's dotted name, for messages
 
     def _persistent_id(self, obj: object) -> object | None:
         if self._persistent is not None:
@@ -1172,6 +1182,11 @@ class _BundlePickler(cloudpickle.Pickler):
             clsdict = {k: v for k, v in clsdict.items() if k != "__slots__"}
         if self.session.strip_docstrings and isinstance(clsdict.get("__doc__"), str):
             clsdict = {**clsdict, "__doc__": None}
+        if self.session.code_tables is not None and dataclasses.is_dataclass(cls):
+            regenerated = _dataclass_regeneration(cls, clsdict)
+            if regenerated is not None:
+                clsdict, slotstate = regenerated
+                rest = [rest[0], rest[1], _class_setstate, *rest[3:]]
         return (_OWN_SKELETONS[maker], args, (clsdict, slotstate), *rest)
 
     def _reduce_typevar(self, tv: Any) -> Any:
@@ -1191,7 +1206,14 @@ class _BundlePickler(cloudpickle.Pickler):
                 if reference is not None:
                     return reference
         elif _cp._should_pickle_by_reference(func):
-            return NotImplemented
+            # By reference, unless the reference would name a captured module: a function made
+            # by exec without __name__ (__module__ None) is found there, and the bundle's copy
+            # of that module has no globals yet when the reference is resolved.
+            found = _cp._lookup_module_and_qualname(func)
+            if found is None or not self.session.wants(found[0]):
+                return NotImplemented
+            module = found[0].__name__
+        self._owners[id(func.__code__)] = f"{module}.{func.__qualname__}"
         self.session.scan_code(func.__code__, func.__globals__)
         self.session.note_function(func)
         reduced = self._dynamic_function_reduce(func)
@@ -1216,6 +1238,13 @@ class _BundlePickler(cloudpickle.Pickler):
 
     def _reduce_code(self, code: types.CodeType) -> Any:
         filename = _relative_code_path(code.co_filename, self.session)
+        tables = self.session.code_tables
+        if tables is not None:
+            # A portable bundle: a reference into the code table of the loading version.
+            rewritten = _rewrite_tree(code, filename, self.session.strip_docstrings)
+            where = self._owners.get(id(code), code.co_name)
+            key = tables.key_for(code, filename, rewritten, where)
+            return (_bundle_code, (key, code.co_freevars))
         consts = code.co_consts
         if self.session.strip_docstrings:
             consts = _strip_docstring(code)
@@ -1223,6 +1252,135 @@ class _BundlePickler(cloudpickle.Pickler):
             code = code.replace(co_filename=filename, co_consts=consts)
             self._keep.append(code)
         return _cp._code_reduce(code)
+
+
+def _rewrite_tree(code: types.CodeType, filename: str, strip: bool) -> types.CodeType:
+    """``code`` and its nested code objects with the relative file name (and no docstrings)."""
+    consts = tuple(
+        _rewrite_tree(c, filename, strip) if isinstance(c, types.CodeType) else c
+        for c in code.co_consts
+    )
+    rewritten = code.replace(co_filename=filename, co_consts=consts)
+    if strip:
+        rewritten = rewritten.replace(co_consts=_strip_docstring(rewritten))
+    return rewritten
+
+
+# Methods `dataclass` writes with exec: no source to recompile, so generated again at load.
+_DATACLASS_MADE = frozenset(
+    {
+        "__init__",
+        "__repr__",
+        "__eq__",
+        "__lt__",
+        "__le__",
+        "__gt__",
+        "__ge__",
+        "__hash__",
+        "__setattr__",
+        "__delattr__",
+        "__replace__",
+        "__match_args__",
+        "__dataclass_fields__",
+        "__dataclass_params__",
+    }
+)
+_DATACLASS_OPTIONS = {
+    "init": True,
+    "repr": True,
+    "eq": True,
+    "order": False,
+    "unsafe_hash": False,
+    "frozen": False,
+    "match_args": True,
+    "kw_only": False,
+}
+
+
+def _dataclass_regeneration(
+    cls: type, clsdict: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """A dataclass's dict without what ``dataclass`` generated, and how to generate it again.
+
+    None when it cannot be regenerated (slots=True makes a new class): its methods then keep
+    the saving version's bytecode.
+    """
+    params = cls.__dict__.get("__dataclass_params__")
+    fields = cls.__dict__.get("__dataclass_fields__")
+    if params is None or fields is None or getattr(params, "slots", False):
+        return None
+    options = {
+        name: getattr(params, name)
+        for name, default in _DATACLASS_OPTIONS.items()
+        if getattr(params, name, default) != default
+    }
+    kept = {}
+    for name, value in clsdict.items():
+        made = name in _DATACLASS_MADE and (
+            not isinstance(value, types.FunctionType)
+            or value.__code__.co_filename.startswith("<")
+            or not _capture.is_user_file(value.__code__.co_filename)
+        )
+        if name == "__hash__" and value is None:
+            made = False
+        if not made:
+            kept[name] = value
+    annotations = cls.__dict__.get("__annotations__", {})
+    own = [_field_spec(f) for name, f in fields.items() if name in annotations]
+    return kept, {"dataclass": {"options": options, "fields": own}}
+
+
+_FIELD_OPTIONS = ("default", "default_factory", "init", "repr", "hash", "compare", "kw_only")
+
+
+def _field_spec(f: Any) -> dict[str, Any]:
+    """The arguments of ``dataclasses.field`` that made ``f`` (MISSING ones left out).
+
+    Field objects do not pickle faithfully: ``dataclasses.MISSING`` comes back as another
+    object, so a field without a default would seem to have one.
+    """
+    classvar = f._field_type is getattr(dataclasses, "_FIELD_CLASSVAR", None)
+    spec: dict[str, Any] = {"name": f.name, "classvar": classvar}
+    for option in _FIELD_OPTIONS:
+        value = getattr(f, option, dataclasses.MISSING)
+        if value is not dataclasses.MISSING:
+            spec[option] = value
+    if f.metadata:
+        spec["metadata"] = dict(f.metadata)
+    return spec
+
+
+def _class_setstate(obj: type, state: Any) -> type:
+    """cloudpickle's class state, then ``dataclass`` applied again where it was left out."""
+    clsdict, slotstate = state
+    _cp._class_setstate(obj, (clsdict, {}))
+    regenerate = slotstate.get("dataclass") if isinstance(slotstate, dict) else None
+    if regenerate is not None:
+        for spec in regenerate["fields"]:
+            # A Field as the class attribute keeps default_factory, init=False, kw_only...
+            options = {k: v for k, v in spec.items() if k not in ("name", "classvar")}
+            if not spec["classvar"]:
+                setattr(obj, spec["name"], dataclasses.field(**options))
+        dataclasses.dataclass(obj, **regenerate["options"])
+    return obj
+
+
+def _bundle_code(key: str, freevars: tuple[str, ...]) -> types.CodeType:
+    """A function's code in a portable bundle, from the running version's code table."""
+    table = _table().code_table
+    code = table.get(key) if table is not None else None
+    if code is None:
+        raise EnvironmentMismatchError(
+            "This bundle's code was not compiled for Python "
+            f"{sys.version_info[0]}.{sys.version_info[1]} (code {key!r} missing). Load it under "
+            "a Python its manifest lists (python_versions), or save it again for this one."
+        )
+    if code.co_freevars != freevars:
+        raise EnvironmentMismatchError(
+            f"Code {key!r} compiled for this Python has other free variables "
+            f"({code.co_freevars}) than the saved function ({freevars}). Save the bundle again."
+        )
+    return code
 
 
 _CO_HAS_DOCSTRING = 0x4000000  # Python 3.14+

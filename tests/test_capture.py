@@ -285,3 +285,29 @@ def test_exclude_modules_keeps_a_user_module_by_reference(
     user_modules.purge()
     loaded = cloudflow.load_bundle(str(bundle))
     assert loaded.predict(x=1) == 1 + 1 + 3
+
+
+def test_a_function_made_by_exec_without_a_module_name_travels_by_value(
+    user_modules: UserModules, tmp_path: Path
+) -> None:
+    """exec into a bare dict gives a function whose __module__ is None; cloudpickle finds it in
+    the module that holds it and would write a reference into that captured module."""
+    user_modules.write(
+        {
+            "exec_main.py": """
+                namespace = {}
+                exec("def helper(x):\\n    return x + 1\\n", namespace)
+                helper = namespace["helper"]
+
+                def predict(model, x):
+                    return helper(x) * model["k"]
+            """,
+        }
+    )
+    import exec_main
+
+    assert exec_main.helper.__module__ is None
+    bundle = tmp_path / "bundle"
+    cloudflow.save_bundle(exec_main.predict, {"model": MODEL}, bundle)
+    user_modules.forget()
+    assert cloudflow.load_bundle(str(bundle)).predict(x=4) == 15

@@ -48,6 +48,7 @@ def test_inspect_json_reports_everything_without_running_code(shop: dict[str, An
     assert info["python"] == {
         "saved": platform.python_version(),
         "here": platform.python_version(),
+        "loads_on": [".".join(platform.python_version().split(".")[:2])],
         "compatible": True,
     }
     assert info["predict_fn"]["name"] == "predict"
