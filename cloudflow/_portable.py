@@ -251,7 +251,10 @@ class CodeTables:
     native: dict[str, types.CodeType] = field(default_factory=dict)  # key -> code, this version
     not_portable: dict[str, str] = field(default_factory=dict)  # where -> why
     _numbers: dict[str, int] = field(default_factory=dict)  # co_filename -> file number
-    _indexes: dict[str, dict[str, types.CodeType]] = field(default_factory=dict)
+    # co_filename -> (co_name, first line) -> [(inner key, code compiled here)]
+    _indexes: dict[str, dict[tuple[str, int], list[tuple[str, types.CodeType]]]] = field(
+        default_factory=dict
+    )
 
     @property
     def portable(self) -> bool:
@@ -283,22 +286,20 @@ class CodeTables:
                     index = index_codes(compile(source, relname, "exec", dont_inherit=True))
                 except SyntaxError:
                     index = {}
-                self._indexes[filename] = index
+                by_line: dict[tuple[str, int], list[tuple[str, types.CodeType]]] = {}
+                for inner, compiled in index.items():
+                    key = (compiled.co_name, compiled.co_firstlineno)
+                    by_line.setdefault(key, []).append((inner, compiled))
+                self._indexes[filename] = by_line
                 if index:
                     self._numbers[filename] = len(self.files)
                     self.files.append((relname, source))
-        index = self._indexes[filename]
-        if not index:
+        by_line = self._indexes[filename]
+        if not by_line:
             self.not_portable[where] = "its code has no source file (exec, eval or generated)"
             return None
-        prefix = f"{code.co_name}"
-        for inner, candidate in index.items():
-            qual, line, _ = inner.rsplit(":", 2)
-            if (
-                int(line) == code.co_firstlineno
-                and qual.rpartition(".")[2] == prefix
-                and _same_code(code, candidate)
-            ):
+        for inner, candidate in by_line.get((code.co_name, code.co_firstlineno), ()):
+            if _same_code(code, candidate):
                 return self._numbers[filename], inner
         self.not_portable[where] = "its source file changed since it was imported"
         return None
