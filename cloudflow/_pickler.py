@@ -78,6 +78,8 @@ class ModuleTable:
         # (cloudpickle's own tracker is process-wide, so a second bundle would get the first
         # one's class, and the saving process its live class, rewritten).
         self.classes: dict[str, Any] = {}
+        # Dataclasses whose generated methods are made again once the pickle is loaded.
+        self.pending_dataclasses: list[tuple[type, Mapping[str, Any]]] = []
         # Code that loads plugins by name (importlib.import_module("plugins.x")) must find the
         # bundle's modules too: captured code gets an importlib whose import_module asks the
         # table first. The real importlib (and sys.modules) stay untouched.
@@ -136,12 +138,18 @@ class ModuleTable:
             return module
         return self.modules.get(absname.partition(".")[0], module)
 
+    def regenerate_dataclasses(self) -> None:
+        while self.pending_dataclasses:
+            cls, regenerate = self.pending_dataclasses.pop(0)
+            _regenerate_dataclass(self, cls, regenerate)
+
     def finish(self) -> None:
         """Attach submodules to their parents and give every namespace the bundle's builtins.
 
         cloudpickle resets ``__builtins__`` in the globals of every function it rebuilds; functions
         created later (closures, lambdas) take their builtins from the globals, so set them again.
         """
+        self.regenerate_dataclasses()
         for name, module in self.modules.items():
             parent, _, child = name.rpartition(".")
             if parent in self.modules and not hasattr(self.modules[parent], child):
@@ -574,7 +582,9 @@ class LoadContext:
         self, path: Path, *, persistent_load: Callable[[object], object] | None = None
     ) -> object:
         with activate(self.table), open(path, "rb") as f:
-            return _Unpickler(f, persistent_load).load()
+            obj = _Unpickler(f, persistent_load).load()
+        self.table.regenerate_dataclasses()
+        return obj
 
 
 def load_code(path: Path, table: ModuleTable) -> Callable[..., Any]:
@@ -1356,13 +1366,36 @@ def _class_setstate(obj: type, state: Any) -> type:
     _cp._class_setstate(obj, (clsdict, {}))
     regenerate = slotstate.get("dataclass") if isinstance(slotstate, dict) else None
     if regenerate is not None:
-        for spec in regenerate["fields"]:
-            # A Field as the class attribute keeps default_factory, init=False, kw_only...
-            options = {k: v for k, v in spec.items() if k not in ("name", "classvar")}
-            if not spec["classvar"]:
-                setattr(obj, spec["name"], dataclasses.field(**options))
-        dataclasses.dataclass(obj, **regenerate["options"])
+        # Later: string annotations (`from __future__ import annotations`) are read in the
+        # module's globals, which are complete only once the whole pickle is loaded.
+        _table().pending_dataclasses.append((obj, regenerate))
     return obj
+
+
+def _regenerate_dataclass(table: ModuleTable, cls: type, regenerate: Mapping[str, Any]) -> None:
+    for spec in regenerate["fields"]:
+        # A Field as the class attribute keeps default_factory, init=False, kw_only...
+        options = {k: v for k, v in spec.items() if k not in ("name", "classvar")}
+        if not spec["classvar"]:
+            setattr(cls, spec["name"], dataclasses.field(**options))
+    module = table.modules.get(cls.__module__)
+    if module is None:
+        dataclasses.dataclass(cls, **regenerate["options"])
+        return
+    # dataclass looks the class's module up in sys.modules (for ClassVar, InitVar, KW_ONLY in
+    # string annotations, and as the generated methods' globals). The bundle's module is not
+    # there: show dataclass a copy of its globals under a name of its own, for the call only.
+    home = cls.__module__
+    alias = f"__cloudflow_dataclass_{id(table):x}_{id(cls):x}__"
+    stand_in = types.ModuleType(alias)
+    stand_in.__dict__.update(module.__dict__)
+    sys.modules[alias] = stand_in
+    try:
+        cls.__module__ = alias
+        dataclasses.dataclass(cls, **regenerate["options"])
+    finally:
+        cls.__module__ = home
+        sys.modules.pop(alias, None)
 
 
 def _bundle_code(key: str, freevars: tuple[str, ...]) -> types.CodeType:
