@@ -482,3 +482,16 @@ def test_bundle_saved_under_another_python_holds_no_source(elsewhere: Elsewhere)
     bundle = elsewhere.reverse.get().bundle("reverse")
     fragments = source_fragments(PORTABLE)
     assert grep_tree(bundle, fragments["code"] + fragments["comments"]) == []
+
+
+def test_inspect_says_where_the_bundle_loads(saved_here: Saved) -> None:
+    from click.testing import CliRunner
+
+    from cloudflow.cli import main
+
+    listed = saved_here.manifest("listed")["python_versions"]
+    result = CliRunner().invoke(main, ["inspect", str(saved_here.bundle("listed"))])
+    assert result.exit_code == 0, result.output
+    assert f"loads on {', '.join(listed)}" in result.output
+    as_json = CliRunner().invoke(main, ["inspect", str(saved_here.bundle("listed")), "--json"])
+    assert json.loads(as_json.output)["python"]["loads_on"] == listed
