@@ -6,6 +6,7 @@ Examples::
     cloudflow inspect runs:/<run_id>/model --tracking-uri ./cloudflow_store --json
     cloudflow predict ./bundle --param input_type=sentiment --param data="I love it"
     cloudflow predict models:/sentiment@champion --tracking-uri http://127.0.0.1:5000 --json in.json
+    cloudflow list --tracking-uri ./cloudflow_store
     cloudflow gc --tracking-uri ./cloudflow_store
     python -m cloudflow --help
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import traceback
 from typing import Any
 
 import click
@@ -80,24 +82,68 @@ def _parse_param(text: str) -> tuple[str, Any]:
         return key, raw
 
 
+class PredictFunctionError(Exception):
+    """What the bundle's own predict function raised, for a one-line message."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+_TRACEBACK_KEY = "cloudflow.traceback"
+
+
+def _set_traceback(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.meta[_TRACEBACK_KEY] = True
+
+
+_traceback_option = click.option(
+    "--traceback",
+    is_flag=True,
+    expose_value=False,
+    callback=_set_traceback,
+    help="On an error, print the full traceback instead of a one-line message.",
+)
+
+
+def _one_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines() or [""]
+    more = f" [{len(lines) - 1} more line(s): --traceback shows all]" if len(lines) > 1 else ""
+    return f"{type(e).__name__}: {lines[0]}{more}"
+
+
 class _CloudflowErrors(click.Group):
-    """Turn cloudflow's and MLflow's errors into one-line messages (exit code 1)."""
+    """Turn cloudflow's, MLflow's and the predict function's errors into one-line messages.
+
+    Exit code 1. With ``--traceback`` the full traceback is printed to stderr instead.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         from cloudflow.exceptions import CloudflowError
 
         try:
             return super().invoke(ctx)
-        except CloudflowError as e:
-            raise click.ClickException(f"{type(e).__name__}: {e}") from e
-        except Exception as e:
-            if type(e).__name__ == "MlflowException":
-                raise click.ClickException(f"MlflowException: {e}") from e
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except Exception as e:
+            known = isinstance(e, CloudflowError | PredictFunctionError)
+            if not known and type(e).__name__ != "MlflowException":
+                raise
+            if ctx.meta.get(_TRACEBACK_KEY):
+                shown = e.error if isinstance(e, PredictFunctionError) else e
+                traceback.print_exception(shown, file=sys.stderr)
+                sys.exit(1)
+            if isinstance(e, PredictFunctionError):
+                raise click.ClickException(
+                    f"the predict function raised {_one_line(e.error)}"
+                ) from e
+            raise click.ClickException(_one_line(e)) from e
 
 
 @click.group(cls=_CloudflowErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cloudflow")
+@_traceback_option
 @click.option(
     "--log-level",
     default="WARNING",
@@ -155,6 +201,7 @@ def inspect(model_uri: str, tracking_uri: str | None, as_json: bool, no_verify: 
 )
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help=_TRACKING_HELP)
 @click.option("--no-verify", is_flag=True, help="Do not check the files' digests.")
+@_traceback_option
 def predict(
     model_uri: str,
     params: tuple[str, ...],
@@ -187,8 +234,41 @@ def predict(
 
     _use_tracking_uri(tracking_uri)
     bundle = load_bundle(model_uri, verify=not no_verify)
-    results = [bundle.predict(**call) for call in calls]
+    results = [_call(bundle, call) for call in calls]
     click.echo(_dump(results if many else results[0]))
+
+
+def _call(bundle: Any, call: dict[str, Any]) -> Any:
+    from cloudflow.exceptions import CloudflowError
+
+    try:
+        return bundle.predict(**call)
+    except CloudflowError:  # a wrong parameter name, a missing input: cloudflow's own message
+        raise
+    except Exception as e:
+        raise PredictFunctionError(e) from e
+
+
+@main.command("list")
+@click.option(
+    "--tracking-uri",
+    envvar="MLFLOW_TRACKING_URI",
+    required=True,
+    help="The store: a folder (as given to prepare_env), or a server or database URI. "
+    "Default: $MLFLOW_TRACKING_URI.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON.")
+def list_(tracking_uri: str, as_json: bool) -> None:
+    """List the experiments of a store and the runs that hold a cloudflow bundle.
+
+    For each bundle: the run id, the model name (the NAME of runs:/<run id>/NAME), its models'
+    flavors, its size, when it was saved (UTC), and the registered model versions made from it.
+    Only reads: a folder that holds no store is refused, not created.
+    """
+    from cloudflow._listing import format_text, list_store
+
+    listing = list_store(tracking_uri)
+    click.echo(_dump(listing) if as_json else format_text(listing))
 
 
 @main.command()

@@ -1,0 +1,330 @@
+"""What a tracking store holds: its experiments and the runs that have a cloudflow bundle.
+
+Used by ``cloudflow list``. Listing only reads: a folder that holds no store is refused, never
+created. An embedded (folder) store, or an ``sqlite:`` URI, is read read-only with
+:mod:`sqlite3` and the bundles' manifests from their local folders, without importing MLflow;
+any other store (a server, another database, an sqlite schema this does not know) goes through
+MLflow's client, which downloads each bundle's small manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from cloudflow import _store
+from cloudflow.exceptions import NotFoundError
+
+#: ``logged_models.status`` as MLflow's LoggedModelStatus.from_int decodes it.
+_STATUS = {0: "UNSPECIFIED", 1: "PENDING", 2: "READY", 3: "FAILED"}
+_MANIFEST = "cloudflow/manifest.json"
+
+
+def list_store(tracking_uri: str | os.PathLike[str]) -> dict[str, Any]:
+    """The experiments of a store, each with its runs that hold a cloudflow bundle.
+
+    Raises:
+        NotFoundError: ``tracking_uri`` is a folder (or an sqlite file) that holds no store.
+    """
+    text = os.fspath(tracking_uri)
+    folder = _store.local_folder(text)
+    if folder is not None:
+        if not (folder / _store.DB_FILE).is_file():
+            _store.existing_store_uri(text)  # raises its NotFoundError, naming the folder
+        db: Path | None = folder / _store.DB_FILE
+    elif text.startswith("sqlite:"):
+        db = _store._sqlite_file(text)
+        if db is None:
+            raise NotFoundError(
+                f"No tracking store at {text!r}: the database file does not exist. Give the "
+                "sqlite URI (or the folder given to prepare_env) the model was saved into."
+            )
+    else:
+        db = None
+    experiments = None
+    if db is not None:
+        with contextlib.suppress(sqlite3.Error, ValueError):
+            experiments = _from_sqlite(db)
+    if experiments is None:
+        experiments = _from_client(_store.existing_store_uri(text))
+    return {"tracking_uri": text, "experiments": experiments}
+
+
+def _iso(ms: Any) -> str | None:
+    if ms is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(int(ms) / 1000, tz=datetime.timezone.utc)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _bundle_entry(
+    name: str,
+    model_id: str | None,
+    location: str,
+    status: str,
+    created_ms: Any,
+    manifest: dict[str, Any],
+    registered: list[dict[str, Any]],
+) -> dict[str, Any]:
+    models = manifest.get("models") or {}
+    files = manifest.get("files") or {}
+    return {
+        "name": name,
+        "model_id": model_id,
+        "status": status,
+        "flavors": {str(m): str((e or {}).get("flavor", "?")) for m, e in sorted(models.items())},
+        "size_bytes": sum(int((f or {}).get("size", 0)) for f in files.values()),
+        "created": _iso(created_ms),
+        "registered": registered,
+        "artifact_location": location,
+    }
+
+
+def _local_manifest(location: str) -> dict[str, Any] | None:
+    root = _store._local_path(location)
+    if root is None:
+        return None
+    try:
+        with open(root / _MANIFEST, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _registered(
+    versions: Iterable[tuple[Any, ...]], model_id: str | None, location: str
+) -> list[dict[str, str]]:
+    """The (name, version) pairs whose source is this logged model or its folder."""
+    wanted = {location.rstrip("/")}
+    if model_id:
+        wanted.add(f"models:/{model_id}")
+    return [
+        {"name": str(name), "version": str(version)}
+        for name, version, source, storage in versions
+        if (source or "").rstrip("/") in wanted or (storage or "").rstrip("/") in wanted
+    ]
+
+
+def _from_sqlite(db: Path) -> list[dict[str, Any]]:
+    uri = f"{db.resolve().as_uri()}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5.0)) as conn:
+        experiments = conn.execute(
+            "SELECT experiment_id, name, creation_time FROM experiments "
+            "WHERE lifecycle_stage != 'deleted' ORDER BY experiment_id"
+        ).fetchall()
+        runs = conn.execute(
+            "SELECT run_uuid, experiment_id, name, status, start_time, artifact_uri FROM runs "
+            "WHERE lifecycle_stage != 'deleted' ORDER BY start_time"
+        ).fetchall()
+        models = conn.execute(
+            "SELECT model_id, name, artifact_location, status, creation_timestamp_ms, "
+            "source_run_id FROM logged_models WHERE lifecycle_stage != 'deleted' "
+            "AND source_run_id IS NOT NULL ORDER BY creation_timestamp_ms"
+        ).fetchall()
+        versions = conn.execute(
+            "SELECT name, version, source, storage_location FROM model_versions "
+            "ORDER BY name, version"
+        ).fetchall()
+    if any(_store._local_path(str(m[2])) is None for m in models):
+        raise ValueError("artifacts outside local folders: MLflow's client downloads them")
+    by_run: dict[str, list[Any]] = {}
+    for model in models:
+        by_run.setdefault(str(model[5]), []).append(model)
+
+    def bundles(run: Any) -> list[dict[str, Any]]:
+        out = []
+        for model_id, name, location, status, created, _ in by_run.get(str(run[0]), []):
+            manifest = _local_manifest(str(location))
+            if manifest is not None:
+                out.append(
+                    _bundle_entry(
+                        str(name),
+                        str(model_id),
+                        str(location),
+                        _STATUS.get(int(status), str(status)),
+                        created,
+                        manifest,
+                        _registered(versions, str(model_id), str(location)),
+                    )
+                )
+        if not out and run[5]:  # a bundle logged as plain run artifacts
+            location = f"{str(run[5]).rstrip('/')}/model"
+            manifest = _local_manifest(location)
+            if manifest is not None:
+                entry = _bundle_entry(
+                    "model",
+                    None,
+                    location,
+                    "READY",
+                    run[4],
+                    manifest,
+                    _registered(versions, None, location),
+                )
+                out.append(entry)
+        return out
+
+    return _assemble(
+        [(str(e[0]), str(e[1])) for e in experiments],
+        [(str(r[1]), str(r[0]), r[2], r[3], r) for r in runs],
+        bundles,
+    )
+
+
+def _assemble(
+    experiments: list[tuple[str, str]],
+    runs: list[tuple[str, str, Any, Any, Any]],
+    bundles: Callable[[Any], list[dict[str, Any]]],
+) -> list[dict[str, Any]]:
+    out = []
+    for experiment_id, name in experiments:
+        listed = []
+        for run_experiment, run_id, run_name, status, raw in runs:
+            if run_experiment != experiment_id:
+                continue
+            found = bundles(raw)
+            if found:
+                listed.append(
+                    {
+                        "run_id": run_id,
+                        "run_name": run_name,
+                        "status": str(status),
+                        "bundles": found,
+                    }
+                )
+        out.append({"experiment_id": experiment_id, "name": name, "runs": listed})
+    return out
+
+
+def _from_client(uri: str) -> list[dict[str, Any]]:
+    import mlflow
+    from mlflow.entities import ViewType
+
+    client = mlflow.MlflowClient(uri)
+    experiments = sorted(
+        client.search_experiments(view_type=ViewType.ACTIVE_ONLY),
+        key=lambda e: (len(str(e.experiment_id)), str(e.experiment_id)),  # as the sqlite read
+    )
+    try:
+        versions = [
+            (v.name, v.version, v.source, getattr(v, "storage_location", None))
+            for v in client.search_model_versions()
+        ]
+    except Exception:  # a store without a registry
+        versions = []
+
+    def manifest_of(location: str) -> dict[str, Any] | None:
+        local = _local_manifest(location)
+        if local is not None:
+            return local
+        try:
+            text = mlflow.artifacts.load_text(f"{location.rstrip('/')}/{_MANIFEST}")
+            data = json.loads(text)
+        except Exception:  # not a bundle, or no access
+            return None
+        return data if isinstance(data, dict) else None
+
+    out = []
+    for experiment in experiments:
+        models: list[Any] = []
+        token = None
+        while True:
+            page = client.search_logged_models(
+                experiment_ids=[experiment.experiment_id], page_token=token
+            )
+            models.extend(page)
+            token = page.token
+            if not token:
+                break
+        by_run: dict[str, list[Any]] = {}
+        for model in sorted(models, key=lambda m: m.creation_timestamp):
+            if model.source_run_id:
+                by_run.setdefault(model.source_run_id, []).append(model)
+        runs = []
+        for run_id in by_run:
+            try:
+                run = client.get_run(run_id)
+            except Exception:  # a deleted run
+                continue
+            if run.info.lifecycle_stage == "deleted":
+                continue
+            bundles = []
+            for model in by_run[run_id]:
+                location = str(model.artifact_location)
+                manifest = manifest_of(location)
+                if manifest is None:
+                    continue
+                bundles.append(
+                    _bundle_entry(
+                        model.name,
+                        model.model_id,
+                        location,
+                        str(model.status),
+                        model.creation_timestamp,
+                        manifest,
+                        _registered(versions, model.model_id, location),
+                    )
+                )
+            if bundles:
+                runs.append(
+                    {
+                        "run_id": run_id,
+                        "run_name": run.info.run_name,
+                        "status": str(run.info.status),
+                        "bundles": bundles,
+                        "_start": run.info.start_time or 0,
+                    }
+                )
+        runs.sort(key=lambda r: r.pop("_start"))
+        out.append(
+            {"experiment_id": str(experiment.experiment_id), "name": experiment.name, "runs": runs}
+        )
+    return out
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def format_text(listing: dict[str, Any]) -> str:
+    """The listing as aligned tables, one per experiment."""
+    lines: list[str] = []
+    header = ("RUN ID", "MODEL", "FLAVORS", "SIZE", "CREATED (UTC)", "REGISTERED")
+    for experiment in listing["experiments"]:
+        runs = experiment["runs"]
+        count = sum(len(r["bundles"]) for r in runs)
+        lines.append(
+            f"experiment {experiment['name']!r} (id {experiment['experiment_id']}): "
+            + (f"{count} bundle(s) in {len(runs)} run(s)" if runs else "no bundles")
+        )
+        rows = []
+        for run in runs:
+            for b in run["bundles"]:
+                flavors = ", ".join(f"{m}: {f}" for m, f in b["flavors"].items()) or "-"
+                created = (b["created"] or "-").replace("T", " ").rstrip("Z")
+                registered = ", ".join(f"{r['name']} v{r['version']}" for r in b["registered"])
+                name = b["name"] if b["status"] == "READY" else f"{b['name']} ({b['status']})"
+                rows.append(
+                    (run["run_id"], name, flavors, _size(b["size_bytes"]), created, registered)
+                )
+        if rows:
+            widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+            for row in [header, *rows]:
+                cells = [c.ljust(w) for c, w in zip(row, widths, strict=True)]
+                lines.append(("  " + "  ".join(cells)).rstrip())
+    if not listing["experiments"]:
+        lines.append("no experiments")
+    lines.append(
+        f"look into one: cloudflow inspect runs:/<RUN ID>/<MODEL> --tracking-uri "
+        f"{listing['tracking_uri']}"
+    )
+    return "\n".join(lines)
