@@ -190,7 +190,8 @@ def find_run(client: Any, run_id: str) -> Any:
     except MlflowException as e:
         raise NotFoundError(
             f"No run with id {run_id!r} in this tracking store ({e.error_code}). Check the run id "
-            "(printed when the run started, or in the MLflow UI) and the tracking_uri."
+            "(`cloudflow list --tracking-uri STORE` lists the runs that hold a bundle, as does "
+            "the MLflow UI) and the tracking_uri."
         ) from e
 
 

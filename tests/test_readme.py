@@ -35,7 +35,8 @@ def test_quickstart_runs_as_written(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
-    assert lines[0] == "['setosa']"
+    assert re.fullmatch(r"[0-9a-f]{32}", lines[0]), "the quickstart prints the run id first"
+    assert lines[1] == "['setosa']"
     assert lines[-1] == "['virginica']"
     assert (tmp_path / "saving_path" / "mlflow.db").is_file()
     assert not (tmp_path / "mlruns").exists(), "artifacts must stay inside the store folder"
