@@ -22,6 +22,11 @@ from get_print import get_print, timed
 DEFAULT_STORE = Path(__file__).resolve().parent.parent / "cloudflow_store"
 
 
+def _shorten(text: str, width: int = 110) -> str:
+    """``text`` cut to ``width`` characters, with an ellipsis saying it was cut."""
+    return text if len(text) <= width else text[: width - 4] + " ..."
+
+
 def predict_to_save(
     text_encoder,
     sentiment_model,
@@ -185,7 +190,7 @@ def main(argv=None):
             if name == "image" and (examples_dir / params["data"]).is_file():
                 params = {**params, "data": str(examples_dir / params["data"])}
             predictions[name] = predict_function(**models, **params)
-            get_print(f"  {name}: {json.dumps(predictions[name], ensure_ascii=False)[:110]}")
+            get_print(f"  {name}: {_shorten(json.dumps(predictions[name], ensure_ascii=False))}")
     (examples_dir / "examples.json").write_text(json.dumps(examples, indent=2))
 
     tracking_uri = args.tracking_uri
