@@ -29,14 +29,24 @@ _TRACKING_HELP = (
 )
 
 
-def _use_tracking_uri(tracking_uri: str | None) -> None:
+def _use_tracking_uri(tracking_uri: str | None, model_uri: str) -> None:
+    """Point MLflow at an existing store: the commands that use it only read.
+
+    Without one, a ``runs:/`` or ``models:/`` URI would make MLflow create an empty store in
+    the current folder (its default, ``sqlite:///mlflow.db``): refuse instead.
+    """
     if not tracking_uri:
+        if model_uri.startswith(("runs:/", "models:/")):
+            raise click.UsageError(
+                f"{model_uri} is looked up in a tracking store: give it with --tracking-uri "
+                "STORE (the folder or server the model was saved into) or MLFLOW_TRACKING_URI."
+            )
         return
     import mlflow
 
     from cloudflow import _store
 
-    mlflow.set_tracking_uri(_store.resolve_tracking_uri(tracking_uri))
+    mlflow.set_tracking_uri(_store.existing_store_uri(tracking_uri))
 
 
 def _configure_logging(level: str) -> None:
@@ -174,7 +184,7 @@ def inspect(model_uri: str, tracking_uri: str | None, as_json: bool, no_verify: 
     """
     from cloudflow._inspect import describe, format_text
 
-    _use_tracking_uri(tracking_uri)
+    _use_tracking_uri(tracking_uri, model_uri)
     info = describe(model_uri, verify=not no_verify)
     click.echo(_dump(info) if as_json else format_text(info))
     if info["integrity"]["status"] == "FAILED":
@@ -232,7 +242,7 @@ def predict(
 
     from cloudflow import load_bundle
 
-    _use_tracking_uri(tracking_uri)
+    _use_tracking_uri(tracking_uri, model_uri)
     bundle = load_bundle(model_uri, verify=not no_verify)
     results = [_call(bundle, call) for call in calls]
     click.echo(_dump(results if many else results[0]))

@@ -120,3 +120,24 @@ def test_an_error_of_the_predict_function_is_one_line(store: dict[str, Any]) -> 
     assert ok.exit_code == 1
     assert "PredictArgumentError" in ok.output
     assert len(ok.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["inspect", "predict"])
+def test_reads_never_create_a_store(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forgetting --tracking-uri, or giving a folder that holds no store, creates nothing."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    empty = tmp_path / "not_a_store"
+    empty.mkdir()
+    forgot = CliRunner().invoke(main, [command, "runs:/0123abcd/model"])
+    assert forgot.exit_code == 2, forgot.output
+    assert "give it with --tracking-uri STORE" in forgot.output
+    wrong = CliRunner().invoke(
+        main, [command, "runs:/0123abcd/model", "--tracking-uri", str(empty)]
+    )
+    assert wrong.exit_code == 1, wrong.output
+    assert "No tracking store at" in wrong.output
+    assert "Give the folder that was given to prepare_env" in wrong.output
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["not_a_store"]
