@@ -10,6 +10,7 @@ everything of a store in the one folder the user named. Any other URI (``sqlite:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import threading
@@ -94,10 +95,30 @@ def ensure_local_store(folder: Path) -> str:
             )
         # Creating the schema of a new database is not safe to run in two processes at once
         # (MLflow's migrations race: "table ... already exists"): one process at a time.
-        with _folder_lock(folder):
+        with _folder_lock(folder), _quiet_schema_logs():
             _sqlite_store(folder)
         _initialized.add(uri)
     return uri
+
+
+@contextlib.contextmanager
+def _quiet_schema_logs() -> Iterator[None]:
+    """MLflow's "Creating initial MLflow database tables" INFO lines, shown only when cloudflow's
+    own logger was set to INFO or DEBUG (``cloudflow_model(log_level="INFO")``), not merely
+    inherits it from the root logger: the seed API's default is ERROR."""
+    level = logging.getLogger("cloudflow").level
+    if level != logging.NOTSET and level <= logging.INFO:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("mlflow.store.db.utils", "alembic")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 @contextlib.contextmanager
