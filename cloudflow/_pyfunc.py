@@ -112,7 +112,26 @@ class CloudflowPyfunc:
         return out
 
     def predict(self, model_input: Any, params: Mapping[str, Any] | None = None) -> Any:
-        convert: Callable[[Any], Any] = _plain if _in_serving() else _same
+        if not _in_serving():
+            return self._predict(model_input, params, _same)
+        from cloudflow.exceptions import CloudflowError
+
+        try:
+            return self._predict(model_input, params, _plain)
+        except CloudflowError as e:
+            # MLflow's scoring server answers any other exception with a generic message and the
+            # traceback (server paths included); an MlflowException's message is the answer.
+            from mlflow.exceptions import MlflowException
+            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+            raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
+
+    def _predict(
+        self,
+        model_input: Any,
+        params: Mapping[str, Any] | None,
+        convert: Callable[[Any], Any],
+    ) -> Any:
         extra = {k: convert(v) for k, v in (params or {}).items()}
         if isinstance(model_input, Mapping):
             return self.bundle.predict(
