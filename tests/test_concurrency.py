@@ -38,6 +38,11 @@ def wait_for(path):
     while not os.path.exists(path):
         time.sleep(0.01)
 
+def publish(path, value):  # whole or not at all: the reader polls for the name
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f)
+    os.replace(path + ".tmp", path)
+
 wait_for(out + ".go")  # everyone imported: start together, on a store nobody created yet
 experiment_id = cloudflow.prepare_env(store, "concurrency")
 runs = []
@@ -46,8 +51,7 @@ for i in range(saves):
     with mlflow.start_run(experiment_id=experiment_id) as run:
         cloudflow.log_bundle(predict, {"table": {"k": k}})
     runs.append([run.info.run_id, k])
-with open(out, "w") as f:
-    json.dump(runs, f)
+publish(out, runs)
 
 wait_for(out + ".load")  # every run is logged: load a share of all of them, together
 with open(out + ".load") as f:
@@ -56,8 +60,7 @@ done = []
 for run_id, k in todo:
     bundle = cloudflow.load_bundle(f"runs:/{run_id}/model")
     done.append([run_id, bundle.predict(x=3) == 3 * k])
-with open(out + ".loaded", "w") as f:
-    json.dump(done, f)
+publish(out + ".loaded", done)
 """
 
 
@@ -90,7 +93,9 @@ def test_eight_processes_log_twenty_bundles_each_into_one_new_store(
         assert len(runs) == PROCESSES * SAVES
         shares = [runs[w::PROCESSES][:LOADS_PER_PROCESS] for w in range(PROCESSES)]
         for out, share in zip(outs, shares, strict=True):
-            Path(f"{out}.load").write_text(json.dumps(share))
+            # Written whole, then renamed: a worker polls for the name and reads at once.
+            Path(f"{out}.load.tmp").write_text(json.dumps(share))
+            Path(f"{out}.load.tmp").replace(f"{out}.load")
         loaded = [Path(f"{out}.loaded") for out in outs]
         _wait_all(loaded, procs, timeout=600)
         for proc in procs:
