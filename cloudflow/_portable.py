@@ -175,11 +175,12 @@ def _candidates() -> list[str]:
 def find_interpreters() -> dict[str, str]:
     """CPython minor version -> an interpreter of it on this machine (the running one first)."""
     found = {version_of(): sys.executable}
+    asked: set[str] = set()
     for exe in _candidates():
         real = os.path.realpath(exe)
-        match = re.search(r"(\d+)\.(\d+)(?:\.\d+)?", real)
-        if match is None:
+        if real in asked:  # PATH's python3.12 is often pyenv's: ask each interpreter once
             continue
+        asked.add(real)
         try:
             out = subprocess.run(
                 [
