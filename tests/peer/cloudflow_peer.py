@@ -16,7 +16,7 @@ before the suite is imported: the pytest plugin ``peer_plugin`` does it in the p
 cloudflow always writes protocol 5, so ``protocol=`` is dropped; any other keyword
 (``buffer_callback=``, ``buffers=``) is passed on, for cloudflow to accept or refuse. When the
 pickler fails, cloudflow raises a CaptureError chained to the pickler's own exception; the shim
-re-raises that exception, the one the suite expects (``pytest.raises(ValueError)`` ...).
+re-raises that exception, the one the suite expects (a ValueError, say).
 
 Modules that stand for installed libraries -- this shim, and the suite's ``_cloudpickle_testpkg``
 (put on ``PYTHONPATH`` instead of being pip-installed) -- are given to cloudflow as
