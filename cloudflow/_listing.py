@@ -21,8 +21,7 @@ from typing import Any
 from cloudflow import _store
 from cloudflow.exceptions import NotFoundError
 
-#: ``logged_models.status`` as MLflow's LoggedModelStatus.from_int decodes it.
-_STATUS = {0: "UNSPECIFIED", 1: "PENDING", 2: "READY", 3: "FAILED"}
+_STATUS = _store.LOGGED_MODEL_STATUS
 _MANIFEST = "cloudflow/manifest.json"
 
 

@@ -33,8 +33,14 @@ def _use_tracking_uri(tracking_uri: str | None, model_uri: str) -> None:
     """Point MLflow at an existing store: the commands that use it only read.
 
     Without one, a ``runs:/`` or ``models:/`` URI would make MLflow create an empty store in
-    the current folder (its default, ``sqlite:///mlflow.db``): refuse instead.
+    the current folder (its default, ``sqlite:///mlflow.db``): refuse instead. A folder store
+    is given to MLflow through ``MLFLOW_TRACKING_URI``, so a command that can answer from the
+    folder itself (``runs:/`` in an sqlite store) never imports MLflow (2-3 s).
     """
+    import os
+
+    from cloudflow import _store
+
     if not tracking_uri:
         if model_uri.startswith(("runs:/", "models:/")):
             raise click.UsageError(
@@ -42,11 +48,16 @@ def _use_tracking_uri(tracking_uri: str | None, model_uri: str) -> None:
                 "STORE (the folder or server the model was saved into) or MLFLOW_TRACKING_URI."
             )
         return
-    import mlflow
+    folder = _store.local_folder(tracking_uri)
+    if folder is not None and (folder / _store.DB_FILE).is_file():
+        uri = _store.sqlite_uri(folder)
+    else:
+        uri = _store.existing_store_uri(tracking_uri)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    if "mlflow" in sys.modules:
+        import mlflow
 
-    from cloudflow import _store
-
-    mlflow.set_tracking_uri(_store.existing_store_uri(tracking_uri))
+        mlflow.set_tracking_uri(uri)
 
 
 def _configure_logging(level: str) -> None:

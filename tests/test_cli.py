@@ -195,3 +195,29 @@ def test_import_cloudflow_stays_light(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert loaded == []
+
+
+def test_inspect_and_list_of_a_folder_store_do_not_import_mlflow(
+    shop: dict[str, Any], tmp_path: Path
+) -> None:
+    """A folder store answers from its sqlite file and its folders: no 2-3 s ``import mlflow``."""
+    store, logged = shop["store"], shop["logged"]
+    uri = f"runs:/{logged['run_id']}/model"
+    seen = run_snippet(
+        f"""
+        import contextlib, io, sys
+        from cloudflow.cli import main
+        out = {{}}
+        for args in (["inspect", {uri!r}], ["list"]):
+            text = io.StringIO()
+            with contextlib.redirect_stdout(text):
+                main([*args, "--tracking-uri", {str(store)!r}], standalone_mode=False)
+            out[args[0]] = text.getvalue()
+        emit({{"mlflow": "mlflow" in sys.modules, **out}})
+        """,
+        cwd=tmp_path,
+    )
+    assert f"run               {logged['run_id']}" in seen["inspect"]
+    assert "integrity         ok" in seen["inspect"]
+    assert logged["run_id"][:8] in seen["list"]
+    assert seen["mlflow"] is False

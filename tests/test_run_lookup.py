@@ -128,3 +128,13 @@ def test_stores_it_cannot_read_step_aside(store: dict[str, Any], tmp_path: Path)
         db.execute("CREATE TABLE runs (run_uuid TEXT)")
     assert _store.fast_run_model(f"sqlite:///{foreign}", run_id, "model") is None
     assert not (tmp_path / "absent.db").exists()  # read-only: nothing created
+
+
+def test_the_status_table_decodes_as_mlflow_does() -> None:
+    """The lookup and ``cloudflow list`` decode statuses without MLflow: same table as its own."""
+    from mlflow.entities.logged_model_status import LoggedModelStatus
+
+    for number, name in _store.LOGGED_MODEL_STATUS.items():
+        assert str(LoggedModelStatus.from_int(number)) == name
+        assert LoggedModelStatus[name].to_int() == number
+    assert {s.value for s in LoggedModelStatus} == set(_store.LOGGED_MODEL_STATUS.values())
