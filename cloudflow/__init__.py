@@ -12,6 +12,7 @@ and load it anywhere without the source::
 
 from cloudflow._api import load_bundle, log_bundle, save_bundle
 from cloudflow._bundle import Bundle
+from cloudflow._files import bundle_file
 from cloudflow._legacy import cloudflow_model, prepare_env
 from cloudflow._version import __version__
 from cloudflow.exceptions import (
@@ -19,6 +20,7 @@ from cloudflow.exceptions import (
     BundleFormatError,
     CaptureError,
     CloudflowError,
+    DataFileError,
     EnvironmentMismatchError,
     IntegrityError,
     MissingDependencyError,
@@ -34,6 +36,7 @@ __all__ = [
     "BundleFormatError",
     "CaptureError",
     "CloudflowError",
+    "DataFileError",
     "EnvironmentMismatchError",
     "IntegrityError",
     "MissingDependencyError",
@@ -42,6 +45,7 @@ __all__ = [
     "PredictArgumentError",
     "StoreError",
     "__version__",
+    "bundle_file",
     "cloudflow_model",
     "load_bundle",
     "log_bundle",

@@ -8,11 +8,12 @@ import logging
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _blobs, _inspect, _store
+from cloudflow import _blobs, _files, _inspect, _store
 from cloudflow._bundle import (
     Bundle,
     check_arguments,
@@ -111,6 +112,7 @@ def save_bundle(
     signing_key: str | bytes | None = None,
     verify: bool = False,
     python_versions: str | Iterable[str] | None = None,
+    files: Mapping[str, str | os.PathLike[str]] | None = None,
 ) -> None:
     """Save a predict function and its models as an MLflow pyfunc model in a local folder.
 
@@ -143,10 +145,16 @@ def save_bundle(
             (``["3.12", "3.13"]``), or ``"all"``: every one found on this machine (PATH,
             pyenv, uv). Each compiles the code from your source at save time; the bundle still
             holds no source. Default: the saving version only.
+        files: Data files the function reads when it runs: name -> path of a file or folder
+            (relative to the working directory, or absolute), copied into the bundle. At load,
+            ``open()`` of a saved path in your code, path values your code holds, and
+            ``cloudflow.bundle_file(path)`` lead to the copies (see the README, "Data files").
+            With ``verify=True``, a file the input example reads that is not bundled fails the
+            save, naming it.
 
     Raises:
         BundleArgumentError: ``predict_fn`` is not a function, ``models`` not a dict of str, or
-            ``path`` exists.
+            ``path`` exists, or a ``files`` entry is not an existing file or folder.
         ModelKeyError: A model name is not a parameter of ``predict_fn``.
         CaptureError: The function, a module it reaches, or a model cannot be serialized.
 
@@ -155,6 +163,7 @@ def save_bundle(
         >>> cloudflow.load_bundle("bundle").predict(x=[[1.0, 2.0]])  # doctest: +SKIP
     """
     checked = check_arguments(predict_fn, models)
+    data_files = _files.check_files(files)
     key = resolve_key(signing_key)
     target = Path(os.fspath(path)).expanduser().resolve()
     write_bundle(
@@ -174,6 +183,7 @@ def save_bundle(
         signing_key=key,
         verify=verify,
         python_versions=python_versions,
+        data_files=data_files,
     )
 
 
@@ -219,6 +229,7 @@ def log_bundle(
     signing_key: str | bytes | None = None,
     verify: bool = False,
     python_versions: str | Iterable[str] | None = None,
+    files: Mapping[str, str | os.PathLike[str]] | None = None,
 ) -> Any:
     """Log a predict function and its models to the active MLflow run as one pyfunc model.
 
@@ -233,8 +244,8 @@ def log_bundle(
         tags: Tags of the logged model.
         await_registration_for: Seconds to wait for the registered version to be ready.
         pip_requirements, extra_pip_requirements, metadata, include_modules, exclude_modules,
-        strip_docstrings, signature, input_example, signing_key, verify, python_versions: As in
-        :func:`save_bundle`.
+        strip_docstrings, signature, input_example, signing_key, verify, python_versions,
+        files: As in :func:`save_bundle`.
 
     Returns:
         MLflow's ``ModelInfo`` of the logged model (``model_uri``, ``run_id``, ...).
@@ -245,6 +256,7 @@ def log_bundle(
         >>> cloudflow.load_bundle(f"runs:/{run.info.run_id}/model")  # doctest: +SKIP
     """
     checked = check_arguments(predict_fn, models)
+    data_files = _files.check_files(files)
     key = resolve_key(signing_key)
     if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
         raise BundleArgumentError(
@@ -293,6 +305,7 @@ def log_bundle(
                 signing_key=key,
                 verify=verify,
                 python_versions=python_versions,
+                data_files=data_files,
             )
             logged = _create_logged_model(
                 name=name,
@@ -380,10 +393,19 @@ def load_bundle(
             "'runs:/<run_id>/model' or a local folder."
         )
     key = resolve_key(signing_key)
-    with _store.bundle_dir(model_uri) as (folder, _):
-        return read_bundle(
+    # A bundle downloaded from a server is deleted once loaded (its weights stay mapped); one
+    # with data files keeps its download while the Bundle lives: its code reads them later.
+    with _store.bundle_dir(model_uri, keep=_has_data_files) as (folder, temporary):
+        bundle = read_bundle(
             folder,
             verify=verify,
             allow_python_mismatch=allow_python_mismatch,
             signing_key=key,
         )
+        if temporary and bundle.manifest.data_files:
+            weakref.finalize(bundle, shutil.rmtree, folder, True)
+        return bundle
+
+
+def _has_data_files(folder: Path) -> bool:
+    return (folder / "cloudflow" / _files.FILES_DIR).is_dir()

@@ -15,7 +15,16 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _blobs, _capture, _digests, _manifest, _portable, _progress, _signature
+from cloudflow import (
+    _blobs,
+    _capture,
+    _digests,
+    _files,
+    _manifest,
+    _portable,
+    _progress,
+    _signature,
+)
 from cloudflow._manifest import CODE_FILE, DATA_DIR, MODELS_DIR, Manifest, ModelEntry
 from cloudflow._pickler import CaptureSession, LoadContext, ModuleTable, load_code
 from cloudflow._version import __version__
@@ -233,6 +242,7 @@ def write_bundle(
     signing_key: bytes | None = None,
     verify: bool = False,
     python_versions: str | Iterable[str] | None = None,
+    data_files: Mapping[str, Path] | None = None,
 ) -> Manifest:
     """Write a bundle into ``path``, which must not exist; publish it only when complete.
 
@@ -266,6 +276,7 @@ def write_bundle(
             signing_key=signing_key,
             verify=verify,
             interpreters=interpreters,
+            data_files=data_files or {},
         )
     total = sum(entry["size"] for entry in manifest.files.values())
     _logger.info(
@@ -296,6 +307,7 @@ def _write_and_publish(
     signing_key: bytes | None,
     verify: bool,
     interpreters: Mapping[str, str],
+    data_files: Mapping[str, Path],
 ) -> Manifest:
     staging = staging_dir_for(path)
     try:
@@ -310,6 +322,7 @@ def _write_and_publish(
                 strip_docstrings=strip_docstrings,
                 files=files,
                 interpreters=interpreters,
+                data_files=data_files,
             )
         _write_mlmodel(
             staging,
@@ -345,6 +358,7 @@ def _write_into(
     strip_docstrings: bool,
     files: _blobs.SaveFiles,
     interpreters: Mapping[str, str],
+    data_files: Mapping[str, Path],
 ) -> Manifest:
     from cloudflow.flavors import flavor_for
 
@@ -357,6 +371,12 @@ def _write_into(
         strip_docstrings=strip_docstrings,
         python_versions=interpreters,
     )
+    if data_files:
+        t0 = time.perf_counter()
+        session.files = _files.copy_files(data, data_files)
+        _logger.info(
+            "Copied %d data file entries in %.2f s", len(data_files), time.perf_counter() - t0
+        )
     entries: dict[str, ModelEntry] = {}
     packages: list[str] = []
     for name, obj in models.items():
@@ -413,6 +433,7 @@ def _write_into(
         requirements=requirements,
         files=_share_large_files(data, files),
         metadata=metadata,
+        data_files=session.files.manifest_entry(session.captured) if session.files else {},
     )
     (data / _manifest.MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
     return manifest
@@ -516,9 +537,18 @@ def read_bundle(
         try:
             _check_python(manifest, allow_python_mismatch)
             table = ModuleTable()
+            resolver = _files.Resolver(data, manifest.data_files)
+            if resolver:
+                _files.install(table, resolver)
             table.code_table = _portable.read_table(data, manifest.python_versions)
+            if resolver and table.code_table is not None:
+                table.code_table = {
+                    k: resolver.rewrite_code(c) for k, c in table.code_table.items()
+                }
             predict_fn = load_code(data / CODE_FILE, table)
             table.mark_left_out(manifest.captured_globals)
+            if resolver:
+                _files.place_modules(table, resolver, _capture.relative_filename)
             context = LoadContext(table)
             steps.advance("code")
             for name, entry in manifest.models.items():

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudflow import _manifest, _store
+from cloudflow._manifest import DATA_DIR as DATA_DIR_NAME
 from cloudflow.exceptions import IntegrityError
 
 #: Model metadata logged as run tags, in this order; values are shortened to TAG_VALUE_MAX.
@@ -127,6 +128,15 @@ def describe_folder(path: Path, *, verify: bool = True) -> dict[str, Any]:
         "libraries": dict(manifest.libraries),
         "signature": _signature_inputs(mlmodel),
         "metadata": dict(manifest.metadata),
+        "data_files": {
+            name: {
+                "kind": entry.get("kind"),
+                "path": f"{DATA_DIR_NAME}/{entry.get('path')}",
+                "size_bytes": entry.get("size"),
+                "files": entry.get("files"),
+            }
+            for name, entry in sorted((manifest.data_files.get("entries") or {}).items())
+        },
         "integrity": _integrity(data, manifest, verify),
     }
 
@@ -278,6 +288,15 @@ def format_text(info: Mapping[str, Any]) -> str:
         details = _model_details(meta)
         if details:
             add("    " + " | ".join(details))
+    data_files = info.get("data_files") or {}
+    if data_files:
+        add("")
+        add(f"Data files ({len(data_files)})")
+        for name, entry in data_files.items():
+            count = entry.get("files") or 0
+            what = f"folder, {count} file{'s' if count != 1 else ''}"
+            kind = what if entry.get("kind") == "folder" else "file"
+            add(f"  {name}  {human_size(entry.get('size_bytes') or 0)}  ({kind})  {entry['path']}")
     add("")
     modules = info["captured_modules"]
     add(f"Captured modules ({len(modules)})")

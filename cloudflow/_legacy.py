@@ -14,6 +14,7 @@ from typing import Any
 from cloudflow import _store
 from cloudflow._api import load_bundle, log_bundle
 from cloudflow._bundle import Bundle, check_arguments
+from cloudflow._files import check_files
 from cloudflow.exceptions import BundleArgumentError, CloudflowError
 
 MODEL_NAME = "model"
@@ -80,6 +81,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         include_modules: Iterable[str] | None = None,
         exclude_modules: Iterable[str] | None = None,
         python_versions: str | Iterable[str] | None = None,
+        files: Mapping[str, str | os.PathLike[str]] | None = None,
     ) -> Any:
         """Save ``predict_function`` with ``models`` as the model ``model`` of run ``run_id``.
 
@@ -99,6 +101,8 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
                 :func:`cloudflow.log_bundle`.
             python_versions: CPython versions the bundle loads on, as in
                 :func:`cloudflow.log_bundle`.
+            files: Data files the function reads when it runs (name -> path), copied into the
+                bundle, as in :func:`cloudflow.log_bundle`.
 
         Returns:
             MLflow's ``ModelInfo`` of the logged model.
@@ -106,6 +110,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         import mlflow
 
         check_arguments(predict_function, models)
+        check_files(files)
         uri = _store.resolve_tracking_uri(tracking_uri)
         mlflow.set_tracking_uri(uri)
         _store.run_in_experiment(mlflow.MlflowClient(uri), experiment_id, run_id)
@@ -119,6 +124,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
                 include_modules=include_modules,
                 exclude_modules=exclude_modules,
                 python_versions=python_versions,
+                files=files,
             )
 
         active = mlflow.active_run()

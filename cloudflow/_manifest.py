@@ -74,6 +74,8 @@ class Manifest:
     captured_globals: dict[str, Any] = field(default_factory=dict)
     #: CPython minor versions the bundle loads on (format 3+; empty: the saving one only).
     python_versions: list[str] = field(default_factory=list)
+    #: Data files given as ``files=`` (see :mod:`cloudflow._files`); empty: none.
+    data_files: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -132,6 +134,31 @@ def _safe_relative(rel: object) -> bool:
     return all(p not in ("", ".", "..") for p in parts) and posixpath.normpath(rel) == rel
 
 
+def _check_data_files(section: dict[str, Any], path: Path) -> None:
+    """Every place ``files=`` leads to is inside the bundle's ``files`` folder."""
+    if not section:
+        return
+
+    def inside(rel: object) -> bool:
+        return _safe_relative(rel) and str(rel).startswith("files/")
+
+    entries, keys = section.get("entries"), section.get("keys")
+    trees = section.get("module_trees", {})
+    if not (
+        isinstance(section.get("salt"), str)
+        and isinstance(entries, dict)
+        and isinstance(keys, dict)
+        and isinstance(trees, dict)
+    ):
+        raise _damaged(path, "its 'data_files' section lacks its salt, entries or keys")
+    for name, entry in entries.items():
+        if not isinstance(entry, dict) or not inside(entry.get("path")):
+            raise _damaged(path, f"the data file {name!r} does not lead into the bundle")
+    for where in [*keys.values(), *trees.values()]:
+        if not inside(where):
+            raise _damaged(path, f"a data file path leads to {where!r}, outside the bundle")
+
+
 def _check_shape(data: dict[str, Any], path: Path) -> None:
     """The types every reader relies on; a damaged manifest says so instead of a TypeError."""
     for key, kind in (
@@ -144,6 +171,7 @@ def _check_shape(data: dict[str, Any], path: Path) -> None:
         ("requirements", list),
         ("files", dict),
         ("metadata", dict),
+        ("data_files", dict),
         ("extra", dict),
     ):
         if key in data and not isinstance(data[key], kind):
@@ -157,6 +185,7 @@ def _check_shape(data: dict[str, Any], path: Path) -> None:
             or type(entry.get("size")) is not int
         ):
             raise _damaged(path, f"the entry of {rel!r} has no digest and size")
+    _check_data_files(data.get("data_files") or {}, path)
     for name, entry in (data.get("models") or {}).items():
         if (
             not isinstance(entry, dict)
@@ -260,9 +289,18 @@ def digest_files(
 DEFERRABLE_SUFFIXES = (".safetensors",)
 
 
+#: Data files (``files=``) are read by the predict function only, never while loading: their
+#: digests are checked while the models load too (the bundle is returned once they match).
+DEFERRABLE_PREFIXES = ("files/",)
+
+
 def deferred_files(manifest: Manifest) -> list[str]:
-    """The large data-only files whose digests can be checked while the models load."""
-    return sorted(rel for rel in manifest.files if rel.endswith(DEFERRABLE_SUFFIXES))
+    """The data-only files whose digests can be checked while the models load."""
+    return sorted(
+        rel
+        for rel in manifest.files
+        if rel.endswith(DEFERRABLE_SUFFIXES) or rel.startswith(DEFERRABLE_PREFIXES)
+    )
 
 
 def verify_files(data_dir: Path, manifest: Manifest, *, skip_digests: Iterable[str] = ()) -> None:

@@ -53,6 +53,7 @@ _logger = logging.getLogger("cloudflow")
 
 PROTOCOL = 5
 _MODEL_PID = "cloudflow-model"
+_FILE_PID = "cloudflow-file"  # a path value that leads to a data file of the bundle (files=)
 # Module attributes that describe where the module came from on the saving machine.
 _MODULE_SKIP = frozenset({"__builtins__", "__loader__", "__spec__", "__cached__"})
 _real_import = builtins.__import__
@@ -73,6 +74,8 @@ class ModuleTable:
         self.model_refs: list[ModelRef] = []
         # A portable bundle's code objects for this Python (see cloudflow._portable).
         self.code_table: dict[str, types.CodeType] | None = None
+        # The bundle's data files (cloudflow._files.Resolver), when it has any.
+        self.files: Any = None
         # Classes rebuilt by value, by the saving process's tracker id: one class per bundle,
         # shared by its pickles, never the class of another bundle or of the loading program
         # (cloudpickle's own tracker is process-wide, so a second bundle would get the first
@@ -564,6 +567,11 @@ class _Unpickler(pickle.Unpickler):
             ref = ModelRef(str(pid[1]))
             _table().model_refs.append(ref)
             return ref
+        if isinstance(pid, tuple) and len(pid) == 3 and pid[0] == _FILE_PID:
+            files = _table().files
+            if files is None:
+                raise pickle.UnpicklingError("A data file path of a bundle without data files")
+            return files.path_value(str(pid[1]), str(pid[2]))
         if self._persistent is None:
             raise pickle.UnpicklingError(f"Unknown persistent id {pid!r}")
         return self._persistent(pid)
@@ -647,6 +655,9 @@ class CaptureSession:
         )
         self.exclude = frozenset(exclude)
         self.strip_docstrings = strip_docstrings
+        # The data files of the save (cloudflow._files.SavedFiles): path values leading to them
+        # are written as references to the copies.
+        self.files: Any = None
         self.captured: dict[str, types.ModuleType] = {}
         self._rejected: set[str] = set()
         self.third_party: set[str] = set()  # top-level import names of libraries reached
@@ -1104,6 +1115,11 @@ class _BundlePickler(cloudpickle.Pickler):
             name = self.session.model_name(obj)
             if name is not None:
                 return (_MODEL_PID, name)
+            files = self.session.files
+            if files:
+                found = files.bundled(obj)
+                if found is not None:
+                    return (_FILE_PID, *found)
         return None
 
     def reducer_override(self, obj: Any) -> Any:
@@ -1227,8 +1243,23 @@ class _BundlePickler(cloudpickle.Pickler):
         self.session.scan_code(func.__code__, func.__globals__)
         self.session.note_function(func)
         reduced = self._dynamic_function_reduce(func)
+        slots = reduced[2][1]
         if self.session.strip_docstrings:
-            reduced[2][1]["__doc__"] = None  # cloudpickle's slot state sets func.__doc__
+            slots["__doc__"] = None  # cloudpickle's slot state sets func.__doc__
+        used = slots.get("__globals__")
+        if used and ("__file__" in used or "__path__" in used):
+            # The globals the code uses are set into its namespace at load: a function that reads
+            # __file__ would bring the saving machine's path and overwrite the module's own.
+            used = dict(used)
+            if own is not None:
+                used.pop("__file__", None)
+                used.pop("__path__", None)
+            else:
+                if "__file__" in used:
+                    used["__file__"] = Path(str(used["__file__"])).name
+                if "__path__" in used:
+                    used["__path__"] = []
+            slots["__globals__"] = used
         return (_make_function, *reduced[1:5], _function_setstate)
 
     def _function_getnewargs(self, func: types.FunctionType) -> Any:

@@ -16,7 +16,7 @@ import shutil
 import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -410,11 +410,14 @@ def local_bundle_dir(model_uri: str | os.PathLike[str]) -> tuple[Path, bool]:
 
 
 @contextlib.contextmanager
-def bundle_dir(model_uri: str | os.PathLike[str]) -> Iterator[tuple[Path, bool]]:
+def bundle_dir(
+    model_uri: str | os.PathLike[str], *, keep: Callable[[Path], bool] | None = None
+) -> Iterator[tuple[Path, bool]]:
     """The local folder of a bundle while the block runs, and whether it is a download.
 
-    A download (a remote store) is deleted when the block ends; memory-mapped weights stay valid,
-    since unlinking a file keeps its mappings.
+    A download (a remote store) is deleted when the block ends, unless ``keep(folder)`` says
+    otherwise (the caller then owns it); memory-mapped weights stay valid, since unlinking a file
+    keeps its mappings.
 
     Raises:
         NotFoundError: The run, model or path does not exist.
@@ -428,10 +431,12 @@ def bundle_dir(model_uri: str | os.PathLike[str]) -> Iterator[tuple[Path, bool]]
         raise
     except Exception as e:
         raise NotFoundError(f"Cannot find the bundle {os.fspath(model_uri)!r}: {e}") from e
+    kept = False
     try:
         yield folder, temporary
+        kept = temporary and keep is not None and keep(folder)
     finally:
-        if temporary:
+        if temporary and not kept:
             shutil.rmtree(folder, ignore_errors=True)
 
 

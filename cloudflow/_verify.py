@@ -30,9 +30,36 @@ TIMEOUT_S = 900
 
 _CHILD = r"""
 import json, os, pickle, sys, traceback
-bundle, example_file, result_file, hidden = sys.argv[1:5]
+bundle, example_file, result_file, hidden, saving_cwd = sys.argv[1:6]
+scratch_cwd = os.getcwd()
 hidden = json.loads(hidden)
 result = {"ok": False, "stage": "import cloudflow"}
+reads = []
+watching = [False]
+
+
+def watch_reads(event, args):
+    # Every file the predict function opens for reading, and every folder it lists.
+    if not watching[0]:
+        return
+    if event == "open":
+        path, mode, flags = args
+        if isinstance(path, int):
+            return
+        if isinstance(mode, str):
+            if not ("r" in mode or "+" in mode):
+                return
+        elif isinstance(flags, int) and flags & os.O_ACCMODE == os.O_WRONLY:
+            return
+    elif event not in ("os.listdir", "os.scandir"):
+        return
+    path = args[0]
+    if isinstance(path, int) or path is None:
+        return
+    try:
+        reads.append(os.fsdecode(os.fspath(path)))
+    except Exception:
+        pass
 
 
 class HideUserSource:
@@ -64,6 +91,12 @@ class HideUserSource:
         return None
 
 
+def loaded_files(bundle):
+    from cloudflow._files import Resolver
+
+    return Resolver(bundle.path / "cloudflow", bundle.manifest.data_files)
+
+
 try:
     from cloudflow import _capture
 
@@ -84,13 +117,33 @@ try:
             result["example_skipped"] = f"{type(e).__name__}: {e}"
         else:
             result["stage"] = "predict"
-            CloudflowPyfunc(loaded).predict(example)
+            # The example runs from the saving working directory, as it ran in the saving
+            # process: every file it reads there is seen (and named), not just the first one.
+            sys.addaudithook(watch_reads)
+            os.chdir(saving_cwd)
+            watching[0] = True
+            try:
+                CloudflowPyfunc(loaded).predict(example)
+            finally:
+                watching[0] = False
+                os.chdir(scratch_cwd)
     result["ok"] = True
 except BaseException as e:
     result["type"] = type(e).__name__
     result["message"] = str(e)
     result["module"] = getattr(e, "name", None) if isinstance(e, ImportError) else None
     result["traceback"] = traceback.format_exc()[-4000:]
+try:
+    from cloudflow._verify import outside_reads
+
+    result["outside"] = outside_reads(
+        reads, saving_cwd, bundle, loaded_files(loaded), os.path.dirname(result_file)
+    )
+except NameError:  # the bundle did not load
+    result["outside"] = []
+except BaseException as e:
+    result["outside"] = []
+    result["outside_error"] = f"{type(e).__name__}: {e}"
 with open(result_file, "w", encoding="utf-8") as f:
     json.dump(result, f)
 """
@@ -153,6 +206,7 @@ def check_in_clean_process(
             example_file,
             str(result_file),
             json.dumps(list(hidden_roots)),
+            os.getcwd(),
         ]
         try:
             done = subprocess.run(
@@ -178,10 +232,91 @@ def check_in_clean_process(
             "the load was checked.",
             result["example_skipped"],
         )
+    if result.get("outside"):
+        raise CaptureError(_explain_reads(result["outside"], result))
     if not result.get("ok"):
         raise CaptureError(_explain(result))
     _logger.info("Verified the bundle in a clean process in %.2f s", seconds)
     return seconds
+
+
+#: Reads that are the machine's, not the program's data: devices, kernel files, system config.
+_SYSTEM_DIRS = ("/dev/", "/proc/", "/sys/", "/etc/", "/usr/share/", "/usr/lib/", "/run/")
+_SOURCE_SUFFIXES = (".py", ".pyc", ".pyi", ".pth")  # linecache, warnings: never the data
+
+
+def outside_reads(
+    reads: Sequence[str], saving_cwd: str, bundle: str, files: Any, result_file_dir: str
+) -> list[dict[str, Any]]:
+    """The files and folders ``reads`` (paths opened in the clean process) left out of the bundle.
+
+    A relative path is looked up from the saving working directory, where the function ran
+    before; what does not exist there is not a file the save missed. Files of installed
+    libraries, the standard library, the interpreter, the bundle and the system are not data.
+    Each is ``{"path": as opened, "found": the saving machine's path, "bundled": whether it is
+    the original of a bundled file (read through a call the bundle does not redirect)}``.
+    """
+    from cloudflow import _capture
+
+    scratch = os.path.realpath(result_file_dir)  # the check's own folder: example, result
+    not_data = tuple(
+        os.path.realpath(p) + os.sep
+        for p in (bundle, scratch, sys.prefix, sys.base_prefix, sys.exec_prefix)
+        if p
+    )
+    not_data += _capture._library_dirs() + _SYSTEM_DIRS
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for path in reads:
+        if path.endswith(_SOURCE_SUFFIXES):
+            continue
+        here = path if os.path.isabs(path) else os.path.join(saving_cwd, path)
+        real = os.path.realpath(here)
+        if real in seen or not os.path.exists(real):
+            continue
+        seen.add(real)
+        if (real + os.sep).startswith(not_data):
+            continue
+        out.append({"path": path, "found": real, "bundled": files.find(real) is not None})
+    return out
+
+
+def _suggest(reads: Sequence[dict[str, Any]]) -> str:
+    names: dict[str, str] = {}
+    for read in reads:
+        stem = Path(read["path"]).stem.replace(" ", "_") or "data"
+        name, n = stem, 2
+        while name in names:
+            name, n = f"{stem}{n}", n + 1
+        names[name] = read["path"]
+    return "files={" + ", ".join(f"{k!r}: {v!r}" for k, v in names.items()) + "}"
+
+
+def _explain_reads(reads: Sequence[dict[str, Any]], result: dict[str, Any]) -> str:
+    missing = [r for r in reads if not r["bundled"]]
+    bypass = [r for r in reads if r["bundled"]]
+    parts = []
+    if missing:
+        listed = ", ".join(
+            repr(r["path"]) + ("" if os.path.isabs(r["path"]) else " (from the working directory)")
+            for r in missing
+        )
+        parts.append(
+            f"verify=True: running the input example, the predict function read "
+            f"{listed}, which the bundle does not hold: loaded anywhere else it would not find "
+            f"{'it' if len(missing) == 1 else 'them'}. Bundle them: {_suggest(missing)}."
+        )
+    if bypass:
+        listed = ", ".join(repr(r["path"]) for r in bypass)
+        parts.append(
+            f"verify=True: the predict function read {listed} from this machine although the "
+            "bundle holds a copy: the call that opened it is not one the bundle redirects (a "
+            "path built at call time and opened by pathlib or a library). Wrap the path in "
+            "cloudflow.bundle_file(...)."
+        )
+    if not result.get("ok"):
+        parts.append(f"(The example then failed: {result.get('type')}: {result.get('message')}.)")
+    return " ".join(parts) + " Nothing was saved."
 
 
 def _explain(result: dict[str, Any]) -> str:
@@ -204,8 +339,8 @@ def _explain(result: dict[str, Any]) -> str:
     if result.get("type") in ("FileNotFoundError", "NotADirectoryError", "PermissionError"):
         cause = (
             "The function reads a file of the saving machine (a path relative to the working "
-            "directory, or one that only exists here); load it into a global before saving, or "
-            "pass its content as a model."
+            "directory, or one that only exists here); bundle it with files={'name': path}, "
+            "load it into a global before saving, or pass its content as a model."
         )
     else:
         cause = (

@@ -26,6 +26,7 @@ __all__ = [
     "BundleFormatError",
     "CaptureError",
     "CloudflowError",
+    "DataFileError",
     "EnvironmentMismatchError",
     "IntegrityError",
     "LeftOutGlobalError",
@@ -66,6 +67,10 @@ class LeftOutGlobalError(CloudflowError, AttributeError):
     A bundle carries the globals of each captured module that the saved code reaches; one read
     in a way the bytecode does not show (a name computed at run time) was not saved.
     """
+
+
+class DataFileError(CloudflowError, FileNotFoundError):
+    """Code of a loaded bundle asked for a data file the bundle does not hold (``files=``)."""
 
 
 class StoreError(CloudflowError, RuntimeError):

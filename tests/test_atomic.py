@@ -319,7 +319,7 @@ def test_verify_fails_log_bundle_and_logs_nothing(
     assert files == []
 
 
-def test_verify_runs_the_example_without_the_working_directory(
+def test_verify_names_a_file_read_from_the_working_directory(
     user_modules: UserModules, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A function that reads a file relative to the saving process's cwd fails the check."""
@@ -337,7 +337,10 @@ def test_verify_runs_the_example_without_the_working_directory(
     import vocab_app
 
     path = tmp_path / "bundle"
-    with pytest.raises(CaptureError, match=r"(?s)FileNotFoundError.*vocab\.txt.*working directory"):
+    with pytest.raises(
+        CaptureError,
+        match=r"read 'vocab\.txt' \(from the working directory\).*files=\{'vocab': 'vocab\.txt'\}",
+    ):
         cloudflow.save_bundle(
             vocab_app.predict,
             {"table": {"ok": True}},

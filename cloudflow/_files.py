@@ -1,0 +1,466 @@
+"""Data files a predict function reads at call time, carried in the bundle (``files=``).
+
+At save, each ``files`` entry (a file or a folder) is copied into ``cloudflow/files/``. An entry
+inside your project (a folder on ``sys.path`` or an editable install that holds your modules) is
+placed as it sits there, under ``files/tree-<n>/``, the same relative path as from that folder;
+anything else under ``files/named/<name>/``. The manifest lists every copy with its digest, as
+it lists models.
+
+At load the saved paths lead to the copies, without the code knowing where the bundle lives:
+
+- :func:`bundle_file` (public): the bundled copy of a path (or entry name) inside a loaded bundle,
+  the path itself when the function runs unsaved;
+- the builtin ``open`` of the bundle's code maps a saved path (absolute, relative to the saving
+  working directory, or inside a bundled folder) to its copy, for reads;
+- path values the code holds (module globals, closure cells, defaults, constants; ``str`` or
+  :mod:`pathlib` paths) that name a bundled file or folder by absolute path, lie inside one, or
+  are a folder of your project above one, are rewritten to the copies when the code is loaded;
+- captured modules get a ``__file__`` inside their project's copy, so
+  ``Path(__file__).parent / "labels.json"`` computed at call time finds the copy.
+
+Paths are never written into the bundle: the manifest keeps salted hashes of the saved paths.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import os
+import pathlib
+import secrets
+import shutil
+import stat
+import sys
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cloudflow.exceptions import BundleArgumentError, DataFileError
+
+FILES_DIR = "files"
+TREE_PREFIX = "tree-"
+NAMED_DIR = "named"
+#: The key of the bundle's builtins that leads :func:`bundle_file` to its bundle's files.
+RESOLVER_KEY = "__cloudflow_files__"
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def _normal(path: str) -> str:
+    return os.path.normpath(path)
+
+
+def _key(salt: str, kind: str, path: str) -> str:
+    return hashlib.sha256(f"{salt}\0{kind}\0{path}".encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _fspath(value: object) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return os.fsdecode(value)
+    if isinstance(value, os.PathLike):
+        try:
+            path = os.fspath(value)
+        except Exception:
+            return None
+        return os.fsdecode(path) if isinstance(path, bytes) else path
+    return None
+
+
+# --- checking the argument (before anything is written) ----------------------------------------
+
+
+def check_files(files: object) -> dict[str, Path]:
+    """``files=`` as name -> absolute path of an existing file or folder.
+
+    A list of paths is accepted too: each is named after its last part.
+
+    Raises:
+        BundleArgumentError: Not a dict of names to paths, a bad name, or a path that is missing.
+    """
+    if files is None:
+        return {}
+    if isinstance(files, str | os.PathLike):
+        raise BundleArgumentError(
+            f"files must be a dict of name -> path, got the single path {os.fspath(files)!r}. "
+            f"Pass e.g. files={{'labels': {os.fspath(files)!r}}}."
+        )
+    if not isinstance(files, Mapping):
+        try:
+            items = list(files)  # type: ignore[call-overload]
+        except TypeError:
+            raise BundleArgumentError(
+                f"files must be a dict of name -> path, got {type(files).__name__}. Pass e.g. "
+                "files={'labels': 'data/labels.json'}."
+            ) from None
+        files = {Path(os.fspath(p)).name: p for p in items if isinstance(p, str | os.PathLike)}
+        if len(files) != len(items):
+            raise BundleArgumentError(
+                "files must be a dict of name -> path (or a list of paths); it holds a value that "
+                "is not a path. Pass e.g. files={'labels': 'data/labels.json'}."
+            )
+    out: dict[str, Path] = {}
+    for name, value in files.items():
+        if not isinstance(name, str) or not name or not set(name) <= _NAME_CHARS or name[0] == ".":
+            raise BundleArgumentError(
+                f"files: {name!r} is not a valid name. Use letters, digits, '_', '-' and '.' "
+                "(not first), such as 'labels' or 'vocab.txt'."
+            )
+        text = _fspath(value)
+        if text is None:
+            raise BundleArgumentError(
+                f"files[{name!r}] must be a path (str or pathlib.Path), got "
+                f"{type(value).__name__}. Pass e.g. files={{{name!r}: 'data/{name}.json'}}."
+            )
+        path = Path(os.path.abspath(os.path.expanduser(text)))
+        try:
+            mode = path.stat().st_mode
+        except OSError as e:
+            raise BundleArgumentError(
+                f"files[{name!r}] is {text!r}, which cannot be read here ({e.strerror}; resolved "
+                f"from the working directory {os.getcwd()!r}). Give the path of an existing file "
+                "or folder."
+            ) from None
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise BundleArgumentError(
+                f"files[{name!r}] is {text!r}, which is neither a file nor a folder. Give a "
+                "regular file or a folder."
+            )
+        out[name] = path
+    return out
+
+
+# --- saving --------------------------------------------------------------------------------------
+
+
+def _candidate_roots() -> list[str]:
+    """Folders your modules are imported from: user folders of ``sys.path``, editable installs."""
+    from cloudflow import _capture
+
+    libraries = _capture._library_dirs()
+    roots: set[str] = set()
+    for entry in sys.path:
+        folder = os.path.realpath(entry or os.getcwd())
+        if os.path.isdir(folder) and not (folder + os.sep).startswith(libraries):
+            roots.add(folder)
+    for name, module in list(sys.modules.items()):
+        if module is None or name.partition(".")[0] in sys.stdlib_module_names:
+            continue
+        try:
+            if _capture.is_user_module(module):
+                root = _capture.import_root(module)
+                if root is not None:
+                    roots.add(root)
+        except Exception:
+            continue
+    return sorted(roots, key=len, reverse=True)  # the deepest first
+
+
+@dataclass
+class SavedFiles:
+    """The copies made for one save, and what the pickler needs to point code at them."""
+
+    salt: str = ""
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Salted hash of a saved path -> the bundle-relative path it leads to.
+    keys: dict[str, str] = field(default_factory=dict)
+    #: Real saved path -> bundle-relative path: entries, their folders up to their tree's root.
+    mounts: dict[str, str] = field(default_factory=dict)
+    #: Bundle-relative path of a tree -> its saved root (not written: only for module_trees).
+    trees: dict[str, str] = field(default_factory=dict)
+    folders: set[str] = field(default_factory=set)  # mounts that are folders (entries only)
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+    def bundled(self, value: object) -> tuple[str, str] | None:
+        """(kind, bundle-relative path) for a path value that leads into the bundle, else None.
+
+        Only absolute paths: a relative string in code ("data") is too often not a path.
+        """
+        if not self.mounts or isinstance(value, bytes):
+            return None
+        if isinstance(value, str):
+            kind = "str"
+        elif isinstance(value, pathlib.PurePath):
+            kind = type(value).__name__
+            if getattr(pathlib, kind, None) is not type(value):
+                return None
+        else:
+            return None
+        text = str(value)
+        if not os.path.isabs(text):
+            return None
+        rel = self._lookup(_normal(text))
+        if rel is None and os.path.exists(text):
+            rel = self._lookup(os.path.realpath(text))
+        return None if rel is None else (kind, rel)
+
+    def _lookup(self, path: str) -> str | None:
+        found = self.mounts.get(path)
+        if found is not None:
+            return found
+        parent, rest = path, ""
+        while True:
+            head, tail = os.path.split(parent)
+            if head == parent:
+                return None
+            rest = tail if not rest else f"{tail}/{rest}"
+            parent = head
+            if parent in self.folders:
+                return f"{self.mounts[parent]}/{rest}"
+
+    def module_trees(self, modules: Mapping[str, types.ModuleType]) -> dict[str, str]:
+        """Captured module -> the tree its ``__file__`` goes into at load."""
+        from cloudflow import _capture
+
+        out = {}
+        by_root = {root: rel for rel, root in self.trees.items()}
+        for name, module in modules.items():
+            root = _capture.import_root(module)
+            if root is not None and root in by_root:
+                out[name] = by_root[root]
+        return out
+
+    def manifest_entry(self, modules: Mapping[str, types.ModuleType]) -> dict[str, Any]:
+        if not self.entries:
+            return {}
+        return {
+            "salt": self.salt,
+            "entries": self.entries,
+            "keys": self.keys,
+            "module_trees": self.module_trees(modules),
+        }
+
+
+def _copy(source: Path, target: Path) -> tuple[int, int]:
+    """Copy a file or a folder (symlinks followed: the bundle holds content); (bytes, files)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        size = count = 0
+        target.mkdir(parents=True, exist_ok=True)
+        for dirpath, dirnames, filenames in os.walk(source, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+            rel = os.path.relpath(dirpath, source)
+            into = target if rel == "." else target / rel
+            into.mkdir(parents=True, exist_ok=True)
+            for filename in sorted(filenames):
+                if filename.endswith((".py", ".pyc")):
+                    continue  # the bundle holds no source
+                shutil.copyfile(os.path.join(dirpath, filename), into / filename)
+                size += (into / filename).stat().st_size
+                count += 1
+        return size, count
+    shutil.copyfile(source, target)
+    return target.stat().st_size, 1
+
+
+def copy_files(data: Path, files: Mapping[str, Path]) -> SavedFiles:
+    """Copy ``files`` (from :func:`check_files`) into the data folder ``data``."""
+    saved = SavedFiles(salt=secrets.token_hex(16))
+    if not files:
+        return saved
+    roots = _candidate_roots()
+    tree_of: dict[str, str] = {}  # saved root -> "files/tree-<n>"
+    taken: set[str] = set()
+    cwd = os.getcwd()
+    for name, given in files.items():
+        real = os.path.realpath(given)
+        rel = None
+        root = next((r for r in roots if real.startswith(r + os.sep)), None)
+        if root is not None:
+            tree = tree_of.setdefault(root, f"{FILES_DIR}/{TREE_PREFIX}{len(tree_of)}")
+            rel = f"{tree}/{Path(os.path.relpath(real, root)).as_posix()}"
+            if any(rel == t or rel.startswith(t + "/") or t.startswith(rel + "/") for t in taken):
+                rel = None  # overlaps another entry: keep both, apart
+        if rel is None:
+            root = None
+            rel = f"{FILES_DIR}/{NAMED_DIR}/{name}"
+            if not given.is_dir():
+                rel = f"{rel}/{given.name}"
+        taken.add(rel)
+        size, count = _copy(Path(real), data / rel)
+        is_dir = given.is_dir()
+        saved.entries[name] = {
+            "path": rel,
+            "kind": "folder" if is_dir else "file",
+            "size": size,
+            "files": count,
+        }
+        for form in {_normal(str(given)), real}:
+            saved.mounts[form] = rel
+            saved.keys[_key(saved.salt, "abs", form)] = rel
+            if is_dir:
+                saved.folders.add(form)
+        for form in {_normal(str(given)), real}:
+            if form == cwd or form.startswith(cwd + os.sep):
+                relative = os.path.relpath(form, cwd)
+                saved.keys[_key(saved.salt, "rel", relative)] = rel
+        if root is not None:
+            saved.trees["/".join(rel.split("/")[:2])] = root
+            # The folders of the project above the entry lead to the same place in the copy.
+            folder, inside = real, rel
+            while folder != root:
+                folder, inside = os.path.dirname(folder), inside.rpartition("/")[0]
+                saved.mounts.setdefault(folder, inside)
+                saved.keys.setdefault(_key(saved.salt, "abs", folder), inside)
+    return saved
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def _reads_only(mode: object) -> bool:
+    if isinstance(mode, str):
+        return not any(c in mode for c in "wax+")
+    return True
+
+
+class Resolver:
+    """A loaded bundle's data files: saved paths -> the copies in ``data``."""
+
+    def __init__(self, data: Path, section: Mapping[str, Any]) -> None:
+        self.data = data
+        self.salt = str(section.get("salt", ""))
+        self.entries: dict[str, dict[str, Any]] = dict(section.get("entries") or {})
+        self.keys: dict[str, str] = dict(section.get("keys") or {})
+        self.module_trees: dict[str, str] = dict(section.get("module_trees") or {})
+        self._files = {e["path"] for e in self.entries.values() if e.get("kind") == "file"}
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+    def copy_of(self, rel: str) -> Path:
+        return self.data / rel
+
+    def find(self, value: object) -> Path | None:
+        """The bundled copy a saved path leads to, or None."""
+        text = _fspath(value)
+        if text is None or not text:
+            return None
+        kind = "abs" if os.path.isabs(text) else "rel"
+        path = _normal(text)
+        rest = ""
+        while True:
+            rel = self.keys.get(_key(self.salt, kind, path))
+            if rel is not None:
+                if not rest:
+                    return self.copy_of(rel)
+                return None if rel in self._files else self.copy_of(f"{rel}/{rest}")
+            head, tail = os.path.split(path)
+            if not tail or head == path:
+                return None
+            rest = tail if not rest else f"{tail}/{rest}"
+            path = head
+
+    def path_value(self, kind: str, rel: str) -> Any:
+        copy = self.copy_of(rel)
+        if kind == "str":
+            return str(copy)
+        cls = getattr(pathlib, kind, None)
+        if not (isinstance(cls, type) and issubclass(cls, pathlib.PurePath)):
+            return str(copy)
+        return cls(copy)
+
+    def named(self, name: str) -> Path | None:
+        entry = self.entries.get(name)
+        return None if entry is None else self.copy_of(str(entry["path"]))
+
+    def describe(self) -> str:
+        return ", ".join(sorted(self.entries)) or "none"
+
+    def make_open(self) -> Any:
+        """The ``open`` of the bundle's code: reads of saved paths open the copies."""
+        real_open = builtins.open
+        find = self.find
+
+        def open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:  # noqa: A001
+            if not isinstance(file, int) and _reads_only(mode):
+                copy = find(file)
+                if copy is not None:
+                    file = copy
+            return real_open(file, mode, *args, **kwargs)
+
+        open.__doc__ = real_open.__doc__
+        return open
+
+    def rewrite_code(self, code: types.CodeType) -> types.CodeType:
+        """A code object whose absolute path constants that lead into the bundle lead there."""
+        consts = []
+        changed = False
+        for const in code.co_consts:
+            new = const
+            if isinstance(const, types.CodeType):
+                new = self.rewrite_code(const)
+            elif isinstance(const, str) and os.path.isabs(const):
+                copy = self.find(const)
+                if copy is not None:
+                    new = str(copy)
+            changed = changed or new is not const
+            consts.append(new)
+        return code.replace(co_consts=tuple(consts)) if changed else code
+
+
+def install(table: Any, resolver: Resolver) -> None:
+    """Give a module table's code the bundle's files (builtins ``open``, ``bundle_file``)."""
+    table.files = resolver
+    table.builtins[RESOLVER_KEY] = resolver
+    table.builtins["open"] = resolver.make_open()
+
+
+def place_modules(table: Any, resolver: Resolver, relative_filename: Any) -> None:
+    """Give captured modules a ``__file__`` in their project's copy (see the module doc)."""
+    for name, tree in resolver.module_trees.items():
+        module = table.modules.get(name)
+        if module is not None:
+            is_package = hasattr(module, "__path__")
+            module.__file__ = str(resolver.copy_of(f"{tree}/{relative_filename(name, is_package)}"))
+
+
+def _resolver_of_caller() -> Resolver | None:
+    frame = sys._getframe(2)
+    while frame is not None:
+        found = frame.f_globals.get("__builtins__")
+        if isinstance(found, dict):
+            resolver = found.get(RESOLVER_KEY)
+            if isinstance(resolver, Resolver):
+                return resolver
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+def bundle_file(name_or_path: str | os.PathLike[str]) -> Path:
+    """The bundled copy of a data file, or the path itself when the code runs unsaved.
+
+    Inside a loaded bundle (called by its code, directly or through your helpers), a path given
+    in ``files=`` when saving (as given, absolute, or inside a bundled folder) or an entry's name
+    leads to the copy in the bundle. Outside a bundle the path is returned as it is, so the same
+    code runs before and after saving.
+
+    Raises:
+        DataFileError: Inside a bundle, the path or name is not one of its files.
+
+    Example:
+        >>> path = cloudflow.bundle_file("data/labels.json")  # doctest: +SKIP
+        >>> labels = json.loads(path.read_text())  # doctest: +SKIP
+    """
+    text = _fspath(name_or_path)
+    if text is None:
+        raise BundleArgumentError(
+            f"bundle_file takes a path or a files= name, got {type(name_or_path).__name__}. Pass "
+            "e.g. bundle_file('data/labels.json')."
+        )
+    resolver = _resolver_of_caller()
+    if resolver is None:
+        return Path(text)
+    found = resolver.find(text)
+    if found is None:
+        found = resolver.named(text)
+    if found is None:
+        raise DataFileError(
+            f"{text!r} is not a file of this bundle; its files are: {resolver.describe()}. Add it "
+            f"when saving: files={{..., 'name': {text!r}}}."
+        )
+    return found
