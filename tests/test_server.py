@@ -169,3 +169,48 @@ def test_download_bars_only_when_asked(
     quiet, _, asked = done.stderr.partition("=== asked")
     assert "Downloading artifacts" not in quiet
     assert "Downloading artifacts" in asked
+
+
+def test_data_files_travel_through_a_server(
+    mlflow_server: Server,
+    user_modules: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    mlflow_state: None,
+) -> None:
+    """A bundle downloaded from a server keeps its data files while it lives, then frees them."""
+    import gc
+
+    import mlflow
+
+    import cloudflow
+
+    user_modules.write(
+        {
+            "server_reader.py": """
+                import json
+
+                def predict(scale, key):
+                    with open("data/labels.json") as f:
+                        return json.load(f)[key] * scale
+            """
+        }
+    )
+    (tmp_path / "p" / "data").mkdir(parents=True)
+    (tmp_path / "p" / "data" / "labels.json").write_text('{"a": 4}')
+    monkeypatch.chdir(tmp_path / "p")
+    import server_reader
+
+    mlflow.set_tracking_uri(mlflow_server.url)
+    experiment_id = mlflow.create_experiment("data-files-over-http")
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        cloudflow.log_bundle(server_reader.predict, {"scale": 3}, files=["data"])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p" / "data" / "labels.json").unlink()
+    bundle = cloudflow.load_bundle(f"runs:/{run.info.run_id}/model")
+    folder = bundle.path
+    assert bundle.predict(key="a") == 12
+    assert (folder / "cloudflow" / "files").is_dir()
+    del bundle
+    gc.collect()
+    assert not folder.exists()
