@@ -32,7 +32,7 @@ import shutil
 import stat
 import sys
 import types
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,26 +135,35 @@ def check_files(files: object) -> dict[str, Path]:
 # --- saving --------------------------------------------------------------------------------------
 
 
-def _candidate_roots() -> list[str]:
-    """Folders your modules are imported from: user folders of ``sys.path``, editable installs."""
+def _candidate_roots(paths: Iterable[str]) -> list[str]:
+    """Folders your modules are imported from, above any of ``paths``: user folders of
+    ``sys.path``, and the import roots of your modules (editable installs included)."""
     from cloudflow import _capture
 
+    above: set[str] = set()
+    for path in paths:
+        parent = os.path.dirname(path)
+        while parent not in above and parent != os.path.dirname(parent):
+            above.add(parent)
+            parent = os.path.dirname(parent)
     libraries = _capture._library_dirs()
     roots: set[str] = set()
     for entry in sys.path:
         folder = os.path.realpath(entry or os.getcwd())
-        if os.path.isdir(folder) and not (folder + os.sep).startswith(libraries):
+        if folder in above and not (folder + os.sep).startswith(libraries):
             roots.add(folder)
-    for name, module in list(sys.modules.items()):
-        if module is None or name.partition(".")[0] in sys.stdlib_module_names:
+    prefixes = tuple(p + os.sep for p in above)
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        # A cheap test first: only modules beside the data can have their root above it.
+        if not isinstance(file, str) or not file.startswith(prefixes):
             continue
         try:
-            if _capture.is_user_module(module):
-                root = _capture.import_root(module)
-                if root is not None:
-                    roots.add(root)
+            root = _capture.import_root(module) if _capture.is_user_module(module) else None
         except Exception:
             continue
+        if root is not None and root in above:
+            roots.add(root)
     return sorted(roots, key=len, reverse=True)  # the deepest first
 
 
@@ -262,7 +271,7 @@ def copy_files(data: Path, files: Mapping[str, Path]) -> SavedFiles:
     saved = SavedFiles(salt=secrets.token_hex(16))
     if not files:
         return saved
-    roots = _candidate_roots()
+    roots = _candidate_roots([*map(os.path.realpath, files.values()), *map(str, files.values())])
     tree_of: dict[str, str] = {}  # saved root -> "files/tree-<n>"
     taken: set[str] = set()
     cwd = os.getcwd()
