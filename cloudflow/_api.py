@@ -21,7 +21,8 @@ from cloudflow._bundle import (
     remove_stale_staging,
     write_bundle,
 )
-from cloudflow._signing import resolve_key
+from cloudflow._manifest import seal
+from cloudflow._signing import resolve_key, resolve_trust
 from cloudflow.exceptions import BundleArgumentError, StoreError
 
 _logger = logging.getLogger("cloudflow")
@@ -109,7 +110,7 @@ def save_bundle(
     strip_docstrings: bool = False,
     signature: Any = None,
     input_example: Any = None,
-    signing_key: str | bytes | None = None,
+    signing_key: Any = None,
     verify: bool = False,
     python_versions: str | Iterable[str] | None = None,
     files: Mapping[str, str | os.PathLike[str]] | None = None,
@@ -135,9 +136,12 @@ def save_bundle(
         strip_docstrings: Remove docstrings from the captured code.
         signature: An MLflow ``ModelSignature`` to write in MLmodel.
         input_example: An input example to write with the model.
-        signing_key: Sign the manifest with this secret (HMAC-SHA256); default: the environment
-            variable ``CLOUDFLOW_SIGNING_KEY`` if set. A load with a key refuses bundles that are
-            unsigned or signed with another key.
+        signing_key: Sign the bundle: an Ed25519 private key (the ``os.PathLike`` path of a PEM
+            file as ``cloudflow keygen`` writes, PEM text, or a ``cryptography`` key object),
+            verified at load with only its public key; or an HMAC secret of at least 32 bytes
+            (str or bytes). Default: ``CLOUDFLOW_SIGNING_KEY`` (a secret or PEM text) or
+            ``CLOUDFLOW_SIGNING_KEY_FILE`` (a PEM file) if set. The signature covers every
+            file, MLflow's included.
         verify: Before publishing, load the bundle in a clean process (without your source on
             the path) and run ``input_example`` there; a capture that missed a module fails the
             save, naming it, and nothing is written.
@@ -226,7 +230,7 @@ def log_bundle(
     input_example: Any = None,
     tags: Mapping[str, Any] | None = None,
     await_registration_for: int = 300,
-    signing_key: str | bytes | None = None,
+    signing_key: Any = None,
     verify: bool = False,
     python_versions: str | Iterable[str] | None = None,
     files: Mapping[str, str | os.PathLike[str]] | None = None,
@@ -320,6 +324,8 @@ def log_bundle(
             mlflow_model.artifact_path = logged.artifact_location
             mlflow_model.model_id = model_id
             mlflow_model.save(str(staged / "MLmodel"))
+            # MLmodel now names the run and the model: cover its final bytes, then publish.
+            manifest = seal(staged, manifest, key)
             destination = _store._local_path(str(logged.artifact_location))
             if destination is not None:
                 destination.parent.mkdir(parents=True, exist_ok=True)
@@ -363,7 +369,8 @@ def load_bundle(
     *,
     verify: bool = True,
     allow_python_mismatch: bool = False,
-    signing_key: str | bytes | None = None,
+    signing_key: Any = None,
+    trusted_keys: Any = None,
 ) -> Bundle:
     """Load a bundle saved by :func:`save_bundle` or :func:`log_bundle`.
 
@@ -373,9 +380,13 @@ def load_bundle(
             Bundles in a local store are read where they are, without a copy.
         verify: Check every file against the manifest's digests before unpickling.
         allow_python_mismatch: Try to load a bundle saved under another Python minor version.
-        signing_key: Refuse the bundle unless its manifest is signed with this key; default: the
-            environment variable ``CLOUDFLOW_SIGNING_KEY`` if set. With a key, every file is
-            verified whatever ``verify`` says.
+        signing_key: Refuse the bundle unless it is signed with this HMAC secret; default:
+            ``CLOUDFLOW_SIGNING_KEY`` if set.
+        trusted_keys: Refuse the bundle unless it is signed by the private key of one of these
+            Ed25519 public keys (PEM text, the path of a ``.pub.pem`` file, or key objects);
+            default: the files listed in ``CLOUDFLOW_TRUSTED_KEYS`` (separated by
+            ``os.pathsep``) if set. With any key, every file is verified whatever ``verify``
+            says, none from the digest cache.
 
     Returns:
         A :class:`Bundle`; call ``bundle.predict(**inputs)``.
@@ -392,7 +403,7 @@ def load_bundle(
             f"model_uri must be a str or path, got {type(model_uri).__name__}. Pass e.g. "
             "'runs:/<run_id>/model' or a local folder."
         )
-    key = resolve_key(signing_key)
+    trust = resolve_trust(signing_key, trusted_keys)
     # A bundle downloaded from a server is deleted once loaded (its weights stay mapped); one
     # with data files keeps its download while the Bundle lives: its code reads them later.
     with _store.bundle_dir(model_uri, keep=_has_data_files) as (folder, temporary):
@@ -400,7 +411,7 @@ def load_bundle(
             folder,
             verify=verify,
             allow_python_mismatch=allow_python_mismatch,
-            signing_key=key,
+            signing_key=trust,
         )
         if temporary and bundle.manifest.data_files:
             weakref.finalize(bundle, shutil.rmtree, folder, True)

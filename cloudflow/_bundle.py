@@ -239,7 +239,7 @@ def write_bundle(
     signature: Any = None,
     input_example: Any = None,
     mlflow_model: Any = None,
-    signing_key: bytes | None = None,
+    signing_key: Any = None,
     verify: bool = False,
     python_versions: str | Iterable[str] | None = None,
     data_files: Mapping[str, Path] | None = None,
@@ -304,7 +304,7 @@ def _write_and_publish(
     signature: Any,
     input_example: Any,
     mlflow_model: Any,
-    signing_key: bytes | None,
+    signing_key: Any,
     verify: bool,
     interpreters: Mapping[str, str],
     data_files: Mapping[str, Path],
@@ -333,8 +333,7 @@ def _write_and_publish(
             signature,
             input_example,
         )
-        if signing_key is not None:
-            _manifest.sign(staging / DATA_DIR, signing_key)
+        manifest = _manifest.seal(staging, manifest, signing_key)
         if verify:
             from cloudflow._verify import check_in_clean_process
 
@@ -506,33 +505,45 @@ def read_bundle(
     *,
     verify: bool = True,
     allow_python_mismatch: bool = False,
-    signing_key: str | bytes | None = None,
+    signing_key: Any = None,
+    trusted_keys: Any = None,
 ) -> Bundle:
     """Load a bundle from a local folder (its root, or its ``cloudflow`` data folder).
 
-    The manifest, its signature (when a key is given or ``CLOUDFLOW_SIGNING_KEY`` is set: then
-    every file is checked whatever ``verify`` says) and the files are checked before anything
-    is unpickled.
+    The manifest, its signature (when a key is given or configured by the environment: then
+    every file is checked whatever ``verify`` says, none from the digest cache) and the files
+    are checked before anything is unpickled. Files whose loading runs code are read once,
+    checked in memory and loaded from those bytes.
     """
-    from cloudflow._signing import resolve_key
+    from cloudflow._signing import resolve_trust
 
     started = time.perf_counter()
-    key = resolve_key(signing_key)
+    trust = resolve_trust(signing_key, trusted_keys)
     data = data_dir_of(path)
-    manifest = _manifest.read_manifest(data, signing_key=key)
+    manifest = _manifest.read_manifest(data, signing_key=trust)
     from cloudflow.flavors import get_flavor
 
     models: dict[str, object] = {}
+    checked = verify or trust is not None
     # Pickles (which run code) and everything else are verified before anything is unpickled.
     # Weights in safetensors, a format parsed without running code, are hashed on another core
     # while the models load; the bundle is returned only once they match too.
-    deferred = _manifest.deferred_files(manifest) if (verify or key is not None) else []
+    deferred = _manifest.deferred_files(manifest) if checked else []
     pending: concurrent.futures.Future[None] | None = None
+    verified = _manifest.VerifiedBytes(data, None)
     with _progress.Steps("Loading bundle", total=len(manifest.models) + 2) as steps:
-        if verify or key is not None:
-            _manifest.verify_files(data, manifest, skip_digests=deferred)
+        if checked:
+            verified = _manifest.verify_files(
+                data,
+                manifest,
+                skip_digests=deferred,
+                use_cache=trust is None,
+                require_outer=trust is not None,
+            )
             if deferred:
-                pending = _VERIFIER.submit(_manifest.verify_digests, data, manifest, deferred)
+                pending = _VERIFIER.submit(
+                    _manifest.verify_digests, data, manifest, deferred, use_cache=trust is None
+                )
         steps.advance("files verified")
         try:
             _check_python(manifest, allow_python_mismatch)
@@ -540,16 +551,18 @@ def read_bundle(
             resolver = _files.Resolver(data, manifest.data_files)
             if resolver:
                 _files.install(table, resolver)
-            table.code_table = _portable.read_table(data, manifest.python_versions)
+            table.code_table = _portable.read_table(
+                data, manifest.python_versions, read=verified.read
+            )
             if resolver and table.code_table is not None:
                 table.code_table = {
                     k: resolver.rewrite_code(c) for k, c in table.code_table.items()
                 }
-            predict_fn = load_code(data / CODE_FILE, table)
+            predict_fn = load_code(data / CODE_FILE, table, read=verified.read)
             table.mark_left_out(manifest.captured_globals)
             if resolver:
                 _files.place_modules(table, resolver, _capture.relative_filename)
-            context = LoadContext(table)
+            context = LoadContext(table, read=verified.read)
             steps.advance("code")
             for name, entry in manifest.models.items():
                 flavor = get_flavor(entry.flavor)

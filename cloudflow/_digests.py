@@ -156,6 +156,13 @@ def new_hasher(algorithm: str = ALGORITHM) -> Any:
     raise ValueError(f"Unknown digest algorithm {algorithm!r}; known: {list(ALGORITHMS)}")
 
 
+def digest_bytes(data: bytes | memoryview, algorithm: str = ALGORITHM) -> str:
+    """Digest of bytes already in memory (BLAKE3 splits large inputs across cores)."""
+    h = new_hasher(algorithm)
+    h.update(data)
+    return str(h.hexdigest())
+
+
 def _hash_open_file(
     path: Path, algorithm: str = ALGORITHM
 ) -> tuple[str, os.stat_result, os.stat_result]:

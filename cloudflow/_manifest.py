@@ -12,11 +12,13 @@ Three layers, each checked before anything of the bundle is unpickled:
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
 import os
 import posixpath
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +78,10 @@ class Manifest:
     python_versions: list[str] = field(default_factory=list)
     #: Data files given as ``files=`` (see :mod:`cloudflow._files`); empty: none.
     data_files: dict[str, Any] = field(default_factory=dict)
+    #: Digest and size of every file of the bundle outside ``cloudflow/`` (MLmodel,
+    #: requirements.txt, python_env.yaml, conda.yaml, input examples), by path from the bundle's
+    #: root; written last, when MLmodel is final (see :func:`seal`). Empty: an older bundle.
+    outer_files: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -172,6 +178,7 @@ def _check_shape(data: dict[str, Any], path: Path) -> None:
         ("files", dict),
         ("metadata", dict),
         ("data_files", dict),
+        ("outer_files", dict),
         ("extra", dict),
     ):
         if key in data and not isinstance(data[key], kind):
@@ -186,6 +193,15 @@ def _check_shape(data: dict[str, Any], path: Path) -> None:
         ):
             raise _damaged(path, f"the entry of {rel!r} has no digest and size")
     _check_data_files(data.get("data_files") or {}, path)
+    for rel, entry in (data.get("outer_files") or {}).items():
+        if not _safe_relative(rel) or rel.split("/")[0] == DATA_DIR:
+            raise _damaged(path, f"it lists the file {rel!r}, which is not a path in the bundle")
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get(_digests.ALGORITHM), str)
+            or type(entry.get("size")) is not int
+        ):
+            raise _damaged(path, f"the entry of {rel!r} has no digest and size")
     for name, entry in (data.get("models") or {}).items():
         if (
             not isinstance(entry, dict)
@@ -202,7 +218,7 @@ def _check_shape(data: dict[str, Any], path: Path) -> None:
             raise _damaged(path, f"the version of {dist!r} is not a string")
 
 
-def read_manifest(data_dir: Path, *, signing_key: bytes | None = None) -> Manifest:
+def read_manifest(data_dir: Path, *, signing_key: Any = None) -> Manifest:
     """Read and check the manifest of a bundle's data folder.
 
     With a key, the signature is checked on the very bytes that are then parsed.
@@ -242,9 +258,35 @@ def read_manifest(data_dir: Path, *, signing_key: bytes | None = None) -> Manife
     return Manifest.from_dict(data)
 
 
-def sign(data_dir: Path, signing_key: bytes) -> None:
+def sign(data_dir: Path, signing_key: Any) -> None:
     """Sign the manifest written in ``data_dir`` (writes ``manifest.sig`` beside it)."""
     _signing.sign(data_dir, (data_dir / MANIFEST_FILE).read_bytes(), signing_key)
+
+
+def outer_digests(root: Path) -> dict[str, dict[str, Any]]:
+    """Digest and size of every file of a bundle outside its ``cloudflow`` folder."""
+    rels = [rel for rel in _walk_files(root, skip_top=DATA_DIR) if rel not in DOWNLOAD_FILES]
+    paths = [root / rel for rel in rels]
+    digests = _digests.digest_files(paths, use_cache=False)
+    return {
+        rel: {_digests.ALGORITHM: digest, "size": path.stat().st_size}
+        for rel, path, digest in zip(rels, paths, digests, strict=True)
+    }
+
+
+def seal(root: Path, manifest: Manifest, signing_key: Any = None) -> Manifest:
+    """Write the manifest again with the digests of MLflow's files (now final), and sign it.
+
+    Called when MLmodel and the files beside it will not change any more, just before the
+    bundle is published; again if they do change (``log_bundle`` records the run in MLmodel).
+    """
+    data = root / DATA_DIR
+    sealed = dataclasses.replace(manifest, outer_files=outer_digests(root))
+    (data / MANIFEST_FILE).write_text(sealed.to_json(), encoding="utf-8")
+    (data / SIGNATURE_FILE).unlink(missing_ok=True)
+    if signing_key is not None:
+        sign(data, signing_key)
+    return sealed
 
 
 def file_digest(entry: dict[str, Any]) -> tuple[str, str]:
@@ -255,12 +297,29 @@ def file_digest(entry: dict[str, Any]) -> tuple[str, str]:
     raise BundleFormatError(f"A file entry of the manifest has no known digest: {entry!r}")
 
 
-def _walk_files(data_dir: Path) -> list[str]:
+def _walk_files(data_dir: Path, *, skip_top: str | None = None) -> list[str]:
+    """The files under a folder, by '/'-separated relative path (not the manifest's own).
+
+    Raises:
+        IntegrityError: A symbolic link (to a file or a folder) lies inside: a bundle holds
+            only regular files, and a link can lead anywhere, even where the content matches.
+    """
     out = []
-    for root, _dirs, files in os.walk(data_dir):
+    for root, dirs, files in os.walk(data_dir):
+        if skip_top is not None and os.path.samefile(root, data_dir):
+            dirs[:] = [d for d in dirs if d != skip_top]
+        for name in [*dirs, *files]:
+            full = os.path.join(root, name)
+            if os.path.islink(full):
+                rel = os.path.relpath(full, data_dir).replace(os.sep, "/")
+                raise IntegrityError(
+                    f"The bundle at {str(data_dir)!r} holds a symbolic link, {rel!r} -> "
+                    f"{os.readlink(full)!r}: a bundle holds only regular files. Refusing to load "
+                    "it; copy the bundle again without links (cp -L) or save it again."
+                )
         for name in files:
             rel = os.path.relpath(os.path.join(root, name), data_dir).replace(os.sep, "/")
-            if rel not in _META_FILES:
+            if skip_top is not None or rel not in _META_FILES:
                 out.append(rel)
     return sorted(out)
 
@@ -303,52 +362,181 @@ def deferred_files(manifest: Manifest) -> list[str]:
     )
 
 
-def verify_files(data_dir: Path, manifest: Manifest, *, skip_digests: Iterable[str] = ()) -> None:
+#: Files whose loading runs code (pickles, marshalled code objects, skops): read once into
+#: memory, hashed there, and loaded from those very bytes, so that nothing can swap the file
+#: between the check and the load.
+READ_ONCE_SUFFIXES = (".pkl", ".marshal", ".skops")
+
+
+def verify_files(
+    data_dir: Path,
+    manifest: Manifest,
+    *,
+    skip_digests: Iterable[str] = (),
+    use_cache: bool = True,
+    require_outer: bool = False,
+) -> VerifiedBytes:
     """Check every file against the manifest before anything is unpickled.
 
     Args:
         skip_digests: Files whose presence and size are checked here but whose digests the
             caller checks itself (with :func:`verify_digests`), while they load.
+        use_cache: Take digests of unchanged large files from this machine's digest cache
+            (never for the files read once, which are hashed from memory). Off under a key.
+        require_outer: Refuse a bundle whose manifest does not cover MLflow's files.
+
+    Returns:
+        The verified bytes of the files that run code when loaded (:data:`READ_ONCE_SUFFIXES`).
 
     Raises:
-        IntegrityError: A file is missing, added, of another size or another digest; the message
-            names it.
+        IntegrityError: A file is missing, added, of another size or another digest, or a link;
+            the message names it.
     """
     bundle = str(data_dir.parent)
-    present = set(_walk_files(data_dir))
-    expected = set(manifest.files)
+    if os.path.islink(data_dir):
+        raise IntegrityError(
+            f"The {DATA_DIR} folder of the bundle at {bundle!r} is a symbolic link: a bundle holds "
+            "only regular files and folders. Copy it again without links (cp -L)."
+        )
+    _check_listing(bundle, set(_walk_files(data_dir)), manifest.files, "")
+    for rel in sorted(manifest.files):
+        _check_size(data_dir / rel, rel, bundle, manifest.files[rel]["size"])
+    _verify_outer(data_dir.parent, manifest, require_outer)
+    skipped = set(skip_digests)
+    once = [rel for rel in manifest.files if rel.endswith(READ_ONCE_SUFFIXES)]
+    verified = VerifiedBytes(data_dir, manifest)
+    verified.preload([rel for rel in once if rel not in skipped])
+    rest = [rel for rel in sorted(manifest.files) if rel not in skipped and rel not in once]
+    verify_digests(data_dir, manifest, rest, use_cache=use_cache)
+    return verified
+
+
+def _check_listing(bundle: str, present: set[str], listed: Mapping[str, Any], where: str) -> None:
+    expected = set(listed)
     missing = sorted(expected - present)
     if missing:
         raise IntegrityError(
-            f"The bundle at {bundle!r} is missing {missing[0]!r} (listed in its manifest)"
+            f"The bundle at {bundle!r} is missing {where}{missing[0]!r} (listed in its manifest)"
             + (f" and {len(missing) - 1} more file(s)" if len(missing) > 1 else "")
             + ". It is incomplete: copy it again or save it again."
         )
     extra = sorted(present - expected)
     if extra:
         raise IntegrityError(
-            f"The bundle at {bundle!r} holds a file its manifest does not list: {extra[0]!r}. "
-            "Files were added after saving; remove them or save the bundle again."
+            f"The bundle at {bundle!r} holds a file its manifest does not list: {where}"
+            f"{extra[0]!r}. Files were added after saving; remove them or save the bundle again."
         )
-    rels = sorted(manifest.files)
-    for rel in rels:
-        try:
-            size = (data_dir / rel).stat().st_size
-        except OSError as e:
+
+
+def _check_size(path: Path, rel: str, bundle: str, size: int) -> None:
+    try:
+        found = path.stat().st_size
+    except OSError as e:
+        raise IntegrityError(
+            f"The file {rel!r} of the bundle at {bundle!r} cannot be read ({e.strerror})."
+        ) from e
+    if found != size:
+        raise IntegrityError(
+            f"The file {rel!r} of the bundle at {bundle!r} has {found} bytes, but {size} were "
+            "saved: it was changed or truncated. Save the bundle again."
+        )
+
+
+#: Files MLflow writes into a model's folder when it downloads it, after saving: the registered
+#: name and version of a ``models:/`` download. Plain YAML MLflow parses safely; not listed.
+DOWNLOAD_FILES = frozenset({"registered_model_meta"})
+
+
+def _verify_outer(root: Path, manifest: Manifest, required: bool) -> None:
+    """MLflow's files (MLmodel, requirements, environments, examples) against the manifest."""
+    bundle = str(root)
+    if not manifest.outer_files:
+        if required:
             raise IntegrityError(
-                f"The file {rel!r} of the bundle at {bundle!r} cannot be read ({e.strerror})."
-            ) from e
-        if size != manifest.files[rel]["size"]:
-            raise IntegrityError(
-                f"The file {rel!r} of the bundle at {bundle!r} has {size} bytes, but "
-                f"{manifest.files[rel]['size']} were saved: it was changed or truncated. Save the "
-                "bundle again."
+                f"The bundle at {bundle!r} is signed, but its manifest does not cover MLflow's "
+                "files (MLmodel, requirements.txt...): it was saved by an older cloudflow. Sign it "
+                "again with `cloudflow sign`, or save it again."
             )
-    skipped = set(skip_digests)
-    verify_digests(data_dir, manifest, [rel for rel in rels if rel not in skipped])
+        return
+    present = set(_walk_files(root, skip_top=DATA_DIR)) - DOWNLOAD_FILES
+    _check_listing(bundle, present, manifest.outer_files, "")
+    rels = sorted(manifest.outer_files)
+    for rel in rels:
+        _check_size(root / rel, rel, bundle, manifest.outer_files[rel]["size"])
+    digests = _digests.digest_files([root / rel for rel in rels], use_cache=False)
+    for rel, digest in zip(rels, digests, strict=True):
+        if digest != manifest.outer_files[rel][_digests.ALGORITHM]:
+            raise IntegrityError(
+                f"The file {rel!r} of the bundle at {bundle!r} does not match the digest in its "
+                "manifest: it was changed after saving. Do not load it; save the bundle again "
+                "from its source."
+            )
 
 
-def verify_digests(data_dir: Path, manifest: Manifest, rels: Sequence[str]) -> None:
+class VerifiedBytes:
+    """Files of a bundle read once and checked against the manifest, to be loaded from memory.
+
+    :meth:`read` hands each preloaded file's bytes over once; any other file is read and
+    checked when asked for. Without a manifest to check against (``verify=False``), files are
+    read as they are.
+    """
+
+    def __init__(self, data_dir: Path, manifest: Manifest | None) -> None:
+        self.data_dir = data_dir
+        self.manifest = manifest
+        self._bytes: dict[str, bytes] = {}
+
+    def _rel(self, path: Path) -> str:
+        return os.path.relpath(os.path.normpath(path), self.data_dir).replace(os.sep, "/")
+
+    def _read_checked(self, rel: str) -> bytes:
+        assert self.manifest is not None
+        bundle = str(self.data_dir.parent)
+        entry = self.manifest.files.get(rel)
+        if entry is None:
+            raise IntegrityError(
+                f"The bundle at {bundle!r} loads {rel!r}, which its manifest does not list. "
+                "Refusing to load it; save the bundle again."
+            )
+        algorithm, expected = file_digest(entry)
+        try:
+            with open(self.data_dir / rel, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise IntegrityError(f"{rel!r} of the bundle at {bundle!r} is not a file.")
+                data = f.read()
+        except OSError as e:
+            raise IntegrityError(f"A file of the bundle at {bundle!r} cannot be read: {e}") from e
+        if len(data) != entry["size"] or _digests.digest_bytes(data, algorithm) != expected:
+            raise IntegrityError(
+                f"The file {rel!r} of the bundle at {bundle!r} does not match the {algorithm} "
+                "digest in its manifest: it was changed after saving. Do not load it; save the "
+                "bundle again from its source."
+            )
+        return data
+
+    def preload(self, rels: Sequence[str]) -> None:
+        """Read and check files, in parallel threads (hashing releases the GIL)."""
+        if len(rels) <= 1:
+            self._bytes.update((rel, self._read_checked(rel)) for rel in rels)
+            return
+        workers = min(4, len(rels), os.cpu_count() or 1) or 1
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            self._bytes.update(zip(rels, pool.map(self._read_checked, rels), strict=True))
+
+    def read(self, path: Path) -> bytes:
+        """The checked bytes of a file of the bundle (its path as the loaders build it)."""
+        rel = self._rel(path)
+        data = self._bytes.pop(rel, None)
+        if data is not None:
+            return data
+        if self.manifest is None:
+            return Path(path).read_bytes()
+        return self._read_checked(rel)
+
+
+def verify_digests(
+    data_dir: Path, manifest: Manifest, rels: Sequence[str], *, use_cache: bool = True
+) -> None:
     """Check the digests of some files of a bundle (hashed in parallel)."""
     bundle = str(data_dir.parent)
     by_algorithm: dict[str, list[str]] = {}
@@ -356,7 +544,9 @@ def verify_digests(data_dir: Path, manifest: Manifest, rels: Sequence[str]) -> N
         by_algorithm.setdefault(file_digest(manifest.files[rel])[0], []).append(rel)
     for algorithm, group in by_algorithm.items():
         try:
-            digests = _digests.digest_files([data_dir / rel for rel in group], algorithm=algorithm)
+            digests = _digests.digest_files(
+                [data_dir / rel for rel in group], algorithm=algorithm, use_cache=use_cache
+            )
         except OSError as e:
             raise IntegrityError(f"A file of the bundle at {bundle!r} cannot be read: {e}") from e
         for rel, digest in zip(group, digests, strict=True):

@@ -580,8 +580,10 @@ class _Unpickler(pickle.Unpickler):
 class LoadContext:
     """The :class:`~cloudflow.flavors._base.PickleContext` flavors use at load time."""
 
-    def __init__(self, table: ModuleTable) -> None:
+    def __init__(self, table: ModuleTable, read: Callable[[Path], bytes] | None = None) -> None:
         self.table = table
+        # The bytes of a file as verified (read once, checked in memory): see VerifiedBytes.
+        self.read_bytes: Callable[[Path], bytes] = read or (lambda path: Path(path).read_bytes())
 
     def dump(self, obj: object, path: Path, *, persistent_id: Any = None) -> None:
         raise CaptureError("A bundle is read-only once saved.")
@@ -589,14 +591,21 @@ class LoadContext:
     def load(
         self, path: Path, *, persistent_load: Callable[[object], object] | None = None
     ) -> object:
-        with activate(self.table), open(path, "rb") as f:
-            obj = _Unpickler(f, persistent_load).load()
+        with activate(self.table):
+            obj = _Unpickler(io.BytesIO(self.read_bytes(path)), persistent_load).load()
         self.table.regenerate_dataclasses()
         return obj
 
 
-def load_code(path: Path, table: ModuleTable) -> Callable[..., Any]:
-    """Read ``code.pkl``: the predict function, then the captured modules, until ``None``."""
+def load_code(
+    path: Path, table: ModuleTable, read: Callable[[Path], bytes] | None = None
+) -> Callable[..., Any]:
+    """Read ``code.pkl``: the predict function, then the captured modules, until ``None``.
+
+    ``read`` gives the file's bytes as verified (see :class:`cloudflow._manifest.VerifiedBytes`).
+    """
+    if read is not None:
+        return read_code(io.BytesIO(read(path)), table)
     with open(path, "rb") as f:
         return read_code(f, table)
 
@@ -952,6 +961,9 @@ class CaptureSession:
             self._dump(pickler, obj, f"model file {path.name}")
 
     def load(self, path: Path, *, persistent_load: Any = None) -> object:
+        raise CaptureError("Models are loaded through a LoadContext.")
+
+    def read_bytes(self, path: Path) -> bytes:
         raise CaptureError("Models are loaded through a LoadContext.")
 
     def _dump(

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import types
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -395,8 +395,13 @@ def _compile_with(exe: str, version: str, request: Mapping[str, Any]) -> dict[st
 # --- load side -----------------------------------------------------------------------------------
 
 
-def read_table(data_dir: Path, versions: list[str]) -> dict[str, types.CodeType] | None:
-    """The code table of the running version, or None for a bundle that pickles code itself."""
+def read_table(
+    data_dir: Path, versions: list[str], read: Callable[[Path], bytes] | None = None
+) -> dict[str, types.CodeType] | None:
+    """The code table of the running version, or None for a bundle that pickles code itself.
+
+    ``read`` gives the file's bytes as verified (see :class:`cloudflow._manifest.VerifiedBytes`).
+    """
     here = version_of()
     path = data_dir / table_name(here)
     if not path.is_file():
@@ -407,5 +412,5 @@ def read_table(data_dir: Path, versions: list[str]) -> dict[str, types.CodeType]
                 f"python_versions=[..., {here!r}]."
             )
         return None
-    table: dict[str, types.CodeType] = marshal.loads(path.read_bytes())
+    table: dict[str, types.CodeType] = marshal.loads(read(path) if read else path.read_bytes())
     return table

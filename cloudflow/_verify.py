@@ -192,7 +192,8 @@ def check_in_clean_process(
         env = {
             k: v
             for k, v in os.environ.items()
-            if k not in ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", _signing.ENV_VAR)
+            if k not in ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME")
+            and k not in (_signing.ENV_VAR, _signing.KEY_FILE_ENV, _signing.TRUSTED_ENV)
         }
         env["PYTHONPATH"] = _python_path(scratch)
         env["PYTHONDONTWRITEBYTECODE"] = "1"

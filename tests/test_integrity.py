@@ -363,7 +363,11 @@ def test_the_environment_variable_signs_and_checks(
 
 @pytest.mark.parametrize(
     ("key", "message"),
-    [(b"", "signing_key is empty"), (12345, "signing_key must be a str or bytes, got int")],
+    [
+        (b"", "signing_key is empty"),
+        (b"short", "signing_key is 5 bytes long; a signing secret needs at least 32"),
+        (12345, r"signing_key must be a secret \(str or bytes\), an Ed25519 private key.*got int"),
+    ],
 )
 def test_a_bad_key_is_refused_before_anything_is_written(
     app: Any, tmp_path: Path, key: object, message: str
@@ -454,10 +458,17 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def big_bundle(app: Any, path: Path) -> Path:
-    """A bundle with one file above the cache's size threshold."""
-    blob = bytes(range(256)) * (_digests.CACHE_MIN_SIZE // 256 + 1)
-    cloudflow.save_bundle(app.get, {"blob": blob}, path)
+    """A bundle with one file above the cache's size threshold (a data file, not a pickle:
+    pickles are read once and hashed in memory, never taken from the cache)."""
+    table = path.parent / "blob.bin"
+    table.write_bytes(bytes(range(256)) * (_digests.CACHE_MIN_SIZE // 256 + 1))
+    cloudflow.save_bundle(app.get, {"blob": bytes(range(10))}, path, files={"blob": table})
     return path
+
+
+def big_file(bundle: Path) -> Path:
+    (found,) = (bundle / "cloudflow" / "files").rglob("blob.bin")
+    return found
 
 
 def count_hashes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
@@ -477,7 +488,7 @@ def test_digest_cache_skips_rehashing_a_settled_file_and_sees_any_change(
 ) -> None:
     monkeypatch.setattr(_digests, "SETTLED_FINE_S", 3600.0)
     bundle = big_bundle(app, tmp_path / "bundle")
-    weights = bundle / "cloudflow" / "models" / "blob" / "model.pkl"
+    weights = big_file(bundle)
     assert weights.stat().st_size >= _digests.CACHE_MIN_SIZE
     assert not cache.exists() or not any(cache.iterdir())  # just written: not settled yet
     monkeypatch.setattr(_digests, "SETTLED_S", 0.0)
@@ -488,13 +499,13 @@ def test_digest_cache_skips_rehashing_a_settled_file_and_sees_any_change(
     hashed = count_hashes(monkeypatch)
     assert cloudflow.load_bundle(bundle).predict(i=4) == 4
     assert weights not in hashed  # from the cache
-    assert any(p.name == "code.pkl" for p in hashed)  # small files are always hashed
+    assert any(p.name == "MLmodel" for p in hashed)  # small files are always hashed
 
     time.sleep(0.05)
     info = weights.stat()
     _flip(weights, random.Random(1))
     os.utime(weights, ns=(info.st_atime_ns, info.st_mtime_ns))  # same size, same mtime
-    with pytest.raises(IntegrityError, match=r"'models/blob/model\.pkl'.*blake3"):
+    with pytest.raises(IntegrityError, match=r"blob\.bin'.*blake3"):
         cloudflow.load_bundle(bundle)
     assert weights in hashed
 
@@ -508,7 +519,7 @@ def test_digest_cache_waits_until_a_file_has_settled(
     hashed = count_hashes(monkeypatch)
     for _ in range(2):
         cloudflow.load_bundle(bundle)
-    weights = bundle / "cloudflow" / "models" / "blob" / "model.pkl"
+    weights = big_file(bundle)
     assert hashed.count(weights) == 2
     assert not cache.exists() or not any(cache.iterdir())
 
@@ -521,12 +532,12 @@ def test_a_save_remembers_the_digests_it_computed(
     monkeypatch.setattr(_digests, "SETTLED_S", 0.0)
     monkeypatch.setattr(_digests, "SETTLED_FINE_S", 0.0)
     bundle = big_bundle(app, tmp_path / "bundle")
-    weights = bundle / "cloudflow" / "models" / "blob" / "model.pkl"
+    weights = big_file(bundle)
     assert len(list(cache.iterdir())) == 1
     hashed = count_hashes(monkeypatch)
     assert cloudflow.load_bundle(bundle).predict(i=5) == 5
     assert weights not in hashed
-    assert any(p.name == "code.pkl" for p in hashed)
+    assert any(p.name == "MLmodel" for p in hashed)
 
 
 def test_whole_second_timestamps_wait_longer() -> None:

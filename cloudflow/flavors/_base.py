@@ -36,6 +36,10 @@ class PickleContext(Protocol):
         persistent_load: Callable[[object], object] | None = None,
     ) -> object: ...
 
+    def read_bytes(self, path: Path) -> bytes:
+        """A file of the bundle as verified at load (read once, checked in memory)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Flavor:

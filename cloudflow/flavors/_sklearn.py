@@ -67,7 +67,8 @@ def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
         return ctx.load(path / info.get("file", _PICKLE_FILE))
     if fmt == "skops":
         skops_io = require("skops.io", flavor=FLAVOR_NAME, extra=EXTRA)
-        return skops_io.load(path / info.get("file", _SKOPS_FILE), trusted=info.get("trusted"))
+        data = ctx.read_bytes(path / info.get("file", _SKOPS_FILE))  # as verified, read once
+        return skops_io.loads(data, trusted=info.get("trusted"))
     raise BundleFormatError(
         f"Unknown scikit-learn format {fmt!r} in the bundle; known formats are 'pickle' and "
         "'skops'. Upgrade cloudflow to load it."
