@@ -15,6 +15,7 @@ from cloudflow import _store
 from cloudflow._api import load_bundle, log_bundle
 from cloudflow._bundle import Bundle, check_arguments
 from cloudflow._files import check_files
+from cloudflow._signing import resolve_key, resolve_trust
 from cloudflow.exceptions import BundleArgumentError, CloudflowError
 
 MODEL_NAME = "model"
@@ -82,6 +83,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         exclude_modules: Iterable[str] | None = None,
         python_versions: str | Iterable[str] | None = None,
         files: Mapping[str, str | os.PathLike[str]] | None = None,
+        signing_key: Any = None,
     ) -> Any:
         """Save ``predict_function`` with ``models`` as the model ``model`` of run ``run_id``.
 
@@ -103,6 +105,8 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
                 :func:`cloudflow.log_bundle`.
             files: Data files the function reads when it runs (name -> path), copied into the
                 bundle, as in :func:`cloudflow.log_bundle`.
+            signing_key: Sign the bundle (an Ed25519 private key or an HMAC secret), as in
+                :func:`cloudflow.log_bundle`.
 
         Returns:
             MLflow's ``ModelInfo`` of the logged model.
@@ -111,6 +115,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
 
         check_arguments(predict_function, models)
         check_files(files)
+        resolve_key(signing_key)
         uri = _store.resolve_tracking_uri(tracking_uri)
         mlflow.set_tracking_uri(uri)
         _store.run_in_experiment(mlflow.MlflowClient(uri), experiment_id, run_id)
@@ -125,6 +130,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
                 exclude_modules=exclude_modules,
                 python_versions=python_versions,
                 files=files,
+                signing_key=signing_key,
             )
 
         active = mlflow.active_run()
@@ -142,30 +148,35 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         tracking_uri: str | os.PathLike[str],
         experiment_id: str,
         run_id: str,
+        *,
+        signing_key: Any = None,
+        trusted_keys: Any = None,
     ) -> Bundle:
         """Load the model ``model`` of run ``run_id`` (experiment given by name or id).
 
         ``run_id`` may also be a model URI: ``models:/<name>/<version>`` or
         ``models:/<name>@<alias>`` for a version of a registered model, or
         ``runs:/<run_id>/<name>``. Registered models live outside experiments, so
-        ``experiment_id`` is then not used.
+        ``experiment_id`` is then not used. ``signing_key`` and ``trusted_keys`` refuse a
+        bundle not signed by those keys, as in :func:`cloudflow.load_bundle`.
 
         Returns:
             The loaded :class:`~cloudflow.Bundle`; ``predict`` calls it.
         """
         import mlflow
 
+        trust = resolve_trust(signing_key, trusted_keys)
         uri = _store.existing_store_uri(tracking_uri)  # a load creates no store
         mlflow.set_tracking_uri(uri)
         if str(run_id).startswith(("models:/", "runs:/")):
-            self.bundle = load_bundle(str(run_id))
+            self.bundle = load_bundle(str(run_id), signing_key=trust)
             return self.bundle
         fast = _store.fast_run_model(uri, str(run_id), MODEL_NAME, experiment=str(experiment_id))
         if fast is not None:  # the run, in that experiment, with a finished model: one lookup
-            self.bundle = load_bundle(fast.artifact_location)
+            self.bundle = load_bundle(fast.artifact_location, signing_key=trust)
             return self.bundle
         _store.run_in_experiment(mlflow.MlflowClient(uri), experiment_id, run_id)
-        self.bundle = load_bundle(f"runs:/{run_id}/{MODEL_NAME}")
+        self.bundle = load_bundle(f"runs:/{run_id}/{MODEL_NAME}", signing_key=trust)
         return self.bundle
 
     def predict(self, **params: Any) -> Any:

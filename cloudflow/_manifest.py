@@ -473,6 +473,43 @@ def _verify_outer(root: Path, manifest: Manifest, required: bool) -> None:
             )
 
 
+def check_bundle(root: Path, trust: Any) -> dict[str, Any]:
+    """Check a bundle's signature and every file, without the digest cache; unpickles nothing.
+
+    Returns ``{"signed_by": "<algorithm> <key id>", "files": n}``.
+
+    Raises:
+        IntegrityError: Unsigned, wrongly signed, or any file changed, missing, added or a link.
+    """
+    data = root / DATA_DIR
+    manifest = read_manifest(data, signing_key=trust)
+    verify_files(data, manifest, use_cache=False, require_outer=True)
+    record = _signing.read_signature(data)
+    assert record is not None  # read_manifest refused an unsigned bundle
+    return {
+        "signed_by": f"{record[0]} {record[1]}",
+        "files": len(manifest.files) + len(manifest.outer_files),
+    }
+
+
+def sign_bundle(root: Path, signer: Any) -> Manifest:
+    """Sign an existing bundle in place, after checking every file against its manifest.
+
+    A bundle saved before MLflow's files were covered gets their digests first. A damaged
+    bundle is refused, never signed.
+
+    Raises:
+        IntegrityError: A file does not match the manifest.
+    """
+    data = root / DATA_DIR
+    manifest = read_manifest(data)
+    verify_files(data, manifest, use_cache=False)
+    if not manifest.outer_files:
+        return seal(root, manifest, signer)
+    sign(data, signer)
+    return manifest
+
+
 class VerifiedBytes:
     """Files of a bundle read once and checked against the manifest, to be loaded from memory.
 

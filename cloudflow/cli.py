@@ -293,6 +293,113 @@ def list_(tracking_uri: str, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("key_file", type=click.Path(dir_okay=False, writable=True))
+def keygen(key_file: str) -> None:
+    """Write a new Ed25519 key pair: KEY_FILE (private, mode 600) and its .pub.pem beside it.
+
+    Sign bundles with the private key (signing_key=Path(KEY_FILE), CLOUDFLOW_SIGNING_KEY_FILE or
+    `cloudflow sign`); give serving machines only the public key (trusted_keys=...,
+    CLOUDFLOW_TRUSTED_KEYS or `cloudflow verify --key`).
+    """
+    from pathlib import Path
+
+    from cloudflow import _signing
+
+    private = Path(key_file)
+    if private.exists():
+        raise click.UsageError(f"{key_file} exists: give a new file name (keys are not replaced).")
+    public = _signing.generate_key_pair(private)
+    signer = _signing.resolve_key(private)
+    assert signer is not None
+    click.echo(
+        f"private key {private} (keep it secret)\npublic key  {public}\nkey id      {signer.key_id}"
+    )
+
+
+def _local_bundle(model_uri: str, tracking_uri: str | None) -> Any:
+    from cloudflow import _store
+
+    _use_tracking_uri(tracking_uri, model_uri)
+    folder, temporary = _store.local_bundle_dir(model_uri)
+    return folder, temporary
+
+
+@main.command()
+@click.argument("model_uri")
+@click.option(
+    "--key",
+    "key_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The Ed25519 private key (PEM) to sign with; default: $CLOUDFLOW_SIGNING_KEY_FILE or "
+    "the secret in $CLOUDFLOW_SIGNING_KEY.",
+)
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help=_TRACKING_HELP)
+@_traceback_option
+def sign(model_uri: str, key_file: str | None, tracking_uri: str | None) -> None:
+    """Sign the bundle MODEL_URI in place (a folder, or a bundle of a local store).
+
+    Every file is checked against the manifest first: a damaged bundle is refused, not signed.
+    """
+    from pathlib import Path
+
+    from cloudflow import _manifest, _signing
+
+    signer = _signing.resolve_key(Path(key_file) if key_file else None)
+    if signer is None:
+        raise click.UsageError(
+            "No key: give --key KEY.pem (cloudflow keygen writes one), or set "
+            "CLOUDFLOW_SIGNING_KEY_FILE or CLOUDFLOW_SIGNING_KEY."
+        )
+    folder, temporary = _local_bundle(model_uri, tracking_uri)
+    if temporary:
+        raise click.UsageError(
+            f"{model_uri} is stored on a server: sign it where it is saved (signing_key= at save "
+            "time), or sign a local copy."
+        )
+    _manifest.sign_bundle(folder, signer)
+    click.echo(f"signed {folder} ({signer.algorithm} {signer.key_id})")
+
+
+@main.command()
+@click.argument("model_uri")
+@click.option(
+    "--key",
+    "key_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A trusted Ed25519 public key (PEM); repeat for several. Default: the files in "
+    "$CLOUDFLOW_TRUSTED_KEYS, or the secret in $CLOUDFLOW_SIGNING_KEY.",
+)
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help=_TRACKING_HELP)
+@_traceback_option
+def verify(model_uri: str, key_files: tuple[str, ...], tracking_uri: str | None) -> None:
+    """Check that MODEL_URI is signed by a trusted key and that every file is as signed.
+
+    Reads every file (no digest cache) and runs none of the bundle's code. Exits with 2 if the
+    bundle is unsigned, signed by another key, or changed.
+    """
+    from pathlib import Path
+
+    from cloudflow import _manifest, _signing, _store
+    from cloudflow.exceptions import IntegrityError
+
+    trust = _signing.resolve_trust(None, [Path(k) for k in key_files] if key_files else None)
+    if trust is None:
+        raise click.UsageError(
+            "No key to verify with: give --key KEY.pub.pem, or set CLOUDFLOW_TRUSTED_KEYS (or "
+            "CLOUDFLOW_SIGNING_KEY for an HMAC secret)."
+        )
+    _use_tracking_uri(tracking_uri, model_uri)
+    with _store.bundle_dir(model_uri) as (folder, _):
+        try:
+            report = _manifest.check_bundle(folder, trust)
+        except IntegrityError as e:
+            click.echo(f"FAILED: {e}", err=True)
+            sys.exit(2)
+    click.echo(f"ok: {report['files']} files as signed by {report['signed_by']}")
+
+
+@main.command()
 @click.option(
     "--tracking-uri",
     envvar="MLFLOW_TRACKING_URI",

@@ -1,0 +1,415 @@
+"""Attacks and faults on saved bundles: each found by trying, each refused before any unpickling.
+
+Every bundle here holds a ``Tripwire`` model that creates a folder the moment it is unpickled, so
+"refused before anything is unpickled" is checked, not assumed. The tamper trial changes every
+file of a bundle (cloudflow's and MLflow's) in two ways and loads it through ``load_bundle``, the
+seed API and ``mlflow.pyfunc.load_model``; the public-key test signs with an Ed25519 private key
+and loads in a fresh process that holds only the public key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pyfunc
+import pytest
+from click.testing import CliRunner
+from conftest import UserModules
+from helpers import outcome, run_snippet
+
+import cloudflow
+from cloudflow import _digests, _signing
+from cloudflow.cli import main
+from cloudflow.exceptions import BundleArgumentError, BundleFormatError, IntegrityError
+
+DEFERRED = "cloudflow/files/"
+REFUSED = r"(damaged|does not match|changed|truncated|missing|not valid|not list|signed|symbolic)"
+
+
+@pytest.fixture
+def app(user_modules: UserModules, tmp_path: Path) -> Any:
+    user_modules.write(
+        {
+            "attack_app.py": """
+                import os
+
+                class Scaler:
+                    def __init__(self, k):
+                        self.k = k
+
+                class Tripwire:
+                    '''Creates the folder it names the moment it is unpickled.'''
+
+                    def __init__(self, path):
+                        self.path = path
+
+                    def __setstate__(self, state):
+                        self.__dict__.update(state)
+                        os.makedirs(state["path"], exist_ok=True)
+
+                def predict(scaler, wire, x):
+                    with open("data/offset.txt") as f:
+                        return scaler.k * x + int(f.read())
+            """
+        }
+    )
+    (tmp_path / "src" / "data").mkdir(parents=True)
+    (tmp_path / "src" / "data" / "offset.txt").write_text("1")
+    import attack_app
+
+    attack_app.SENTINEL = tmp_path / "UNPICKLED"
+    return attack_app
+
+
+@pytest.fixture
+def in_src(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.chdir(tmp_path / "src")
+    yield
+    monkeypatch.chdir(tmp_path)
+
+
+def models(app: Any) -> dict[str, object]:
+    return {"scaler": app.Scaler(3), "wire": app.Tripwire(str(app.SENTINEL))}
+
+
+def save(app: Any, path: Path, **options: Any) -> Path:
+    cloudflow.save_bundle(app.predict, models(app), path, files=["data"], **options)
+    return path
+
+
+def every_file(bundle: Path) -> list[str]:
+    return sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file())
+
+
+def flip(path: Path, rng: random.Random) -> None:
+    data = bytearray(path.read_bytes())
+    data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    path.write_bytes(bytes(data))
+
+
+def truncate(path: Path, rng: random.Random) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: rng.randrange(len(data))])
+
+
+def attacker_pickle(sentinel: Path) -> bytes:
+    """A pickle that creates ``sentinel`` when loaded, then stands in for the predict function."""
+
+    class Payload:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (eval, (f"__import__('os').mkdir({str(sentinel)!r}) or (lambda **kw: 0)",))
+
+    return pickle.dumps(Payload()) + pickle.dumps(None)
+
+
+# --- the digest cache, and the file read twice --------------------------------------------------
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CLOUDFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("CLOUDFLOW_DIGEST_CACHE", raising=False)
+    monkeypatch.setattr(_digests, "SETTLED_S", 0.0)
+    monkeypatch.setattr(_digests, "SETTLED_FINE_S", 0.0)
+    folder = _digests.cache_dir()
+    assert folder is not None
+    return folder
+
+
+def poison_cache(cache: Path, path: Path, digest: str) -> None:
+    """What a change below the file system does: new content, and the cache still vouches."""
+    _digests._remember(cache, path.stat(), _digests.ALGORITHM, digest)
+
+
+def test_a_signed_load_trusts_no_digest_cache(
+    app: Any, in_src: None, tmp_path: Path, cache: Path
+) -> None:
+    key = _signing.HmacKey(os.urandom(32))
+    table = tmp_path / "src" / "data" / "table.bin"
+    table.write_bytes(os.urandom(2 * _digests.CACHE_MIN_SIZE))
+    bundle = save(app, tmp_path / "bundle", signing_key=key)
+    (copy,) = (bundle / "cloudflow" / "files").rglob("table.bin")
+    manifest = json.loads((bundle / "cloudflow" / "manifest.json").read_text())
+    rel = copy.relative_to(bundle / "cloudflow").as_posix()
+    flip(copy, random.Random(0))
+    poison_cache(cache, copy, manifest["files"][rel][_digests.ALGORITHM])
+    # Unsigned, the cache is trusted (it catches accidents, not attacks: see the README)...
+    assert cloudflow.load_bundle(bundle).predict(x=1) == 4
+    # ...under a key, nothing unverified is.
+    with pytest.raises(IntegrityError, match=r"table\.bin.*does not match"):
+        cloudflow.load_bundle(bundle, signing_key=key)
+
+
+def test_pickles_are_never_taken_from_the_cache(
+    app: Any, in_src: None, tmp_path: Path, cache: Path
+) -> None:
+    bundle = save(app, tmp_path / "bundle", pip_requirements=[])
+    code = bundle / "cloudflow" / "code.pkl"
+    manifest = json.loads((bundle / "cloudflow" / "manifest.json").read_text())
+    code.write_bytes(attacker_pickle(tmp_path / "PWNED").ljust(code.stat().st_size, b"\0"))
+    poison_cache(cache, code, manifest["files"]["code.pkl"][_digests.ALGORITHM])
+    with pytest.raises(IntegrityError, match=r"'code\.pkl'.*does not match"):
+        cloudflow.load_bundle(bundle)
+    assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize("target", ["code.pkl", "models/wire/model.pkl"])
+def test_a_file_swapped_after_its_check_is_not_what_gets_loaded(
+    app: Any, in_src: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    """The race of 'hash, then reopen by name', won every time: the swap lands right after."""
+    from cloudflow import _manifest
+
+    key = os.urandom(32)
+    bundle = save(app, tmp_path / "bundle", signing_key=key)
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(attacker_pickle(tmp_path / "PWNED"))
+    real = _manifest.verify_digests
+
+    def then_swap(*args: Any, **kwargs: Any) -> None:
+        real(*args, **kwargs)
+        if evil.exists():
+            os.replace(evil, bundle / "cloudflow" / target)  # checked: now swap it
+
+    monkeypatch.setattr(_manifest, "verify_digests", then_swap)
+    loaded = cloudflow.load_bundle(bundle, signing_key=key)
+    assert not evil.exists()  # the swap happened
+    assert loaded.predict(x=2) == 7
+    assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize("what", ["file", "folder"])
+def test_a_link_inside_a_bundle_is_refused_even_with_the_right_content(
+    app: Any, in_src: None, tmp_path: Path, what: str
+) -> None:
+    bundle = save(app, tmp_path / "bundle")
+    target = bundle / "cloudflow" / "models" / "scaler"
+    if what == "file":
+        target = target / "model.pkl"
+    elsewhere = tmp_path / f"outside-{what}"
+    shutil.move(target, elsewhere)
+    target.symlink_to(elsewhere, target_is_directory=what == "folder")
+    with pytest.raises(IntegrityError, match=r"symbolic link, 'models/scaler"):
+        cloudflow.load_bundle(bundle)
+    assert not app.SENTINEL.exists()
+
+
+# --- keys ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("CLOUDFLOW_SIGNING_KEY", "", r"CLOUDFLOW_SIGNING_KEY is empty"),
+        ("CLOUDFLOW_SIGNING_KEY", "x", r"CLOUDFLOW_SIGNING_KEY is 1 bytes long.*at least 32"),
+        ("CLOUDFLOW_SIGNING_KEY_FILE", "/nonexistent/key.pem", r"Cannot read the private key"),
+        ("CLOUDFLOW_TRUSTED_KEYS", "", r"CLOUDFLOW_TRUSTED_KEYS is set but empty"),
+    ],
+)
+def test_a_key_variable_that_is_set_must_hold_a_key(
+    app: Any,
+    in_src: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    message: str,
+) -> None:
+    """An empty or short key fails closed: an error at save and load, never 'no signing'."""
+    bundle = save(app, tmp_path / "bundle")
+    monkeypatch.setenv(variable, value)
+    if variable != "CLOUDFLOW_TRUSTED_KEYS":
+        with pytest.raises(BundleArgumentError, match=message):
+            save(app, tmp_path / "other")
+        assert not (tmp_path / "other").exists()
+    with pytest.raises(BundleArgumentError, match=message):
+        cloudflow.load_bundle(bundle)
+    with pytest.raises(BundleArgumentError, match=message):
+        mlflow.pyfunc.load_model(str(bundle))
+
+
+# --- the tamper trial ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pristine(app: Any, in_src: None, tmp_path: Path, mlflow_state: None) -> dict[str, Any]:
+    """A saved folder, and the same function logged into a store by the seed API."""
+    folder = save(app, tmp_path / "pristine", input_example={"x": 2}, verify=False)
+    store = tmp_path / "store"
+    experiment_id = cloudflow.prepare_env(str(store), "attacks")
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        cloudflow.cloudflow_model().save(
+            tracking_uri=str(store),
+            experiment_id=experiment_id,
+            run_id=run.info.run_id,
+            predict_function=app.predict,
+            models=models(app),
+            files=["data"],
+            verify=False,
+        )
+    logged = cloudflow.load_bundle(f"runs:/{run.info.run_id}/model").path
+    shutil.rmtree(app.SENTINEL)  # the loads above unpickled the wire
+    return {"folder": folder, "store": store, "run_id": run.info.run_id, "logged": logged}
+
+
+def _load_seed(p: dict[str, Any]) -> Any:
+    model = cloudflow.cloudflow_model()
+    model.load_model(tracking_uri=str(p["store"]), experiment_id="attacks", run_id=p["run_id"])
+    return model.predict(x=1)
+
+
+def test_every_change_to_every_file_is_refused_before_unpickling(
+    app: Any, pristine: dict[str, Any], tmp_path: Path
+) -> None:
+    rng = random.Random(7)
+    folder, logged = pristine["folder"], pristine["logged"]
+    names = every_file(folder)
+    assert {"MLmodel", "requirements.txt", "python_env.yaml", "conda.yaml"} <= set(names)
+    assert "input_example.json" in names
+    tried = 0
+    for rel in names:
+        for change in (flip, truncate):
+            work = tmp_path / "work"
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.copytree(folder, work)
+            change(work / rel, rng)
+            loads: list[tuple[str, Callable[[], object]]] = [
+                ("load_bundle", lambda w=work: cloudflow.load_bundle(w)),
+                ("pyfunc", lambda w=work: mlflow.pyfunc.load_model(str(w))),
+            ]
+            original = None
+            if (logged / rel).exists():
+                original = (logged / rel).read_bytes()
+                os.unlink(logged / rel)  # a shared file is a hard link: change a copy of it
+                (logged / rel).write_bytes(original)
+                change(logged / rel, random.Random(rng.random()))
+                loads.append(("seed", lambda: _load_seed(pristine)))
+            for way, load in loads:
+                if way == "pyfunc" and rel == "MLmodel":
+                    # MLflow reads MLmodel before cloudflow runs: it may refuse it first.
+                    with pytest.raises(Exception, match=r".") as caught:
+                        load()
+                    if not isinstance(caught.value, IntegrityError):
+                        continue
+                else:
+                    with pytest.raises(BundleFormatError, match=REFUSED):
+                        load()
+                if rel.startswith(DEFERRED):
+                    # Data-only files (weights, data files) are hashed while the verified
+                    # pickles load, and refused before the bundle is returned.
+                    shutil.rmtree(app.SENTINEL, ignore_errors=True)
+                assert not app.SENTINEL.exists(), f"{rel} ({change.__name__}, {way}) unpickled"
+                tried += 1
+            if original is not None:
+                (logged / rel).write_bytes(original)
+    assert tried >= 2 * 2 * len(names)
+    assert cloudflow.load_bundle(folder).predict(x=1) == 4  # the pristine copy still loads
+
+
+# --- public-key signatures ----------------------------------------------------------------------
+
+LOAD_WITH_PUBLIC_KEY = """
+import json, os, sys
+from pathlib import Path
+
+import mlflow.pyfunc
+
+import cloudflow
+
+folder, store, run_id, public = sys.argv[1:5]
+attempt("load_bundle", lambda: cloudflow.load_bundle(
+    folder, trusted_keys=[Path(public)]).predict(x=1))
+attempt("pyfunc", lambda: mlflow.pyfunc.load_model(folder).predict({"x": 1}))
+
+
+def seed():
+    model = cloudflow.cloudflow_model()
+    model.load_model(tracking_uri=store, experiment_id="signed", run_id=run_id,
+                     trusted_keys=[Path(public)])
+    return model.predict(x=1)
+
+
+attempt("seed", seed)
+emit(results)
+"""
+
+
+def test_a_bundle_signed_by_a_private_key_loads_where_only_the_public_key_is(
+    app: Any, in_src: None, tmp_path: Path, mlflow_state: None
+) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    result = CliRunner().invoke(main, ["keygen", str(keys / "release.pem")])
+    assert result.exit_code == 0, result.output
+    private, public = keys / "release.pem", keys / "release.pub.pem"
+    assert private.stat().st_mode & 0o777 == 0o600
+    folder = save(app, tmp_path / "signed", signing_key=private)
+    store = tmp_path / "store"
+    experiment_id = cloudflow.prepare_env(str(store), "signed")
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        cloudflow.cloudflow_model().save(
+            tracking_uri=str(store),
+            experiment_id=experiment_id,
+            run_id=run.info.run_id,
+            predict_function=app.predict,
+            models=models(app),
+            files=["data"],
+            signing_key=private,
+        )
+    serving = tmp_path / "serving"
+    serving.mkdir()
+    shutil.copy(public, serving / "release.pub.pem")
+    shutil.rmtree(keys)  # the serving side never sees the private key
+    env = {"CLOUDFLOW_TRUSTED_KEYS": str(serving / "release.pub.pem")}
+    args = [str(folder), str(store), run.info.run_id, str(serving / "release.pub.pem")]
+    loaded = run_snippet(LOAD_WITH_PUBLIC_KEY, cwd=serving, env=env, args=args)
+    for way in ("load_bundle", "pyfunc", "seed"):
+        assert outcome(loaded, way) == 4, way
+    # One byte changed anywhere, or another key's signature: refused.
+    other = tmp_path / "other.pem"
+    public_other = _signing.generate_key_pair(other)
+    rng = random.Random(3)
+    for rel in every_file(folder):
+        work = tmp_path / "work"
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(folder, work)
+        flip(work / rel, rng)
+        with pytest.raises(BundleFormatError, match=REFUSED):
+            cloudflow.load_bundle(work, trusted_keys=[serving / "release.pub.pem"])
+    with pytest.raises(IntegrityError, match=r"signed with another key"):
+        cloudflow.load_bundle(folder, trusted_keys=[public_other])
+    with pytest.raises(IntegrityError, match=r"is not signed"):
+        cloudflow.load_bundle(save(app, tmp_path / "unsigned"), trusted_keys=[public_other])
+
+
+def test_cli_signs_and_verifies_an_existing_bundle(app: Any, in_src: None, tmp_path: Path) -> None:
+    bundle = save(app, tmp_path / "bundle")
+    runner = CliRunner()
+    assert runner.invoke(main, ["keygen", str(tmp_path / "k.pem")]).exit_code == 0
+    public = str(tmp_path / "k.pub.pem")
+    result = runner.invoke(main, ["verify", str(bundle), "--key", public])
+    assert result.exit_code == 2
+    assert "is not signed" in result.output
+    result = runner.invoke(main, ["sign", str(bundle), "--key", str(tmp_path / "k.pem")])
+    assert result.exit_code == 0, result.output
+    assert "signed" in result.output
+    result = runner.invoke(main, ["verify", str(bundle), "--key", public])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ok: ")
+    assert "as signed by ed25519" in result.output
+    flip(bundle / "requirements.txt", random.Random(1))
+    result = runner.invoke(main, ["verify", str(bundle), "--key", public])
+    assert result.exit_code == 2
+    assert "'requirements.txt'" in result.output
+    # A damaged bundle is never signed.
+    result = runner.invoke(main, ["sign", str(bundle), "--key", str(tmp_path / "k.pem")])
+    assert result.exit_code == 1
+    assert "requirements.txt" in result.output
