@@ -199,6 +199,7 @@ def _staging_in(parent: Path) -> Path:
     folder present and before it checked that it is a folder (pathlib then raises
     FileExistsError). Either way: create it again and retry.
     """
+    _blobs.refuse_link(parent, "staging folder")
     for attempt in range(5):
         try:
             parent.mkdir(parents=True, exist_ok=True)
@@ -284,9 +285,9 @@ def log_bundle(
     artifact_root = _store._local_path(str(experiment.artifact_location))
     blobs = None
     if artifact_root is not None:
-        staging = _staging_in(artifact_root / ".cloudflow-staging")
         # Large files are shared with the experiment's other bundles (see cloudflow._blobs).
         blobs = _blobs.blob_folder(artifact_root)
+        staging = _staging_in(artifact_root / ".cloudflow-staging")
         _blobs.remove_orphans(blobs)
     else:
         staging = Path(tempfile.mkdtemp(prefix="cloudflow-"))

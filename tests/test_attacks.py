@@ -413,3 +413,63 @@ def test_cli_signs_and_verifies_an_existing_bundle(app: Any, in_src: None, tmp_p
     result = runner.invoke(main, ["sign", str(bundle), "--key", str(tmp_path / "k.pem")])
     assert result.exit_code == 1
     assert "requirements.txt" in result.output
+
+
+# --- the store ----------------------------------------------------------------------------------
+
+
+def _log(app: Any, store: Path, **options: Any) -> str:
+    experiment_id = cloudflow.prepare_env(str(store), "store")
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        cloudflow.log_bundle(app.predict, models(app), files=["data"], **options)
+    return str(run.info.run_id)
+
+
+@pytest.mark.parametrize("folder", [".cloudflow-blobs", ".cloudflow-staging"])
+def test_a_store_folder_that_is_a_link_is_refused_and_its_target_untouched(
+    app: Any, in_src: None, tmp_path: Path, mlflow_state: None, folder: str
+) -> None:
+    store = tmp_path / "store"
+    run_id = _log(app, store)
+    experiment = mlflow.get_experiment(mlflow.get_run(run_id).info.experiment_id)
+    artifacts = Path(experiment.artifact_location.removeprefix("file://"))
+    assert artifacts.is_dir()
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.bin").write_bytes(b"only copy")  # one link: what gc would delete
+    old = victim / "tmp-old"
+    old.mkdir()
+    os.utime(old, (0, 0))  # what stale-staging clean-up would rm -rf
+    link = artifacts / folder
+    shutil.rmtree(link, ignore_errors=True)
+    link.symlink_to(victim, target_is_directory=True)
+    with pytest.raises(cloudflow.StoreError, match=rf"{folder}.*is a symbolic link"):
+        _log(app, store)
+    result = CliRunner().invoke(main, ["gc", "--tracking-uri", str(store)])
+    if folder == ".cloudflow-blobs":
+        assert result.exit_code == 1
+        assert "is a symbolic link" in result.output
+    assert (victim / "precious.bin").read_bytes() == b"only copy"
+    assert old.is_dir()
+
+
+def test_a_damaged_shared_file_is_never_linked_into_a_new_bundle(
+    app: Any, in_src: None, tmp_path: Path, mlflow_state: None
+) -> None:
+    """Logging again to repair a damaged shared file publishes a bundle that loads."""
+    table = tmp_path / "src" / "data" / "table.bin"
+    table.write_bytes(os.urandom(2 * 1024 * 1024))
+    store = tmp_path / "store"
+    first = _log(app, store)
+    (blob,) = [p for p in store.rglob(".cloudflow-blobs/*") if p.is_file()]
+    blob.chmod(0o644)
+    flip(blob, random.Random(5))  # the one shared copy: every bundle holding it is damaged
+    with pytest.raises(IntegrityError, match=r"table\.bin.*does not match"):
+        cloudflow.load_bundle(f"runs:/{first}/model")
+    second = _log(app, store)
+    assert cloudflow.load_bundle(f"runs:/{second}/model").predict(x=1) == 4
+    third = _log(app, store)  # shares the repaired copy again
+    loaded = cloudflow.load_bundle(f"runs:/{third}/model")
+    assert loaded.predict(x=1) == 4
+    (copy,) = (loaded.path / "cloudflow" / "files").rglob("table.bin")
+    assert copy.stat().st_nlink >= 3  # the blob, the second and the third bundle
