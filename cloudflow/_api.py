@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -325,8 +326,15 @@ def log_bundle(
             mlflow_model.artifact_path = logged.artifact_location
             mlflow_model.model_id = model_id
             mlflow_model.save(str(staged / "MLmodel"))
-            # MLmodel now names the run and the model: cover its final bytes, then publish.
-            manifest = seal(staged, manifest, key)
+            # MLmodel now names the run and the model: cover its final bytes and where the
+            # bundle is published, then publish.
+            published = {
+                "run_id": run_id,
+                "name": name,
+                "model_id": str(model_id),
+                "experiment_id": str(run.info.experiment_id),
+            }
+            manifest = seal(staged, dataclasses.replace(manifest, published=published), key)
             destination = _store._local_path(str(logged.artifact_location))
             if destination is not None:
                 destination.parent.mkdir(parents=True, exist_ok=True)
@@ -407,12 +415,17 @@ def load_bundle(
     trust = resolve_trust(signing_key, trusted_keys)
     # A bundle downloaded from a server is deleted once loaded (its weights stay mapped); one
     # with data files keeps its download while the Bundle lives: its code reads them later.
-    with _store.bundle_dir(model_uri, keep=_has_data_files) as (folder, temporary):
+    identity: dict[str, str] = {}
+    with _store.bundle_dir(model_uri, keep=_has_data_files, identity=identity) as (
+        folder,
+        temporary,
+    ):
         bundle = read_bundle(
             folder,
             verify=verify,
             allow_python_mismatch=allow_python_mismatch,
             signing_key=trust,
+            expected_identity=identity,
         )
         if temporary and bundle.manifest.data_files:
             weakref.finalize(bundle, shutil.rmtree, folder, True)

@@ -507,6 +507,7 @@ def read_bundle(
     allow_python_mismatch: bool = False,
     signing_key: Any = None,
     trusted_keys: Any = None,
+    expected_identity: Mapping[str, str] | None = None,
 ) -> Bundle:
     """Load a bundle from a local folder (its root, or its ``cloudflow`` data folder).
 
@@ -521,6 +522,10 @@ def read_bundle(
     trust = resolve_trust(signing_key, trusted_keys)
     data = data_dir_of(path)
     manifest = _manifest.read_manifest(data, signing_key=trust)
+    if expected_identity:
+        from cloudflow._store import check_identity
+
+        check_identity(manifest.published, expected_identity, str(data.parent), trust is not None)
     from cloudflow.flavors import get_flavor
 
     models: dict[str, object] = {}

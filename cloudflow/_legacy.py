@@ -173,7 +173,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
             return self.bundle
         fast = _store.fast_run_model(uri, str(run_id), MODEL_NAME, experiment=str(experiment_id))
         if fast is not None:  # the run, in that experiment, with a finished model: one lookup
-            self.bundle = load_bundle(fast.artifact_location, signing_key=trust)
+            self.bundle = load_bundle(f"runs:/{run_id}/{MODEL_NAME}", signing_key=trust)
             return self.bundle
         _store.run_in_experiment(mlflow.MlflowClient(uri), experiment_id, run_id)
         self.bundle = load_bundle(f"runs:/{run_id}/{MODEL_NAME}", signing_key=trust)

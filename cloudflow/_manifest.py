@@ -82,6 +82,9 @@ class Manifest:
     #: requirements.txt, python_env.yaml, conda.yaml, input examples), by path from the bundle's
     #: root; written last, when MLmodel is final (see :func:`seal`). Empty: an older bundle.
     outer_files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Where ``log_bundle`` published the bundle (run_id, name, model_id, experiment_id), in
+    #: what is signed: a signed bundle found in another's place is refused.
+    published: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -179,6 +182,7 @@ def _check_shape(data: dict[str, Any], path: Path) -> None:
         ("metadata", dict),
         ("data_files", dict),
         ("outer_files", dict),
+        ("published", dict),
         ("extra", dict),
     ):
         if key in data and not isinstance(data[key], kind):

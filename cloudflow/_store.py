@@ -16,12 +16,14 @@ import shutil
 import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cloudflow.exceptions import CloudflowError, NotFoundError, StoreError
+
+_logger = logging.getLogger("cloudflow")
 
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "artifacts"
@@ -321,12 +323,18 @@ def fast_run_model(
     return RunModel(str(run[0]), str(run[1]), str(newest[0]))
 
 
-def artifact_uri_of(model_uri: str) -> str:
-    """Resolve ``runs:/``, ``models:/`` and plain URIs to where the bundle's files are stored."""
+def artifact_uri_of(model_uri: str, identity: dict[str, str] | None = None) -> str:
+    """Resolve ``runs:/``, ``models:/`` and plain URIs to where the bundle's files are stored.
+
+    ``identity`` receives where the URI says the bundle was published: ``run_id`` and ``name``
+    for ``runs:/``, ``model_id`` for ``models:/`` (see :func:`check_identity`).
+    """
+    identity = identity if identity is not None else {}
     parsed = urllib.parse.urlparse(model_uri)
     if parsed.scheme == "runs":
         run_id, _, name = parsed.path.lstrip("/").partition("/")
         name = name.strip("/") or "model"
+        identity.update(run_id=run_id, name=name)
         tracking_uri = current_tracking_uri()
         fast = fast_run_model(tracking_uri, run_id, name) if tracking_uri else None
         if fast is not None:
@@ -355,7 +363,7 @@ def artifact_uri_of(model_uri: str) -> str:
                     f"{mine[0].status}): its save was interrupted. Save it again."
                 )
             return f"{run.info.artifact_uri.rstrip('/')}/{name}"
-        return _registry_artifact_uri(client, model_uri)
+        return _registry_artifact_uri(client, model_uri, identity)
     except MlflowException as e:
         raise NotFoundError(
             f"Cannot resolve {model_uri!r}: {e.message}. Check the model name, version or alias "
@@ -377,21 +385,67 @@ def _logged_models(client: Any, experiment_id: str, name: str) -> list[Any]:
             return out
 
 
-def _registry_artifact_uri(client: Any, model_uri: str) -> str:
+def _registry_artifact_uri(client: Any, model_uri: str, identity: dict[str, str]) -> str:
     from mlflow.store.artifact.utils.models import _parse_model_uri, get_model_name_and_version
 
     parsed = _parse_model_uri(model_uri)
     if parsed.model_id is not None and parsed.name is None:
+        identity["model_id"] = str(parsed.model_id)
         return str(client.get_logged_model(parsed.model_id).artifact_location)
     name, version = get_model_name_and_version(client, model_uri)
     source = client.get_model_version_download_uri(name, version)
     if str(source).startswith("models:/"):
         model_id = str(source)[len("models:/") :].strip("/")
+        identity["model_id"] = model_id
         return str(client.get_logged_model(model_id).artifact_location)
     return str(source)
 
 
-def local_bundle_dir(model_uri: str | os.PathLike[str]) -> tuple[Path, bool]:
+def check_identity(
+    published: Mapping[str, Any], expected: Mapping[str, str], bundle: str, signed: bool
+) -> None:
+    """Refuse a signed bundle found where another was published (one put in another's place).
+
+    ``published`` is what the manifest records (``log_bundle`` writes the run, name, model id
+    and experiment into what is signed); ``expected`` what the URI resolved to.
+
+    Raises:
+        IntegrityError: Signed, and the two differ, or the bundle records none while a URI
+            names a place.
+    """
+    from cloudflow.exceptions import IntegrityError
+
+    if not expected:
+        return
+    if not published:
+        if signed:
+            raise IntegrityError(
+                f"The signed bundle at {bundle!r} records no place of publication (it was not "
+                "logged with log_bundle), and it is loaded by a URI that names one: refusing it. "
+                "Load it by its folder, or log it with log_bundle(signing_key=...)."
+            )
+        return
+    differ = [
+        f"{key} {published[key]!r}, not {value!r}"
+        for key, value in sorted(expected.items())
+        if key in published and str(published[key]) != value
+    ]
+    if not differ:
+        return
+    message = (
+        f"The bundle at {bundle!r} was published with {', '.join(differ)} as the URI asks: "
+        "it was put in another bundle's place"
+    )
+    if signed:
+        raise IntegrityError(f"{message}. Refusing to load it; log the model again.")
+    _logger.warning(
+        "%s. It loads (unsigned bundles are not checked); sign bundles to refuse.", message
+    )
+
+
+def local_bundle_dir(
+    model_uri: str | os.PathLike[str], identity: dict[str, str] | None = None
+) -> tuple[Path, bool]:
     """A local folder holding the bundle, and whether it is a temporary download.
 
     A bundle in a local store is read where it is: no copy of its weights.
@@ -400,7 +454,7 @@ def local_bundle_dir(model_uri: str | os.PathLike[str]) -> tuple[Path, bool]:
     local = _local_path(text)
     if local is not None:
         return local, False
-    artifact_uri = artifact_uri_of(text)
+    artifact_uri = artifact_uri_of(text, identity)
     local = _local_path(artifact_uri)
     if local is not None:
         return local, False
@@ -411,7 +465,10 @@ def local_bundle_dir(model_uri: str | os.PathLike[str]) -> tuple[Path, bool]:
 
 @contextlib.contextmanager
 def bundle_dir(
-    model_uri: str | os.PathLike[str], *, keep: Callable[[Path], bool] | None = None
+    model_uri: str | os.PathLike[str],
+    *,
+    keep: Callable[[Path], bool] | None = None,
+    identity: dict[str, str] | None = None,
 ) -> Iterator[tuple[Path, bool]]:
     """The local folder of a bundle while the block runs, and whether it is a download.
 
@@ -426,7 +483,7 @@ def bundle_dir(
 
     try:
         with _progress.mlflow_download_bars():
-            folder, temporary = local_bundle_dir(model_uri)
+            folder, temporary = local_bundle_dir(model_uri, identity)
     except CloudflowError:
         raise
     except Exception as e:

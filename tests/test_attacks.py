@@ -473,3 +473,26 @@ def test_a_damaged_shared_file_is_never_linked_into_a_new_bundle(
     assert loaded.predict(x=1) == 4
     (copy,) = (loaded.path / "cloudflow" / "files").rglob("table.bin")
     assert copy.stat().st_nlink >= 3  # the blob, the second and the third bundle
+
+
+def test_a_signed_bundle_put_in_another_ones_place_is_refused(
+    app: Any, in_src: None, tmp_path: Path, mlflow_state: None
+) -> None:
+    """Both signed with the same key: the signature alone cannot tell them apart."""
+    key = os.urandom(32)
+    store = tmp_path / "store"
+    first = _log(app, store, signing_key=key)
+    second = _log(app, store, signing_key=key)
+    here = cloudflow.load_bundle(f"runs:/{first}/model", signing_key=key).path
+    there = cloudflow.load_bundle(f"runs:/{second}/model", signing_key=key).path
+    shutil.rmtree(here)
+    shutil.copytree(there, here)  # run 2's bundle where run 1's was
+    with pytest.raises(IntegrityError, match=rf"published with run_id '{second}', not '{first}'"):
+        cloudflow.load_bundle(f"runs:/{first}/model", signing_key=key)
+    model = cloudflow.cloudflow_model()
+    with pytest.raises(IntegrityError, match=r"put in another bundle's place"):
+        model.load_model(
+            tracking_uri=str(store), experiment_id="store", run_id=first, signing_key=key
+        )
+    # Unsigned loads are not checked (anyone can edit an unsigned manifest): a warning.
+    assert cloudflow.load_bundle(f"runs:/{first}/model").predict(x=1) == 4
