@@ -4,7 +4,8 @@ A folder of ``--mb`` MB (one binary table and a JSON label map) is bundled with 
 function that reads both at call time. Baselines, in the same run: ``shutil.copytree`` of the
 folder (what any tool that ships the files must at least do) and the same save without
 ``files=``. Save and load are medians of ``--repeat`` runs; load is a fresh digest cache each
-time (the digests are checked while the code loads) and includes the first answer.
+time (the digests are checked while the code loads) and includes the first answer. Saves flush
+every file to the disk before publishing (``CLOUDFLOW_FSYNC=0``: not), both are shown.
 
     python benchmarks/data_files.py
     python benchmarks/data_files.py --mb 400 --repeat 5
@@ -86,6 +87,14 @@ def main() -> None:
             args.repeat,
             clear,
         )
+        os.environ["CLOUDFLOW_FSYNC"] = "0"  # what durability costs: the same, not flushed
+        plain_nosync = timed(lambda: cloudflow.save_bundle(bench_reader.predict, {}, out), 3, clear)
+        save_nosync = timed(
+            lambda: cloudflow.save_bundle(bench_reader.predict, {}, out, files=["data"]),
+            args.repeat,
+            clear,
+        )
+        del os.environ["CLOUDFLOW_FSYNC"]
         expected = bench_reader.predict("7")
         os.chdir(root)
         load = timed(
@@ -96,7 +105,9 @@ def main() -> None:
     rows = [
         ("copytree of the data folder (baseline)", copy),
         ("save_bundle without files=", plain),
+        ("  the same, CLOUDFLOW_FSYNC=0 (not flushed to the disk)", plain_nosync),
         (f"save_bundle with files= ({args.mb} MB)", save),
+        ("  the same, CLOUDFLOW_FSYNC=0", save_nosync),
         ("load_bundle + first answer (cold cache)", load),
     ]
     print("| step | seconds | ratio to copytree |\n|---|---|---|")

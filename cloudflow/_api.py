@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _blobs, _files, _inspect, _store
+from cloudflow import _blobs, _digests, _files, _inspect, _store
 from cloudflow._bundle import (
     Bundle,
     check_arguments,
@@ -340,7 +340,9 @@ def log_bundle(
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 if destination.is_dir() and not any(destination.iterdir()):
                     destination.rmdir()
+                _digests.make_durable(staged)  # READY below: every byte on the disk first
                 os.rename(staged, destination)
+                _digests.sync_folder(destination.parent)
             else:
                 client.log_model_artifacts(model_id, str(staged))
             client.log_outputs(run_id=run_id, models=[LoggedModelOutput(model_id, step=0)])

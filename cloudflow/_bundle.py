@@ -339,7 +339,9 @@ def _write_and_publish(
 
             hidden = _capture.user_roots(manifest.captured_modules)
             check_in_clean_process(staging, input_example, hidden)
+        _digests.make_durable(staging)  # then publish: no bundle with unwritten files
         os.rename(staging, path)
+        _digests.sync_folder(path.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

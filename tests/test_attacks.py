@@ -496,3 +496,32 @@ def test_a_signed_bundle_put_in_another_ones_place_is_refused(
         )
     # Unsigned loads are not checked (anyone can edit an unsigned manifest): a warning.
     assert cloudflow.load_bundle(f"runs:/{first}/model").predict(x=1) == 4
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files by /proc")
+def test_a_save_flushes_every_file_before_it_publishes(
+    app: Any, in_src: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Power lost right after the rename must not leave a published bundle with empty files."""
+    from cloudflow import _bundle
+
+    flushed: list[str] = []
+    published: list[set[str]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def rename(src: Any, dst: Any) -> None:
+        published.append(set(flushed))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(_bundle.os, "rename", rename)
+    bundle = save(app, tmp_path / "bundle")
+    staged = {str(p).replace(str(bundle), "") for p in bundle.rglob("*")}
+    (at_rename,) = published
+    flushed_rel = {p.split(".cloudflow-", 1)[-1].partition("/")[2] for p in at_rename}
+    assert {s.lstrip("/") for s in staged} <= flushed_rel | {""}
+    assert str(tmp_path) in flushed  # the folder that received the rename, after it
