@@ -74,6 +74,82 @@ def _check_requirements(value: Iterable[str] | None, what: str) -> list[str] | N
     return items
 
 
+#: Characters MLflow refuses in a logged model's name (checked by MLflow only after the bundle
+#: is written), and the longest name that still fits a file name with cloudflow's staging.
+_NAME_FORBIDDEN = ("/", ":", ".", "%", '"', "'", "\\", "\0")
+NAME_MAX = 200
+
+
+def _check_model_name(name: object) -> str:
+    if (
+        not isinstance(name, str)
+        or not name
+        or any(c in name for c in _NAME_FORBIDDEN)
+        or len(name.encode("utf-8")) > NAME_MAX
+    ):
+        shown = name if not isinstance(name, str) or len(name) <= 60 else name[:57] + "..."
+        raise BundleArgumentError(
+            f"name must be a model name of 1 to {NAME_MAX} characters without any of "
+            f"/ : . % \" ' (MLflow's rule), such as 'model' or 'model_v2'; got {shown!r}."
+        )
+    return name
+
+
+def _check_registered_name(name: object) -> str | None:
+    if name is None:
+        return None
+    if not isinstance(name, str) or not name.strip() or "/" in name or ":" in name:
+        raise BundleArgumentError(
+            f"registered_model_name must be a non-empty name without '/' or ':' (MLflow's rule "
+            f"for registered models), such as 'iris-classifier'; got {name!r}. Nothing was "
+            "logged."
+        )
+    return name
+
+
+METADATA_DEPTH = 32
+
+
+def _depth(value: Any, level: int = 0) -> None:
+    if level > METADATA_DEPTH:
+        raise RecursionError
+    if isinstance(value, dict):
+        for item in value.values():
+            _depth(item, level + 1)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _depth(item, level + 1)
+
+
+def check_path(path: object, what: str = "path") -> Path:
+    """A bundle folder to create: a str or path, whose parents are folders, names not too long.
+
+    Raises:
+        BundleArgumentError: Anything else, named.
+    """
+    if not isinstance(path, str | os.PathLike) or not os.fspath(path):
+        raise BundleArgumentError(
+            f"{what} must be the path of a folder to create (a non-empty str or pathlib.Path), "
+            f"got {path!r}. Pass e.g. {what}='bundles/sentiment'."
+        )
+    target = Path(os.fspath(path)).expanduser().resolve()
+    too_long = [p for p in target.parts if len(os.fsencode(p)) > 255]
+    if too_long:
+        raise BundleArgumentError(
+            f"{what} has a folder name of {len(os.fsencode(too_long[0]))} bytes "
+            f"({too_long[0][:40]!r}...); file systems allow 255. Give a shorter name."
+        )
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise BundleArgumentError(
+                    f"{what} {os.fspath(path)!r} is inside {str(parent)!r}, which is a file, not a "
+                    "folder. Give a path whose parents are folders."
+                )
+            break
+    return target
+
+
 def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """Metadata as plain JSON (it goes to MLmodel's YAML and the manifest's JSON)."""
     if metadata is None:
@@ -90,6 +166,12 @@ def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None
             )
         try:
             json.dumps(value, allow_nan=False)
+            _depth(value)
+        except RecursionError:
+            raise BundleArgumentError(
+                f"metadata[{key!r}] is nested deeper than {METADATA_DEPTH} levels. Keep metadata "
+                "flat: a few levels of dicts and lists of plain values."
+            ) from None
         except (TypeError, ValueError) as e:
             raise BundleArgumentError(
                 f"metadata[{key!r}] is not JSON ({e}). Use str, numbers, bools, None, and lists "
@@ -168,9 +250,9 @@ def save_bundle(
         >>> cloudflow.load_bundle("bundle").predict(x=[[1.0, 2.0]])  # doctest: +SKIP
     """
     checked = check_arguments(predict_fn, models)
+    target = check_path(path)
     data_files = _files.check_files(files)
     key = resolve_key(signing_key)
-    target = Path(os.fspath(path)).expanduser().resolve()
     write_bundle(
         target,
         predict_fn,
@@ -216,6 +298,7 @@ def _staging_in(parent: Path) -> Path:
     raise StoreError(f"Cannot create a staging folder in {str(parent)!r}; try the save again.")
 
 
+@_store.translates_database_errors
 def log_bundle(
     predict_fn: Callable[..., Any],
     models: Mapping[str, object] | None,
@@ -264,10 +347,8 @@ def log_bundle(
     checked = check_arguments(predict_fn, models)
     data_files = _files.check_files(files)
     key = resolve_key(signing_key)
-    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-        raise BundleArgumentError(
-            f"name must be a non-empty model name without '/', such as 'model'; got {name!r}."
-        )
+    name = _check_model_name(name)
+    registered_model_name = _check_registered_name(registered_model_name)
     include = _check_names(include_modules, "include_modules")
     exclude = _check_names(exclude_modules, "exclude_modules")
     pip_requirements = _check_requirements(pip_requirements, "pip_requirements")
@@ -375,6 +456,7 @@ def log_bundle(
     return model_info
 
 
+@_store.translates_database_errors
 def load_bundle(
     model_uri: str | os.PathLike[str],
     *,

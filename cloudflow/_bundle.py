@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import errno
 import inspect
 import logging
 import os
@@ -35,6 +36,7 @@ from cloudflow.exceptions import (
     ModelKeyError,
     NotFoundError,
     PredictArgumentError,
+    StoreError,
 )
 
 _logger = logging.getLogger("cloudflow")
@@ -77,6 +79,13 @@ def check_arguments(predict_fn: object, models: object) -> dict[str, object]:
         raise BundleArgumentError(
             f"predict_fn must be a function, got {type(predict_fn).__name__} {predict_fn!r}. Pass "
             "the function itself (predict_fn=my_predict), not the result of calling it."
+        )
+    if inspect.iscoroutinefunction(predict_fn) or inspect.isasyncgenfunction(predict_fn):
+        raise BundleArgumentError(
+            f"predict_fn {getattr(predict_fn, '__qualname__', predict_fn)!r} is an async "
+            "function: MLflow, serving and Spark call predict synchronously, and would get an "
+            "unawaited coroutine. Save a plain function that runs it: def predict(**kw): return "
+            "asyncio.run(apredict(**kw))."
         )
     if inspect.isbuiltin(predict_fn) or isinstance(predict_fn, type):
         kind = "a builtin" if inspect.isbuiltin(predict_fn) else "a class"
@@ -193,6 +202,19 @@ def _write_mlmodel(
         (root / _CONSTRAINTS_FILE_NAME).write_text("\n".join(constraints) + "\n")
     (root / _REQUIREMENTS_FILE_NAME).write_text("\n".join(pip_reqs) + "\n")
     _PythonEnv.current().to_yaml(str(root / _PYTHON_ENV_FILE_NAME))
+
+
+_FULL = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EFBIG") if hasattr(errno, n))
+
+
+def out_of_space(error: BaseException) -> OSError | None:
+    """The OSError of a full disk, a quota or a file size limit behind ``error``, if any."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _FULL:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 STALE_STAGING_S = 24 * 3600
@@ -340,10 +362,25 @@ def _write_and_publish(
             hidden = _capture.user_roots(manifest.captured_modules)
             check_in_clean_process(staging, input_example, hidden)
         _digests.make_durable(staging)  # then publish: no bundle with unwritten files
-        os.rename(staging, path)
+        try:
+            os.rename(staging, path)
+        except OSError as e:
+            if path.exists():  # another save published the same path since the check
+                raise BundleArgumentError(
+                    f"Path {str(path)!r} was created by another save while this one ran. Give "
+                    "each save its own folder; nothing of this one was kept."
+                ) from e
+            raise
         _digests.sync_folder(path.parent)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
+        full = out_of_space(e)
+        if full is not None:
+            raise StoreError(
+                f"The disk is full (or a quota or size limit was reached) while saving the "
+                f"bundle to {str(path.parent)!r}: {full.strerror}. Free space there, or save "
+                "elsewhere; nothing was kept."
+            ) from e
         raise
     return manifest
 

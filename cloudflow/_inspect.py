@@ -45,19 +45,40 @@ def _model_sizes(manifest: _manifest.Manifest) -> dict[str, dict[str, int]]:
     return out
 
 
+#: The largest MLmodel read (MLflow writes a few KB): a bigger one is not parsed.
+MLMODEL_MAX = 1024 * 1024
+
+
 def _mlmodel(root: Path) -> dict[str, Any]:
+    """MLmodel as a dict, safely: an untrusted bundle's MLmodel may be anything.
+
+    YAML aliases are refused (MLflow never writes them; a few KB of nested aliases expand to
+    billions of nodes), and so are files over :data:`MLMODEL_MAX`, invalid YAML or text. Any
+    of those gives ``{"unreadable": why}`` instead of a crash or a hang.
+    """
     path = root / "MLmodel"
     if not path.is_file():
         return {}
     import yaml
 
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f)
-    return data if isinstance(data, dict) else {}
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.events.AliasEvent):
+                raise yaml.YAMLError("it uses YAML aliases, which MLflow never writes")
+            return super().compose_node(parent, index)
+
+    try:
+        if path.stat().st_size > MLMODEL_MAX:
+            return {"unreadable": f"it is larger than {MLMODEL_MAX} bytes"}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=NoAliases)  # noqa: S506
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        return {"unreadable": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else e}"}
+    return data if isinstance(data, dict) else {"unreadable": "it is not a YAML mapping"}
 
 
 def _signature_inputs(mlmodel: Mapping[str, Any]) -> list[dict[str, Any]] | None:
-    inputs = (mlmodel.get("signature") or {}).get("inputs")
+    signature = mlmodel.get("signature")
+    inputs = signature.get("inputs") if isinstance(signature, dict) else None
     if not inputs:
         return None
     try:
@@ -93,7 +114,11 @@ def describe_folder(path: Path, *, verify: bool = True) -> dict[str, Any]:
     here = platform.python_version()
     requirements_file = root / "requirements.txt"
     requirements = (
-        [line for line in requirements_file.read_text().splitlines() if line.strip()]
+        [
+            line
+            for line in requirements_file.read_text(encoding="utf-8", errors="replace").splitlines()
+            if line.strip()
+        ]
         if requirements_file.is_file()
         else list(manifest.requirements)
     )
@@ -127,6 +152,7 @@ def describe_folder(path: Path, *, verify: bool = True) -> dict[str, Any]:
         "requirements": requirements,
         "libraries": dict(manifest.libraries),
         "signature": _signature_inputs(mlmodel),
+        "mlmodel_unreadable": mlmodel.get("unreadable"),
         "metadata": dict(manifest.metadata),
         "data_files": {
             name: {
@@ -279,6 +305,8 @@ def format_text(info: Mapping[str, Any]) -> str:
     add(f"integrity         {status}{', signed' if integrity.get('signed') else ''}")
     if info.get("run_id"):
         add(f"run               {info['run_id']}")
+    if info.get("mlmodel_unreadable"):
+        add(f"MLmodel           UNREADABLE: {info['mlmodel_unreadable']}")
     add("")
     add(f"Models ({len(info['models'])})")
     for name, model in info["models"].items():

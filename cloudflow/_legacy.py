@@ -39,10 +39,17 @@ def prepare_env(tracking_uri: str | os.PathLike[str], experiment_id: str) -> str
         raise BundleArgumentError(
             f"experiment_id must be the experiment's name (a non-empty str), got {experiment_id!r}."
         )
-    uri = _store.resolve_tracking_uri(tracking_uri)
-    mlflow.set_tracking_uri(uri)
-    exp_id = _store.get_or_create_experiment(tracking_uri, experiment_id)
-    mlflow.set_experiment(experiment_id=exp_id)
+    if not isinstance(tracking_uri, str | os.PathLike) or not str(os.fspath(tracking_uri)).strip():
+        raise BundleArgumentError(
+            f"tracking_uri must be a folder for an embedded store or a tracking server's URI (a "
+            f"non-empty str or path), got {tracking_uri!r}. Pass e.g. "
+            "prepare_env('./cloudflow_store', 'my-experiment')."
+        )
+    with _store.database_errors():
+        uri = _store.resolve_tracking_uri(tracking_uri)
+        mlflow.set_tracking_uri(uri)
+        exp_id = _store.get_or_create_experiment(tracking_uri, experiment_id)
+        mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
 
@@ -70,6 +77,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         self.log_level = level
         self.bundle: Bundle | None = None
 
+    @_store.translates_database_errors
     def save(
         self,
         tracking_uri: str | os.PathLike[str],
@@ -143,6 +151,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         with mlflow.start_run(run_id=run_id):
             return log()
 
+    @_store.translates_database_errors
     def load_model(
         self,
         tracking_uri: str | os.PathLike[str],

@@ -10,6 +10,7 @@ everything of a store in the one folder the user named. Any other URI (``sqlite:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -19,7 +20,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cloudflow.exceptions import CloudflowError, NotFoundError, StoreError
 
@@ -31,6 +32,71 @@ LOCK_FILE = ".cloudflow.lock"
 _SCHEMES_AS_IS = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "uc")
 _initialized: set[str] = set()
 _init_lock = threading.Lock()
+
+
+def database_error(error: BaseException) -> StoreError | None:
+    """A clear error for a failure of the store's database (sqlite, SQLAlchemy, MLflow's), or None.
+
+    A truncated or overwritten ``mlflow.db`` raises SQLAlchemy's ``DatabaseError`` from deep in
+    MLflow ("database disk image is malformed"); a locked or read-only one its own kinds.
+    """
+    import sqlite3
+
+    kind = type(error)
+    from_db = isinstance(error, sqlite3.Error) or kind.__module__.startswith("sqlalchemy")
+    text = str(error)
+    if kind.__name__ == "MlflowException" and any(
+        w in text for w in ("malformed", "not a database", "sqlite3.")
+    ):
+        from_db = True
+    if not from_db:
+        return None
+    first = text.strip().splitlines()[0] if text.strip() else kind.__name__
+    if "malformed" in text or "not a database" in text or "file is encrypted" in text:
+        return StoreError(
+            f"The tracking store's database is damaged ({first}). Restore its mlflow.db from a "
+            "backup (`sqlite3 mlflow.db .recover | sqlite3 repaired.db` may save what is left), "
+            "or give another store."
+        )
+    if "locked" in text:
+        return StoreError(
+            f"The tracking store's database is locked by another process ({first}). Retry when "
+            "that process is done; a store on a network share may not support sqlite's locks."
+        )
+    if "readonly" in text or "read-only" in text:
+        return StoreError(
+            f"The tracking store's database is read-only ({first}): saving needs write access. "
+            "Loads work on a read-only store; save into a store you can write to."
+        )
+    return StoreError(f"The tracking store's database failed: {first}")
+
+
+@contextlib.contextmanager
+def database_errors() -> Iterator[None]:
+    """Turn failures of the store's database into :class:`StoreError` (:func:`database_error`)."""
+    try:
+        yield
+    except CloudflowError:
+        raise
+    except Exception as e:
+        translated = database_error(e)
+        if translated is None:
+            raise
+        raise translated from e
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def translates_database_errors(fn: _F) -> _F:
+    """Decorate a public entry point with :func:`database_errors`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with database_errors():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def local_folder(tracking_uri: str | os.PathLike[str]) -> Path | None:
@@ -69,12 +135,16 @@ def existing_store_uri(tracking_uri: str | os.PathLike[str]) -> str:
         NotFoundError: ``tracking_uri`` is a folder that holds no store.
     """
     folder = local_folder(tracking_uri)
-    if folder is not None and not (folder / DB_FILE).is_file():
+    if folder is None:
+        return os.fspath(tracking_uri)
+    if not (folder / DB_FILE).is_file():
         raise NotFoundError(
             f"No tracking store at {os.fspath(tracking_uri)!r}: it has no {DB_FILE}. "
             "Give the folder that was given to prepare_env when the model was saved."
         )
-    return resolve_tracking_uri(tracking_uri)
+    # Reading needs no write access (a store on a read-only disk or share loads too), and an
+    # existing database needs no schema creation.
+    return sqlite_uri(folder)
 
 
 def sqlite_uri(folder: Path) -> str:
@@ -214,13 +284,43 @@ def find_run(client: Any, run_id: str) -> Any:
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_run(str(run_id))
+        run = client.get_run(str(run_id))
     except MlflowException as e:
+        deleted = _deleted_run(client, str(run_id))
+        if deleted:
+            raise NotFoundError(
+                f"The run {run_id!r} was deleted. Restore it (mlflow.MlflowClient()"
+                f".restore_run({run_id!r}), or `mlflow runs restore --run-id {run_id}`), or use "
+                "another run."
+            ) from e
         raise NotFoundError(
             f"No run with id {run_id!r} in this tracking store ({e.error_code}). Check the run id "
             "(`cloudflow list --tracking-uri STORE` lists the runs that hold a bundle, as does "
             "the MLflow UI) and the tracking_uri."
         ) from e
+    if getattr(run.info, "lifecycle_stage", "active") == "deleted":
+        raise NotFoundError(
+            f"The run {run_id!r} was deleted. Restore it (mlflow.MlflowClient()"
+            f".restore_run({run_id!r}), or `mlflow runs restore --run-id {run_id}`), or use "
+            "another run."
+        )
+    return run
+
+
+def _deleted_run(client: Any, run_id: str) -> bool:
+    """Whether the store holds ``run_id`` as a deleted run (get_run hides those)."""
+    from mlflow.entities import ViewType
+
+    try:
+        found = client.search_runs(
+            experiment_ids=[e.experiment_id for e in client.search_experiments(ViewType.ALL)],
+            filter_string=f"attributes.run_id = '{run_id}'",
+            run_view_type=ViewType.DELETED_ONLY,
+            max_results=1,
+        )
+    except Exception:
+        return False
+    return bool(found)
 
 
 def _local_path(uri: str) -> Path | None:
@@ -487,6 +587,9 @@ def bundle_dir(
     except CloudflowError:
         raise
     except Exception as e:
+        translated = database_error(e)
+        if translated is not None:
+            raise translated from e
         raise NotFoundError(f"Cannot find the bundle {os.fspath(model_uri)!r}: {e}") from e
     kept = False
     try:

@@ -14,6 +14,7 @@ import os
 import pickle
 import random
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -525,3 +526,110 @@ def test_a_save_flushes_every_file_before_it_publishes(
     flushed_rel = {p.split(".cloudflow-", 1)[-1].partition("/")[2] for p in at_rename}
     assert {s.lstrip("/") for s in staged} <= flushed_rel | {""}
     assert str(tmp_path) in flushed  # the folder that received the rename, after it
+
+
+# --- faults: inspect on hostile files, full disks, read-only stores, two saves at once -------
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+    f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+    f"*{chr(97 + i)}]\n"
+    for i in range(9)
+)
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "shown"),
+    [
+        ("MLmodel", BOMB.encode(), "UNREADABLE: YAMLError: it uses YAML aliases"),
+        ("MLmodel", b"flavors: [unclosed\n", "UNREADABLE: "),
+        ("MLmodel", b"signature:\n- a list\n- not a mapping\n", "integrity         FAILED"),
+        ("requirements.txt", "cloudflow\nna\xefve==1\n".encode("latin-1"), "na\ufffdve==1"),
+    ],
+)
+def test_inspect_of_a_hostile_bundle_answers_without_crashing_or_hanging(
+    app: Any, in_src: None, tmp_path: Path, file: str, content: bytes, shown: str
+) -> None:
+    """Documented as safe on untrusted bundles: a 2 KB alias bomb must not expand."""
+    assert len(BOMB) < 2048
+    bundle = save(app, tmp_path / "bundle")
+    (bundle / file).write_bytes(content)
+    result = CliRunner().invoke(main, ["inspect", str(bundle)])
+    assert result.exit_code == 2, result.output  # the digests show the change
+    assert shown in result.output
+    assert "integrity         FAILED" in result.output
+    assert not app.SENTINEL.exists()
+
+
+FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+
+import cloudflow
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit, writes fail with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (1024 * 1024, resource.RLIM_INFINITY))
+target = Path(sys.argv[1])
+try:
+    cloudflow.save_bundle(lambda blob, i: blob[i], {"blob": bytes(4 * 1024 * 1024)}, target)
+except Exception as e:
+    emit({"type": type(e).__name__, "message": str(e), "left": sorted(
+        p.name for p in target.parent.iterdir())})
+else:
+    emit({"type": None})
+"""
+
+
+def test_a_full_disk_is_a_store_error_and_leaves_nothing(tmp_path: Path) -> None:
+    """A file size limit stands in for a full disk: the write fails the same way, mid-file."""
+    out = tmp_path / "out"
+    out.mkdir()
+    got = run_snippet(FULL_DISK, cwd=tmp_path, args=[str(out / "bundle")])
+    assert got["type"] == "StoreError", got
+    assert "The disk is full" in got["message"]
+    assert "nothing was kept" in got["message"]
+    assert got["left"] == []
+
+
+def test_a_read_only_store_still_loads(
+    app: Any, in_src: None, tmp_path: Path, mlflow_state: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "store"
+    run_id = _log(app, store)
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode, **kw: False if mode & os.W_OK else real_access(p, mode)
+    )
+    model = cloudflow.cloudflow_model()
+    model.load_model(tracking_uri=str(store), experiment_id="store", run_id=run_id)
+    assert model.predict(x=1) == 4
+    result = CliRunner().invoke(
+        main, ["inspect", f"runs:/{run_id}/model", "--tracking-uri", str(store)]
+    )
+    assert result.exit_code == 0, result.output
+    with pytest.raises(cloudflow.StoreError, match=r"is not writable"):
+        cloudflow.prepare_env(str(tmp_path / "new_store"), "x")
+
+
+def test_two_saves_to_one_path_give_one_bundle_and_one_clear_error(
+    app: Any, in_src: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other save publishes between this one's check and its rename."""
+    target = tmp_path / "bundle"
+    real = _digests.make_durable
+
+    started: list[bool] = []
+
+    def meanwhile(root: Path) -> None:
+        real(root)
+        if not started:  # the other save, finishing first (its own thread)
+            started.append(True)
+            other = threading.Thread(target=save, args=(app, target))
+            other.start()
+            other.join()
+
+    monkeypatch.setattr(_digests, "make_durable", meanwhile)
+    with pytest.raises(BundleArgumentError, match=r"was created by another save while this one"):
+        save(app, target)
+    assert cloudflow.load_bundle(target).predict(x=1) == 4
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".bundle")] == []

@@ -86,6 +86,8 @@ class World:
     sklearn_bundle: Path
     app: Any
     monkeypatch: pytest.MonkeyPatch
+    deleted_run: str = ""
+    damaged_store: Path | None = None
 
     def copy_bundle(self, name: str = "copy") -> Path:
         return Path(shutil.copytree(self.bundle, self.tmp / name))
@@ -190,7 +192,140 @@ def _without_sklearn(w: World) -> object:
     return cloudflow.load_bundle(w.sklearn_bundle)
 
 
+async def _apredict(sentiment_model: Any, input_type: str) -> str:
+    return input_type
+
+
+def _log_in_run(w: World, **kwargs: Any) -> object:
+    return cloudflow.log_bundle(w.app.predict, {"sentiment_model": {"k": 1}}, **kwargs)
+
+
+def _nested(depth: int) -> list[Any]:
+    top: list[Any] = []
+    inner = top
+    for _ in range(depth):
+        inner.append([])
+        inner = inner[0]
+    return top
+
+
+def _deleted_run(w: World) -> str:
+    client = mlflow.MlflowClient(tracking_uri=sqlite_uri(w.store))
+    experiment = client.get_experiment_by_name("misuse")
+    run = client.create_run(experiment.experiment_id)
+    client.delete_run(run.info.run_id)
+    return str(run.info.run_id)
+
+
+def _damaged_store(w: World) -> Path:
+    copy = w.tmp / "damaged_store"
+    shutil.copytree(w.store, copy)
+    db = copy / "mlflow.db"
+    db.write_bytes(db.read_bytes()[: db.stat().st_size // 3])
+    return copy
+
+
 CATALOGUE = [
+    # -- the cases found by the adversarial round ------------------------------------------
+    Misuse(
+        "a logged model name MLflow refuses",
+        BundleArgumentError,
+        r"name must be a model name .* without any of / : \. %.*got 'model\.v2'",
+        lambda w: _log_in_run(w, name="model.v2"),
+    ),
+    Misuse(
+        "a logged model name too long for a file name",
+        BundleArgumentError,
+        r"name must be a model name of 1 to 200 characters.*got 'mmmm.*\.\.\.'",
+        lambda w: _log_in_run(w, name="m" * 300),
+    ),
+    Misuse(
+        "a registered model name MLflow refuses",
+        BundleArgumentError,
+        r"registered_model_name must be a non-empty name without '/' or ':'.*got 'team/iris'",
+        lambda w: _log_in_run(w, registered_model_name="team/iris"),
+    ),
+    Misuse(
+        "a bundle path that is None",
+        BundleArgumentError,
+        r"path must be the path of a folder to create.*got None\. Pass e\.g\. path=",
+        lambda w: cloudflow.save_bundle(w.app.predict, {"sentiment_model": {"k": 1}}, None),
+    ),
+    Misuse(
+        "a bundle path under a file",
+        BundleArgumentError,
+        r"new_bundle/b' is inside '.*new_bundle', which is a file, not a folder",
+        lambda w: cloudflow.save_bundle(
+            w.app.predict, {"sentiment_model": {"k": 1}}, fresh(w) / "b"
+        ),
+        setup=lambda w: fresh(w).write_text("a file"),
+    ),
+    Misuse(
+        "a bundle folder name longer than a file system allows",
+        BundleArgumentError,
+        r"path has a folder name of 300 bytes.*file systems allow 255",
+        lambda w: cloudflow.save_bundle(
+            w.app.predict, {"sentiment_model": {"k": 1}}, w.tmp / ("n" * 300)
+        ),
+    ),
+    Misuse(
+        "metadata nested without end",
+        BundleArgumentError,
+        r"metadata\['deep'\] is nested deeper than 32 levels",
+        lambda w: _save(w, metadata={"deep": _nested(2000)}),
+    ),
+    Misuse(
+        "prepare_env with an empty tracking_uri",
+        BundleArgumentError,
+        r"tracking_uri must be a folder .* got ''\. Pass e\.g\. prepare_env\(",
+        lambda w: cloudflow.prepare_env("", "misuse"),
+    ),
+    Misuse(
+        "prepare_env with None",
+        BundleArgumentError,
+        r"tracking_uri must be a folder .* got None",
+        lambda w: cloudflow.prepare_env(None, "misuse"),  # type: ignore[arg-type]
+    ),
+    Misuse(
+        "an async predict function",
+        BundleArgumentError,
+        r"'_apredict' is an async function.*asyncio\.run\(apredict",
+        lambda w: _save(w, predict=_apredict),
+    ),
+    Misuse(
+        "a save into a deleted run",
+        NotFoundError,
+        r"The run '[0-9a-f]{32}' was deleted\. Restore it",
+        lambda w: cloudflow.cloudflow_model().save(
+            str(w.store), "misuse", w.deleted_run, w.app.predict, {"sentiment_model": {"k": 1}}
+        ),
+        setup=lambda w: setattr(w, "deleted_run", _deleted_run(w)),
+    ),
+    Misuse(
+        "a damaged store database",
+        StoreError,
+        r"The tracking store's database is damaged .*malformed.*Restore its mlflow\.db",
+        lambda w: seed_load(w, "misuse", w.run_id, store=w.damaged_store),
+        setup=lambda w: setattr(w, "damaged_store", _damaged_store(w)),
+    ),
+    Misuse(
+        "a data file that does not exist",
+        BundleArgumentError,
+        r"files\['labels'\] is 'no/such/labels\.json', which cannot be read here",
+        lambda w: _save(w, files={"labels": "no/such/labels.json"}),
+    ),
+    Misuse(
+        "a signing secret too short",
+        BundleArgumentError,
+        r"signing_key is 6 bytes long; a signing secret needs at least 32",
+        lambda w: _save(w, signing_key="secret"),
+    ),
+    Misuse(
+        "trusted keys that are not public keys",
+        BundleArgumentError,
+        r"trusted_keys must hold Ed25519 public keys .* got int",
+        lambda w: cloudflow.load_bundle(w.bundle, trusted_keys=[42]),
+    ),
     # -- save: the arguments -------------------------------------------------------------------
     Misuse(
         "models not a dict",
@@ -281,13 +416,13 @@ CATALOGUE = [
     Misuse(
         "signing key of the wrong type",
         BundleArgumentError,
-        r"got int\. Pass the secret key itself.*CLOUDFLOW_SIGNING_KEY",
+        r"got int\. Pass the key itself.*CLOUDFLOW_SIGNING_KEY",
         lambda w: _save(w, signing_key=12345),
     ),
     Misuse(
         "log_bundle name with a slash",
         BundleArgumentError,
-        r"such as 'model'; got 'a/b'",
+        r"such as 'model' or 'model_v2'; got 'a/b'",
         lambda w: cloudflow.log_bundle(w.app.predict, {"sentiment_model": {"k": 1}}, name="a/b"),
     ),
     Misuse(
@@ -428,12 +563,14 @@ CATALOGUE = [
         "a bundle signed with another key",
         IntegrityError,
         r"signed with another key.*Do not use this bundle",
-        lambda w: cloudflow.load_bundle(w.signed_bundle, signing_key=b"not the key"),
+        lambda w: cloudflow.load_bundle(
+            w.signed_bundle, signing_key=b"not the key, 32 bytes long or more"
+        ),
     ),
     Misuse(
         "an unsigned bundle where a key is required",
         IntegrityError,
-        r"is not signed.*Save it again with signing_key=",
+        r"is not signed.*Sign it \(cloudflow sign\)",
         lambda w: cloudflow.load_bundle(w.bundle, signing_key=KEY),
     ),
     # -- predict ---------------------------------------------------------------------------------
