@@ -65,6 +65,9 @@ class BundleContext:
             self._load_context = LoadContext(table)
         return self._load_context.load(path, persistent_load=persistent_load)
 
+    def read_bytes(self, path: Path) -> bytes:
+        return Path(path).read_bytes()
+
 
 @pytest.fixture
 def pickle_context(tmp_path: Path) -> BundleContext:
