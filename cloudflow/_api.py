@@ -430,8 +430,11 @@ def log_bundle(
             logged = client.finalize_logged_model(model_id, LoggedModelStatus.READY)
         except BaseException:
             if model_id is not None:
+                # One try, no retries: when the server died mid-upload, MLflow's retries would
+                # add minutes to the error; the model stays PENDING, which loads refuse.
                 try:
-                    client.delete_logged_model(model_id)
+                    with _no_http_retries():
+                        client.delete_logged_model(model_id)
                 except Exception:
                     _logger.debug("Could not delete the logged model %s", model_id, exc_info=True)
             raise
@@ -514,6 +517,21 @@ def load_bundle(
         if temporary and bundle.manifest.data_files:
             weakref.finalize(bundle, shutil.rmtree, folder, True)
         return bundle
+
+
+@contextlib.contextmanager
+def _no_http_retries() -> Any:
+    names = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    saved = {n: os.environ.get(n) for n in names}
+    os.environ.update({names[0]: "0", names[1]: "10"})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _has_data_files(folder: Path) -> bool:

@@ -45,6 +45,16 @@ def database_error(error: BaseException) -> StoreError | None:
     kind = type(error)
     from_db = isinstance(error, sqlite3.Error) or kind.__module__.startswith("sqlalchemy")
     text = str(error)
+    unreachable = ("Max retries exceeded", "Connection refused", "Failed to establish", "timed out")
+    if (
+        kind.__name__ == "MlflowException" or kind.__module__.startswith(("requests", "urllib3"))
+    ) and any(w in text for w in unreachable):
+        uri = current_tracking_uri() or "the tracking server"
+        return StoreError(
+            f"The tracking server {uri} does not answer ({text.strip().splitlines()[0][:200]}). "
+            "Check that it runs and is reachable, then try again; a save that failed this way "
+            "published nothing."
+        )
     if kind.__name__ == "MlflowException" and any(
         w in text for w in ("malformed", "not a database", "sqlite3.")
     ):

@@ -214,3 +214,51 @@ def test_data_files_travel_through_a_server(
     del bundle
     gc.collect()
     assert not folder.exists()
+
+
+DYING = """
+import os, sys, time
+
+import mlflow
+
+import cloudflow
+
+url, server_pid = sys.argv[1], int(sys.argv[2])
+os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # the upload's own retries
+mlflow.set_tracking_uri(url)
+experiment_id = mlflow.create_experiment("dying")
+real = mlflow.MlflowClient.log_model_artifacts
+
+
+def stop_then_upload(self, *args, **kwargs):
+    os.killpg(server_pid, 9)  # the server dies as the files go up
+    time.sleep(0.5)
+    return real(self, *args, **kwargs)
+
+
+mlflow.MlflowClient.log_model_artifacts = stop_then_upload
+mlflow.start_run(experiment_id=experiment_id)
+started = time.perf_counter()
+try:
+    cloudflow.log_bundle(lambda table, key: table[key], {"table": {"a": 1}})
+except Exception as e:
+    emit({"type": type(e).__name__, "message": str(e), "seconds": time.perf_counter() - started})
+else:
+    emit({"type": None})
+os._exit(0)  # no end_run against the dead server at exit
+"""
+
+
+def test_a_server_that_dies_during_an_upload_gives_a_clear_error_quickly(
+    tmp_path: Path,
+) -> None:
+    """One StoreError naming the server, in seconds: no raw MlflowException after minutes."""
+    from servers import tracking_server
+
+    with tracking_server(tmp_path / "server") as server:
+        got = run_snippet(
+            DYING, cwd=tmp_path, args=[server.url, str(server.process.pid)], timeout=600
+        )
+    assert got["type"] == "StoreError", got
+    assert f"The tracking server {server.url} does not answer" in got["message"]
+    assert got["seconds"] < 60, got
