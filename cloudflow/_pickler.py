@@ -69,6 +69,8 @@ class ModuleTable:
     def __init__(self) -> None:
         self.modules: dict[str, types.ModuleType] = {}
         self.namespaces: list[dict[str, Any]] = []
+        # Held while one of the bundle's pickles is read (models load in parallel threads).
+        self.lock = threading.RLock()
         self.builtins: dict[str, Any] = dict(builtins.__dict__)
         self.builtins["__import__"] = self._import
         self.model_refs: list[ModelRef] = []
@@ -591,9 +593,12 @@ class LoadContext:
     def load(
         self, path: Path, *, persistent_load: Callable[[object], object] | None = None
     ) -> object:
-        with activate(self.table):
-            obj = _Unpickler(io.BytesIO(self.read_bytes(path)), persistent_load).load()
-        self.table.regenerate_dataclasses()
+        data = self.read_bytes(path)
+        # One pickle at a time per bundle (models load in parallel threads): unpickling does not
+        # release the GIL anyway, and the table's classes and placeholders are made once.
+        with self.table.lock, activate(self.table):
+            obj = _Unpickler(io.BytesIO(data), persistent_load).load()
+            self.table.regenerate_dataclasses()
         return obj
 
 
