@@ -467,6 +467,8 @@ def load_bundle(
     allow_python_mismatch: bool = False,
     signing_key: Any = None,
     trusted_keys: Any = None,
+    device: Any = None,
+    dtype: Any = None,
 ) -> Bundle:
     """Load a bundle saved by :func:`save_bundle` or :func:`log_bundle`.
 
@@ -483,6 +485,13 @@ def load_bundle(
             default: the files listed in ``CLOUDFLOW_TRUSTED_KEYS`` (separated by
             ``os.pathsep``) if set. With any key, every file is verified whatever ``verify``
             says, none from the digest cache.
+        device: Where torch and transformers models go: ``"cpu"``, ``"cuda"``, ``"cuda:1"``,
+            ``"mps"``, or a dict of model name -> device. Tensors are loaded there from the
+            file, not loaded on the CPU and copied. Default: the saved device if this machine
+            has it, else the CPU.
+        dtype: The floating-point dtype of torch and transformers models (``"float16"``,
+            ``"bfloat16"``, ``"float32"``, ``"float64"`` or a ``torch.dtype``), or a dict of
+            model name -> dtype. Default: as saved.
 
     Returns:
         A :class:`Bundle`; call ``bundle.predict(**inputs)``.
@@ -513,6 +522,8 @@ def load_bundle(
             allow_python_mismatch=allow_python_mismatch,
             signing_key=trust,
             expected_identity=identity,
+            device=device,
+            dtype=dtype,
         )
         if temporary and bundle.manifest.data_files:
             weakref.finalize(bundle, shutil.rmtree, folder, True)

@@ -9,6 +9,7 @@ import inspect
 import logging
 import os
 import platform
+import re
 import shutil
 import time
 import uuid
@@ -180,6 +181,9 @@ def _write_mlmodel(
         data=DATA_DIR,
         conda_env=_CONDA_ENV_FILE_NAME,
         python_env=_PYTHON_ENV_FILE_NAME,
+        # What mlflow.pyfunc.load_model(uri, model_config={...}) and serving's
+        # MLFLOW_PYFUNC_INFERENCE_CONFIG may set (MLflow passes only keys listed here).
+        model_config=dict(PYFUNC_CONFIG),
     )
     model.add_flavor(
         FLAVOR_NAME,
@@ -542,8 +546,79 @@ _VERIFIER = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_pre
 LOAD_WORKERS = 4
 
 
+#: The keys of MLmodel's pyfunc ``model_config``: load options MLflow's loaders may pass.
+PYFUNC_CONFIG = {"device": None, "dtype": None}
+#: Flavors whose models take a device and a dtype at load.
+DEVICE_FLAVORS = ("torch", "transformers")
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+
+
+def _check_device(value: object) -> str:
+    if not isinstance(value, str) or not _DEVICE.match(value):
+        raise BundleArgumentError(
+            f"device {value!r} is not one of 'cpu', 'cuda', 'cuda:N', 'mps'. Pass e.g. "
+            "device='cuda:1', or a dict of model name -> device."
+        )
+    return value
+
+
+def _check_dtype(value: object) -> str:
+    name = str(value).removeprefix("torch.") if value is not None else ""
+    if name not in DTYPES:
+        raise BundleArgumentError(
+            f"dtype {value!r} is not one of {list(DTYPES)} (a name or a torch.dtype). Pass e.g. "
+            "dtype='bfloat16', or a dict of model name -> dtype."
+        )
+    return name
+
+
+def load_options(device: object, dtype: object, manifest: Manifest) -> dict[str, dict[str, str]]:
+    """Model name -> ``{"load_device": ..., "load_dtype": ...}`` from ``device=`` / ``dtype=``.
+
+    One value applies to every torch and transformers model; a dict names models (each must be
+    one of those). Other models load as they were saved.
+
+    Raises:
+        BundleArgumentError: A value that is not a device or dtype, or a dict naming a model the
+            bundle does not have or one that takes neither.
+    """
+    out: dict[str, dict[str, str]] = {}
+    for key, value, check in (
+        ("load_device", device, _check_device),
+        ("load_dtype", dtype, _check_dtype),
+    ):
+        if value is None:
+            continue
+        what = key.removeprefix("load_")
+        if isinstance(value, Mapping):
+            for name, item in value.items():
+                entry = manifest.models.get(name)
+                if entry is None:
+                    raise BundleArgumentError(
+                        f"{what}= names the model {name!r}, which this bundle does not have; its "
+                        f"models are {sorted(manifest.models)}."
+                    )
+                if entry.flavor not in DEVICE_FLAVORS:
+                    raise BundleArgumentError(
+                        f"{what}= names the model {name!r}, a {entry.flavor} model: a {what} "
+                        f"applies to torch and transformers models only."
+                    )
+                out.setdefault(name, {})[key] = check(item)
+        else:
+            checked = check(value)
+            for name, entry in manifest.models.items():
+                if entry.flavor in DEVICE_FLAVORS:
+                    out.setdefault(name, {})[key] = checked
+    return out
+
+
 def _load_models(
-    data: Path, manifest: Manifest, context: LoadContext, steps: _progress.Steps
+    data: Path,
+    manifest: Manifest,
+    context: LoadContext,
+    steps: _progress.Steps,
+    options: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, object]:
     """Load every model of a bundle, in parallel threads; the result keeps the manifest's order.
 
@@ -555,7 +630,8 @@ def _load_models(
     def load(name: str, entry: ModelEntry) -> object:
         flavor = get_flavor(entry.flavor)
         t0 = time.perf_counter()
-        obj = flavor.load(data / entry.path, entry.info, context)
+        info = {**entry.info, **(options or {}).get(name, {})}
+        obj = flavor.load(data / entry.path, info, context)
         elapsed = time.perf_counter() - t0
         _logger.info("Loaded model %r (%s) in %.2f s", name, flavor.name, elapsed)
         return obj
@@ -589,6 +665,8 @@ def read_bundle(
     signing_key: Any = None,
     trusted_keys: Any = None,
     expected_identity: Mapping[str, str] | None = None,
+    device: Any = None,
+    dtype: Any = None,
 ) -> Bundle:
     """Load a bundle from a local folder (its root, or its ``cloudflow`` data folder).
 
@@ -603,6 +681,7 @@ def read_bundle(
     trust = resolve_trust(signing_key, trusted_keys)
     data = data_dir_of(path)
     manifest = _manifest.read_manifest(data, signing_key=trust)
+    options = load_options(device, dtype, manifest)
     if expected_identity:
         from cloudflow._store import check_identity
 
@@ -648,7 +727,7 @@ def read_bundle(
                 _files.place_modules(table, resolver, _capture.relative_filename)
             context = LoadContext(table, read=verified.read)
             steps.advance("code")
-            models = _load_models(data, manifest, context, steps)
+            models = _load_models(data, manifest, context, steps, options)
         except BaseException:
             # A damaged weights file may be why a model failed to load: say that first.
             if pending is not None:

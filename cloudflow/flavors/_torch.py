@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudflow import _blobs, _digests
-from cloudflow.exceptions import BundleFormatError
+from cloudflow.exceptions import BundleFormatError, EnvironmentMismatchError
 from cloudflow.flavors._base import Flavor, PickleContext, class_name, loaded_module, require
 
 FLAVOR_NAME = "torch"
@@ -205,11 +205,39 @@ def device_or_cpu(torch: Any, name: str) -> str:
     return "cpu"
 
 
+def requested_device(torch: Any, name: str | None) -> str | None:
+    """The device asked for at load (``device=``), checked to exist on this machine.
+
+    Raises:
+        EnvironmentMismatchError: It is not there (no CUDA, fewer GPUs, no MPS).
+    """
+    if name is None:
+        return None
+    kind, _, index = name.partition(":")
+    ok = kind == "cpu"
+    if kind == "cuda":
+        ok = torch.cuda.is_available() and (not index or int(index) < torch.cuda.device_count())
+    elif kind == "mps":
+        ok = bool(torch.backends.mps.is_available())
+    if not ok:
+        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise EnvironmentMismatchError(
+            f"device={name!r} was asked for, and this machine has no such device (torch sees "
+            f"{found} CUDA device(s)). Load with device='cpu', or on a machine that has it."
+        )
+    return name
+
+
 def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
     torch = require("torch", flavor=FLAVOR_NAME, extra=EXTRA)
     safetensors_torch = require("safetensors.torch", flavor=FLAVOR_NAME, extra=EXTRA)
-    # Memory-mapped: the tensors read the file's pages, nothing is copied into the heap.
-    stored = safetensors_torch.load_file(path / info.get("weights", _WEIGHTS), device="cpu")
+    asked = requested_device(torch, info.get("load_device"))
+    cast = getattr(torch, info["load_dtype"]) if info.get("load_dtype") else None
+    # Memory-mapped on the CPU: the tensors read the file's pages, nothing is copied into the
+    # heap. A device asked for at load gets the tensors straight from the file.
+    stored = safetensors_torch.load_file(
+        path / info.get("weights", _WEIGHTS), device=asked or "cpu"
+    )
     restored: dict[str, Any] = {}
 
     def persistent_load(pid: object) -> object:
@@ -227,9 +255,11 @@ def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
             raise BundleFormatError(
                 f"Tensor {key!r} is missing from {path / _WEIGHTS}; the bundle is damaged."
             ) from None
-        target = device_or_cpu(torch, device)
-        if target != "cpu":
+        target = asked or device_or_cpu(torch, device)
+        if str(tensor.device) != target and not (target == "cuda" and tensor.is_cuda):
             tensor = tensor.to(target)
+        if cast is not None and tensor.is_floating_point() and tensor.dtype != cast:
+            tensor = tensor.to(cast)
         if kind == "parameter":
             value = torch.nn.Parameter(tensor, requires_grad=requires_grad)
         else:

@@ -24,7 +24,12 @@ from typing import Any
 
 from cloudflow.exceptions import BundleFormatError
 from cloudflow.flavors._base import Flavor, PickleContext, class_name, loaded_module, require
-from cloudflow.flavors._torch import describe_module, device_or_cpu, write_safetensors
+from cloudflow.flavors._torch import (
+    describe_module,
+    device_or_cpu,
+    requested_device,
+    write_safetensors,
+)
 
 FLAVOR_NAME = "transformers"
 EXTRA = "transformers"
@@ -189,8 +194,12 @@ def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
         if kind == "pretrained":
             return cls.from_pretrained(str(path))
         torch = require("torch", flavor=FLAVOR_NAME, extra=EXTRA)
-        dtype = {_dtype_kwarg(transformers): getattr(torch, info["dtype"])}
-        device = device_or_cpu(torch, info.get("device", "cpu"))
+        dtype = {
+            _dtype_kwarg(transformers): getattr(torch, info.get("load_dtype") or info["dtype"])
+        }
+        device = requested_device(torch, info.get("load_device")) or device_or_cpu(
+            torch, info.get("device", "cpu")
+        )
         if kind == "model":
             model = cls.from_pretrained(str(path), **dtype)
             if device != "cpu":
