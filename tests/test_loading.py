@@ -95,9 +95,17 @@ def test_dtype_at_load_casts_torch_and_transformers_models(mixed: Path) -> None:
     assert only.models["pipe"].model.dtype == torch.float32
 
 
-def test_device_and_dtype_reach_the_pyfunc_loader(mixed: Path) -> None:
+def test_device_and_dtype_reach_the_pyfunc_loader(
+    mixed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mlflow.pyfunc
     import torch
+
+    # What `mlflow models serve` reads: the same loader, configured by the environment.
+    monkeypatch.setenv("MLFLOW_PYFUNC_INFERENCE_CONFIG", '{"dtype": "bfloat16"}')
+    served = mlflow.pyfunc.load_model(str(mixed)).get_raw_model()
+    assert served.models["pipe"].model.dtype == torch.bfloat16
+    monkeypatch.delenv("MLFLOW_PYFUNC_INFERENCE_CONFIG")
 
     model = mlflow.pyfunc.load_model(str(mixed), model_config={"dtype": "float16"})
     loaded = model.get_raw_model()  # the cloudflow.Bundle
