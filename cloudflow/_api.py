@@ -469,6 +469,7 @@ def load_bundle(
     trusted_keys: Any = None,
     device: Any = None,
     dtype: Any = None,
+    lazy: bool | str = False,
 ) -> Bundle:
     """Load a bundle saved by :func:`save_bundle` or :func:`log_bundle`.
 
@@ -492,6 +493,11 @@ def load_bundle(
         dtype: The floating-point dtype of torch and transformers models (``"float16"``,
             ``"bfloat16"``, ``"float32"``, ``"float64"`` or a ``torch.dtype``), or a dict of
             model name -> dtype. Default: as saved.
+        lazy: ``True``: return once the code is loaded; each model loads (its files checked
+            first) on its first use by the predict function, once, thread-safe. ``"background"``:
+            the same, and the models start loading at once in a background thread.
+            ``bundle.loaded`` says which are loaded; see the README for what a lazy model
+            does and does not do as the model.
 
     Returns:
         A :class:`Bundle`; call ``bundle.predict(**inputs)``.
@@ -524,6 +530,7 @@ def load_bundle(
             expected_identity=identity,
             device=device,
             dtype=dtype,
+            lazy=lazy,
         )
         if temporary and bundle.manifest.data_files:
             weakref.finalize(bundle, shutil.rmtree, folder, True)

@@ -11,6 +11,7 @@ import os
 import platform
 import re
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -547,7 +548,7 @@ LOAD_WORKERS = 4
 
 
 #: The keys of MLmodel's pyfunc ``model_config``: load options MLflow's loaders may pass.
-PYFUNC_CONFIG = {"device": None, "dtype": None}
+PYFUNC_CONFIG = {"device": None, "dtype": None, "lazy": None}
 #: Flavors whose models take a device and a dtype at load.
 DEVICE_FLAVORS = ("torch", "transformers")
 DTYPES = ("float32", "float16", "bfloat16", "float64")
@@ -619,6 +620,7 @@ def _load_models(
     context: LoadContext,
     steps: _progress.Steps,
     options: Mapping[str, Mapping[str, str]] | None = None,
+    lazy: Callable[[str], None] | None = None,
 ) -> dict[str, object]:
     """Load every model of a bundle, in parallel threads; the result keeps the manifest's order.
 
@@ -637,6 +639,17 @@ def _load_models(
         return obj
 
     entries = list(manifest.models.items())
+    if lazy is not None:
+        from cloudflow._lazy import LazyModel
+
+        def on_first_use(name: str, entry: ModelEntry) -> Callable[[], object]:
+            def load_now() -> object:
+                lazy(name)  # its files are checked first
+                return load(name, entry)
+
+            return load_now
+
+        return {name: LazyModel(name, on_first_use(name, entry)) for name, entry in entries}
     if len(entries) <= 1:
         out = {name: load(name, entry) for name, entry in entries}
         for name in out:
@@ -667,6 +680,7 @@ def read_bundle(
     expected_identity: Mapping[str, str] | None = None,
     device: Any = None,
     dtype: Any = None,
+    lazy: bool | str = False,
 ) -> Bundle:
     """Load a bundle from a local folder (its root, or its ``cloudflow`` data folder).
 
@@ -691,15 +705,33 @@ def read_bundle(
     # Pickles (which run code) and everything else are verified before anything is unpickled.
     # Weights in safetensors, a format parsed without running code, are hashed on another core
     # while the models load; the bundle is returned only once they match too.
+    if lazy not in (False, True, "background"):
+        raise BundleArgumentError(
+            f"lazy must be False, True or 'background', got {lazy!r}. True loads each model on "
+            "its first use; 'background' also starts loading them all at once."
+        )
     deferred = _manifest.deferred_files(manifest) if checked else []
+    # Lazily loaded models have their files checked when they load, not now.
+    by_model = {
+        name: [r for r in manifest.files if r.startswith(entry.path.rstrip("/") + "/")]
+        for name, entry in manifest.models.items()
+    }
+    later = {r for rels in by_model.values() for r in rels} if lazy else set()
+    deferred = [r for r in deferred if r not in later]
     pending: concurrent.futures.Future[None] | None = None
     verified = _manifest.VerifiedBytes(data, None)
+
+    def check_model(name: str) -> None:
+        if checked:
+            rels = [r for r in by_model[name] if not r.endswith(_manifest.READ_ONCE_SUFFIXES)]
+            _manifest.verify_digests(data, manifest, rels, use_cache=trust is None)
+
     with _progress.Steps("Loading bundle", total=len(manifest.models) + 2) as steps:
         if checked:
             verified = _manifest.verify_files(
                 data,
                 manifest,
-                skip_digests=deferred,
+                skip_digests=[*deferred, *later],
                 use_cache=trust is None,
                 require_outer=trust is not None,
             )
@@ -727,7 +759,9 @@ def read_bundle(
                 _files.place_modules(table, resolver, _capture.relative_filename)
             context = LoadContext(table, read=verified.read)
             steps.advance("code")
-            models = _load_models(data, manifest, context, steps, options)
+            models = _load_models(
+                data, manifest, context, steps, options, lazy=check_model if lazy else None
+            )
         except BaseException:
             # A damaged weights file may be why a model failed to load: say that first.
             if pending is not None:
@@ -737,7 +771,10 @@ def read_bundle(
             pending.result()
     predict_fn = table.bind_models(models, [predict_fn])
     _logger.info("Loaded bundle %s in %.2f s", data.parent, time.perf_counter() - started)
-    return Bundle(predict_fn, models, manifest, data.parent)
+    bundle = Bundle(predict_fn, models, manifest, data.parent)
+    if lazy == "background":
+        threading.Thread(target=bundle.warm, name="cloudflow-warm", daemon=True).start()
+    return bundle
 
 
 class Bundle:
@@ -777,6 +814,31 @@ class Bundle:
         self._positional = [
             p.name for p in signature.parameters.values() if p.kind is p.POSITIONAL_ONLY
         ]
+
+    @property
+    def loaded(self) -> dict[str, bool]:
+        """Model name -> whether it is loaded (always True unless loaded with ``lazy=``)."""
+        from cloudflow._lazy import is_loaded
+
+        return {name: is_loaded(model) for name, model in self.models.items()}
+
+    def model(self, name: str) -> object:
+        """The model ``name`` itself, loading it now if it was loaded lazily."""
+        from cloudflow._lazy import loaded
+
+        if name not in self.models:
+            raise ModelKeyError(
+                f"This bundle has no model {name!r}; its models are {sorted(self.models)}."
+            )
+        return loaded(self.models[name])
+
+    def warm(self) -> None:
+        """Load every model not loaded yet, one after the other (``lazy="background"``)."""
+        for name in self.models:
+            try:
+                self.model(name)
+            except Exception:  # raised again, named, where the model is used
+                _logger.warning("Loading model %r in the background failed", name, exc_info=True)
 
     def predict(self, **params: Any) -> Any:
         """Call the saved predict function with the bundle's models and ``params``.

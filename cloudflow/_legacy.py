@@ -162,6 +162,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         trusted_keys: Any = None,
         device: Any = None,
         dtype: Any = None,
+        lazy: bool | str = False,
     ) -> Bundle:
         """Load the model ``model`` of run ``run_id`` (experiment given by name or id).
 
@@ -169,8 +170,9 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         ``models:/<name>@<alias>`` for a version of a registered model, or
         ``runs:/<run_id>/<name>``. Registered models live outside experiments, so
         ``experiment_id`` is then not used. ``signing_key`` and ``trusted_keys`` refuse a
-        bundle not signed by those keys, and ``device`` and ``dtype`` place torch and
-        transformers models, as in :func:`cloudflow.load_bundle`.
+        bundle not signed by those keys, ``device`` and ``dtype`` place torch and
+        transformers models, and ``lazy`` loads each model on its first use, as in
+        :func:`cloudflow.load_bundle`.
 
         Returns:
             The loaded :class:`~cloudflow.Bundle`; ``predict`` calls it.
@@ -181,17 +183,23 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         uri = _store.existing_store_uri(tracking_uri)  # a load creates no store
         mlflow.set_tracking_uri(uri)
         if str(run_id).startswith(("models:/", "runs:/")):
-            self.bundle = load_bundle(str(run_id), signing_key=trust, device=device, dtype=dtype)
+            self.bundle = load_bundle(
+                str(run_id), signing_key=trust, device=device, dtype=dtype, lazy=lazy
+            )
             return self.bundle
         fast = _store.fast_run_model(uri, str(run_id), MODEL_NAME, experiment=str(experiment_id))
         if fast is not None:  # the run, in that experiment, with a finished model: one lookup
             self.bundle = load_bundle(
-                f"runs:/{run_id}/{MODEL_NAME}", signing_key=trust, device=device, dtype=dtype
+                f"runs:/{run_id}/{MODEL_NAME}",
+                signing_key=trust,
+                device=device,
+                dtype=dtype,
+                lazy=lazy,
             )
             return self.bundle
         _store.run_in_experiment(mlflow.MlflowClient(uri), experiment_id, run_id)
         self.bundle = load_bundle(
-            f"runs:/{run_id}/{MODEL_NAME}", signing_key=trust, device=device, dtype=dtype
+            f"runs:/{run_id}/{MODEL_NAME}", signing_key=trust, device=device, dtype=dtype, lazy=lazy
         )
         return self.bundle
 

@@ -159,9 +159,14 @@ def _load_pyfunc(path: str, model_config: Any = None) -> CloudflowPyfunc:
     """Called by ``mlflow.pyfunc.load_model`` with the bundle's ``cloudflow`` data folder.
 
     ``model_config`` (``mlflow.pyfunc.load_model(uri, model_config={...})``) may give
-    ``device`` and ``dtype``, as :func:`cloudflow.load_bundle` takes them.
+    ``device``, ``dtype`` and ``lazy``, as :func:`cloudflow.load_bundle` takes them.
     """
     config = dict(model_config or {})
     return CloudflowPyfunc(
-        read_bundle(Path(path), device=config.get("device"), dtype=config.get("dtype"))
+        read_bundle(
+            Path(path),
+            device=config.get("device"),
+            dtype=config.get("dtype"),
+            lazy=config.get("lazy") or False,
+        )
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -145,3 +146,117 @@ def test_a_device_this_machine_lacks_is_a_clear_error(mixed: Path) -> None:
         pytest.skip("this machine has CUDA")
     with pytest.raises(cloudflow.EnvironmentMismatchError, match=r"device='cuda:1' was asked"):
         cloudflow.load_bundle(mixed, device="cuda:1")
+
+
+# --- lazy loading ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def routed(user_modules: Any, tmp_path: Path) -> Any:
+    """A predict function that routes to one of two models, each counting its loads."""
+    user_modules.write(
+        {
+            "routing_app.py": """
+                import os
+
+                LOADS = []
+
+                class Counted:
+                    def __init__(self, name, k):
+                        self.name, self.k = name, k
+
+                    def __setstate__(self, state):
+                        self.__dict__.update(state)
+                        LOADS.append(state["name"])  # the bundle's own copy of this module
+
+                    def __call__(self, x):
+                        return self.k * x
+
+                    def __len__(self):
+                        return self.k
+
+                REGISTRY = {}
+
+                def predict(sentiment, summary, input_type, x):
+                    model = sentiment if input_type == "sentiment" else summary
+                    is_model = isinstance(model, Counted)
+                    return {"value": model(x), "size": len(model), "is_model": is_model}
+            """
+        }
+    )
+    import routing_app
+
+    models = {
+        "sentiment": routing_app.Counted("sentiment", 2),
+        "summary": routing_app.Counted("summary", 3),
+    }
+    cloudflow.save_bundle(routing_app.predict, models, tmp_path / "bundle")
+    return tmp_path / "bundle"
+
+
+def _loads(bundle: cloudflow.Bundle) -> list[str]:
+    return list(bundle.predict_fn.__globals__["LOADS"])
+
+
+def test_a_lazy_bundle_loads_only_the_model_that_answers(routed: Path) -> None:
+    bundle = cloudflow.load_bundle(routed, lazy=True)
+    assert bundle.loaded == {"sentiment": False, "summary": False}
+    assert _loads(bundle) == []
+    assert "not loaded yet" in repr(bundle.models["summary"])
+    got = bundle.predict(input_type="sentiment", x=5)
+    assert got == {"value": 10, "size": 2, "is_model": True}  # calls, len, isinstance
+    assert bundle.loaded == {"sentiment": True, "summary": False}
+    assert _loads(bundle) == ["sentiment"]
+    assert bundle.predict(input_type="sentiment", x=1)["value"] == 2
+    assert _loads(bundle) == ["sentiment"]  # once
+    eager = cloudflow.load_bundle(routed)
+    assert _loads(eager) == ["sentiment", "summary"]
+
+
+def test_a_lazy_model_loads_once_under_eight_threads(routed: Path) -> None:
+    import concurrent.futures
+
+    bundle = cloudflow.load_bundle(routed, lazy=True)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda x: bundle.predict(input_type="summary", x=x), range(40)))
+    assert [a["value"] for a in answers] == [3 * x for x in range(40)]
+    assert _loads(bundle) == ["summary"]
+
+
+def test_a_lazy_models_files_are_checked_when_it_loads(routed: Path) -> None:
+    (pickle_file,) = (routed / "cloudflow" / "models" / "summary").glob("*.pkl")
+    data = bytearray(pickle_file.read_bytes())
+    data[-3] ^= 1
+    pickle_file.write_bytes(bytes(data))
+    bundle = cloudflow.load_bundle(routed, lazy=True)  # the code and the other model are fine
+    assert bundle.predict(input_type="sentiment", x=1)["value"] == 2
+    with pytest.raises(cloudflow.IntegrityError, match=r"models/summary/.*does not match"):
+        bundle.predict(input_type="summary", x=1)
+    assert _loads(bundle) == ["sentiment"]  # the damaged pickle was never unpickled
+    with pytest.raises(cloudflow.IntegrityError, match=r"models/summary"):
+        cloudflow.load_bundle(routed)  # an eager load refuses the bundle at once
+
+
+def test_background_warming_and_the_model_itself(routed: Path) -> None:
+    import time
+
+    bundle = cloudflow.load_bundle(routed, lazy="background")
+    deadline = time.monotonic() + 30
+    while not all(bundle.loaded.values()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert bundle.loaded == {"sentiment": True, "summary": True}
+    real = bundle.model("summary")
+    assert type(real).__name__ == "Counted"
+    assert type(bundle.models["summary"]) is not type(real)  # a stand-in, documented
+    with pytest.raises(cloudflow.ModelKeyError, match=r"no model 'other'; its models are"):
+        bundle.model("other")
+    with pytest.raises(cloudflow.BundleArgumentError, match=r"lazy must be False, True or"):
+        cloudflow.load_bundle(routed, lazy="sometimes")
+
+
+def test_lazy_through_the_pyfunc_loader(routed: Path) -> None:
+    import mlflow.pyfunc
+
+    model = mlflow.pyfunc.load_model(str(routed), model_config={"lazy": True})
+    assert model.predict({"input_type": "summary", "x": 2})["value"] == 6
+    assert model.get_raw_model().loaded == {"sentiment": False, "summary": True}
