@@ -4,13 +4,14 @@ The bench's three models (A: BERT text-classification pipeline, B: torch MLP, C:
 forest; ``--quick`` for small ones) are saved in one bundle with ``save_bundle``. Each is also
 saved alone, and its load timed alone: the "sum" and "slowest" rows are the floor a sequential
 and a perfectly parallel load could reach. Then the bundle is loaded with
-``cloudflow._bundle.LOAD_WORKERS`` = 1 (one after the other, as before) and = 4, and with
+``CLOUDFLOW_LOAD_WORKERS=1`` (one after the other, the default) and ``=3`` (threads), and with
 ``lazy=True`` followed by one answer of the MLP alone (time to first answer when a request needs
-one model). Loads are medians of ``--repeat``, warm page cache, digest cache off (every load
-hashes every file).
+one model). Loads are medians of ``--repeat``, digest cache off (every load hashes every file),
+warm page cache, or with ``--cold`` (root on Linux) the page cache dropped before each load.
 
     python benchmarks/parallel_load.py --quick
     python benchmarks/parallel_load.py
+    sudo python benchmarks/parallel_load.py --cold
 """
 
 from __future__ import annotations
@@ -33,10 +34,20 @@ import workload  # noqa: E402
 import cloudflow  # noqa: E402
 from cloudflow import _bundle  # noqa: E402
 
+COLD = False
+
+
+def drop_page_cache() -> None:
+    """Cold loads: the files come from the disk (Linux, as root), as on a fresh machine."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
 
 def median_load(path: Path, repeat: int) -> float:
     times = []
     for _ in range(repeat):
+        if COLD:
+            drop_page_cache()
         start = time.perf_counter()
         cloudflow.load_bundle(path)
         times.append(time.perf_counter() - start)
@@ -47,7 +58,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--cold", action="store_true", help="drop the page cache before each load (root, Linux)"
+    )
     args = parser.parse_args()
+    global COLD
+    COLD = args.cold
     os.environ["CLOUDFLOW_DIGEST_CACHE"] = "0"
     sizes = bench.QUICK if args.quick else bench.FULL
     models = {
@@ -69,13 +85,15 @@ def main() -> None:
             singles[name] = median_load(root / name, args.repeat)
         cloudflow.save_bundle(workload.predict_all, models, root / "all")
         median_load(root / "all", 1)
-        _bundle.LOAD_WORKERS = 1
+        os.environ[_bundle.LOAD_WORKERS_ENV] = "1"
         sequential = median_load(root / "all", args.repeat)
-        _bundle.LOAD_WORKERS = 4
+        os.environ[_bundle.LOAD_WORKERS_ENV] = "3"
         parallel = median_load(root / "all", args.repeat)
         x = bench.make_inputs(sizes)["x"]
         lazy_first = []
         for _ in range(args.repeat):
+            if COLD:
+                drop_page_cache()
             start = time.perf_counter()
             loaded = cloudflow.load_bundle(root / "all", lazy=True)
             loaded.models["mlp"](x)  # the first answer needs the MLP only
@@ -87,10 +105,11 @@ def main() -> None:
         ("sum of the three alone (baseline)", base),
         ("slowest alone", max(singles.values())),
         ("bundle of three, one after the other", sequential),
-        ("bundle of three, in parallel", parallel),
+        ("bundle of three, in 3 threads", parallel),
         ("bundle of three, lazy=True: load + the MLP's first answer", lazy),
     ]
-    print(f"sizes: {sizes.name}, {os.cpu_count()} cores, medians of {args.repeat}")
+    cache = "cold page cache" if COLD else "warm page cache"
+    print(f"sizes: {sizes.name}, {os.cpu_count()} cores, {cache}, medians of {args.repeat}")
     print("| load | seconds | ratio to the sum |\n|---|---|---|")
     for name, seconds in rows:
         print(f"| {name} | {seconds:.3f} | {seconds / base:.2f}x |")

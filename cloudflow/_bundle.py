@@ -542,9 +542,22 @@ def data_dir_of(path: Path) -> Path:
 
 
 _VERIFIER = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="cloudflow")
-#: Models of one bundle loaded at once. Weights (safetensors, torch) and most of what
-#: transformers does release the GIL; unpickling does not, and is done one model at a time.
-LOAD_WORKERS = 4
+#: Models of one bundle loaded at once (``CLOUDFLOW_LOAD_WORKERS``, default 1). Measured on 2
+#: cores (benchmarks/parallel_load.py: BERT pipeline, 385 MB MLP, 290 MB forest), loading them
+#: in threads was slower than one after the other, warm (1.2 s against 0.8 s) and cold once the
+#: files are prefetched (2.4 s against 1.5 s): unpickling and pipeline construction hold the GIL,
+#: and the hashing threads want the same two cores. Machines with more cores may gain.
+LOAD_WORKERS_ENV = "CLOUDFLOW_LOAD_WORKERS"
+
+
+def load_workers() -> int:
+    try:
+        return max(1, int(os.environ.get(LOAD_WORKERS_ENV, "1")))
+    except ValueError:
+        raise BundleArgumentError(
+            f"{LOAD_WORKERS_ENV}={os.environ[LOAD_WORKERS_ENV]!r} is not a number of threads; "
+            "set it to 1 (one model after the other, the default) or more."
+        ) from None
 
 
 #: The keys of MLmodel's pyfunc ``model_config``: load options MLflow's loaders may pass.
@@ -614,6 +627,29 @@ def load_options(device: object, dtype: object, manifest: Manifest) -> dict[str,
     return out
 
 
+def prefetch(data: Path, rels: Iterable[str]) -> None:
+    """Ask the kernel to read a bundle's files ahead (``posix_fadvise(WILLNEED)``), all at once.
+
+    A first load on a machine reads its files from the disk; the kernel then reads them in the
+    background while the verification and the models work, instead of on demand, one page
+    fault or read at a time. Costs a few system calls; a no-op where the call does not exist.
+    """
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None:
+        return
+    for rel in rels:
+        try:
+            fd = os.open(data / rel, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            advise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
 def _load_models(
     data: Path,
     manifest: Manifest,
@@ -622,10 +658,10 @@ def _load_models(
     options: Mapping[str, Mapping[str, str]] | None = None,
     lazy: Callable[[str], None] | None = None,
 ) -> dict[str, object]:
-    """Load every model of a bundle, in parallel threads; the result keeps the manifest's order.
+    """Load every model of a bundle; the result keeps the manifest's order.
 
-    A bundle of several models loads in about the time of its slowest, not the sum. If models
-    fail, the first in the manifest's order is raised, after the others have finished.
+    One after the other by default; in :func:`load_workers` threads if set. If models fail in
+    threads, the first in the manifest's order is raised, after the others have finished.
     """
     from cloudflow.flavors import get_flavor
 
@@ -650,12 +686,13 @@ def _load_models(
             return load_now
 
         return {name: LazyModel(name, on_first_use(name, entry)) for name, entry in entries}
-    if len(entries) <= 1:
-        out = {name: load(name, entry) for name, entry in entries}
-        for name in out:
+    workers = min(load_workers(), len(entries))
+    if workers <= 1:
+        out = {}
+        for name, entry in entries:
+            out[name] = load(name, entry)
             steps.advance(f"model {name}")
         return out
-    workers = min(LOAD_WORKERS, len(entries))
     with concurrent.futures.ThreadPoolExecutor(
         workers, thread_name_prefix="cloudflow-load"
     ) as pool:
@@ -726,6 +763,7 @@ def read_bundle(
             rels = [r for r in by_model[name] if not r.endswith(_manifest.READ_ONCE_SUFFIXES)]
             _manifest.verify_digests(data, manifest, rels, use_cache=trust is None)
 
+    prefetch(data, [r for r in manifest.files if r not in later])
     with _progress.Steps("Loading bundle", total=len(manifest.models) + 2) as steps:
         if checked:
             verified = _manifest.verify_files(

@@ -11,7 +11,7 @@ import pytest
 import cloudflow
 
 
-def test_the_models_of_a_bundle_load_at_the_same_time(
+def test_with_load_workers_the_models_load_at_the_same_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each model's load waits for the other to start: one after the other, this would time out."""
@@ -39,9 +39,12 @@ def test_the_models_of_a_bundle_load_at_the_same_time(
         return dataclasses.replace(flavor, load=load)
 
     monkeypatch.setattr(flavors, "get_flavor", get_flavor)
-    assert _bundle.LOAD_WORKERS >= 2
+    monkeypatch.setenv(_bundle.LOAD_WORKERS_ENV, "2")
     assert cloudflow.load_bundle(tmp_path / "bundle").predict(x=3) == 6
     assert len(threads) == 2
+    monkeypatch.setenv(_bundle.LOAD_WORKERS_ENV, "many")
+    with pytest.raises(cloudflow.BundleArgumentError, match=r"'many' is not a number of threads"):
+        cloudflow.load_bundle(tmp_path / "bundle")
 
 
 # --- device and dtype at load ------------------------------------------------------------------
