@@ -11,6 +11,7 @@ import os
 import platform
 import re
 import shutil
+import stat
 import threading
 import time
 import uuid
@@ -637,13 +638,17 @@ def prefetch(data: Path, rels: Iterable[str]) -> None:
     advise = getattr(os, "posix_fadvise", None)
     if advise is None:
         return
+    # Non-blocking: opening a FIFO put in a file's place must not wait for a writer (the
+    # verification that follows refuses it).
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
     for rel in rels:
         try:
-            fd = os.open(data / rel, os.O_RDONLY)
+            fd = os.open(data / rel, flags)
         except OSError:
             continue
         try:
-            advise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                advise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
         except OSError:
             pass
         finally:

@@ -541,7 +541,10 @@ class VerifiedBytes:
             )
         algorithm, expected = file_digest(entry)
         try:
-            with open(self.data_dir / rel, "rb") as f:
+            # Non-blocking, no links: a FIFO or a link swapped in after the listing is refused,
+            # never waited on or followed.
+            flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+            with os.fdopen(os.open(self.data_dir / rel, flags), "rb") as f:
                 if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                     raise IntegrityError(f"{rel!r} of the bundle at {bundle!r} is not a file.")
                 data = f.read()
