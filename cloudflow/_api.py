@@ -298,7 +298,7 @@ def _staging_in(parent: Path) -> Path:
     raise StoreError(f"Cannot create a staging folder in {str(parent)!r}; try the save again.")
 
 
-@_store.translates_database_errors
+@_store.translates_store_errors
 def log_bundle(
     predict_fn: Callable[..., Any],
     models: Mapping[str, object] | None,
@@ -459,7 +459,7 @@ def log_bundle(
     return model_info
 
 
-@_store.translates_database_errors
+@_store.translates_store_errors
 def load_bundle(
     model_uri: str | os.PathLike[str],
     *,

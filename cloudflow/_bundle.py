@@ -733,6 +733,11 @@ def read_bundle(
     """
     from cloudflow._signing import resolve_trust
 
+    if lazy not in (False, True, "background"):
+        raise BundleArgumentError(
+            f"lazy must be False, True or 'background', got {lazy!r}. True loads each model on "
+            "its first use; 'background' also starts loading them all at once."
+        )
     started = time.perf_counter()
     trust = resolve_trust(signing_key, trusted_keys)
     data = data_dir_of(path)
@@ -747,11 +752,6 @@ def read_bundle(
     # Pickles (which run code) and everything else are verified before anything is unpickled.
     # Weights in safetensors, a format parsed without running code, are hashed on another core
     # while the models load; the bundle is returned only once they match too.
-    if lazy not in (False, True, "background"):
-        raise BundleArgumentError(
-            f"lazy must be False, True or 'background', got {lazy!r}. True loads each model on "
-            "its first use; 'background' also starts loading them all at once."
-        )
     deferred = _manifest.deferred_files(manifest) if checked else []
     # Lazily loaded models have their files checked when they load, not now.
     by_model = {

@@ -70,7 +70,7 @@ _HOST = socket.gethostname()
 
 def cache_dir() -> Path | None:
     """The folder of the digest cache, created if needed; None when off or not private."""
-    if os.environ.get(CACHE_ENV, "1").strip().lower() in {"0", "false", "no", "off"}:
+    if _turned_off(CACHE_ENV):
         return None
     if sys.platform == "win32":
         return None
@@ -159,6 +159,11 @@ def new_hasher(algorithm: str = ALGORITHM) -> Any:
 FSYNC_ENV = "CLOUDFLOW_FSYNC"
 
 
+def _turned_off(variable: str) -> bool:
+    """Whether an on-by-default switch is set to 0, false, no or off."""
+    return os.environ.get(variable, "1").strip().lower() in {"0", "false", "no", "off"}
+
+
 def _fsync_path(path: str, directory: bool) -> None:
     flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
     try:
@@ -180,7 +185,7 @@ def make_durable(root: Path) -> None:
     files (the rename that publishes reaches the disk before the data). ``CLOUDFLOW_FSYNC=0``
     turns it off (a scratch store on a RAM disk, say). Files are flushed in parallel threads.
     """
-    if os.environ.get(FSYNC_ENV, "1").strip().lower() in {"0", "false", "no", "off"}:
+    if _turned_off(FSYNC_ENV):
         return
     files: list[str] = []
     folders: list[str] = []
@@ -196,7 +201,7 @@ def make_durable(root: Path) -> None:
 
 def sync_folder(folder: Path) -> None:
     """Flush a folder's entries (a rename into it) to the disk; see :func:`make_durable`."""
-    if os.environ.get(FSYNC_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}:
+    if not _turned_off(FSYNC_ENV):
         _fsync_path(str(folder), True)
 
 

@@ -277,6 +277,7 @@ def copy_files(data: Path, files: Mapping[str, Path]) -> SavedFiles:
     cwd = os.getcwd()
     for name, given in files.items():
         real = os.path.realpath(given)
+        is_dir = given.is_dir()
         rel = None
         root = next((r for r in roots if real.startswith(r + os.sep)), None)
         if root is not None:
@@ -287,11 +288,10 @@ def copy_files(data: Path, files: Mapping[str, Path]) -> SavedFiles:
         if rel is None:
             root = None
             rel = f"{FILES_DIR}/{NAMED_DIR}/{name}"
-            if not given.is_dir():
+            if not is_dir:
                 rel = f"{rel}/{given.name}"
         taken.add(rel)
         size, count = _copy(Path(real), data / rel)
-        is_dir = given.is_dir()
         saved.entries[name] = {
             "path": rel,
             "kind": "folder" if is_dir else "file",
@@ -303,7 +303,6 @@ def copy_files(data: Path, files: Mapping[str, Path]) -> SavedFiles:
             saved.keys[_key(saved.salt, "abs", form)] = rel
             if is_dir:
                 saved.folders.add(form)
-        for form in {_normal(str(given)), real}:
             if form == cwd or form.startswith(cwd + os.sep):
                 relative = os.path.relpath(form, cwd)
                 saved.keys[_key(saved.salt, "rel", relative)] = rel

@@ -45,7 +45,7 @@ def prepare_env(tracking_uri: str | os.PathLike[str], experiment_id: str) -> str
             f"non-empty str or path), got {tracking_uri!r}. Pass e.g. "
             "prepare_env('./cloudflow_store', 'my-experiment')."
         )
-    with _store.database_errors():
+    with _store.store_errors():
         uri = _store.resolve_tracking_uri(tracking_uri)
         mlflow.set_tracking_uri(uri)
         exp_id = _store.get_or_create_experiment(tracking_uri, experiment_id)
@@ -77,7 +77,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         self.log_level = level
         self.bundle: Bundle | None = None
 
-    @_store.translates_database_errors
+    @_store.translates_store_errors
     def save(
         self,
         tracking_uri: str | os.PathLike[str],
@@ -151,7 +151,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         with mlflow.start_run(run_id=run_id):
             return log()
 
-    @_store.translates_database_errors
+    @_store.translates_store_errors
     def load_model(
         self,
         tracking_uri: str | os.PathLike[str],

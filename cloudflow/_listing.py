@@ -231,16 +231,7 @@ def _from_client(uri: str) -> list[dict[str, Any]]:
 
     out = []
     for experiment in experiments:
-        models: list[Any] = []
-        token = None
-        while True:
-            page = client.search_logged_models(
-                experiment_ids=[experiment.experiment_id], page_token=token
-            )
-            models.extend(page)
-            token = page.token
-            if not token:
-                break
+        models = _store.logged_models(client, experiment.experiment_id)
         by_run: dict[str, list[Any]] = {}
         for model in sorted(models, key=lambda m: m.creation_timestamp):
             if model.source_run_id:

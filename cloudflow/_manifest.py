@@ -267,9 +267,14 @@ def sign(data_dir: Path, signing_key: Any) -> None:
     _signing.sign(data_dir, (data_dir / MANIFEST_FILE).read_bytes(), signing_key)
 
 
+def _outer_rels(root: Path) -> list[str]:
+    """The files of a bundle outside its ``cloudflow`` folder, but MLflow's download notes."""
+    return [rel for rel in _walk_files(root, skip_top=DATA_DIR) if rel not in DOWNLOAD_FILES]
+
+
 def outer_digests(root: Path) -> dict[str, dict[str, Any]]:
     """Digest and size of every file of a bundle outside its ``cloudflow`` folder."""
-    rels = [rel for rel in _walk_files(root, skip_top=DATA_DIR) if rel not in DOWNLOAD_FILES]
+    rels = _outer_rels(root)
     paths = [root / rel for rel in rels]
     digests = _digests.digest_files(paths, use_cache=False)
     return {
@@ -310,7 +315,7 @@ def _walk_files(data_dir: Path, *, skip_top: str | None = None) -> list[str]:
     """
     out = []
     for root, dirs, files in os.walk(data_dir):
-        if skip_top is not None and os.path.samefile(root, data_dir):
+        if skip_top is not None and root == os.fspath(data_dir):
             dirs[:] = [d for d in dirs if d != skip_top]
         for name in [*dirs, *files]:
             full = os.path.join(root, name)
@@ -402,7 +407,7 @@ def verify_files(
             f"The {DATA_DIR} folder of the bundle at {bundle!r} is a symbolic link: a bundle holds "
             "only regular files and folders. Copy it again without links (cp -L)."
         )
-    _check_listing(bundle, set(_walk_files(data_dir)), manifest.files, "")
+    _check_listing(bundle, set(_walk_files(data_dir)), manifest.files)
     for rel in sorted(manifest.files):
         _check_size(data_dir / rel, rel, bundle, manifest.files[rel]["size"])
     _verify_outer(data_dir.parent, manifest, require_outer)
@@ -415,20 +420,20 @@ def verify_files(
     return verified
 
 
-def _check_listing(bundle: str, present: set[str], listed: Mapping[str, Any], where: str) -> None:
+def _check_listing(bundle: str, present: set[str], listed: Mapping[str, Any]) -> None:
     expected = set(listed)
     missing = sorted(expected - present)
     if missing:
         raise IntegrityError(
-            f"The bundle at {bundle!r} is missing {where}{missing[0]!r} (listed in its manifest)"
+            f"The bundle at {bundle!r} is missing {missing[0]!r} (listed in its manifest)"
             + (f" and {len(missing) - 1} more file(s)" if len(missing) > 1 else "")
             + ". It is incomplete: copy it again or save it again."
         )
     extra = sorted(present - expected)
     if extra:
         raise IntegrityError(
-            f"The bundle at {bundle!r} holds a file its manifest does not list: {where}"
-            f"{extra[0]!r}. Files were added after saving; remove them or save the bundle again."
+            f"The bundle at {bundle!r} holds a file its manifest does not list: {extra[0]!r}. "
+            "Files were added after saving; remove them or save the bundle again."
         )
 
 
@@ -462,19 +467,11 @@ def _verify_outer(root: Path, manifest: Manifest, required: bool) -> None:
                 "again with `cloudflow sign`, or save it again."
             )
         return
-    present = set(_walk_files(root, skip_top=DATA_DIR)) - DOWNLOAD_FILES
-    _check_listing(bundle, present, manifest.outer_files, "")
+    _check_listing(bundle, set(_outer_rels(root)), manifest.outer_files)
     rels = sorted(manifest.outer_files)
     for rel in rels:
         _check_size(root / rel, rel, bundle, manifest.outer_files[rel]["size"])
-    digests = _digests.digest_files([root / rel for rel in rels], use_cache=False)
-    for rel, digest in zip(rels, digests, strict=True):
-        if digest != manifest.outer_files[rel][_digests.ALGORITHM]:
-            raise IntegrityError(
-                f"The file {rel!r} of the bundle at {bundle!r} does not match the digest in its "
-                "manifest: it was changed after saving. Do not load it; save the bundle again "
-                "from its source."
-            )
+    _check_digests(root, bundle, manifest.outer_files, rels, use_cache=False)
 
 
 def check_bundle(root: Path, trust: Any) -> dict[str, Any]:
@@ -581,20 +578,31 @@ class VerifiedBytes:
 def verify_digests(
     data_dir: Path, manifest: Manifest, rels: Sequence[str], *, use_cache: bool = True
 ) -> None:
-    """Check the digests of some files of a bundle (hashed in parallel)."""
-    bundle = str(data_dir.parent)
+    """Check the digests of some files of a bundle's data folder (hashed in parallel)."""
+    _check_digests(data_dir, str(data_dir.parent), manifest.files, rels, use_cache=use_cache)
+
+
+def _check_digests(
+    folder: Path,
+    bundle: str,
+    entries: Mapping[str, dict[str, Any]],
+    rels: Sequence[str],
+    *,
+    use_cache: bool,
+) -> None:
+    """Check files of ``folder`` against their manifest ``entries`` (hashed in parallel)."""
     by_algorithm: dict[str, list[str]] = {}
     for rel in rels:
-        by_algorithm.setdefault(file_digest(manifest.files[rel])[0], []).append(rel)
+        by_algorithm.setdefault(file_digest(entries[rel])[0], []).append(rel)
     for algorithm, group in by_algorithm.items():
         try:
             digests = _digests.digest_files(
-                [data_dir / rel for rel in group], algorithm=algorithm, use_cache=use_cache
+                [folder / rel for rel in group], algorithm=algorithm, use_cache=use_cache
             )
         except OSError as e:
             raise IntegrityError(f"A file of the bundle at {bundle!r} cannot be read: {e}") from e
         for rel, digest in zip(group, digests, strict=True):
-            if digest != manifest.files[rel][algorithm]:
+            if digest != entries[rel][algorithm]:
                 raise IntegrityError(
                     f"The file {rel!r} of the bundle at {bundle!r} does not match the {algorithm} "
                     "digest in its manifest: it was changed after saving. Do not load it; save "

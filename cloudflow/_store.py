@@ -34,8 +34,8 @@ _initialized: set[str] = set()
 _init_lock = threading.Lock()
 
 
-def database_error(error: BaseException) -> StoreError | None:
-    """A clear error for a failure of the store's database (sqlite, SQLAlchemy, MLflow's), or None.
+def store_error(error: BaseException) -> StoreError | None:
+    """A clear error for a failed store (its database, or a server that does not answer), or None.
 
     A truncated or overwritten ``mlflow.db`` raises SQLAlchemy's ``DatabaseError`` from deep in
     MLflow ("database disk image is malformed"); a locked or read-only one its own kinds.
@@ -82,14 +82,14 @@ def database_error(error: BaseException) -> StoreError | None:
 
 
 @contextlib.contextmanager
-def database_errors() -> Iterator[None]:
-    """Turn failures of the store's database into :class:`StoreError` (:func:`database_error`)."""
+def store_errors() -> Iterator[None]:
+    """Turn failures of the store into :class:`StoreError` (see :func:`store_error`)."""
     try:
         yield
     except CloudflowError:
         raise
     except Exception as e:
-        translated = database_error(e)
+        translated = store_error(e)
         if translated is None:
             raise
         raise translated from e
@@ -98,12 +98,12 @@ def database_errors() -> Iterator[None]:
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def translates_database_errors(fn: _F) -> _F:
-    """Decorate a public entry point with :func:`database_errors`."""
+def translates_store_errors(fn: _F) -> _F:
+    """Decorate a public entry point with :func:`store_errors`."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with database_errors():
+        with store_errors():
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -296,25 +296,24 @@ def find_run(client: Any, run_id: str) -> Any:
     try:
         run = client.get_run(str(run_id))
     except MlflowException as e:
-        deleted = _deleted_run(client, str(run_id))
-        if deleted:
-            raise NotFoundError(
-                f"The run {run_id!r} was deleted. Restore it (mlflow.MlflowClient()"
-                f".restore_run({run_id!r}), or `mlflow runs restore --run-id {run_id}`), or use "
-                "another run."
-            ) from e
+        if _deleted_run(client, str(run_id)):
+            raise _deleted(run_id) from e
         raise NotFoundError(
             f"No run with id {run_id!r} in this tracking store ({e.error_code}). Check the run id "
             "(`cloudflow list --tracking-uri STORE` lists the runs that hold a bundle, as does "
             "the MLflow UI) and the tracking_uri."
         ) from e
     if getattr(run.info, "lifecycle_stage", "active") == "deleted":
-        raise NotFoundError(
-            f"The run {run_id!r} was deleted. Restore it (mlflow.MlflowClient()"
-            f".restore_run({run_id!r}), or `mlflow runs restore --run-id {run_id}`), or use "
-            "another run."
-        )
+        raise _deleted(run_id)
     return run
+
+
+def _deleted(run_id: str) -> NotFoundError:
+    return NotFoundError(
+        f"The run {run_id!r} was deleted. Restore it (mlflow.MlflowClient()"
+        f".restore_run({run_id!r}), or `mlflow runs restore --run-id {run_id}`), or use "
+        "another run."
+    )
 
 
 def _deleted_run(client: Any, run_id: str) -> bool:
@@ -460,7 +459,7 @@ def artifact_uri_of(model_uri: str, identity: dict[str, str] | None = None) -> s
             run = find_run(client, run_id)
             mine = [
                 m
-                for m in _logged_models(client, run.info.experiment_id, name)
+                for m in logged_models(client, run.info.experiment_id, name)
                 if m.source_run_id == run_id
             ]
             # A save killed midway leaves a PENDING model: use the newest finished one.
@@ -482,12 +481,14 @@ def artifact_uri_of(model_uri: str, identity: dict[str, str] | None = None) -> s
         ) from e
 
 
-def _logged_models(client: Any, experiment_id: str, name: str) -> list[Any]:
+def logged_models(client: Any, experiment_id: str, name: str | None = None) -> list[Any]:
+    """Every logged model of an experiment (named ``name``, if given), all pages of them."""
     out: list[Any] = []
     token = None
+    where = f"name = '{name}'" if name is not None else None
     while True:
         page = client.search_logged_models(
-            experiment_ids=[experiment_id], filter_string=f"name = '{name}'", page_token=token
+            experiment_ids=[experiment_id], filter_string=where, page_token=token
         )
         out.extend(page)
         token = page.token
@@ -597,7 +598,7 @@ def bundle_dir(
     except CloudflowError:
         raise
     except Exception as e:
-        translated = database_error(e)
+        translated = store_error(e)
         if translated is not None:
             raise translated from e
         raise NotFoundError(f"Cannot find the bundle {os.fspath(model_uri)!r}: {e}") from e

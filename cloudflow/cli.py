@@ -48,11 +48,7 @@ def _use_tracking_uri(tracking_uri: str | None, model_uri: str) -> None:
                 "STORE (the folder or server the model was saved into) or MLFLOW_TRACKING_URI."
             )
         return
-    folder = _store.local_folder(tracking_uri)
-    if folder is not None and (folder / _store.DB_FILE).is_file():
-        uri = _store.sqlite_uri(folder)
-    else:
-        uri = _store.existing_store_uri(tracking_uri)
+    uri = _store.existing_store_uri(tracking_uri)  # an existing store: never creates one
     os.environ["MLFLOW_TRACKING_URI"] = uri
     if "mlflow" in sys.modules:
         import mlflow
@@ -316,14 +312,6 @@ def keygen(key_file: str) -> None:
     )
 
 
-def _local_bundle(model_uri: str, tracking_uri: str | None) -> Any:
-    from cloudflow import _store
-
-    _use_tracking_uri(tracking_uri, model_uri)
-    folder, temporary = _store.local_bundle_dir(model_uri)
-    return folder, temporary
-
-
 @main.command()
 @click.argument("model_uri")
 @click.option(
@@ -342,7 +330,7 @@ def sign(model_uri: str, key_file: str | None, tracking_uri: str | None) -> None
     """
     from pathlib import Path
 
-    from cloudflow import _manifest, _signing
+    from cloudflow import _manifest, _signing, _store
 
     signer = _signing.resolve_key(Path(key_file) if key_file else None)
     if signer is None:
@@ -350,7 +338,8 @@ def sign(model_uri: str, key_file: str | None, tracking_uri: str | None) -> None
             "No key: give --key KEY.pem (cloudflow keygen writes one), or set "
             "CLOUDFLOW_SIGNING_KEY_FILE or CLOUDFLOW_SIGNING_KEY."
         )
-    folder, temporary = _local_bundle(model_uri, tracking_uri)
+    _use_tracking_uri(tracking_uri, model_uri)
+    folder, temporary = _store.local_bundle_dir(model_uri)
     if temporary:
         raise click.UsageError(
             f"{model_uri} is stored on a server: sign it where it is saved (signing_key= at save "
