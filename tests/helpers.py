@@ -273,3 +273,26 @@ def grep_tree(root: Path, needles: Sequence[str]) -> list[tuple[str, str]]:
         data = path.read_bytes()
         hits.extend((str(path.relative_to(root)), needle) for needle, raw in encoded if raw in data)
     return hits
+
+
+#: The head of a user module for tamper tests: a model class, and one that creates the folder
+#: it names the moment it is unpickled (so "nothing was unpickled" is checked, not assumed).
+#: The predict functions follow it, at column 0.
+TRIPWIRE_MODELS = '''\
+import os
+
+class Scaler:
+    def __init__(self, k):
+        self.k = k
+
+class Tripwire:
+    """Creates the folder it names the moment it is unpickled."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        os.makedirs(state["path"], exist_ok=True)
+
+'''

@@ -337,10 +337,8 @@ def test_verify_names_a_file_read_from_the_working_directory(
     import vocab_app
 
     path = tmp_path / "bundle"
-    with pytest.raises(
-        CaptureError,
-        match=r"read 'vocab\.txt' \(from the working directory\).*files=\{'vocab': 'vocab\.txt'\}",
-    ):
+    named = r"read 'vocab\.txt' \(from the working directory\).*files=\{'vocab': 'vocab\.txt'\}"
+    with pytest.raises(CaptureError, match=named):
         cloudflow.save_bundle(
             vocab_app.predict,
             {"table": {"ok": True}},

@@ -14,6 +14,7 @@ import os
 import pickle
 import random
 import shutil
+import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ import mlflow.pyfunc
 import pytest
 from click.testing import CliRunner
 from conftest import UserModules
-from helpers import outcome, run_snippet
+from helpers import TRIPWIRE_MODELS, outcome, run_snippet
 
 import cloudflow
 from cloudflow import _digests, _signing
@@ -39,27 +40,14 @@ REFUSED = r"(damaged|does not match|changed|truncated|missing|not valid|not list
 def app(user_modules: UserModules, tmp_path: Path) -> Any:
     user_modules.write(
         {
-            "attack_app.py": """
-                import os
-
-                class Scaler:
-                    def __init__(self, k):
-                        self.k = k
-
-                class Tripwire:
-                    '''Creates the folder it names the moment it is unpickled.'''
-
-                    def __init__(self, path):
-                        self.path = path
-
-                    def __setstate__(self, state):
-                        self.__dict__.update(state)
-                        os.makedirs(state["path"], exist_ok=True)
-
+            "attack_app.py": TRIPWIRE_MODELS
+            + textwrap.dedent(
+                """
                 def predict(scaler, wire, x):
                     with open("data/offset.txt") as f:
                         return scaler.k * x + int(f.read())
-            """
+                """
+            )
         }
     )
     (tmp_path / "src" / "data").mkdir(parents=True)
@@ -84,6 +72,22 @@ def models(app: Any) -> dict[str, object]:
 def save(app: Any, path: Path, **options: Any) -> Path:
     cloudflow.save_bundle(app.predict, models(app), path, files=["data"], **options)
     return path
+
+
+def seed_save(app: Any, store: Path, experiment: str, **options: Any) -> str:
+    """Save through the seed API into a new run of ``store``; returns the run id."""
+    experiment_id = cloudflow.prepare_env(str(store), experiment)
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        cloudflow.cloudflow_model().save(
+            tracking_uri=str(store),
+            experiment_id=experiment_id,
+            run_id=run.info.run_id,
+            predict_function=app.predict,
+            models=models(app),
+            files=["data"],
+            **options,
+        )
+    return str(run.info.run_id)
 
 
 def every_file(bundle: Path) -> list[str]:
@@ -245,20 +249,10 @@ def pristine(app: Any, in_src: None, tmp_path: Path, mlflow_state: None) -> dict
     """A saved folder, and the same function logged into a store by the seed API."""
     folder = save(app, tmp_path / "pristine", input_example={"x": 2}, verify=False)
     store = tmp_path / "store"
-    experiment_id = cloudflow.prepare_env(str(store), "attacks")
-    with mlflow.start_run(experiment_id=experiment_id) as run:
-        cloudflow.cloudflow_model().save(
-            tracking_uri=str(store),
-            experiment_id=experiment_id,
-            run_id=run.info.run_id,
-            predict_function=app.predict,
-            models=models(app),
-            files=["data"],
-            verify=False,
-        )
-    logged = cloudflow.load_bundle(f"runs:/{run.info.run_id}/model").path
+    run_id = seed_save(app, store, "attacks", verify=False)
+    logged = cloudflow.load_bundle(f"runs:/{run_id}/model").path
     shutil.rmtree(app.SENTINEL)  # the loads above unpickled the wire
-    return {"folder": folder, "store": store, "run_id": run.info.run_id, "logged": logged}
+    return {"folder": folder, "store": store, "run_id": run_id, "logged": logged}
 
 
 def _load_seed(p: dict[str, Any]) -> Any:
@@ -355,23 +349,13 @@ def test_a_bundle_signed_by_a_private_key_loads_where_only_the_public_key_is(
     assert private.stat().st_mode & 0o777 == 0o600
     folder = save(app, tmp_path / "signed", signing_key=private)
     store = tmp_path / "store"
-    experiment_id = cloudflow.prepare_env(str(store), "signed")
-    with mlflow.start_run(experiment_id=experiment_id) as run:
-        cloudflow.cloudflow_model().save(
-            tracking_uri=str(store),
-            experiment_id=experiment_id,
-            run_id=run.info.run_id,
-            predict_function=app.predict,
-            models=models(app),
-            files=["data"],
-            signing_key=private,
-        )
+    run_id = seed_save(app, store, "signed", signing_key=private)
     serving = tmp_path / "serving"
     serving.mkdir()
     shutil.copy(public, serving / "release.pub.pem")
     shutil.rmtree(keys)  # the serving side never sees the private key
     env = {"CLOUDFLOW_TRUSTED_KEYS": str(serving / "release.pub.pem")}
-    args = [str(folder), str(store), run.info.run_id, str(serving / "release.pub.pem")]
+    args = [str(folder), str(store), run_id, str(serving / "release.pub.pem")]
     loaded = run_snippet(LOAD_WITH_PUBLIC_KEY, cwd=serving, env=env, args=args)
     for way in ("load_bundle", "pyfunc", "seed"):
         assert outcome(loaded, way) == 4, way

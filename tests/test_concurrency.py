@@ -21,6 +21,7 @@ from conftest import UserModules
 from helpers import sqlite_uri, subprocess_env
 
 import cloudflow
+from cloudflow import _store
 
 PROCESSES = 8
 SAVES = 20
@@ -117,15 +118,7 @@ def test_eight_processes_log_twenty_bundles_each_into_one_new_store(
     experiment = client.get_experiment_by_name("concurrency")
     found = client.search_runs([experiment.experiment_id], max_results=1000)
     assert {r.info.run_id for r in found} == {run_id for run_id, _ in runs}
-    models, token = [], None
-    while True:
-        page = client.search_logged_models(
-            experiment_ids=[experiment.experiment_id], page_token=token
-        )
-        models.extend(page)
-        token = page.token
-        if not token:
-            break
+    models = _store.logged_models(client, experiment.experiment_id)  # every page
     assert sorted(m.source_run_id for m in models) == sorted(run_id for run_id, _ in runs)
     assert {str(m.status) for m in models} == {"READY"}
     mlflow.set_tracking_uri(sqlite_uri(store))

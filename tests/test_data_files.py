@@ -268,12 +268,21 @@ def _project(folder: Path, value: int) -> Path:
     return folder
 
 
+def _reader_in(
+    user_modules: UserModules, monkeypatch: pytest.MonkeyPatch, folder: Path, value: int
+) -> Any:
+    """The label reader module, run from a project folder whose labels.json maps a -> value."""
+    user_modules.write(READER)
+    monkeypatch.chdir(_project(folder, value))
+    import label_reader
+
+    return label_reader
+
+
 def test_a_changed_byte_in_a_bundled_file_is_refused(
     user_modules: UserModules, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    user_modules.write(READER)
-    monkeypatch.chdir(_project(tmp_path / "p", 3))
-    import label_reader
+    label_reader = _reader_in(user_modules, monkeypatch, tmp_path / "p", 3)
 
     cloudflow.save_bundle(label_reader.predict, {"scale": 2}, tmp_path / "b", files=["data"])
     monkeypatch.chdir(tmp_path)
@@ -305,9 +314,7 @@ def test_two_bundles_with_the_same_relative_path_read_their_own(
 def test_bundle_file_outside_and_inside_a_bundle(
     user_modules: UserModules, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    user_modules.write(READER)
-    monkeypatch.chdir(_project(tmp_path / "p", 1))
-    import label_reader
+    label_reader = _reader_in(user_modules, monkeypatch, tmp_path / "p", 1)
 
     assert label_reader.helper("data/labels.json") == "data/labels.json"  # unsaved: as given
     cloudflow.save_bundle(
@@ -345,9 +352,7 @@ def test_bad_files_arguments_are_refused_before_anything_is_written(tmp_path: Pa
 def test_a_manifest_pointing_a_data_file_outside_the_bundle_is_refused(
     user_modules: UserModules, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    user_modules.write(READER)
-    monkeypatch.chdir(_project(tmp_path / "p", 1))
-    import label_reader
+    label_reader = _reader_in(user_modules, monkeypatch, tmp_path / "p", 1)
 
     cloudflow.save_bundle(label_reader.predict, {"scale": 1}, tmp_path / "b", files=["data"])
     manifest_path = tmp_path / "b" / "cloudflow" / "manifest.json"

@@ -15,6 +15,7 @@ import pickle
 import random
 import re
 import shutil
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ import blake3
 import mlflow.pyfunc
 import pytest
 from conftest import UserModules
+from helpers import TRIPWIRE_MODELS
 
 import cloudflow
 from cloudflow import _digests
@@ -45,29 +47,16 @@ def app(user_modules: UserModules, tmp_path: Path) -> Any:
     """A user module with a predict function and a model class that trips a wire when unpickled."""
     user_modules.write(
         {
-            "tamper_app.py": """
-                import os
-
-                class Scaler:
-                    def __init__(self, k):
-                        self.k = k
-
-                class Tripwire:
-                    '''Creates the folder it names the moment it is unpickled.'''
-
-                    def __init__(self, path):
-                        self.path = path
-
-                    def __setstate__(self, state):
-                        self.__dict__.update(state)
-                        os.makedirs(state["path"], exist_ok=True)
-
+            "tamper_app.py": TRIPWIRE_MODELS
+            + textwrap.dedent(
+                """
                 def predict(scaler, wire, x):
                     return scaler.k * x
 
                 def get(blob, i):
                     return blob[i]
-            """
+                """
+            )
         }
     )
     import tamper_app
