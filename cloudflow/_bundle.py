@@ -166,7 +166,6 @@ def _write_mlmodel(
         _CONSTRAINTS_FILE_NAME,
         _PYTHON_ENV_FILE_NAME,
         _REQUIREMENTS_FILE_NAME,
-        _process_pip_requirements,
         _PythonEnv,
     )
 
@@ -197,7 +196,7 @@ def _write_mlmodel(
     if manifest.metadata:
         model.metadata = {**(model.metadata or {}), **manifest.metadata}
     model.save(str(root / "MLmodel"))
-    conda_env, pip_reqs, constraints = _process_pip_requirements(
+    conda_env, pip_reqs, constraints = pip_environment(
         manifest.requirements,
         list(pip_requirements) if pip_requirements is not None else None,
         list(extra_pip_requirements) if extra_pip_requirements is not None else None,
@@ -208,6 +207,45 @@ def _write_mlmodel(
         (root / _CONSTRAINTS_FILE_NAME).write_text("\n".join(constraints) + "\n")
     (root / _REQUIREMENTS_FILE_NAME).write_text("\n".join(pip_reqs) + "\n")
     _PythonEnv.current().to_yaml(str(root / _PYTHON_ENV_FILE_NAME))
+
+
+def pip_environment(
+    requirements: list[str],
+    pip_requirements: list[str] | None,
+    extra_pip_requirements: list[str] | None,
+) -> tuple[dict[str, Any], list[str], list[str]]:
+    """``(conda_env, pip requirements, constraints)`` for the bundle's environment files.
+
+    With the user's own requirements this is MLflow's ``_process_pip_requirements``, which also
+    warns where they disagree with the installed versions. Without them, the requirements are
+    this environment's own pins (:func:`_requirements`), which cannot disagree with it, so the
+    same steps run without that check: it maps every installed distribution's files to import
+    names, about 1 s of a process's first save. ``test_first_save`` holds the two outputs equal.
+    """
+    from mlflow.utils import environment as env
+
+    steps = (
+        "_contains_mlflow_requirement",
+        "_generate_mlflow_version_pinning",
+        "_remove_incompatible_requirements",
+        "_lock_requirements",
+        "_mlflow_conda_env",
+    )
+    if (
+        pip_requirements is not None
+        or extra_pip_requirements is not None
+        or not all(hasattr(env, step) for step in steps)
+    ):
+        return env._process_pip_requirements(
+            list(requirements), pip_requirements, extra_pip_requirements
+        )
+    reqs = list(dict.fromkeys(requirements))
+    if not env._contains_mlflow_requirement(reqs):
+        reqs.insert(0, env._generate_mlflow_version_pinning())
+    reqs = env._remove_incompatible_requirements(reqs)
+    reqs = env._lock_requirements(reqs, []) or reqs
+    conda_env = env._mlflow_conda_env(additional_pip_deps=reqs, install_mlflow=False)
+    return conda_env, reqs, []
 
 
 _FULL = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EFBIG") if hasattr(errno, n))

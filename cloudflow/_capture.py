@@ -14,11 +14,13 @@ against the function's package.
 
 from __future__ import annotations
 
+import csv
 import dis
 import importlib
 import importlib.machinery
 import importlib.metadata
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -67,15 +69,6 @@ class _suppress_errors:
 
     def __exit__(self, *exc: object) -> bool:
         return True
-
-
-@lru_cache(maxsize=1)
-def _packages_distributions() -> dict[str, list[str]]:
-    """Top-level import name -> distributions, read once per process (it scans every dist)."""
-    try:
-        return dict(importlib.metadata.packages_distributions())
-    except Exception:  # a broken distribution must not break saving
-        return {}
 
 
 @lru_cache(maxsize=1)
@@ -276,17 +269,74 @@ def submodule(package: types.ModuleType, item: str) -> types.ModuleType | None:
     return import_reached(f"{package.__name__}.{item}")
 
 
-def top_level_names_to_distributions(tops: set[str]) -> dict[str, str]:
-    """Map top-level import names to distribution names (``sklearn`` -> ``scikit-learn``)."""
-    if not tops:
-        return {}
-    mapping = _packages_distributions()
-    out: dict[str, str] = {}
-    for top in sorted(tops):
-        dists = mapping.get(top)
-        if dists:
-            out[top] = dists[0]
-    return out
+# Import name -> distribution, as found so far in this process. Names no distribution provides are
+# not remembered: a library installed after the first save is found by the next one.
+_DIST_OF: dict[str, str] = {}
+
+
+def top_level_names_to_distributions(tops: Iterable[str]) -> dict[str, str]:
+    """Map top-level import names to the distributions that install them (``sklearn`` ->
+    ``scikit-learn``); a name no distribution provides is left out.
+
+    A name's answer is the distribution of the same name if it provides the name (``numpy``),
+    else the first in ``importlib.metadata.distributions()`` order that does (``sklearn``), as
+    ``packages_distributions()[name][0]``. Only what answers the question is read: a
+    distribution's ``top_level.txt`` where it declares one, else the text of its ``RECORD``,
+    parsed only when a wanted name occurs in it, and the search stops once every name is
+    answered. ``importlib.metadata.packages_distributions()`` parses every file entry of every
+    installed distribution, when a bundle asks for a handful of names: about 1 s of a process's
+    first save with torch and transformers installed. Answers are remembered for the process.
+
+    Example:
+        >>> top_level_names_to_distributions({"sklearn"})  # doctest: +SKIP
+        {'sklearn': 'scikit-learn'}
+    """
+    pending = set(tops) - _DIST_OF.keys()
+    for top in sorted(pending):  # most libraries are installed under their import name
+        with _suppress_errors():
+            named = importlib.metadata.distribution(top)
+            if top in _top_level_names(named, {top}):
+                _DIST_OF[top] = str(named.metadata["Name"])
+    pending -= _DIST_OF.keys()
+    for dist in importlib.metadata.distributions() if pending else ():
+        try:
+            provided = _top_level_names(dist, pending)
+            name = dist.metadata["Name"] if provided else None
+        except Exception:  # a broken distribution must not break saving
+            continue
+        if not name:
+            continue
+        for top in provided & pending:
+            _DIST_OF[top] = str(name)
+        pending -= provided
+        if not pending:
+            break
+    return {top: _DIST_OF[top] for top in sorted(tops) if top in _DIST_OF}
+
+
+def _top_level_names(dist: importlib.metadata.Distribution, wanted: set[str]) -> set[str]:
+    """The top-level names ``dist`` installs, as far as they matter for ``wanted``."""
+    declared = (dist.read_text("top_level.txt") or "").split()
+    if declared:
+        return set(declared)
+    record = dist.read_text("RECORD")
+    if record is None:  # an old egg-info install: let importlib read its file list
+        return {_top_level_name(str(path)) for path in dist.files or ()}
+    if not any(name in record for name in wanted):
+        return set()
+    paths = (
+        csv.reader(record.splitlines())
+        if '"' in record
+        else (line.split(",", 1) for line in record.splitlines())
+    )
+    return {_top_level_name(row[0]) for row in paths if row and row[0]}
+
+
+def _top_level_name(path: str) -> str:
+    """``numpy`` of ``numpy/core/x.py``, ``six`` of ``six.py``, ``_cffi`` of ``_cffi.abi3.so``:
+    ``importlib.metadata``'s rule for distributions that declare no top-level names."""
+    first, sep, _ = path.replace("\\", "/").partition("/")
+    return first if sep else (inspect.getmodulename(first) or first)
 
 
 # --- what code reads: names, and access that static reading cannot follow ----------------------
