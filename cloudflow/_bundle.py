@@ -12,6 +12,7 @@ import platform
 import re
 import shutil
 import stat
+import sys
 import threading
 import time
 import uuid
@@ -45,6 +46,7 @@ from cloudflow.exceptions import (
 _logger = logging.getLogger("cloudflow")
 FLAVOR_NAME = "cloudflow"
 LOADER_MODULE = "cloudflow._pyfunc"
+PYFUNC_FLAVOR = "python_function"  # mlflow.pyfunc.FLAVOR_NAME
 _BASE_PACKAGES = ("cloudpickle",)
 
 
@@ -160,7 +162,6 @@ def _write_mlmodel(
 ) -> None:
     import yaml
     from mlflow.models import Model
-    from mlflow.pyfunc import add_to_model
     from mlflow.utils.environment import (
         _CONDA_ENV_FILE_NAME,
         _CONSTRAINTS_FILE_NAME,
@@ -176,15 +177,18 @@ def _write_mlmodel(
         from mlflow.models.utils import _save_example
 
         _save_example(model, input_example, str(root))
-    add_to_model(
-        model,
+    # mlflow.pyfunc.add_to_model's entry, written without importing mlflow.pyfunc (0.7 s of a
+    # process's first save: its agent loaders build pydantic models on import);
+    # test_first_save holds the two equal. "config" lists what mlflow.pyfunc.load_model(uri,
+    # model_config={...}) and serving's MLFLOW_PYFUNC_INFERENCE_CONFIG may set: MLflow passes
+    # only keys listed there.
+    model.add_flavor(
+        PYFUNC_FLAVOR,
         loader_module=LOADER_MODULE,
+        python_version="{}.{}.{}".format(*sys.version_info[:3]),
         data=DATA_DIR,
-        conda_env=_CONDA_ENV_FILE_NAME,
-        python_env=_PYTHON_ENV_FILE_NAME,
-        # What mlflow.pyfunc.load_model(uri, model_config={...}) and serving's
-        # MLFLOW_PYFUNC_INFERENCE_CONFIG may set (MLflow passes only keys listed here).
-        model_config=dict(PYFUNC_CONFIG),
+        env={"conda": _CONDA_ENV_FILE_NAME, "virtualenv": _PYTHON_ENV_FILE_NAME},
+        config=dict(PYFUNC_CONFIG),
     )
     model.add_flavor(
         FLAVOR_NAME,
@@ -499,7 +503,7 @@ def _write_into(
     manifest = Manifest(
         format_version=_manifest.FORMAT_VERSION,
         cloudflow_version=__version__,
-        python_version=platform.python_version(),
+        python_version="{}.{}.{}".format(*sys.version_info[:3]),
         libraries=libraries,
         predict_fn={
             "name": getattr(predict_fn, "__qualname__", type(predict_fn).__name__),

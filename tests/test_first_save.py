@@ -97,3 +97,28 @@ def test_a_fresh_process_first_log_scans_no_distribution_list(tmp_path: Path) ->
     names = {line.split("==")[0] for line in result["requirements"]}
     assert {"mlflow", "cloudflow", "numpy", "scikit-learn", "cloudpickle"} <= names
     assert result["answer"] == pytest.approx([7.0])
+
+
+def test_the_pyfunc_entry_is_mlflows_add_to_model(tmp_path: Path) -> None:
+    import numpy as np
+    import yaml
+    from mlflow.models import Model
+    from mlflow.pyfunc import add_to_model
+
+    import cloudflow
+    from cloudflow._bundle import DATA_DIR, LOADER_MODULE, PYFUNC_CONFIG
+
+    def predict(x):
+        return np.asarray(x) * 2
+
+    cloudflow.save_bundle(predict, {}, tmp_path / "bundle")
+    ours = yaml.safe_load((tmp_path / "bundle" / "MLmodel").read_text())["flavors"]
+    expected = add_to_model(
+        Model(),
+        loader_module=LOADER_MODULE,
+        data=DATA_DIR,
+        conda_env="conda.yaml",
+        python_env="python_env.yaml",
+        model_config=dict(PYFUNC_CONFIG),
+    ).flavors
+    assert ours["python_function"] == expected["python_function"]
