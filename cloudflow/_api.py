@@ -274,16 +274,20 @@ def save_bundle(
     )
 
 
+_STAGING_TRIES = 200
+
+
 def _staging_in(parent: Path) -> Path:
     """A fresh staging folder inside ``parent``, in a store other processes write to as well.
 
     Another save that just finished may remove ``parent`` when it is empty: between this save's
     ``mkdir`` and ``mkdtemp`` (FileNotFoundError), or inside ``mkdir`` itself, after it found the
     folder present and before it checked that it is a folder (pathlib then raises
-    FileExistsError). Either way: create it again and retry.
+    FileExistsError). Either way: create it again and retry; each try takes microseconds, and
+    under load five in a row were seen to lose that race, so it tries many times.
     """
     _blobs.refuse_link(parent, "staging folder")
-    for attempt in range(5):
+    for attempt in range(_STAGING_TRIES):
         try:
             parent.mkdir(parents=True, exist_ok=True)
             if attempt == 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import errno
+import functools
 import inspect
 import logging
 import os
@@ -503,7 +504,7 @@ def _write_into(
     manifest = Manifest(
         format_version=_manifest.FORMAT_VERSION,
         cloudflow_version=__version__,
-        python_version="{}.{}.{}".format(*sys.version_info[:3]),
+        python_version=platform.python_version(),
         libraries=libraries,
         predict_fn={
             "name": getattr(predict_fn, "__qualname__", type(predict_fn).__name__),
@@ -793,7 +794,8 @@ def read_bundle(
     checked = verify or trust is not None
     # Pickles (which run code) and everything else are verified before anything is unpickled.
     # Weights in safetensors, a format parsed without running code, are hashed on another core
-    # while the models load; the bundle is returned only once they match too.
+    # while the models load and, unsigned, while the first predict runs: its answer is given
+    # only once they match (Bundle.predict). A signed bundle returns once they match.
     deferred = _manifest.deferred_files(manifest) if checked else []
     # Lazily loaded models have their files checked when they load, not now.
     by_model = {
@@ -852,14 +854,24 @@ def read_bundle(
             if pending is not None:
                 pending.result()
             raise
-        if pending is not None:
-            pending.result()
+        if pending is not None and trust is not None:
+            pending.result()  # a signed bundle is proven whole before anything of it is used
+            pending = None
     predict_fn = table.bind_models(models, [predict_fn])
     _logger.info("Loaded bundle %s in %.2f s", data.parent, time.perf_counter() - started)
-    bundle = Bundle(predict_fn, models, manifest, data.parent)
+    if pending is not None:
+        pending.add_done_callback(functools.partial(_report_damage, data.parent))
+    bundle = Bundle(predict_fn, models, manifest, data.parent, verifying=pending)
     if lazy == "background":
         threading.Thread(target=bundle.warm, name="cloudflow-warm", daemon=True).start()
     return bundle
+
+
+def _report_damage(where: Path, verifying: concurrent.futures.Future[None]) -> None:
+    """Say at once, not only at the first predict, that a file checked after the load is bad."""
+    error = None if verifying.cancelled() else verifying.exception()
+    if error is not None:
+        _logger.error("Bundle %s is damaged; its predict will refuse to answer: %s", where, error)
 
 
 class Bundle:
@@ -867,9 +879,16 @@ class Bundle:
 
     Attributes:
         models: Model name -> the loaded model object.
+        predict_fn: The saved predict function, its models bound.
         metadata: The user metadata given at save time.
         manifest: Everything the bundle records (flavors, captured modules, requirements, files).
         path: The local folder the bundle was read from.
+
+    Weights files parsed without running code (safetensors) may still be being hashed when
+    :func:`~cloudflow.load_bundle` returns: the first :meth:`predict` runs meanwhile and its
+    answer is returned only once they match (else :class:`~cloudflow.exceptions.IntegrityError`,
+    naming the file, and no answer). ``models``, ``predict_fn`` and :meth:`model` wait for the
+    check before handing anything out; :meth:`wait_verified` waits for it.
     """
 
     def __init__(
@@ -878,9 +897,12 @@ class Bundle:
         models: dict[str, object],
         manifest: Manifest,
         path: Path,
+        *,
+        verifying: concurrent.futures.Future[None] | None = None,
     ) -> None:
-        self.predict_fn = predict_fn
-        self.models = models
+        self._predict_fn = predict_fn
+        self._models = models
+        self._verifying = verifying
         self.manifest = manifest
         self.metadata = dict(manifest.metadata)
         self.path = path
@@ -901,11 +923,32 @@ class Bundle:
         ]
 
     @property
+    def models(self) -> dict[str, object]:
+        self.wait_verified()
+        return self._models
+
+    @property
+    def predict_fn(self) -> Callable[..., Any]:
+        self.wait_verified()
+        return self._predict_fn
+
+    def wait_verified(self) -> None:
+        """Wait until every file of the bundle is checked; raise if one does not match.
+
+        Raises:
+            IntegrityError: A file differs from what the bundle recorded (named in the message).
+        """
+        verifying = self._verifying
+        if verifying is not None:
+            verifying.result()
+            self._verifying = None
+
+    @property
     def loaded(self) -> dict[str, bool]:
         """Model name -> whether it is loaded (always True unless loaded with ``lazy=``)."""
         from cloudflow._lazy import is_loaded
 
-        return {name: is_loaded(model) for name, model in self.models.items()}
+        return {name: is_loaded(model) for name, model in self._models.items()}
 
     def model(self, name: str) -> object:
         """The model ``name`` itself, loading it now if it was loaded lazily."""
@@ -919,7 +962,7 @@ class Bundle:
 
     def warm(self) -> None:
         """Load every model not loaded yet, one after the other (``lazy="background"``)."""
-        for name in self.models:
+        for name in self._models:
             try:
                 self.model(name)
             except Exception:  # raised again, named, where the model is used
@@ -937,21 +980,33 @@ class Bundle:
             self._required <= keys
         ):
             self._raise_for(params)
+        if self._verifying is None:
+            return self._call(params)
+        try:
+            answer = self._call(params)
+        except BaseException:
+            self.wait_verified()  # a damaged weights file may be why it failed: say that first
+            raise
+        self.wait_verified()  # the answer is given only once the weights are proven
+        return answer
+
+    def _call(self, params: Mapping[str, Any]) -> Any:
+        models, predict_fn = self._models, self._predict_fn
         if self._positional:
-            named = {**self.models, **params}
+            named = {**models, **params}
             args = []
             for name in self._positional:
                 if name not in named:
                     break
                 args.append(named.pop(name))
-            return self.predict_fn(*args, **named)
-        if not self.models:
-            return self.predict_fn(**params)
-        return self.predict_fn(**self.models, **params)
+            return predict_fn(*args, **named)
+        if not models:
+            return predict_fn(**params)
+        return predict_fn(**models, **params)
 
     def _raise_for(self, params: Mapping[str, Any]) -> None:
         name = self.manifest.predict_fn.get("name", "predict_fn")
-        models = [p for p in params if p in self.models]
+        models = [p for p in params if p in self._models]
         if models:
             raise PredictArgumentError(
                 f"{models[0]!r} is a model of this bundle and is passed to {name} automatically; "
@@ -961,7 +1016,7 @@ class Bundle:
         if unknown:
             raise PredictArgumentError(
                 f"{name} has no parameter {unknown[0]!r}. Its inputs are {self.parameters} "
-                f"(models, passed automatically: {sorted(self.models)}). Check the spelling."
+                f"(models, passed automatically: {sorted(self._models)}). Check the spelling."
             )
         missing = sorted(self._required - set(params))
         raise PredictArgumentError(
@@ -973,5 +1028,5 @@ class Bundle:
         name = self.manifest.predict_fn.get("name")
         return (
             f"<cloudflow.Bundle {name}({', '.join(self.parameters)}) "
-            f"models={sorted(self.models)} path={str(self.path)!r}>"
+            f"models={sorted(self._models)} path={str(self.path)!r}>"
         )

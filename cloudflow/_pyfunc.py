@@ -93,7 +93,7 @@ class CloudflowPyfunc:
 
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
-        self._ints = _int_parameters(bundle.predict_fn)
+        self._ints = _int_parameters(bundle._predict_fn)
 
     def get_raw_model(self) -> Bundle:
         return self.bundle

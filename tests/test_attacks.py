@@ -276,9 +276,11 @@ def test_every_change_to_every_file_is_refused_before_unpickling(
             shutil.rmtree(work, ignore_errors=True)
             shutil.copytree(folder, work)
             change(work / rel, rng)
+            # Each way loads and asks for the first answer: data-only files are still being
+            # hashed when an unsigned load returns, and that answer waits for them.
             loads: list[tuple[str, Callable[[], object]]] = [
-                ("load_bundle", lambda w=work: cloudflow.load_bundle(w)),
-                ("pyfunc", lambda w=work: mlflow.pyfunc.load_model(str(w))),
+                ("load_bundle", lambda w=work: cloudflow.load_bundle(w).predict(x=1)),
+                ("pyfunc", lambda w=work: mlflow.pyfunc.load_model(str(w)).predict({"x": 1})),
             ]
             original = None
             if (logged / rel).exists():
@@ -299,7 +301,7 @@ def test_every_change_to_every_file_is_refused_before_unpickling(
                         load()
                 if rel.startswith(DEFERRED):
                     # Data-only files (weights, data files) are hashed while the verified
-                    # pickles load, and refused before the bundle is returned.
+                    # pickles load and the first predict runs: its answer is refused.
                     shutil.rmtree(app.SENTINEL, ignore_errors=True)
                 assert not app.SENTINEL.exists(), f"{rel} ({change.__name__}, {way}) unpickled"
                 tried += 1
@@ -451,7 +453,7 @@ def test_a_damaged_shared_file_is_never_linked_into_a_new_bundle(
     blob.chmod(0o644)
     flip(blob, random.Random(5))  # the one shared copy: every bundle holding it is damaged
     with pytest.raises(IntegrityError, match=r"table\.bin.*does not match"):
-        cloudflow.load_bundle(f"runs:/{first}/model")
+        cloudflow.load_bundle(f"runs:/{first}/model").predict(x=1)
     second = _log(app, store)
     assert cloudflow.load_bundle(f"runs:/{second}/model").predict(x=1) == 4
     third = _log(app, store)  # shares the repaired copy again

@@ -290,7 +290,7 @@ def test_a_changed_byte_in_a_bundled_file_is_refused(
     (copy,) = (tmp_path / "b" / "cloudflow" / "files").rglob("labels.json")
     copy.write_text(copy.read_text().replace("3", "4"))
     with pytest.raises(IntegrityError, match=r"labels\.json"):
-        cloudflow.load_bundle(tmp_path / "b")
+        cloudflow.load_bundle(tmp_path / "b").predict(key="a")
 
 
 def test_two_bundles_with_the_same_relative_path_read_their_own(

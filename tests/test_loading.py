@@ -263,3 +263,94 @@ def test_lazy_through_the_pyfunc_loader(routed: Path) -> None:
     model = mlflow.pyfunc.load_model(str(routed), model_config={"lazy": True})
     assert model.predict({"input_type": "summary", "x": 2})["value"] == 6
     assert model.get_raw_model().loaded == {"sentiment": False, "summary": True}
+
+
+# --- verification overlapped with the first predict ---------------------------------------------
+
+
+def _weights_bundle(out: Path) -> Path:
+    import models
+
+    def predict(mlp, x):
+        import torch
+
+        with torch.no_grad():
+            return mlp(torch.tensor(x, dtype=torch.float32)).tolist()
+
+    cloudflow.save_bundle(predict, {"mlp": models.tiny_torch_mlp()}, out)
+    return out
+
+
+def test_the_first_predict_runs_while_the_weights_are_hashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hash of the weights waits for the first predict to compute its answer: were they done
+    one after the other, it would time out. The answer is returned only once the hash is done."""
+    import threading
+    import time
+
+    from cloudflow import _bundle, _manifest
+
+    bundle_dir = _weights_bundle(tmp_path / "bundle")
+    x = [[0.5] * 4]
+    expected = cloudflow.load_bundle(bundle_dir).predict(x=x)
+    monkeypatch.setenv("CLOUDFLOW_DIGEST_CACHE", "0")
+    predicting, answered, order = threading.Event(), threading.Event(), []
+    real_verify, real_call = _manifest.verify_digests, _bundle.Bundle._call
+
+    def verify_digests(data: Path, manifest: Any, rels: list[str], **kwargs: Any) -> None:
+        weights = any(rel.endswith(".safetensors") for rel in rels)
+        if weights:
+            assert predicting.wait(30), "the weights were hashed before the first predict began"
+            assert answered.wait(30), "the first predict waited for the hash to compute"
+            time.sleep(0.2)  # a predict that did not wait for the hash would return meanwhile
+        real_verify(data, manifest, rels, **kwargs)
+        if weights:
+            order.append("verified")
+
+    def call(self: Any, params: Any) -> Any:
+        predicting.set()
+        answer = real_call(self, params)
+        order.append("answered")
+        answered.set()
+        return answer
+
+    monkeypatch.setattr(_manifest, "verify_digests", verify_digests)
+    monkeypatch.setattr(_bundle.Bundle, "_call", call)
+    bundle = cloudflow.load_bundle(bundle_dir)
+    assert bundle.predict(x=x) == expected
+    assert order == ["answered", "verified"]  # computed meanwhile, returned once verified
+    assert bundle.predict(x=x) == expected  # later calls do not wait
+
+
+def test_damaged_weights_give_no_answer_and_a_signed_load_refuses_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cloudflow.exceptions import IntegrityError
+
+    monkeypatch.setenv("CLOUDFLOW_DIGEST_CACHE", "0")
+    key = "k" * 32
+    unsigned = _weights_bundle(tmp_path / "unsigned")
+    signed = tmp_path / "signed"
+    import models
+
+    def predict(mlp, x):
+        return x
+
+    cloudflow.save_bundle(predict, {"mlp": models.tiny_torch_mlp()}, signed, signing_key=key)
+    for folder in (unsigned, signed):
+        (weights,) = (folder / "cloudflow").rglob("*.safetensors")
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 0xFF  # the last weight, so the header still parses
+        weights.write_bytes(bytes(data))
+    name = rf"{weights.name}.*does not match"
+    bundle = cloudflow.load_bundle(unsigned)  # returns while the weights are hashed
+    with pytest.raises(IntegrityError, match=name):
+        bundle.predict(x=[[0.5] * 4])
+    with pytest.raises(IntegrityError, match=name):
+        bundle.predict(x=[[0.5] * 4])  # and every later call
+    with pytest.raises(IntegrityError, match=name):
+        bundle.models  # noqa: B018 - nothing of the bundle is handed out
+    assert any("is damaged; its predict will refuse" in r.message for r in caplog.records)
+    with pytest.raises(IntegrityError, match=name):
+        cloudflow.load_bundle(signed, signing_key=key)
