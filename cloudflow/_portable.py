@@ -10,9 +10,12 @@ cells work too). Compiling needs none of the user's imports, so each target inte
 small script in a subprocess; the source goes to it through a pipe and is never written.
 
 What has no source cannot be recompiled: the methods ``dataclass`` generates are left out and
-generated again at load (the class keeps its fields and parameters); any other code without
-source (``exec``, ``eval``, ``namedtuple``) keeps its bytecode in the saving version's table only,
-and the bundle then loads on the saving version only, as the save's warning says, naming it.
+generated again at load (the class keeps its fields and parameters), and a ``namedtuple`` or
+``typing.NamedTuple`` class is made again by ``collections.namedtuple`` (its name, fields,
+defaults and module recorded; the methods the user wrote on it travel as references like any
+other); a string annotation's ``ForwardRef`` is compiled again from its string. Any other code
+without source (``exec``, ``eval``) keeps its bytecode in the saving version's table only, and
+the bundle then loads on the saving version only, as the save's warning says, naming it.
 """
 
 from __future__ import annotations
