@@ -4,21 +4,26 @@ The fixture project (tests/fixtures/portable/: a package with a sub-package, rel
 and lazy imports, classes with a property and zero-argument ``super()``, dataclasses, a closure,
 lambdas, a ``functools.partial``, ``match`` statements and a custom scikit-learn transformer in a
 Pipeline) is copied, saved by a fresh process of the main venv's interpreter (3.11 in CI), and the
-copy deleted. Four bundles: ``listed`` (``python_versions`` = the other versions below), ``all``,
-``default`` (the option left out) and ``generated`` (a predict function whose helper was made by
-``exec``: it has no source to recompile). Fresh processes of each interpreter, from an empty
-working directory, load them with ``cloudflow.load_bundle`` and ``mlflow.pyfunc.load_model``: every
-answer must equal *exactly* the one the saving process computed before saving (the same numpy and
-scikit-learn everywhere, so the same floats). The reverse too: saved by the 3.13 venv for the main
-venv's version, loaded by the main venv.
+copy deleted. Six bundles: ``listed`` (``python_versions`` = the other versions below), ``all``,
+``default`` (the option left out), ``generated`` (a predict function whose helper was made by
+``exec``: it has no source to recompile), ``records`` (a ``namedtuple`` and a ``typing.NamedTuple``
+with methods, made again at load) and ``seed`` (``listed`` saved through the seed API into a
+tracking store). Fresh processes of each interpreter, from an empty working directory, load them
+with ``cloudflow.load_bundle``, ``mlflow.pyfunc.load_model`` and, for ``seed``,
+``cloudflow_model().load_model``: every answer must equal *exactly* the one the saving process
+computed before saving. The reverse too: saved by the 3.13 venv for the main venv's version,
+loaded by the main venv.
 
-The other interpreters are CPython 3.12 and 3.13 (pyenv), each in a venv built once and shared
-(tests/pythons.py: the pinned stack of requirements/constraints.txt and this checkout's cloudflow;
-uv builds both in about 30 s, pip one in about 150 s). CPython 3.10 is left out of the load
-tests: the pins (numpy 2.4.6, pandas 3.1.1, scikit-learn 1.9.1) need Python 3.11 or later. A
-save with ``python_versions="all"`` still compiles for 3.10 where it is installed, which the
-manifest test checks. The seed API is not exercised here: it only adds a tracking store in front
-of the same loading code.
+The other interpreters are CPython 3.10, 3.12 and 3.13 (pyenv), each in a venv built once and
+shared (tests/pythons.py, this checkout's cloudflow installed editable; uv builds the three in
+parallel in about 90 s, pip one in about 150 s). 3.12 and 3.13 take the pins of
+requirements/constraints.txt, so they run the very numpy and scikit-learn that saved. 3.10 cannot
+(numpy 2.4.6, pandas 3.1.1 and scikit-learn 1.9.1 need 3.11+): its venv takes
+requirements/constraints-py310.txt (numpy 2.2.6, scikit-learn 1.7.2). The test still asks for
+the same floats there, which this pipeline gives, and checks that the load names the library
+versions that differ, that the save's requirements.txt pins those releases for the other versions
+only (environment markers), that it resolves in each venv, and that it would not under 3.10
+without the markers.
 
 Tests that need a venv of another interpreter are marked slow; one save subprocess per saving
 interpreter, one loading subprocess per interpreter.
@@ -421,6 +426,20 @@ def test_requirements_say_where_each_pin_installs(saved_here: Saved, name: str) 
     assert yaml.safe_load(env_text)["python"] == saved_here.data["python_full"]
     mlmodel = yaml.safe_load((bundle / "MLmodel").read_text(encoding="utf-8"))
     assert mlmodel["flavors"]["cloudflow"]["python_versions"] == manifest["python_versions"]
+
+
+def test_a_pin_without_requires_python_stays_a_pin() -> None:
+    from cloudflow._portable import requirement_lines
+
+    assert requirement_lines("no-such-distribution", "1.0", ["3.10", "3.13"]) == (
+        ["no-such-distribution==1.0"],
+        "",
+    )
+    # cloudpickle 3.1.2 asks for Python >= 3.8: every listed version installs it.
+    assert requirement_lines("cloudpickle", "3.1.2", ["3.10", "3.11", "3.13"]) == (
+        ["cloudpickle==3.1.2"],
+        "",
+    )
 
 
 def test_a_bundle_for_one_version_keeps_mlflows_files_as_they_were(saved_here: Saved) -> None:
