@@ -132,9 +132,14 @@ def check_arguments(predict_fn: object, models: object) -> dict[str, object]:
 
 
 def _requirements(
-    session: CaptureSession, flavor_packages: Iterable[str]
+    session: CaptureSession, flavor_packages: Iterable[str], python_versions: list[str]
 ) -> tuple[list[str], dict[str, str]]:
-    """Pinned requirements: cloudflow, its flavors' libraries, libraries the code imports."""
+    """Pinned requirements: cloudflow, its flavors' libraries, libraries the code imports.
+
+    For a bundle that loads on several Python versions, a pinned release that does not support
+    one of them gets environment markers (see :func:`cloudflow._portable.requirement_lines`),
+    and the save warns, naming it.
+    """
     dists: dict[str, None] = dict.fromkeys(_BASE_PACKAGES)
     dists.update(dict.fromkeys(flavor_packages))
     tops = {t for t in session.third_party if t not in ("mlflow", "cloudflow")}
@@ -145,9 +150,22 @@ def _requirements(
         if version is not None:
             versions[dist] = version
     # A local version label (torch 2.13.0+cpu) names a build no index serves: pin the release.
-    reqs = [f"cloudflow=={__version__}"] + [
-        f"{d}=={v.partition('+')[0]}" for d, v in sorted(versions.items())
-    ]
+    reqs = [f"cloudflow=={__version__}"]
+    left_out = []
+    for dist, version in sorted(versions.items()):
+        lines, why = _portable.requirement_lines(dist, version.partition("+")[0], python_versions)
+        reqs += lines
+        if why:
+            left_out.append(why)
+    if left_out:
+        _portable.warn(
+            "Some pinned requirements do not install on every Python this bundle loads on ("
+            + "; ".join(left_out)
+            + "). requirements.txt pins them for the other versions and leaves them unpinned "
+            "there, where pip picks a release that supports it, and a load warns that the "
+            "library versions differ. To pin one there too, add a line such as "
+            "'numpy==2.2.6; python_version == \"3.10\"' with extra_pip_requirements."
+        )
     libraries = {"cloudflow": __version__, **versions}
     return reqs, libraries
 
@@ -172,6 +190,7 @@ def _write_mlmodel(
     )
 
     model = mlflow_model if mlflow_model is not None else Model()
+    portable = len(manifest.python_versions) > 1
     if signature is not None:
         model.signature = signature
     if input_example is not None:
@@ -197,6 +216,7 @@ def _write_mlmodel(
         cloudflow_version=__version__,
         predict_fn=manifest.predict_fn["name"],
         models={name: entry.flavor for name, entry in manifest.models.items()},
+        **({"python_versions": manifest.python_versions} if portable else {}),
     )
     if manifest.metadata:
         model.metadata = {**(model.metadata or {}), **manifest.metadata}
@@ -211,7 +231,11 @@ def _write_mlmodel(
     if constraints:
         (root / _CONSTRAINTS_FILE_NAME).write_text("\n".join(constraints) + "\n")
     (root / _REQUIREMENTS_FILE_NAME).write_text("\n".join(pip_reqs) + "\n")
-    _PythonEnv.current().to_yaml(str(root / _PYTHON_ENV_FILE_NAME))
+    python_env = root / _PYTHON_ENV_FILE_NAME
+    _PythonEnv.current().to_yaml(str(python_env))
+    if portable:
+        note = _portable.python_env_note(manifest.python_versions)
+        python_env.write_text(note + python_env.read_text(encoding="utf-8"), encoding="utf-8")
 
 
 def pip_environment(
@@ -500,7 +524,7 @@ def _write_into(
             (data / _portable.table_name(version)).write_bytes(table)
     _progress.advance("code")
     signature, names, _ = _parameters(predict_fn)
-    requirements, libraries = _requirements(session, packages)
+    requirements, libraries = _requirements(session, packages, python_versions)
     manifest = Manifest(
         format_version=_manifest.FORMAT_VERSION,
         cloudflow_version=__version__,

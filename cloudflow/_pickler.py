@@ -24,6 +24,7 @@ bundles with modules of the same name live side by side.
 from __future__ import annotations
 
 import builtins
+import collections
 import contextlib
 import contextvars
 import dataclasses
@@ -1153,6 +1154,10 @@ class _BundlePickler(cloudpickle.Pickler):
             return self._reduce_typevar(obj)
         if t is property and self.session.strip_docstrings and obj.__doc__ is not None:
             return (property, (obj.fget, obj.fset, obj.fdel, None))
+        if t is typing.ForwardRef and self.session.code_tables is not None:
+            # A string annotation (typing.NamedTuple fields under `from __future__ import
+            # annotations`) holds the code compiled from it: made again from the string.
+            return (_forward_ref, (obj.__forward_arg__, *_forward_ref_options(obj)))
         return NotImplemented
 
     def _reduce_module(self, module: types.ModuleType) -> Any:
@@ -1230,6 +1235,11 @@ class _BundlePickler(cloudpickle.Pickler):
             if regenerated is not None:
                 clsdict, slotstate = regenerated
                 rest = [rest[0], rest[1], _class_setstate, *rest[3:]]
+        if self.session.code_tables is not None and maker is _cp._make_skeleton_class:
+            namedtuple = _namedtuple_regeneration(cls, clsdict)
+            if namedtuple is not None:
+                spec, clsdict = namedtuple
+                return (_skeleton_namedtuple, (spec, args[4]), (clsdict, slotstate), *rest)
         return (_OWN_SKELETONS[maker], args, (clsdict, slotstate), *rest)
 
     def _reduce_typevar(self, tv: Any) -> Any:
@@ -1386,6 +1396,116 @@ def _dataclass_regeneration(
     annotations = cls.__dict__.get("__annotations__", {})
     own = [_field_spec(f) for name, f in fields.items() if name in annotations]
     return kept, {"dataclass": {"options": options, "fields": own}}
+
+
+# What ``collections.namedtuple`` writes into a class (``__new__`` by eval, the rest from the
+# standard library's source of the saving version): made again at load by the running version.
+_NAMEDTUPLE_MADE = frozenset(
+    {
+        "__doc__",
+        "__slots__",
+        "_fields",
+        "_field_defaults",
+        "__new__",
+        "_make",
+        "_replace",
+        "__replace__",
+        "__repr__",
+        "_asdict",
+        "__getnewargs__",
+        "__match_args__",
+        "__module__",
+    }
+)
+
+
+def _namedtuple_regeneration(
+    cls: type, clsdict: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """How to make a namedtuple class again at load, and what to set on it then.
+
+    ``collections.namedtuple`` and ``typing.NamedTuple`` classes (a class whose only base is
+    ``tuple`` and that has its own ``_fields``) are made by ``collections.namedtuple(typename,
+    fields, defaults=..., module=...)`` on the loading version; what the user wrote (the methods,
+    properties and docstring of a ``typing.NamedTuple``, its annotations) is set on the new class
+    afterwards. Anything else (extra bases, generics) returns None: its code then keeps the saving
+    version's bytecode, and the save says so.
+    """
+    fields = cls.__dict__.get("_fields")
+    new = cls.__dict__.get("__new__")
+    if (
+        cls.__bases__ != (tuple,)
+        or not isinstance(fields, tuple)
+        or not all(isinstance(f, str) for f in fields)
+        or not isinstance(new, staticmethod | types.FunctionType)
+    ):
+        return None
+    if not _generated(new):
+        return None  # a __new__ of the user's own: not what namedtuple made
+    defaults: dict[str, Any] = dict(cls.__dict__.get("_field_defaults", {}))
+    if list(defaults) != list(fields[len(fields) - len(defaults) :]):
+        return None
+    generated_doc = f"{cls.__name__}({', '.join(fields)})"
+    kept: dict[str, Any] = {}
+    for name, value in clsdict.items():
+        if name in fields and type(value).__name__ == "_tuplegetter":
+            continue
+        if name == "__doc__" and value != generated_doc:
+            kept[name] = value  # a typing.NamedTuple's docstring
+            continue
+        if name in _NAMEDTUPLE_MADE and (
+            _generated(value) or not hasattr(getattr(value, "__func__", value), "__code__")
+        ):
+            continue
+        kept[name] = value
+    spec = {
+        "typename": cls.__name__,
+        "qualname": cls.__qualname__,
+        "fields": list(fields),
+        "defaults": list(defaults.values()),
+        "module": cls.__module__,
+    }
+    return spec, kept
+
+
+def _forward_ref_options(ref: Any) -> tuple[Any, bool, bool]:
+    return (
+        getattr(ref, "__forward_module__", None),
+        bool(getattr(ref, "__forward_is_argument__", True)),
+        bool(getattr(ref, "__forward_is_class__", False)),
+    )
+
+
+def _forward_ref(arg: str, module: Any, is_argument: bool, is_class: bool) -> Any:
+    """``typing.ForwardRef(arg)`` compiled by the running version (keywords: 3.10 to 3.14)."""
+    return typing.ForwardRef(arg, is_argument=is_argument, module=module, is_class=is_class)
+
+
+def _generated(value: Any) -> bool:
+    """Whether a function (or static or class method) has code of exec or of a library."""
+    code = getattr(getattr(value, "__func__", value), "__code__", None)
+    return code is not None and (
+        code.co_filename.startswith("<") or not _capture.is_user_file(code.co_filename)
+    )
+
+
+def _skeleton_namedtuple(spec: Mapping[str, Any], class_tracker_id: str | None) -> type:
+    """A namedtuple class made by the running version (see :func:`_namedtuple_regeneration`)."""
+    table = _table()
+    if class_tracker_id is not None and class_tracker_id in table.classes:
+        return table.classes[class_tracker_id]
+    # rename=True: the saved fields are valid names already, or what rename made of them
+    # (``_2``), which it makes again. (Called through Any: mypy wants literal field lists.)
+    make: Any = collections.namedtuple
+    cls: type = make(
+        spec["typename"],
+        spec["fields"],
+        defaults=spec["defaults"] or None,
+        module=spec["module"],
+        rename=True,
+    )
+    cls.__qualname__ = spec["qualname"]
+    return _track(table, class_tracker_id, cls)
 
 
 _FIELD_OPTIONS = ("default", "default_factory", "init", "repr", "hash", "compare", "kw_only")

@@ -10,9 +10,12 @@ cells work too). Compiling needs none of the user's imports, so each target inte
 small script in a subprocess; the source goes to it through a pipe and is never written.
 
 What has no source cannot be recompiled: the methods ``dataclass`` generates are left out and
-generated again at load (the class keeps its fields and parameters); any other code without
-source (``exec``, ``eval``, ``namedtuple``) keeps its bytecode in the saving version's table only,
-and the bundle then loads on the saving version only, as the save's warning says, naming it.
+generated again at load (the class keeps its fields and parameters), and a ``namedtuple`` or
+``typing.NamedTuple`` class is made again by ``collections.namedtuple`` (its name, fields,
+defaults and module recorded; the methods the user wrote on it travel as references like any
+other); a string annotation's ``ForwardRef`` is compiled again from its string. Any other code
+without source (``exec``, ``eval``) keeps its bytecode in the saving version's table only, and
+the bundle then loads on the saving version only, as the save's warning says, naming it.
 """
 
 from __future__ import annotations
@@ -313,7 +316,7 @@ class CodeTables:
             return tables, [here]
         if self.not_portable:
             reasons = "; ".join(f"{w}: {why}" for w, why in sorted(self.not_portable.items()))
-            _warn(
+            warn(
                 f"The bundle is saved for Python {here} only: code that cannot be recompiled "
                 f"keeps it from loading on other versions ({reasons}). Define such functions "
                 "with `def` in a module of yours."
@@ -335,7 +338,7 @@ class CodeTables:
                 problems = [f"{f}: {e}" for f, e in sorted(result["errors"].items())]
                 problems += [f"{k.partition('|')[2]} not found" for k in result["missing"]]
                 if problems:
-                    _warn(
+                    warn(
                         f"Python {version} cannot compile the code of this bundle "
                         f"({'; '.join(problems[:5])}); it will not load there."
                     )
@@ -345,7 +348,7 @@ class CodeTables:
         return tables, sorted(loads_on, key=_minor)
 
 
-def _warn(message: str) -> None:
+def warn(message: str) -> None:
     _logger.warning(message)
     warnings.warn(message, UserWarning, stacklevel=2)
 
@@ -390,6 +393,62 @@ def _compile_with(exe: str, version: str, request: Mapping[str, Any]) -> dict[st
     result: dict[str, Any] = json.loads(head)
     result["table"] = table
     return result
+
+
+# --- requirements --------------------------------------------------------------------------------
+
+
+def requirement_lines(dist: str, version: str, versions: Iterable[str]) -> tuple[list[str], str]:
+    """``dist==version`` as requirement lines that install on each of ``versions``.
+
+    A release whose ``Requires-Python`` (read from the installed distribution) leaves out some of
+    the versions is pinned under a marker for the others, and named without a version for the
+    ones it leaves out (pip picks a release that supports them there): ``numpy==2.4.6;
+    python_version != "3.10"`` and ``numpy; python_version == "3.10"``. The second value says
+    which versions were left out and why ("" when none were).
+    """
+    pinned = f"{dist}=={version}"
+    requires = _requires_python(dist)
+    if requires is None:
+        return [pinned], ""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    try:
+        spec = SpecifierSet(requires)
+    except InvalidSpecifier:
+        return [pinned], ""
+    # A high patch number: "3.10" stands for its newest release (">=3.10.1" admits it).
+    left_out = [v for v in versions if not spec.contains(f"{v}.99", prereleases=True)]
+    if not left_out:
+        return [pinned], ""
+    elsewhere = " and ".join(f'python_version != "{v}"' for v in left_out)
+    there = " or ".join(f'python_version == "{v}"' for v in left_out)
+    why = f"{dist} {version} needs Python {requires}, so not {', '.join(left_out)}"
+    return [f"{pinned}; {elsewhere}", f"{dist}; {there}"], why
+
+
+def _requires_python(dist: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        value = importlib.metadata.metadata(dist)["Requires-Python"]
+    except (importlib.metadata.PackageNotFoundError, KeyError):
+        return None
+    return str(value).strip() or None if value else None
+
+
+def python_env_note(versions: list[str]) -> str:
+    """The comment heading python_env.yaml of a bundle that loads on several versions.
+
+    MLflow's python_env.yaml has room for one version (``python:``, the saving one, kept so
+    that ``mlflow models serve`` builds what was tested); the comment says where the others are.
+    """
+    return (
+        f"# cloudflow: this bundle loads on Python {', '.join(versions)} (one code table each;\n"
+        "# MLmodel's cloudflow section lists them as python_versions). `python` is the version\n"
+        "# that saved it. requirements.txt installs on each listed version: a pinned release that\n"
+        "# does not support one is pinned under an environment marker for the others.\n"
+    )
 
 
 # --- load side -----------------------------------------------------------------------------------

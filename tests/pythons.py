@@ -6,7 +6,9 @@ the newest patch release first), then ``python3.N`` on ``PATH``. Every candidate
 version, so a pyenv shim for a version that is not selected (it exits with an error) is passed by.
 
 :func:`ensure_venv` gives a virtual environment on such an interpreter holding the pinned stack
-(``requirements/constraints.txt``: mlflow, scikit-learn, numpy, pandas...) and this checkout's
+(``requirements/constraints.txt``: mlflow, scikit-learn, numpy, pandas...; for 3.10, whose
+wheels of those releases do not exist, ``requirements/constraints-py310.txt``, the newest
+releases that support it: see :func:`constraints_for`) and this checkout's
 cloudflow, installed in editable mode: the venv always runs the working tree's cloudflow, so an
 edit of ``cloudflow/`` never calls for a rebuild. Each venv lives in ``$CLOUDFLOW_TEST_VENVS``
 (default ``<tempdir>/cloudflow-test-venvs``) in a folder named after the interpreter's version and
@@ -18,7 +20,9 @@ so two workers never build the same venv at once: the second waits, then reuses 
 
 The installer is uv if it is installed (``pip install uv``), else pip. Measured here (2 cores,
 PyPI) for one venv: uv 8 s to install (11 s with an empty uv cache) plus a bytecode warm-up that
-brings the two venvs, built in parallel, to 31 s; pip 150 s (140 s from its cache).
+brings the two venvs, built in parallel, to 31 s; pip 150 s (140 s from its cache). Later, with
+the 3.10 venv (its own pins) and the machine busy with other work, one after the other: 52 s
+(3.10), 89 s (3.12), 86 s (3.13).
 ``CLOUDFLOW_TEST_VENV_INSTALLER=pip`` (or ``uv``) forces one.
 """
 
@@ -43,6 +47,8 @@ from typing import Any
 from helpers import _PRELUDE, REPO_ROOT, SUBPROCESS_TIMEOUT, SubprocessFailed, subprocess_env
 
 CONSTRAINTS = REPO_ROOT / "requirements" / "constraints.txt"
+# Minor versions whose venvs take their own pins: constraints.txt pins releases for 3.11+.
+CONSTRAINTS_BY_MINOR = {"3.10": REPO_ROOT / "requirements" / "constraints-py310.txt"}
 # What each venv gets, besides what the constraints pin; cloudflow is installed editable.
 REQUIREMENTS = ("-e", f"{REPO_ROOT}[sklearn]")
 # Imported once with bytecode writing on, at the end of a uv build (see _build). Third-party
@@ -162,11 +168,16 @@ class Venv:
         return minor(self.version)
 
 
+def constraints_for(version: str) -> Path:
+    """The constraints file a venv of CPython ``version`` (``"3.10.13"`` or ``"3.10"``) uses."""
+    return CONSTRAINTS_BY_MINOR.get(minor(version), CONSTRAINTS)
+
+
 def venv_key(base: Path, version: str) -> str:
     digest = hashlib.sha256()
     for part in (_LAYOUT, str(base), version, str(REPO_ROOT), *REQUIREMENTS):
         digest.update(part.encode("utf-8") + b"\0")
-    for path in (CONSTRAINTS, REPO_ROOT / "pyproject.toml"):
+    for path in (constraints_for(version), REPO_ROOT / "pyproject.toml"):
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
@@ -234,9 +245,9 @@ def _check(argv: Sequence[Path | str], cwd: Path, write_bytecode: bool = False) 
         raise RuntimeError(f"{' '.join(map(str, argv))} failed ({done.returncode}):\n{output}")
 
 
-def _build(base: Path, folder: Path, uv: str | None) -> None:
+def _build(base: Path, folder: Path, uv: str | None, constraints: Path) -> None:
     python = folder / "bin" / "python"
-    install = ["-c", CONSTRAINTS, *REQUIREMENTS]
+    install = ["-c", constraints, *REQUIREMENTS]
     if uv is not None:
         _check([uv, "venv", "--quiet", "--python", base, folder], folder.parent)
         uv_pip = [uv, "pip", "install", "--quiet", "--python", python]
@@ -280,7 +291,7 @@ def ensure_venv(base: Path) -> Venv:
             uv = _uv()
             started = time.perf_counter()
             try:
-                _build(base, folder, uv)
+                _build(base, folder, uv, constraints_for(version))
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
