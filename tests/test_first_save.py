@@ -49,6 +49,12 @@ def test_names_no_distribution_provides_are_left_out_and_not_remembered() -> Non
     [
         ["cloudflow==2.0.0", "cloudpickle==3.1.2", "numpy==2.4.6", "scikit-learn==1.9.1"],
         ["cloudflow==2.0.0", "mlflow==3.17.2", "pyspark==4.3.0", "numpy==2.4.6"],
+        # A portable bundle's pins for the versions a release supports, unpinned elsewhere.
+        [
+            "cloudflow==2.0.0",
+            'numpy==2.4.6; python_version != "3.10"',
+            'numpy; python_version == "3.10"',
+        ],
     ],
 )
 def test_environment_files_are_mlflows_own(requirements: list[str]) -> None:
