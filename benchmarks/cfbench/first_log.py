@@ -6,7 +6,8 @@ connection to the store, its first run. Here each measurement is a new interpret
 (``bench.py --fresh-job``) that imports ``mlflow``, ``cloudflow`` and the predict function's
 module, unpickles the model from a file this process wrote (untimed: building or unpickling the
 model is not what is compared), then times ``mlflow.start_run`` (the first connection to an
-existing embedded store included), one ``log_bundle`` in that run, and ``mlflow.end_run``. The
+existing embedded store included), one ``log_bundle`` in that run, and ``mlflow.end_run``, then
+one more ``log_bundle`` in a second run of the same process (the first calls paid). The
 raw side is a new interpreter that unpickles the same model and times the raw save
 (``save_pretrained`` / ``torch.save(state_dict)`` / ``pickle.dump``). Medians of ``save_repeat``;
 each cloudflow measurement gets a fresh store.
@@ -31,7 +32,8 @@ FIRST_LOG_SPECS = ("A", "B", "C")
 
 
 def job_first_log(job: dict[str, Any]) -> dict[str, Any]:
-    """In a new interpreter: unpickle the model, then time start_run, log_bundle and end_run."""
+    """In a new interpreter: unpickle the model, then time start_run, log_bundle and end_run, and
+    a second log_bundle in a second run."""
     import mlflow
 
     import cloudflow
@@ -48,7 +50,12 @@ def job_first_log(job: dict[str, Any]) -> dict[str, Any]:
     t2 = time.perf_counter()
     mlflow.end_run()
     t3 = time.perf_counter()
-    return {"start_run_s": t1 - t0, "log_s": t2 - t1, "end_run_s": t3 - t2}
+    # Once more in a new run of the same process: what is left once the first calls are paid.
+    with mlflow.start_run(experiment_id=job["experiment_id"]):
+        t4 = time.perf_counter()
+        cloudflow.log_bundle(_predict_fn(spec), {spec.names[0]: model})
+        t5 = time.perf_counter()
+    return {"start_run_s": t1 - t0, "log_s": t2 - t1, "end_run_s": t3 - t2, "second_log_s": t5 - t4}
 
 
 def job_first_raw_save(job: dict[str, Any]) -> dict[str, Any]:

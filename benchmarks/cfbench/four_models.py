@@ -4,8 +4,8 @@ The models: A (the BERT-sized text pipeline, route ``sentiment``), a second, dif
 pipeline (A's shape with half its layers and other seeded weights, route ``topic``), B (the torch
 MLP, route ``mlp``) and C (the forest, route ``forest``); the function is
 ``workload.predict_routed``. Each is also saved with its raw framework call. Every load runs in a
-fresh process (a forked child of the load worker, libraries imported, empty digest cache), medians
-of ``load_repeat``:
+fresh process (a forked child of the load worker, libraries imported, empty digest cache; with
+``--cold`` the files dropped from the page cache first), medians of ``load_repeat``:
 
 - each model's raw load alone, and the MLP's raw load + its first answer (the baseline of the
   lazy rows, with its peak RSS);
@@ -47,6 +47,7 @@ from cfbench.measure import (
     _maxrss_mb,
     _reset_peak_rss,
     child_env,
+    evict_page_cache,
     log,
     sync,
 )
@@ -97,6 +98,8 @@ def job_four(job: dict[str, Any]) -> dict[str, Any]:
     else:
         route = ROUTE
     request = route_inputs(sizes, route)
+    if job.get("evict"):
+        evict_page_cache(Path(job["evict"]))
     gc.collect()
     _reset_peak_rss()
     rss0 = _maxrss_mb()
@@ -184,6 +187,7 @@ def _loads(ctx: Context, worker: Worker, sizes: Sizes, **job: Any) -> dict[str, 
                 "kind": "four",
                 "sizes": sizes.name,
                 "digest_cache": str(ctx.new_path("digests")),
+                "evict": job["path"] if ctx.cold else None,  # --cold: the files from the disk
                 **job,
             }
         )

@@ -331,9 +331,10 @@ def render_first_log(
                 _fmt(e["raw_save_s"]),
                 _fmt(e["start_run_s"]),
                 _fmt(e["log_s"]),
-                _fmt(e["end_run_s"]),
                 _fx(_ratio(e["log_s"], e["raw_save_s"])),
                 _fmt(1.15 * e["raw_save_s"] + 0.2),
+                _fmt(e["end_run_s"]),
+                _fmt(e.get("second_log_s")),
             ]
         )
     headers = [
@@ -341,9 +342,10 @@ def render_first_log(
         "raw save s",
         "start_run s",
         "log_bundle s",
-        "end_run s",
         "log/raw",
         "limit s",
+        "end_run s",
+        "2nd log_bundle s",
     ]
     return [*out, table(headers, rows), ""]
 
