@@ -300,6 +300,12 @@ def render(report: dict[str, Any], markdown: bool) -> str:
     errors = [(c["spec"], c["strategy"], e) for c in report.get("cells", []) for e in c["errors"]]
     for spec, strategy, error in errors:
         out.append(f"ERROR {spec} {strategy}: {error.strip().splitlines()[-1]}")
+    extra_errors = [(f"{e['spec']} first log_bundle", e["error"])
+                    for e in report.get("first_log", []) if "error" in e]  # fmt: skip
+    if "error" in report.get("four", {}):
+        extra_errors.append(("four-model bundle", report["four"]["error"]))
+    for what, error in extra_errors:
+        out.append(f"ERROR {what}: {error.strip().splitlines()[-1]}")
     out.append(
         f"Total time: {report.get('total_s', 0):.0f} s; load average (1 min) at start "
         f"{report['machine']['load_average_1min']}, at end {report.get('load_average_1min_end')}"
