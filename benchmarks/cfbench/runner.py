@@ -84,6 +84,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     if args.load_repeat:
         sizes = Sizes(**{**asdict(sizes), "load_repeat": args.load_repeat})
     specs = [SPECS[k] for k in args.models.split(",")]
+    extras = parse_extras(args.extras, args.serve)
     strategies = [STRATEGIES[k] for k in args.strategies.split(",")]
     has_cloudflow = cloudflow_available()
     if not has_cloudflow:
@@ -142,7 +143,6 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         if has_cloudflow:
             report["again"] = bench_again(specs, models, ctx, sizes)
             report["overhead"] = bench_overhead(ctx, worker, sizes)
-            extras = parse_extras(args.extras, args.serve)
             if "first_log" in extras:
                 log("first log_bundle of a new process, against the raw save in one")
                 report["first_log"] = bench_first_log(specs, models, ctx, sizes)
