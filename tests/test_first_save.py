@@ -128,3 +128,11 @@ def test_the_pyfunc_entry_is_mlflows_add_to_model(tmp_path: Path) -> None:
         model_config=dict(PYFUNC_CONFIG),
     ).flavors
     assert ours["python_function"] == expected["python_function"]
+
+
+def test_versions_are_importlibs_for_every_installed_distribution() -> None:
+    names = {str(d.metadata["Name"]) for d in importlib.metadata.distributions()}
+    assert len(names) > 20, "too few installed distributions to compare"
+    for name in sorted(names):
+        assert _capture.distribution_version(name) == importlib.metadata.version(name), name
+    assert _capture.distribution_version("no-such-distribution-here") is None
