@@ -1,4 +1,5 @@
-"""The first save of a process: no scan of every installed distribution, same files as before.
+"""The first save and the load of a process: no scan of every installed distribution, no parse
+of whole metadata files, the same files as before.
 
 A training script logs once, so its first ``log_bundle`` is the one users feel. Two scans used to
 cost about 2 s of it: ``importlib.metadata.packages_distributions()`` (every file of every
