@@ -1,0 +1,155 @@
+"""Containers of models: a list, tuple or dict of models, each saved with its own flavor.
+
+An ensemble of torch nets, a dict of per-language scikit-learn pipelines, a tuple of a tokenizer
+and a model: each element goes to its own sub-folder (``0``, ``1``, ... in order; a dict's keys
+are kept in the manifest, never used as folder names), saved by the flavor that would save it on
+its own, and the container is rebuilt at load. Nested containers work the same way.
+
+The rule (:func:`holds_model`): an object of exactly ``list``, ``tuple`` or ``dict`` (``str``
+keys only) is a container when at least one element, at any depth, is saved by a flavor other
+than the pickle fallback. A dict of plain configuration values, a list of arrays, a
+``namedtuple`` or an ``OrderedDict`` stay one pickle, as before. The elements that are plain
+values inside a container of models (a threshold beside the nets) get a small pickle each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from cloudflow.exceptions import BundleFormatError
+from cloudflow.flavors._base import Flavor, PickleContext
+
+FLAVOR_NAME = "container"
+_KINDS: dict[type, str] = {list: "list", tuple: "tuple", dict: "dict"}
+# Deeper than this, an object is not looked into (and a list that holds itself is no container).
+MAX_DEPTH = 16
+# Never models, and fast to rule out: most elements of a list of values are one of these.
+_SCALARS = (int, float, complex, str, bytes, bool, type(None))
+
+
+def elements(obj: object) -> list[tuple[str | int, object]]:
+    """A container's (key, element) pairs: indexes for a list or tuple, keys for a dict."""
+    if isinstance(obj, dict):
+        return list(obj.items())
+    return list(enumerate(obj))  # type: ignore[arg-type]
+
+
+def is_container_type(obj: object) -> bool:
+    """Exactly a list, tuple or dict with str keys (subclasses keep their own pickling)."""
+    if type(obj) not in _KINDS:
+        return False
+    return not isinstance(obj, dict) or all(isinstance(k, str) for k in obj)
+
+
+def holds_model(obj: object, depth: int = 0) -> bool:
+    """Whether ``obj`` is a container with a non-pickle-flavor model in it, at any depth."""
+    from cloudflow.flavors import flavor_for
+
+    if depth >= MAX_DEPTH or not is_container_type(obj):
+        return False
+    for _, value in elements(obj):
+        if isinstance(value, _SCALARS):
+            continue
+        if is_container_type(value):
+            if holds_model(value, depth + 1):
+                return True
+        elif flavor_for(value).name != "pickle":
+            return True
+    return False
+
+
+def _matches(obj: object) -> bool:
+    return holds_model(obj)
+
+
+def _save(obj: object, path: Path, ctx: PickleContext) -> dict[str, Any]:
+    from cloudflow.flavors import flavor_for
+
+    items: list[dict[str, Any]] = []
+    for index, (key, value) in enumerate(elements(obj)):
+        flavor = flavor_for(value)
+        folder = path / str(index)
+        folder.mkdir()
+        item: dict[str, Any] = {
+            "flavor": flavor.name,
+            "path": str(index),
+            "info": flavor.save(value, folder, ctx),
+        }
+        if isinstance(obj, dict):
+            item["key"] = key
+        items.append(item)
+    return {"kind": _KINDS[type(obj)], "items": items}
+
+
+#: Load options (``device=``, ``dtype=``) that a container hands on to its elements.
+_FORWARDED = ("load_device", "load_dtype")
+
+
+def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
+    from cloudflow.flavors import DEVICE_FLAVORS, get_flavor
+
+    kind = info.get("kind")
+    if kind not in _KINDS.values():
+        raise BundleFormatError(
+            f"Unknown container kind {kind!r} in the bundle; known kinds are 'list', 'tuple' "
+            "and 'dict'. Upgrade cloudflow to load it."
+        )
+    forwarded = {k: info[k] for k in _FORWARDED if k in info}
+    values: list[tuple[str | None, object]] = []
+    for item in info.get("items", []):
+        if not str(item.get("path")).isdigit():  # a sub-folder of this one, nothing else
+            raise BundleFormatError(
+                f"A container element of {path} has the path {item.get('path')!r}, not a "
+                "sub-folder number: the bundle is damaged. Save it again."
+            )
+        flavor = get_flavor(item["flavor"])
+        item_info = dict(item["info"])
+        if item["flavor"] in DEVICE_FLAVORS:
+            item_info.update(forwarded)
+        values.append((item.get("key"), flavor.load(path / item["path"], item_info, ctx)))
+    if kind == "dict":
+        return {key: value for key, value in values}
+    rebuilt = [value for _, value in values]
+    return tuple(rebuilt) if kind == "tuple" else rebuilt
+
+
+def walk(name: str, info: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Every (flavor name, info) a saved model uses: itself, then a container's elements."""
+    yield name, info
+    if name == FLAVOR_NAME:
+        for item in info.get("items", []):
+            yield from walk(item["flavor"], item["info"])
+
+
+def _describe(obj: object) -> dict[str, Any]:
+    from cloudflow.flavors import flavor_for
+
+    described: dict[str, Any] = {}
+    for key, value in elements(obj):
+        flavor = flavor_for(value)
+        meta: dict[str, Any] = {"flavor": flavor.name}
+        if flavor.describe is not None:
+            # Metadata is informative, as for top-level models: never fail a save for it.
+            with contextlib.suppress(Exception):
+                meta.update(flavor.describe(value))
+        described[str(key)] = meta
+    return {
+        "framework": "builtins",
+        "class": f"builtins.{type(obj).__qualname__}",
+        "items": len(described),
+        "elements": described,
+    }
+
+
+FLAVOR = Flavor(
+    name=FLAVOR_NAME,
+    matches=_matches,
+    save=_save,
+    load=_load,
+    packages=(),  # each element's flavor names its own; see flavors.requirements_for
+    extra=None,
+    describe=_describe,
+)
