@@ -446,7 +446,7 @@ def _write_into(
         entries[name] = ModelEntry(
             flavor=flavor.name, path=f"{MODELS_DIR}/{name}", info=info, metadata=described
         )
-        packages.extend(requirements_for(flavor, obj))
+        packages.extend(requirements_for(flavor.name, info))
         _logger.info("Saved model %r (%s) in %.2f s", name, flavor.name, time.perf_counter() - t0)
         _progress.advance(f"model {name}")
     session.dump_code(predict_fn, data / CODE_FILE)

@@ -297,22 +297,26 @@ def _missing_message(model: str, name: str, source: Mapping[str, str]) -> str:
     )
 
 
-def requirements_for(flavor: Flavor, obj: object) -> list[str]:
-    """The distributions a model saved by ``flavor`` needs at load (elements of a container too).
+def requirements_for(name: str, info: Mapping[str, Any]) -> list[str]:
+    """The distributions a model saved with flavor ``name`` and ``info`` needs at load.
 
-    ``packages`` as the flavor names them, then the distribution that provides each of its
-    ``modules`` here, then, for a user flavor, the distribution it comes from.
+    For the flavor and, in a container, each element's: ``packages`` as the flavor names them,
+    the distribution that provides each of its ``modules`` here, the libraries of boosters
+    stored beside a pickle (a Pipeline ending in an XGBClassifier), and for a user flavor the
+    distribution it comes from.
     """
     from cloudflow import _capture
 
-    dists: list[str] = list(flavor.packages)
-    if flavor.modules:
-        dists.extend(_capture.top_level_names_to_distributions(set(flavor.modules)).values())
-    if flavor.name not in _BY_NAME:
-        entry = _user_entry(flavor.name)
-        if entry is not None and entry[1].get("distribution"):
-            dists.append(entry[1]["distribution"])
-    if flavor is _container.FLAVOR:
-        for _, value in _container.elements(obj):
-            dists.extend(requirements_for(flavor_for(value), value))
+    dists: list[str] = []
+    modules: set[str] = set()
+    for used, used_info in walk(name, info):
+        flavor = get_flavor(used)
+        dists.extend(flavor.packages)
+        modules.update(flavor.modules)
+        modules.update(str(b.get("library")) for b in used_info.get("boosters") or ())
+        if used not in _BY_NAME:
+            entry = _user_entry(used)
+            if entry is not None and entry[1].get("distribution"):
+                dists.append(entry[1]["distribution"])
+    dists.extend(_capture.top_level_names_to_distributions(modules).values())
     return list(dict.fromkeys(dists))

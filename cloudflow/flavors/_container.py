@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudflow.exceptions import BundleFormatError
+from cloudflow.exceptions import BundleFormatError, CaptureError
 from cloudflow.flavors._base import Flavor, PickleContext
 
 FLAVOR_NAME = "container"
@@ -66,18 +66,30 @@ def _matches(obj: object) -> bool:
 
 
 def _save(obj: object, path: Path, ctx: PickleContext) -> dict[str, Any]:
+    return _save_into(obj, path, ctx, ())
+
+
+def _save_into(
+    obj: object, path: Path, ctx: PickleContext, outer: tuple[int, ...]
+) -> dict[str, Any]:
     from cloudflow.flavors import flavor_for
 
+    inside = (*outer, id(obj))
     items: list[dict[str, Any]] = []
     for index, (key, value) in enumerate(elements(obj)):
         flavor = flavor_for(value)
         folder = path / str(index)
         folder.mkdir()
-        item: dict[str, Any] = {
-            "flavor": flavor.name,
-            "path": str(index),
-            "info": flavor.save(value, folder, ctx),
-        }
+        if flavor is FLAVOR:
+            if id(value) in inside:
+                raise CaptureError(
+                    f"The {type(obj).__name__} holds itself (at index or key {key!r}); a "
+                    "container of models must be a tree. Save the models it holds instead."
+                )
+            info = _save_into(value, folder, ctx, inside)
+        else:
+            info = flavor.save(value, folder, ctx)
+        item: dict[str, Any] = {"flavor": flavor.name, "path": str(index), "info": info}
         if isinstance(obj, dict):
             item["key"] = key
         items.append(item)

@@ -18,13 +18,12 @@ from typing import Any
 
 from cloudflow.exceptions import BundleFormatError
 from cloudflow.flavors._base import Flavor, PickleContext, class_name, loaded_module, require
+from cloudflow.flavors._boosters import BoosterFiles, load_booster, persistent_load, save_booster
 
 FLAVOR_NAME = "lightgbm"
 EXTRA = "lightgbm"
 _MODEL = "model.txt"
 _WRAPPER = "wrapper.pkl"
-# The persistent id that stands for the booster inside wrapper.pkl.
-_PID = ("cloudflow.lightgbm.booster",)
 
 
 def _matches(obj: object) -> bool:
@@ -34,50 +33,25 @@ def _matches(obj: object) -> bool:
     return isinstance(obj, (lgb.Booster, lgb.LGBMModel))
 
 
-def _save_booster(booster: Any, file: Path) -> None:
-    # Every iteration (not only up to the best one), as the live booster predicts by default.
-    booster.save_model(str(file), num_iteration=-1)
-
-
 def _save(obj: object, path: Path, ctx: PickleContext) -> dict[str, Any]:
     lgb = require("lightgbm", flavor=FLAVOR_NAME, extra=EXTRA)
     if isinstance(obj, lgb.Booster):
-        _save_booster(obj, path / _MODEL)
-        return {"kind": "booster", "file": _MODEL}
-    wrapper: Any = obj
-    booster = getattr(wrapper, "_Booster", None)
-    if booster is not None:
-        _save_booster(booster, path / _MODEL)
-
-    def persistent_id(value: object) -> object | None:
-        return _PID if booster is not None and value is booster else None
-
-    ctx.dump(wrapper, path / _WRAPPER, persistent_id=persistent_id)
-    return {
-        "kind": "sklearn",
-        "file": _MODEL if booster is not None else None,
-        "wrapper": _WRAPPER,
-        "fitted": booster is not None,
-    }
+        entry = save_booster("lightgbm", obj, path / _MODEL)
+        return {"kind": "booster", "file": _MODEL, **entry}
+    boosters = BoosterFiles(path)
+    ctx.dump(obj, path / _WRAPPER, persistent_id=boosters.persistent_id)
+    return {"kind": "sklearn", "wrapper": _WRAPPER, "boosters": boosters.entries}
 
 
 def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
-    lgb = require("lightgbm", flavor=FLAVOR_NAME, extra=EXTRA)
+    require("lightgbm", flavor=FLAVOR_NAME, extra=EXTRA)
     kind = info.get("kind")
     if kind == "booster":
-        return lgb.Booster(model_file=str(path / info["file"]))
+        return load_booster("lightgbm", path / _MODEL, info)
     if kind == "sklearn":
-        booster = lgb.Booster(model_file=str(path / info["file"])) if info.get("file") else None
-
-        def persistent_load(pid: object) -> object:
-            if tuple(pid) != _PID or booster is None:  # type: ignore[arg-type]
-                raise BundleFormatError(
-                    f"{path / info['wrapper']} refers to {pid!r}, which is not the booster of "
-                    "this LightGBM model: the bundle is damaged. Save it again."
-                )
-            return booster
-
-        return ctx.load(path / info["wrapper"], persistent_load=persistent_load)
+        wrapper = path / info.get("wrapper", _WRAPPER)
+        boosters = persistent_load(path, info.get("boosters", []), wrapper)
+        return ctx.load(wrapper, persistent_load=boosters)
     raise BundleFormatError(
         f"Unknown LightGBM model kind {kind!r} in the bundle; known kinds are 'booster' and "
         "'sklearn'. Upgrade cloudflow to load it."

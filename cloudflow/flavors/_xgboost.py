@@ -20,13 +20,12 @@ from typing import Any
 
 from cloudflow.exceptions import BundleFormatError
 from cloudflow.flavors._base import Flavor, PickleContext, class_name, loaded_module, require
+from cloudflow.flavors._boosters import BoosterFiles, load_booster, persistent_load, save_booster
 
 FLAVOR_NAME = "xgboost"
 EXTRA = "xgboost"
 _MODEL = "model.ubj"
 _WRAPPER = "wrapper.pkl"
-# The persistent id that stands for the booster inside wrapper.pkl.
-_PID = ("cloudflow.xgboost.booster",)
 
 
 def _matches(obj: object) -> bool:
@@ -39,48 +38,22 @@ def _matches(obj: object) -> bool:
 def _save(obj: object, path: Path, ctx: PickleContext) -> dict[str, Any]:
     xgb = require("xgboost", flavor=FLAVOR_NAME, extra=EXTRA)
     if isinstance(obj, xgb.Booster):
-        obj.save_model(str(path / _MODEL))
-        return {"kind": "booster", "file": _MODEL}
-    wrapper: Any = obj
-    booster = getattr(wrapper, "_Booster", None)
-    if booster is not None:
-        booster.save_model(str(path / _MODEL))
-
-    def persistent_id(value: object) -> object | None:
-        return _PID if booster is not None and value is booster else None
-
-    ctx.dump(wrapper, path / _WRAPPER, persistent_id=persistent_id)
-    return {
-        "kind": "sklearn",
-        "file": _MODEL if booster is not None else None,
-        "wrapper": _WRAPPER,
-        "fitted": booster is not None,
-    }
-
-
-def _read_booster(xgb: Any, file: Path) -> Any:
-    booster = xgb.Booster()
-    booster.load_model(str(file))
-    return booster
+        entry = save_booster("xgboost", obj, path / _MODEL)
+        return {"kind": "booster", "file": _MODEL, **entry}
+    boosters = BoosterFiles(path)
+    ctx.dump(obj, path / _WRAPPER, persistent_id=boosters.persistent_id)
+    return {"kind": "sklearn", "wrapper": _WRAPPER, "boosters": boosters.entries}
 
 
 def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
-    xgb = require("xgboost", flavor=FLAVOR_NAME, extra=EXTRA)
+    require("xgboost", flavor=FLAVOR_NAME, extra=EXTRA)
     kind = info.get("kind")
     if kind == "booster":
-        return _read_booster(xgb, path / info["file"])
+        return load_booster("xgboost", path / _MODEL, info)
     if kind == "sklearn":
-        booster = _read_booster(xgb, path / info["file"]) if info.get("file") else None
-
-        def persistent_load(pid: object) -> object:
-            if tuple(pid) != _PID or booster is None:  # type: ignore[arg-type]
-                raise BundleFormatError(
-                    f"{path / info['wrapper']} refers to {pid!r}, which is not the booster of "
-                    "this XGBoost model: the bundle is damaged. Save it again."
-                )
-            return booster
-
-        return ctx.load(path / info["wrapper"], persistent_load=persistent_load)
+        wrapper = path / info.get("wrapper", _WRAPPER)
+        boosters = persistent_load(path, info.get("boosters", []), wrapper)
+        return ctx.load(wrapper, persistent_load=boosters)
     raise BundleFormatError(
         f"Unknown XGBoost model kind {kind!r} in the bundle; known kinds are 'booster' and "
         "'sklearn'. Upgrade cloudflow to load it."
@@ -92,7 +65,7 @@ def _describe(obj: object) -> dict[str, Any]:
     wrapper: Any = obj
     booster = wrapper if type(obj).__name__ == "Booster" else getattr(wrapper, "_Booster", None)
     if booster is not None:
-        meta["trees"] = int(booster.num_boosted_rounds())
+        meta["rounds"] = int(booster.num_boosted_rounds())
         meta["n_features"] = int(booster.num_features())
         config = booster.save_config()
         meta["objective"] = _objective(config)
