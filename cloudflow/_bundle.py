@@ -675,13 +675,7 @@ def _load_models(
     One after the other by default; in :func:`load_workers` threads if set. If models fail in
     threads, the first in the manifest's order is raised, after the others have finished.
     """
-    from cloudflow.flavors import check_installed, get_flavor
-
-    # Before any model loads: a flavor missing here fails at once, naming what to install.
-    check_installed(
-        {name: (entry.flavor, entry.info) for name, entry in manifest.models.items()},
-        manifest.flavors,
-    )
+    from cloudflow.flavors import get_flavor
 
     def load(name: str, entry: ModelEntry) -> object:
         flavor = get_flavor(entry.flavor)
@@ -745,6 +739,7 @@ def read_bundle(
     checked in memory and loaded from those bytes.
     """
     from cloudflow._signing import resolve_trust
+    from cloudflow.flavors import check_installed
 
     if lazy not in (False, True, "background"):
         raise BundleArgumentError(
@@ -755,6 +750,11 @@ def read_bundle(
     trust = resolve_trust(signing_key, trusted_keys)
     data = data_dir_of(path)
     manifest = _manifest.read_manifest(data, signing_key=trust)
+    # Before anything is read: a flavor missing here fails at once, naming what to install.
+    check_installed(
+        {name: (entry.flavor, entry.info) for name, entry in manifest.models.items()},
+        manifest.flavors,
+    )
     options = load_options(device, dtype, manifest)
     if expected_identity:
         from cloudflow._store import check_identity

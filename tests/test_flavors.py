@@ -692,7 +692,8 @@ def _assert_no_trees_in(pickle_file: Path, booster_file: Path) -> None:
     windows = [trees[i : i + 24] for i in range(len(trees) // 3, len(trees) - 24, 97)]
     assert len(windows) > 10
     assert not [w for w in windows if w in data]
-    assert b"split_feature" not in data and b"split_conditions" not in data
+    assert b"split_feature" not in data
+    assert b"split_conditions" not in data
 
 
 def test_xgboost_booster_is_one_native_file(tmp_path: Path, pickle_context: BundleContext) -> None:
@@ -753,7 +754,7 @@ def test_lightgbm_booster_keeps_its_best_iteration(
         valid_sets=[valid],
         callbacks=[lightgbm.early_stopping(3, verbose=False)],
     )
-    assert 0 < booster.best_iteration
+    assert booster.best_iteration > 0
     loaded: Any
     loaded, info = round_trip(get_flavor("lightgbm"), booster, tmp_path, pickle_context)
     assert info["kind"] == "booster"

@@ -119,7 +119,7 @@ def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
             )
         flavor = get_flavor(item["flavor"])
         item_info = dict(item["info"])
-        if item["flavor"] in DEVICE_FLAVORS:
+        if item["flavor"] in (*DEVICE_FLAVORS, FLAVOR_NAME):  # nested containers hand it on
             item_info.update(forwarded)
         values.append((item.get("key"), flavor.load(path / item["path"], item_info, ctx)))
     if kind == "dict":
