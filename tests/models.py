@@ -229,3 +229,50 @@ def tiny_ensemble() -> Any:
         "by_language": {"en": tiny_sklearn_pipeline(), "fr": tiny_sklearn_pipeline()},
         "weights": (0.25, 0.75),
     }
+
+
+def tiny_onnx_model(*, seed: int = 0) -> Any:
+    """An ``onnx.ModelProto`` built by hand: ``softmax(relu(X @ W1 + B1) @ W2)``, X (N, 4)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    weights = {
+        "W1": rng.standard_normal((4, 8)),
+        "B1": rng.standard_normal(8),
+        "W2": rng.standard_normal((8, 3)),
+    }
+    initializers = [numpy_helper.from_array(w.astype(np.float32), n) for n, w in weights.items()]
+    nodes = [
+        helper.make_node("MatMul", ["X", "W1"], ["H0"]),
+        helper.make_node("Add", ["H0", "B1"], ["H1"]),
+        helper.make_node("Relu", ["H1"], ["H2"]),
+        helper.make_node("MatMul", ["H2", "W2"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_mlp",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    model.producer_name = "cloudflow-tests"
+    onnx.checker.check_model(model)
+    return model
+
+
+def tiny_onnx_session() -> Any:
+    """An ``onnxruntime.InferenceSession`` of :func:`tiny_onnx_model`, one thread, basic graph
+    optimizations, the CPU provider."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    return onnxruntime.InferenceSession(
+        tiny_onnx_model().SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )

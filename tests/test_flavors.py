@@ -93,6 +93,7 @@ def _pickle_sample() -> object:
 SAMPLES: dict[str, Callable[[], object]] = {
     "xgboost": models.tiny_xgb_classifier,
     "lightgbm": models.tiny_lgbm_classifier,
+    "onnx": models.tiny_onnx_session,
     "transformers": models.tiny_text_pipeline,
     "torch": models.tiny_torch_mlp,
     "sklearn": models.tiny_sklearn_pipeline,
@@ -126,6 +127,12 @@ def _same_boosted_outputs(original: Any, loaded: Any) -> None:
     assert repr(loaded.get_params()) == repr(original.get_params())  # missing=nan != nan
 
 
+def _same_session_outputs(original: Any, loaded: Any) -> None:
+    X = models.iris()[0].astype(np.float32)
+    np.testing.assert_array_equal(loaded.run(None, {"X": X})[0], original.run(None, {"X": X})[0])
+    assert loaded.get_providers() == original.get_providers()
+
+
 def _same_ensemble_outputs(original: Any, loaded: Any) -> None:
     assert type(loaded["nets"]) is list
     assert type(loaded["weights"]) is tuple
@@ -144,6 +151,7 @@ def _same_object(original: Any, loaded: Any) -> None:
 CHECKS: dict[str, Callable[[Any, Any], None]] = {
     "xgboost": _same_boosted_outputs,
     "lightgbm": _same_boosted_outputs,
+    "onnx": _same_session_outputs,
     "transformers": _same_pipeline_outputs,
     "torch": _same_torch_outputs,
     "sklearn": _same_sklearn_outputs,
@@ -188,7 +196,7 @@ def test_describe_names_framework_and_class(flavor: Flavor) -> None:
 def test_flavor_declares_its_packages(flavor: Flavor) -> None:
     # A container's requirements are its elements' (see test_container_requirements_...).
     assert flavor.packages or flavor.modules or flavor.name == "container"
-    assert flavor.extra in {None, "torch", "transformers", "sklearn", "xgboost", "lightgbm"}
+    assert flavor.extra in {None, "torch", "transformers", "sklearn", "xgboost", "lightgbm", "onnx"}
 
 
 # --- choosing a flavor ------------------------------------------------------------------------
@@ -208,6 +216,8 @@ def test_flavor_declares_its_packages(flavor: Flavor) -> None:
         (models.tiny_xgb_booster, "xgboost"),
         (models.tiny_lgbm_classifier, "lightgbm"),
         (models.tiny_lgbm_booster, "lightgbm"),
+        (models.tiny_onnx_model, "onnx"),
+        (models.tiny_onnx_session, "onnx"),
         (lambda: np.arange(3), "pickle"),
         (lambda: len, "pickle"),
         # Containers: only with a non-pickle model inside, at any depth.
@@ -232,6 +242,7 @@ def test_importing_and_matching_imports_no_framework() -> None:
         from cloudflow.flavors import flavor_for
         assert flavor_for({"a": 1}).name == "pickle"
         heavy = {"torch", "transformers", "sklearn", "safetensors", "skops", "xgboost", "lightgbm"}
+        heavy |= {"onnx", "onnxruntime"}
         heavy &= set(sys.modules)
         assert not heavy, heavy
         print("ok")
@@ -245,8 +256,8 @@ def test_importing_and_matching_imports_no_framework() -> None:
 
 
 def test_unknown_flavor_name_lists_the_known_ones() -> None:
-    with pytest.raises(BundleFormatError, match=r"Unknown model flavor 'onnx'.*'torch'.*'pickle'"):
-        get_flavor("onnx")
+    with pytest.raises(BundleFormatError, match=r"Unknown model flavor 'tflite'.*'torch'.*'pickle'"):
+        get_flavor("tflite")
 
 
 def test_get_flavor_returns_the_registered_flavor() -> None:
@@ -816,6 +827,74 @@ def test_boosted_describe_counts_trees_and_classes(name: str) -> None:
         assert meta["trees"] == 6 * 3  # one tree per class and iteration
         assert meta["iterations"] == 6
     assert meta["hyperparameters"]["n_estimators"] in (6, 8)
+
+
+# --- ONNX ------------------------------------------------------------------------------------
+
+
+def test_onnx_model_is_its_own_protobuf(tmp_path: Path, pickle_context: BundleContext) -> None:
+    import onnx
+
+    model = models.tiny_onnx_model()
+    loaded: Any
+    loaded, info = round_trip(get_flavor("onnx"), model, tmp_path, pickle_context)
+    assert info == {"kind": "model", "file": "model.onnx", "external_data": False}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    assert type(loaded) is onnx.ModelProto
+    assert loaded.SerializeToString() == model.SerializeToString()
+
+
+def test_onnx_session_is_rebuilt_with_its_options(
+    tmp_path: Path, pickle_context: BundleContext
+) -> None:
+    import onnxruntime
+
+    # Built from a file this time (the bundle's samples are built from bytes).
+    source = tmp_path / "source.onnx"
+    source.write_bytes(models.tiny_onnx_model().SerializeToString())
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.enable_mem_pattern = False
+    session = onnxruntime.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    folder = tmp_path / "saved"
+    loaded: Any
+    loaded, info = round_trip(get_flavor("onnx"), session, folder, pickle_context)
+    source.unlink()
+    assert sorted(p.name for p in folder.iterdir()) == ["model.onnx"]
+    assert info["providers"] == ["CPUExecutionProvider"]
+    assert info["session_options"]["graph_optimization_level"] == "ORT_DISABLE_ALL"
+    kept = loaded.get_session_options()
+    assert kept.graph_optimization_level == onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    assert kept.intra_op_num_threads == 1
+    assert kept.enable_mem_pattern is False
+    _same_session_outputs(session, loaded)
+
+
+def test_onnx_session_from_a_provider_not_here_falls_back_to_cpu(
+    tmp_path: Path, pickle_context: BundleContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    session = models.tiny_onnx_session()
+    info = get_flavor("onnx").save(session, tmp_path, pickle_context)
+    info["providers"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    with caplog.at_level("WARNING", logger="cloudflow"):
+        loaded: Any = get_flavor("onnx").load(tmp_path, info, pickle_context)
+    assert loaded.get_providers() == ["CPUExecutionProvider"]
+    assert "CUDAExecutionProvider, not available here" in caplog.text
+    _same_session_outputs(session, loaded)
+
+
+def test_onnx_describe_counts_parameters() -> None:
+    meta = get_flavor("onnx").describe(models.tiny_onnx_model())  # type: ignore[misc]
+    assert meta["parameters"] == 4 * 8 + 8 + 8 * 3
+    assert meta["nodes"] == 5
+    assert meta["opsets"] == {"ai.onnx": 17}
+    assert meta["inputs"] == ["X"]
+    session_meta = get_flavor("onnx").describe(models.tiny_onnx_session())  # type: ignore[misc]
+    assert session_meta["providers"] == ["CPUExecutionProvider"]
+    assert session_meta["outputs"] == ["probabilities"]
 
 
 # --- containers of models ---------------------------------------------------------------------

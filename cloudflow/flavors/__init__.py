@@ -28,6 +28,7 @@ from cloudflow.exceptions import BundleArgumentError, BundleFormatError, Missing
 from cloudflow.flavors import (
     _container,
     _lightgbm,
+    _onnx,
     _pickle,
     _sklearn,
     _torch,
@@ -57,6 +58,7 @@ _logger = logging.getLogger("cloudflow")
 FLAVORS: tuple[Flavor, ...] = (
     _xgboost.FLAVOR,
     _lightgbm.FLAVOR,
+    _onnx.FLAVOR,
     _transformers.FLAVOR,
     _torch.FLAVOR,
     _sklearn.FLAVOR,
