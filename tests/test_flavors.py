@@ -256,8 +256,8 @@ def test_importing_and_matching_imports_no_framework() -> None:
 
 
 def test_unknown_flavor_name_lists_the_known_ones() -> None:
-    with pytest.raises(BundleFormatError, match=r"Unknown model flavor 'tflite'.*'torch'.*'pickle'"):
-        get_flavor("tflite")
+    with pytest.raises(BundleFormatError, match=r"Unknown model flavor 'tf'.*'torch'.*'pickle'"):
+        get_flavor("tf")
 
 
 def test_get_flavor_returns_the_registered_flavor() -> None:
