@@ -1,11 +1,11 @@
-"""Every framework the users bring: XGBoost, LightGBM, containers of models, flavors users add.
+"""Every framework the users bring: XGBoost, LightGBM, ONNX, containers, flavors users add.
 
 One bundle holds an XGBoost booster and classifier, a LightGBM booster and classifier (string
-labels), a scikit-learn Pipeline ending in an XGBClassifier and a container (two torch nets, a
-dict of per-language pipelines, a tuple of weights). It is saved through the seed API, the
-user's source deleted, and one fresh process from another working directory loads it every way
-(``load_bundle``, lazily, the seed API, ``mlflow.pyfunc.load_model``); outputs must equal the
-originals exactly.
+labels), a scikit-learn Pipeline ending in an XGBClassifier, a container (two torch nets, a
+dict of per-language pipelines, a tuple of weights), an ONNX model and an ONNX Runtime session.
+It is saved through the seed API, the user's source deleted, and one fresh process from another
+working directory loads it every way (``load_bundle``, lazily, the seed API,
+``mlflow.pyfunc.load_model``); outputs must equal the originals exactly.
 
 Flavors users add: a plugin package (tests/fixtures/flavor_plugin) offers one through the
 ``cloudflow.flavors`` entry point group. It is installed once into a folder put on the path of
@@ -49,8 +49,17 @@ import torch
 
 
 def predict(kind, rows, xgb_booster, xgb_classifier, lgbm_booster, lgbm_classifier,
-            boosted_pipeline, ensemble):
+            boosted_pipeline, ensemble, onnx_model, onnx_session):
     X = np.asarray(rows, dtype=np.float64)
+    if kind == "onnx_session":
+        return onnx_session.run(None, {"X": X.astype(np.float32)})[0].tolist()
+    if kind == "onnx_model":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(
+            onnx_model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        return session.run(None, {"X": X.astype(np.float32)})[0].tolist()
     if kind == "xgb_booster":
         import xgboost
 
@@ -82,6 +91,8 @@ KINDS = [
     "lgbm_classifier",
     "boosted_pipeline",
     "ensemble",
+    "onnx_model",
+    "onnx_session",
 ]
 EXPERIMENT = "frameworks"
 
@@ -98,6 +109,8 @@ def _models() -> dict[str, Any]:
         "lgbm_classifier": models.tiny_lgbm_classifier(),
         "boosted_pipeline": make_pipeline(StandardScaler(), models.tiny_xgb_classifier()).fit(X, y),
         "ensemble": models.tiny_ensemble(),
+        "onnx_model": models.tiny_onnx_model(),
+        "onnx_session": models.tiny_onnx_session(),
     }
 
 
@@ -220,7 +233,7 @@ def _bundle(loaded: dict[str, Any]) -> Path:
 
 def test_requirements_pin_each_framework(loaded: dict[str, Any]) -> None:
     reqs = requirement_names(_bundle(loaded) / "requirements.txt")
-    for dist in ("xgboost-cpu", "lightgbm", "torch", "scikit-learn"):
+    for dist in ("xgboost-cpu", "lightgbm", "onnx", "onnxruntime", "torch", "scikit-learn"):
         version = importlib.metadata.version(dist).partition("+")[0]
         assert reqs.get(dist) == f"=={version}", (dist, reqs)
 
@@ -229,13 +242,22 @@ def test_boosters_are_stored_in_their_own_formats_not_pickled(loaded: dict[str, 
     model_dir = _bundle(loaded) / "cloudflow" / "models"
     files = {
         name: sorted(p.name for p in (model_dir / name).iterdir())
-        for name in ("xgb_booster", "xgb_classifier", "lgbm_booster", "lgbm_classifier")
+        for name in (
+            "xgb_booster",
+            "xgb_classifier",
+            "lgbm_booster",
+            "lgbm_classifier",
+            "onnx_model",
+            "onnx_session",
+        )
     }
     assert files == {
         "xgb_booster": ["model.ubj"],
         "xgb_classifier": ["model.ubj", "wrapper.pkl"],
         "lgbm_booster": ["model.txt"],
         "lgbm_classifier": ["model.txt", "wrapper.pkl"],
+        "onnx_model": ["model.onnx"],
+        "onnx_session": ["model.onnx"],
     }
     assert (model_dir / "lgbm_booster" / "model.txt").read_text().startswith("tree\n")
     for name, booster in [
@@ -269,6 +291,8 @@ def test_manifest_describes_each_model(loaded: dict[str, Any]) -> None:
         "lgbm_classifier": "lightgbm",
         "boosted_pipeline": "sklearn",
         "ensemble": "container",
+        "onnx_model": "onnx",
+        "onnx_session": "onnx",
     }
     assert meta["xgb_booster"]["rounds"] == 6
     assert meta["xgb_classifier"]["class"] == "xgboost.sklearn.XGBClassifier"
@@ -279,6 +303,8 @@ def test_manifest_describes_each_model(loaded: dict[str, Any]) -> None:
         "xgbclassifier: XGBClassifier",
     ]
     assert meta["ensemble"]["elements"]["nets"]["items"] == 2
+    assert meta["onnx_model"]["parameters"] == 4 * 8 + 8 + 8 * 3
+    assert meta["onnx_session"]["providers"] == ["CPUExecutionProvider"]
     assert manifest["flavors"] == {}  # built-in flavors only
 
 
