@@ -308,6 +308,24 @@ def test_manifest_describes_each_model(loaded: dict[str, Any]) -> None:
     assert manifest["flavors"] == {}  # built-in flavors only
 
 
+def test_inspect_shows_trees_providers_and_container_elements(loaded: dict[str, Any]) -> None:
+    from click.testing import CliRunner
+
+    from cloudflow.cli import main
+
+    result = CliRunner().invoke(main, ["inspect", str(_bundle(loaded))], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    for needle in (
+        "xgb_classifier  [xgboost]",
+        "n_features_in 4 | n_features 4 | n_classes 3 | rounds 8 | objective multi:softprob",
+        "n_features 4 | n_classes 3 | trees 18 | objective multiclass",
+        "elements by_language [container], nets [container], weights [pickle]",
+        "providers CPUExecutionProvider",
+        "xgboost-cpu==",
+    ):
+        assert needle in result.output, f"{needle!r} not in:\n{result.output}"
+
+
 def test_a_changed_container_file_is_found_when_the_lazy_model_loads(
     loaded: dict[str, Any], tmp_path: Path
 ) -> None:
