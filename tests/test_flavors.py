@@ -275,6 +275,23 @@ def test_missing_library_names_the_extra(
         flavor.load(tmp_path, info, pickle_context)
 
 
+@pytest.mark.parametrize(
+    ("name", "library"), [("xgboost", "xgboost"), ("lightgbm", "lightgbm"), ("onnx", "onnxruntime")]
+)
+def test_missing_boosting_or_onnx_library_names_the_extra(
+    name: str,
+    library: str,
+    tmp_path: Path,
+    pickle_context: BundleContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    flavor = get_flavor(name)
+    info = flavor.save(SAMPLES[name](), tmp_path, pickle_context)
+    monkeypatch.setitem(sys.modules, library, None)  # makes the import fail
+    with pytest.raises(MissingDependencyError, match=rf"pip install 'cloudflow\[{name}\]'"):
+        flavor.load(tmp_path, info, pickle_context)
+
+
 def test_require_without_extra_names_the_module() -> None:
     with pytest.raises(MissingDependencyError, match=r"pip install no_such_module_here"):
         require("no_such_module_here", flavor="pickle", extra=None)
@@ -934,6 +951,13 @@ def test_container_refuses_an_element_path_outside_its_folder(
     info = {"kind": "list", "items": [{"flavor": "pickle", "path": "../x", "info": {}}]}
     with pytest.raises(BundleFormatError, match=r"has the path '\.\./x', not a sub-folder"):
         get_flavor("container").load(tmp_path, info, pickle_context)
+
+
+def test_container_with_damaged_items_is_refused() -> None:
+    from cloudflow.flavors import walk
+
+    with pytest.raises(BundleFormatError, match=r"elements that are not each a flavor, a path"):
+        list(walk("container", {"kind": "list", "items": [{"flavor": "torch"}]}))
 
 
 def test_container_describe_lists_its_elements() -> None:

@@ -17,13 +17,13 @@ before the container and the fallback. A user flavor cannot take a built-in's na
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from cloudflow import _capture
 from cloudflow.exceptions import BundleArgumentError, BundleFormatError, MissingDependencyError
 from cloudflow.flavors import (
     _container,
@@ -75,7 +75,8 @@ _BY_NAME = {flavor.name: flavor for flavor in FLAVORS}
 _REGISTERED: dict[str, tuple[Flavor, dict[str, str]]] = {}
 _PLUGINS: dict[str, tuple[Flavor, dict[str, str]]] | None = None
 _PLUGIN_ERRORS: dict[str, str] = {}
-_LOCK = threading.Lock()
+# Reentrant: a plugin module may call register_flavor while it is being imported.
+_LOCK = threading.RLock()
 
 
 def register_flavor(flavor: Flavor) -> Flavor:
@@ -143,11 +144,12 @@ def _source_of(flavor: Flavor, entry_point: str | None = None) -> dict[str, str]
     if entry_point is not None:
         source["entry_point"] = entry_point
     top = module.partition(".")[0]
-    dists = importlib.metadata.packages_distributions().get(top) if top else None
-    if dists:
-        source["distribution"] = dists[0]
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            source["version"] = importlib.metadata.version(dists[0])
+    dist = _capture.top_level_names_to_distributions({top}).get(top) if top else None
+    if dist:
+        source["distribution"] = dist
+        version = _capture.distribution_version(dist)
+        if version is not None:
+            source["version"] = version
     return source
 
 
@@ -307,8 +309,6 @@ def requirements_for(name: str, info: Mapping[str, Any]) -> list[str]:
     stored beside a pickle (a Pipeline ending in an XGBClassifier), and for a user flavor the
     distribution it comes from.
     """
-    from cloudflow import _capture
-
     dists: list[str] = []
     modules: set[str] = set()
     for used, used_info in walk(name, info):

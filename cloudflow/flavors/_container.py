@@ -131,9 +131,25 @@ def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
 def walk(name: str, info: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
     """Every (flavor name, info) a saved model uses: itself, then a container's elements."""
     yield name, info
-    if name == FLAVOR_NAME:
-        for item in info.get("items", []):
-            yield from walk(item["flavor"], item["info"])
+    if name != FLAVOR_NAME:
+        return
+    items = info.get("items")
+    if not isinstance(items, list) or not all(_well_formed(item) for item in items):
+        raise BundleFormatError(
+            "A container of models in the bundle's manifest has elements that are not each a "
+            "flavor, a path and an info: the bundle is damaged. Save it again."
+        )
+    for item in items:
+        yield from walk(item["flavor"], item["info"])
+
+
+def _well_formed(item: object) -> bool:
+    return (
+        isinstance(item, dict)
+        and isinstance(item.get("flavor"), str)
+        and isinstance(item.get("path"), str)
+        and isinstance(item.get("info"), dict)
+    )
 
 
 def _describe(obj: object) -> dict[str, Any]:
