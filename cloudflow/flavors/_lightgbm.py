@@ -6,8 +6,9 @@ pickle. A scikit-learn wrapper (``LGBMClassifier``, ``LGBMRegressor``, ``LGBMRan
 subclass) is the booster plus what the wrapper keeps beside it: hyperparameters, ``classes_``
 and the label encoder, ``n_features_in_``, best iteration and scores, a custom objective. That
 part is pickled through the bundle's context as ``wrapper.pkl`` with the booster replaced by a
-reference to the file, so the pickle holds no tree. (MLflow's lightgbm flavor pickles the whole
-wrapper, trees included.)
+reference to the file, so the pickle holds no tree. (MLflow's lightgbm flavor writes the
+wrapper whole, trees included, with pickle, cloudpickle or skops; only a bare Booster gets its
+native file there.)
 """
 
 from __future__ import annotations
