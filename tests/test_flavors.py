@@ -936,6 +936,25 @@ def test_container_saves_each_element_with_its_flavor(
     _same_torch_outputs(ensemble["nets"][0], loaded["nets"][0])
 
 
+def test_the_same_model_twice_in_a_container_is_saved_once_and_stays_one(
+    tmp_path: Path, pickle_context: BundleContext
+) -> None:
+    net = models.tiny_torch_mlp()
+    nets = [net, models.tiny_torch_mlp(seed=1)]
+    ensemble = {"members": [net, net], "again": nets, "also": nets}
+    loaded: Any
+    loaded, info = round_trip(get_flavor("container"), ensemble, tmp_path, pickle_context)
+    members = info["items"][0]["info"]["items"]
+    assert members[1] == {"path": "1", "flavor": "torch", "info": {}, "same_as": "0/0"}
+    assert info["items"][2]["same_as"] == "1"
+    assert sorted(p.name for p in (tmp_path / "0").iterdir()) == ["0"]  # one folder, one copy
+    assert not (tmp_path / "2").exists()
+    assert loaded["members"][0] is loaded["members"][1]
+    assert loaded["also"] is loaded["again"]
+    assert loaded["again"][0] is loaded["members"][0]  # the same net, wherever it was met
+    _same_torch_outputs(net, loaded["members"][1])
+
+
 def test_container_that_holds_itself_is_refused(
     tmp_path: Path, pickle_context: BundleContext
 ) -> None:

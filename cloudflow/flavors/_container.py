@@ -10,6 +10,11 @@ keys only) is a container when at least one element, at any depth, is saved by a
 than the pickle fallback. A dict of plain configuration values, a list of arrays, a
 ``namedtuple`` or an ``OrderedDict`` stay one pickle, as before. The elements that are plain
 values inside a container of models (a threshold beside the nets) get a small pickle each.
+
+Elements are saved one by one: the very same object met twice in the tree (an ensemble that
+repeats a member) is saved once and loads as one object, but objects that two different
+elements share inside them (a scaler that is also a step of a pipeline beside it) come back as
+two copies.
 """
 
 from __future__ import annotations
@@ -66,33 +71,51 @@ def _matches(obj: object) -> bool:
 
 
 def _save(obj: object, path: Path, ctx: PickleContext) -> dict[str, Any]:
-    return _save_into(obj, path, ctx, ())
+    return _save_into(obj, path, ctx, (), {}, "")
 
 
 def _save_into(
-    obj: object, path: Path, ctx: PickleContext, outer: tuple[int, ...]
+    obj: object,
+    path: Path,
+    ctx: PickleContext,
+    outer: tuple[int, ...],
+    seen: dict[int, tuple[str, str]],
+    prefix: str,
 ) -> dict[str, Any]:
+    """Save a container's elements under ``path``.
+
+    ``outer`` are the ids of the containers around this one (one of them inside itself is an
+    error); ``seen`` maps the id of every element saved so far, anywhere in the tree, to where
+    it was saved and by which flavor, so the very same object met again is saved once and comes
+    back as one object (``same_as``).
+    """
     from cloudflow.flavors import flavor_for
 
     inside = (*outer, id(obj))
     items: list[dict[str, Any]] = []
     for index, (key, value) in enumerate(elements(obj)):
+        where = f"{prefix}{index}"
+        item: dict[str, Any] = {"path": str(index)}
+        if isinstance(obj, dict):
+            item["key"] = key
+        first = None if isinstance(value, _SCALARS) else seen.get(id(value))
+        if first is not None:  # the same model twice (an ensemble that repeats a member)
+            items.append({**item, "flavor": first[1], "info": {}, "same_as": first[0]})
+            continue
         flavor = flavor_for(value)
+        if flavor is FLAVOR and id(value) in inside:
+            raise CaptureError(
+                f"The {type(obj).__name__} holds itself (at index or key {key!r}); a "
+                "container of models must be a tree. Save the models it holds instead."
+            )
         folder = path / str(index)
         folder.mkdir()
         if flavor is FLAVOR:
-            if id(value) in inside:
-                raise CaptureError(
-                    f"The {type(obj).__name__} holds itself (at index or key {key!r}); a "
-                    "container of models must be a tree. Save the models it holds instead."
-                )
-            info = _save_into(value, folder, ctx, inside)
+            info = _save_into(value, folder, ctx, inside, seen, f"{where}/")
         else:
             info = flavor.save(value, folder, ctx)
-        item: dict[str, Any] = {"flavor": flavor.name, "path": str(index), "info": info}
-        if isinstance(obj, dict):
-            item["key"] = key
-        items.append(item)
+        seen[id(value)] = (where, flavor.name)
+        items.append({**item, "flavor": flavor.name, "info": info})
     return {"kind": _KINDS[type(obj)], "items": items}
 
 
@@ -101,6 +124,12 @@ _FORWARDED = ("load_device", "load_dtype")
 
 
 def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
+    return _load_into(path, info, ctx, {}, "")
+
+
+def _load_into(
+    path: Path, info: Mapping[str, Any], ctx: PickleContext, loaded: dict[str, object], prefix: str
+) -> object:
     from cloudflow.flavors import DEVICE_FLAVORS, get_flavor
 
     kind = info.get("kind")
@@ -117,11 +146,26 @@ def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
                 f"A container element of {path} has the path {item.get('path')!r}, not a "
                 "sub-folder number: the bundle is damaged. Save it again."
             )
-        flavor = get_flavor(item["flavor"])
+        where = f"{prefix}{item['path']}"
+        same = item.get("same_as")
+        if same is not None:
+            if same not in loaded:
+                raise BundleFormatError(
+                    f"A container element of {path} is the same as {same!r}, which is not an "
+                    "element loaded before it: the bundle is damaged. Save it again."
+                )
+            values.append((item.get("key"), loaded[same]))
+            continue
         item_info = dict(item["info"])
         if item["flavor"] in (*DEVICE_FLAVORS, FLAVOR_NAME):  # nested containers hand it on
             item_info.update(forwarded)
-        values.append((item.get("key"), flavor.load(path / item["path"], item_info, ctx)))
+        folder = path / item["path"]
+        if item["flavor"] == FLAVOR_NAME:
+            value = _load_into(folder, item_info, ctx, loaded, f"{where}/")
+        else:
+            value = get_flavor(item["flavor"]).load(folder, item_info, ctx)
+        loaded[where] = value
+        values.append((item.get("key"), value))
     if kind == "dict":
         return {key: value for key, value in values}
     rebuilt = [value for _, value in values]
@@ -140,7 +184,8 @@ def walk(name: str, info: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str,
             "flavor, a path and an info: the bundle is damaged. Save it again."
         )
     for item in items:
-        yield from walk(item["flavor"], item["info"])
+        if "same_as" not in item:  # a repeated element is walked where it was saved
+            yield from walk(item["flavor"], item["info"])
 
 
 def _well_formed(item: object) -> bool:
