@@ -49,6 +49,7 @@ __all__ = [
     "get_flavor",
     "register_flavor",
     "requirements_for",
+    "unregister_flavor",
     "user_flavors",
     "walk",
 ]
@@ -86,13 +87,14 @@ def register_flavor(flavor: Flavor) -> Flavor:
     its module (found from ``flavor.save.__module__``) and that distribution's version: a process
     that loads such a bundle must register the same flavor first, or have the plugin installed
     (see :data:`ENTRY_POINT_GROUP`); otherwise the load fails naming the flavor and what to
-    install. Registering a flavor of the same name again replaces it (a re-run notebook cell).
+    install. Registering a flavor of the same name again replaces it (a re-run notebook cell),
+    a plugin's of that name too; :func:`unregister_flavor` removes it.
 
     Args:
         flavor: The flavor; its ``matches`` must not import a library (look in ``sys.modules``).
 
     Returns:
-        The flavor, so the call can decorate a module-level assignment.
+        The flavor, so that ``FLAVOR = register_flavor(Flavor(...))`` is one statement.
 
     Raises:
         BundleArgumentError: Not a :class:`Flavor`, or it takes a built-in flavor's name.
