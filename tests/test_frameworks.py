@@ -17,6 +17,7 @@ install. ``register_flavor`` is tested in process.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import os
 import shutil
@@ -499,12 +500,13 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(FIXTURES_DIR / "flavor_plugin", source)  # the build writes beside it
     site = root / "site"
     argv = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", site]
-    try:
-        import setuptools  # noqa: F401
-
-        argv.append("--no-build-isolation")  # seconds, not a download of setuptools
-    except ImportError:
-        pass
+    # Building with the setuptools installed here takes seconds, not a download of setuptools;
+    # it needs one that builds wheels itself (70.1+, which torch pulls in) or the wheel package.
+    builds_wheels = importlib.util.find_spec("setuptools") is not None and (
+        importlib.util.find_spec("setuptools.command.bdist_wheel") is not None
+    )
+    if builds_wheels or importlib.util.find_spec("wheel") is not None:
+        argv.append("--no-build-isolation")
     subprocess.run([*map(str, argv), str(source)], check=True, capture_output=True, timeout=300)
     return site
 
