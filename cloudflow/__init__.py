@@ -29,6 +29,7 @@ from cloudflow.exceptions import (
     PredictArgumentError,
     StoreError,
 )
+from cloudflow.flavors import Flavor, register_flavor
 
 __all__ = [
     "Bundle",
@@ -38,6 +39,7 @@ __all__ = [
     "CloudflowError",
     "DataFileError",
     "EnvironmentMismatchError",
+    "Flavor",
     "IntegrityError",
     "MissingDependencyError",
     "ModelKeyError",
@@ -50,5 +52,6 @@ __all__ = [
     "load_bundle",
     "log_bundle",
     "prepare_env",
+    "register_flavor",
     "save_bundle",
 ]

@@ -471,7 +471,7 @@ def _write_into(
     interpreters: Mapping[str, str],
     data_files: Mapping[str, Path],
 ) -> Manifest:
-    from cloudflow.flavors import flavor_for
+    from cloudflow.flavors import flavor_for, flavor_sources, requirements_for, walk
 
     data = root / DATA_DIR
     (data / MODELS_DIR).mkdir(parents=True)
@@ -513,7 +513,7 @@ def _write_into(
         entries[name] = ModelEntry(
             flavor=flavor.name, path=f"{MODELS_DIR}/{name}", info=info, metadata=described
         )
-        packages.extend(flavor.packages)
+        packages.extend(requirements_for(flavor.name, info))
         _logger.info("Saved model %r (%s) in %.2f s", name, flavor.name, time.perf_counter() - t0)
         _progress.advance(f"model {name}")
     session.dump_code(predict_fn, data / CODE_FILE)
@@ -545,6 +545,9 @@ def _write_into(
         files=_share_large_files(data, files),
         metadata=metadata,
         data_files=session.files.manifest_entry(session.captured) if session.files else {},
+        flavors=flavor_sources(
+            name for entry in entries.values() for name, _ in walk(entry.flavor, entry.info)
+        ),
     )
     (data / _manifest.MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
     return manifest
@@ -630,8 +633,6 @@ def load_workers() -> int:
 
 #: The keys of MLmodel's pyfunc ``model_config``: load options MLflow's loaders may pass.
 PYFUNC_CONFIG = {"device": None, "dtype": None, "lazy": None}
-#: Flavors whose models take a device and a dtype at load.
-DEVICE_FLAVORS = ("torch", "transformers")
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
@@ -658,13 +659,19 @@ def _check_dtype(value: object) -> str:
 def load_options(device: object, dtype: object, manifest: Manifest) -> dict[str, dict[str, str]]:
     """Model name -> ``{"load_device": ..., "load_dtype": ...}`` from ``device=`` / ``dtype=``.
 
-    One value applies to every torch and transformers model; a dict names models (each must be
-    one of those). Other models load as they were saved.
+    One value applies to every torch and transformers model (and container holding one: its
+    elements of those flavors get it); a dict names models (each must be one of those). Other
+    models load as they were saved.
 
     Raises:
         BundleArgumentError: A value that is not a device or dtype, or a dict naming a model the
             bundle does not have or one that takes neither.
     """
+    from cloudflow.flavors import DEVICE_FLAVORS, walk
+
+    def takes_device(entry: ModelEntry) -> bool:  # itself, or an element of a container
+        return any(name in DEVICE_FLAVORS for name, _ in walk(entry.flavor, entry.info))
+
     out: dict[str, dict[str, str]] = {}
     for key, value, check in (
         ("load_device", device, _check_device),
@@ -681,7 +688,7 @@ def load_options(device: object, dtype: object, manifest: Manifest) -> dict[str,
                         f"{what}= names the model {name!r}, which this bundle does not have; its "
                         f"models are {sorted(manifest.models)}."
                     )
-                if entry.flavor not in DEVICE_FLAVORS:
+                if not takes_device(entry):
                     raise BundleArgumentError(
                         f"{what}= names the model {name!r}, a {entry.flavor} model: a {what} "
                         f"applies to torch and transformers models only."
@@ -690,7 +697,7 @@ def load_options(device: object, dtype: object, manifest: Manifest) -> dict[str,
         else:
             checked = check(value)
             for name, entry in manifest.models.items():
-                if entry.flavor in DEVICE_FLAVORS:
+                if takes_device(entry):
                     out.setdefault(name, {})[key] = checked
     return out
 
@@ -799,6 +806,7 @@ def read_bundle(
     checked in memory and loaded from those bytes.
     """
     from cloudflow._signing import resolve_trust
+    from cloudflow.flavors import check_installed
 
     if lazy not in (False, True, "background"):
         raise BundleArgumentError(
@@ -809,6 +817,11 @@ def read_bundle(
     trust = resolve_trust(signing_key, trusted_keys)
     data = data_dir_of(path)
     manifest = _manifest.read_manifest(data, signing_key=trust)
+    # Before anything is read: a flavor missing here fails at once, naming what to install.
+    check_installed(
+        {name: (entry.flavor, entry.info) for name, entry in manifest.models.items()},
+        manifest.flavors,
+    )
     options = load_options(device, dtype, manifest)
     if expected_identity:
         from cloudflow._store import check_identity

@@ -246,6 +246,13 @@ def _fmt_number(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
+# Metadata keys shown on a model's line, in this order (trees to providers: boosted trees, ONNX).
+_DETAIL_KEYS = (
+    *("task", "dtype", "device", "layers", "n_features_in", "n_features", "n_classes"),
+    *("trees", "rounds", "objective", "providers"),
+)
+
+
 def _model_details(meta: Mapping[str, Any]) -> list[str]:
     parts = []
     if "parameters" in meta:
@@ -256,11 +263,15 @@ def _model_details(meta: Mapping[str, Any]) -> list[str]:
                 f"frozen {_fmt_number(meta.get('frozen_parameters', 0))})"
             )
         parts.append(text)
-    for key in ("task", "dtype", "device", "layers", "n_features_in", "n_classes"):
-        if key in meta:
+    for key in _DETAIL_KEYS:
+        if key in meta and meta[key] is not None:
             value = meta[key]
             value = ", ".join(map(str, value)) if isinstance(value, list) else value
             parts.append(f"{key} {_fmt_number(value)}")
+    elements = meta.get("elements")
+    if isinstance(elements, Mapping):  # a container: each element's key and flavor
+        described = [f"{k} [{v.get('flavor')}]" for k, v in elements.items() if isinstance(v, dict)]
+        parts.append("elements " + ", ".join(described))
     return parts
 
 

@@ -85,6 +85,10 @@ class Manifest:
     #: Where ``log_bundle`` published the bundle (run_id, name, model_id, experiment_id), in
     #: what is signed: a signed bundle found in another's place is refused.
     published: dict[str, str] = field(default_factory=dict)
+    #: Flavors users added (``register_flavor``, plugins) that the models use: name ->
+    #: ``{"module", "distribution", "version", "entry_point"}`` (what is known), so a load
+    #: without the flavor can say what to install. Empty: built-in flavors only.
+    flavors: dict[str, dict[str, str]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -183,6 +187,7 @@ def _check_shape(data: dict[str, Any], path: Path) -> None:
         ("data_files", dict),
         ("outer_files", dict),
         ("published", dict),
+        ("flavors", dict),
         ("extra", dict),
     ):
         if key in data and not isinstance(data[key], kind):

@@ -177,3 +177,102 @@ def tiny_sklearn_pipeline() -> Any:
     return Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=200))]).fit(
         X, y
     )
+
+
+#: Iris's labels as strings: LightGBM's wrapper keeps them (its label encoder), XGBoost's cannot.
+IRIS_NAMES = ("setosa", "versicolor", "virginica")
+
+
+def tiny_xgb_classifier() -> Any:
+    """A fitted ``xgboost.XGBClassifier`` on iris (8 rounds, 3 classes: 24 trees)."""
+    import xgboost
+
+    X, y = iris()
+    return xgboost.XGBClassifier(n_estimators=8, max_depth=3, random_state=0, n_jobs=1).fit(X, y)
+
+
+def tiny_xgb_booster() -> Any:
+    """A fitted ``xgboost.Booster`` (regression of petal width on the other iris columns)."""
+    import xgboost
+
+    X, _ = iris()
+    data = xgboost.DMatrix(X[:, :3], label=X[:, 3], feature_names=["sl", "sw", "pl"])
+    params = {"max_depth": 3, "seed": 0, "nthread": 1}
+    return xgboost.train(params, data, num_boost_round=6)
+
+
+def tiny_lgbm_classifier() -> Any:
+    """A fitted ``lightgbm.LGBMClassifier`` on iris with string labels (:data:`IRIS_NAMES`)."""
+    import lightgbm
+    import numpy as np
+
+    X, y = iris()
+    labels = np.array(IRIS_NAMES)[y]
+    model = lightgbm.LGBMClassifier(n_estimators=6, num_leaves=7, random_state=0, verbose=-1)
+    return model.fit(X, labels)
+
+
+def tiny_lgbm_booster() -> Any:
+    """A fitted ``lightgbm.Booster`` (regression of petal width on the other iris columns)."""
+    import lightgbm
+
+    X, _ = iris()
+    data = lightgbm.Dataset(X[:, :3], label=X[:, 3], feature_name=["sl", "sw", "pl"])
+    params = {"objective": "regression", "num_leaves": 7, "seed": 0, "verbose": -1}
+    return lightgbm.train(params, data, num_boost_round=6)
+
+
+def tiny_ensemble() -> Any:
+    """A container of models: two torch MLPs, a per-language dict of pipelines, a weight."""
+    return {
+        "nets": [tiny_torch_mlp(seed=0), tiny_torch_mlp(seed=1)],
+        "by_language": {"en": tiny_sklearn_pipeline(), "fr": tiny_sklearn_pipeline()},
+        "weights": (0.25, 0.75),
+    }
+
+
+def tiny_onnx_model(*, seed: int = 0) -> Any:
+    """An ``onnx.ModelProto`` built by hand: ``softmax(relu(X @ W1 + B1) @ W2)``, X (N, 4)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    weights = {
+        "W1": rng.standard_normal((4, 8)),
+        "B1": rng.standard_normal(8),
+        "W2": rng.standard_normal((8, 3)),
+    }
+    initializers = [numpy_helper.from_array(w.astype(np.float32), n) for n, w in weights.items()]
+    nodes = [
+        helper.make_node("MatMul", ["X", "W1"], ["H0"]),
+        helper.make_node("Add", ["H0", "B1"], ["H1"]),
+        helper.make_node("Relu", ["H1"], ["H2"]),
+        helper.make_node("MatMul", ["H2", "W2"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_mlp",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    model.producer_name = "cloudflow-tests"
+    onnx.checker.check_model(model)
+    return model
+
+
+def tiny_onnx_session() -> Any:
+    """An ``onnxruntime.InferenceSession`` of :func:`tiny_onnx_model`, one thread, basic graph
+    optimizations, the CPU provider."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    return onnxruntime.InferenceSession(
+        tiny_onnx_model().SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )

@@ -8,6 +8,7 @@ user classes inside models travel by value exactly as in a saved bundle.
 
 from __future__ import annotations
 
+import collections
 import json
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from safetensors import safe_open
 from torch import nn
 
 from cloudflow._pickler import CaptureSession, LoadContext, ModuleTable, load_code
-from cloudflow.exceptions import BundleFormatError, MissingDependencyError
+from cloudflow.exceptions import BundleFormatError, CaptureError, MissingDependencyError
 from cloudflow.flavors import FLAVORS, Flavor, flavor_for, get_flavor
 from cloudflow.flavors import _sklearn as sklearn_flavor
 from cloudflow.flavors._base import require
@@ -90,9 +91,13 @@ def _pickle_sample() -> object:
 
 
 SAMPLES: dict[str, Callable[[], object]] = {
+    "xgboost": models.tiny_xgb_classifier,
+    "lightgbm": models.tiny_lgbm_classifier,
+    "onnx": models.tiny_onnx_session,
     "transformers": models.tiny_text_pipeline,
     "torch": models.tiny_torch_mlp,
     "sklearn": models.tiny_sklearn_pipeline,
+    "container": models.tiny_ensemble,
     "pickle": _pickle_sample,
 }
 
@@ -114,14 +119,43 @@ def _same_sklearn_outputs(original: Any, loaded: Any) -> None:
     np.testing.assert_array_equal(loaded.predict_proba(X), original.predict_proba(X))
 
 
+def _same_boosted_outputs(original: Any, loaded: Any) -> None:
+    X, _ = models.iris()
+    np.testing.assert_array_equal(loaded.predict(X), original.predict(X))
+    np.testing.assert_array_equal(loaded.predict_proba(X), original.predict_proba(X))
+    np.testing.assert_array_equal(loaded.classes_, original.classes_)
+    assert repr(loaded.get_params()) == repr(original.get_params())  # missing=nan != nan
+
+
+def _same_session_outputs(original: Any, loaded: Any) -> None:
+    X = models.iris()[0].astype(np.float32)
+    np.testing.assert_array_equal(loaded.run(None, {"X": X})[0], original.run(None, {"X": X})[0])
+    assert loaded.get_providers() == original.get_providers()
+
+
+def _same_ensemble_outputs(original: Any, loaded: Any) -> None:
+    assert type(loaded["nets"]) is list
+    assert type(loaded["weights"]) is tuple
+    assert loaded["weights"] == original["weights"]
+    assert list(loaded["by_language"]) == list(original["by_language"])
+    for mine, theirs in zip(loaded["nets"], original["nets"], strict=True):
+        _same_torch_outputs(theirs, mine)
+    for language, pipeline in original["by_language"].items():
+        _same_sklearn_outputs(pipeline, loaded["by_language"][language])
+
+
 def _same_object(original: Any, loaded: Any) -> None:
     assert loaded == original
 
 
 CHECKS: dict[str, Callable[[Any, Any], None]] = {
+    "xgboost": _same_boosted_outputs,
+    "lightgbm": _same_boosted_outputs,
+    "onnx": _same_session_outputs,
     "transformers": _same_pipeline_outputs,
     "torch": _same_torch_outputs,
     "sklearn": _same_sklearn_outputs,
+    "container": _same_ensemble_outputs,
     "pickle": _same_object,
 }
 
@@ -160,8 +194,9 @@ def test_describe_names_framework_and_class(flavor: Flavor) -> None:
 
 @pytest.mark.parametrize("flavor", FLAVORS, ids=lambda f: f.name)
 def test_flavor_declares_its_packages(flavor: Flavor) -> None:
-    assert flavor.packages
-    assert flavor.extra in {None, "torch", "transformers", "sklearn"}
+    # A container's requirements are its elements' (see test_container_requirements_...).
+    assert flavor.packages or flavor.modules or flavor.name == "container"
+    assert flavor.extra in {None, "torch", "transformers", "sklearn", "xgboost", "lightgbm", "onnx"}
 
 
 # --- choosing a flavor ------------------------------------------------------------------------
@@ -176,8 +211,24 @@ def test_flavor_declares_its_packages(flavor: Flavor) -> None:
         (models.tiny_torch_mlp, "torch"),
         (lambda: nn.Linear(2, 2), "torch"),
         (models.tiny_sklearn_pipeline, "sklearn"),
+        # Also scikit-learn estimators: the boosting flavors come first.
+        (models.tiny_xgb_classifier, "xgboost"),
+        (models.tiny_xgb_booster, "xgboost"),
+        (models.tiny_lgbm_classifier, "lightgbm"),
+        (models.tiny_lgbm_booster, "lightgbm"),
+        (models.tiny_onnx_model, "onnx"),
+        (models.tiny_onnx_session, "onnx"),
         (lambda: np.arange(3), "pickle"),
         (lambda: len, "pickle"),
+        # Containers: only with a non-pickle model inside, at any depth.
+        (models.tiny_ensemble, "container"),
+        (lambda: (nn.Linear(2, 2),), "container"),
+        (lambda: [1, [2, {"deep": nn.Linear(2, 2)}]], "container"),
+        (lambda: {"threshold": 0.5, "labels": ["a", "b"]}, "pickle"),
+        (lambda: [np.arange(3), np.ones(2)], "pickle"),
+        (lambda: [], "pickle"),
+        (lambda: {1: nn.Linear(2, 2)}, "pickle"),  # a key that is not a str
+        (lambda: collections.OrderedDict(a=nn.Linear(2, 2)), "pickle"),  # a dict subclass
     ],
 )
 def test_flavor_for_picks_the_specific_flavor(build: Callable[[], object], expected: str) -> None:
@@ -190,7 +241,9 @@ def test_importing_and_matching_imports_no_framework() -> None:
         import sys
         from cloudflow.flavors import flavor_for
         assert flavor_for({"a": 1}).name == "pickle"
-        heavy = {"torch", "transformers", "sklearn", "safetensors", "skops"} & set(sys.modules)
+        heavy = {"torch", "transformers", "sklearn", "safetensors", "skops", "xgboost", "lightgbm"}
+        heavy |= {"onnx", "onnxruntime"}
+        heavy &= set(sys.modules)
         assert not heavy, heavy
         print("ok")
         """
@@ -203,8 +256,8 @@ def test_importing_and_matching_imports_no_framework() -> None:
 
 
 def test_unknown_flavor_name_lists_the_known_ones() -> None:
-    with pytest.raises(BundleFormatError, match=r"Unknown model flavor 'onnx'.*'torch'.*'pickle'"):
-        get_flavor("onnx")
+    with pytest.raises(BundleFormatError, match=r"Unknown model flavor 'tf'.*'torch'.*'pickle'"):
+        get_flavor("tf")
 
 
 def test_get_flavor_returns_the_registered_flavor() -> None:
@@ -219,6 +272,23 @@ def test_missing_library_names_the_extra(
     info = flavor.save(models.tiny_torch_mlp(), tmp_path, pickle_context)
     monkeypatch.setitem(sys.modules, "safetensors.torch", None)  # makes the import fail
     with pytest.raises(MissingDependencyError, match=r"pip install 'cloudflow\[torch\]'"):
+        flavor.load(tmp_path, info, pickle_context)
+
+
+@pytest.mark.parametrize(
+    ("name", "library"), [("xgboost", "xgboost"), ("lightgbm", "lightgbm"), ("onnx", "onnxruntime")]
+)
+def test_missing_boosting_or_onnx_library_names_the_extra(
+    name: str,
+    library: str,
+    tmp_path: Path,
+    pickle_context: BundleContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    flavor = get_flavor(name)
+    info = flavor.save(SAMPLES[name](), tmp_path, pickle_context)
+    monkeypatch.setitem(sys.modules, library, None)  # makes the import fail
+    with pytest.raises(MissingDependencyError, match=rf"pip install 'cloudflow\[{name}\]'"):
         flavor.load(tmp_path, info, pickle_context)
 
 
@@ -635,3 +705,285 @@ def test_sklearn_describe_lists_steps() -> None:
     assert meta["n_features_in"] == 4
     assert meta["n_classes"] == 3
     assert meta["parameters"] > 0
+
+
+# --- XGBoost and LightGBM ---------------------------------------------------------------------
+
+
+def _assert_no_trees_in(pickle_file: Path, booster_file: Path) -> None:
+    """The pickle is a few kB of wrapper state; the trees are in the booster file only."""
+    data = pickle_file.read_bytes()
+    trees = booster_file.read_bytes()
+    assert len(data) < 8_000, len(data)
+    assert len(trees) > len(data) // 2
+    # A pickled booster holds these very bytes (both libraries pickle their own model format).
+    windows = [trees[i : i + 24] for i in range(len(trees) // 3, len(trees) - 24, 97)]
+    assert len(windows) > 10
+    assert not [w for w in windows if w in data]
+    assert b"split_feature" not in data
+    assert b"split_conditions" not in data
+
+
+def test_xgboost_booster_is_one_native_file(tmp_path: Path, pickle_context: BundleContext) -> None:
+    import xgboost
+
+    booster = models.tiny_xgb_booster()
+    loaded: Any
+    loaded, info = round_trip(get_flavor("xgboost"), booster, tmp_path, pickle_context)
+    assert info["kind"] == "booster"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ubj"]
+    reread = xgboost.Booster(model_file=str(tmp_path / "model.ubj"))  # XGBoost reads it alone
+    X, _ = models.iris()
+    data = xgboost.DMatrix(X[:, :3], feature_names=["sl", "sw", "pl"])
+    np.testing.assert_array_equal(loaded.predict(data), booster.predict(data))
+    np.testing.assert_array_equal(reread.predict(data), booster.predict(data))
+    assert loaded.feature_names == ["sl", "sw", "pl"]
+
+
+def test_xgboost_wrapper_keeps_its_attributes_without_pickling_trees(
+    tmp_path: Path, pickle_context: BundleContext
+) -> None:
+    model = models.tiny_xgb_classifier()
+    model.note = "kept"  # an attribute XGBoost's own model file has no place for
+    loaded: Any
+    loaded, info = round_trip(get_flavor("xgboost"), model, tmp_path, pickle_context)
+    assert info["boosters"] == [{"library": "xgboost", "file": "model.ubj"}]
+    assert loaded.n_classes_ == 3
+    assert loaded.note == "kept"
+    assert loaded.get_booster().num_boosted_rounds() == 8
+    _assert_no_trees_in(tmp_path / "wrapper.pkl", tmp_path / "model.ubj")
+
+
+def test_xgboost_regressor_round_trips_exactly(
+    tmp_path: Path, pickle_context: BundleContext
+) -> None:
+    import xgboost
+
+    X, _ = models.iris()
+    model = xgboost.XGBRegressor(n_estimators=5, max_depth=2, n_jobs=1).fit(X[:, :3], X[:, 3])
+    loaded: Any
+    loaded, _ = round_trip(get_flavor("xgboost"), model, tmp_path, pickle_context)
+    assert type(loaded) is xgboost.XGBRegressor
+    np.testing.assert_array_equal(loaded.predict(X[:, :3]), model.predict(X[:, :3]))
+
+
+def test_lightgbm_booster_keeps_its_best_iteration(
+    tmp_path: Path, pickle_context: BundleContext
+) -> None:
+    import lightgbm
+
+    X, _ = models.iris()
+    train = lightgbm.Dataset(X[::2, :3], label=X[::2, 3])
+    valid = lightgbm.Dataset(X[1::2, :3], label=X[1::2, 3])
+    booster = lightgbm.train(
+        {"objective": "regression", "num_leaves": 4, "learning_rate": 0.5, "verbose": -1},
+        train,
+        num_boost_round=300,
+        valid_sets=[valid],
+        callbacks=[lightgbm.early_stopping(3, verbose=False)],
+    )
+    assert booster.best_iteration > 0
+    loaded: Any
+    loaded, info = round_trip(get_flavor("lightgbm"), booster, tmp_path, pickle_context)
+    assert info["kind"] == "booster"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.txt"]
+    assert loaded.best_iteration == booster.best_iteration
+    np.testing.assert_array_equal(loaded.predict(X[:, :3]), booster.predict(X[:, :3]))
+
+
+def test_lightgbm_wrapper_keeps_string_labels_without_pickling_trees(
+    tmp_path: Path, pickle_context: BundleContext
+) -> None:
+    model = models.tiny_lgbm_classifier()
+    loaded: Any
+    loaded, info = round_trip(get_flavor("lightgbm"), model, tmp_path, pickle_context)
+    assert info["boosters"] == [{"library": "lightgbm", "file": "model.txt", "best_iteration": 0}]
+    X, _ = models.iris()
+    assert list(loaded.predict(X[:3])) == list(model.predict(X[:3]))
+    assert list(loaded.classes_) == list(models.IRIS_NAMES)
+    _assert_no_trees_in(tmp_path / "wrapper.pkl", tmp_path / "model.txt")
+
+
+def test_pipeline_ending_in_a_booster_keeps_the_trees_out_of_the_pickle(
+    tmp_path: Path, pickle_context: BundleContext
+) -> None:
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = models.iris()
+    pipeline = make_pipeline(StandardScaler(), models.tiny_xgb_classifier()).fit(X, y)
+    flavor = flavor_for(pipeline)
+    assert flavor.name == "sklearn"  # the pipeline, whole, with its booster beside it
+    loaded: Any
+    loaded, info = round_trip(flavor, pipeline, tmp_path, pickle_context)
+    assert info["boosters"] == [{"library": "xgboost", "file": "model.ubj"}]
+    np.testing.assert_array_equal(loaded.predict_proba(X), pipeline.predict_proba(X))
+    _assert_no_trees_in(tmp_path / "model.pkl", tmp_path / "model.ubj")
+
+
+def test_booster_reference_that_is_not_ours_is_refused(
+    tmp_path: Path, pickle_context: BundleContext
+) -> None:
+    flavor = get_flavor("xgboost")
+    info = flavor.save(models.tiny_xgb_classifier(), tmp_path, pickle_context)
+    info["boosters"] = []  # the pickle now refers to a booster the manifest does not list
+    with pytest.raises(BundleFormatError, match=r"not one of its 0 booster files"):
+        flavor.load(tmp_path, info, pickle_context)
+
+
+@pytest.mark.parametrize("name", ["xgboost", "lightgbm"])
+def test_boosted_describe_counts_trees_and_classes(name: str) -> None:
+    flavor = get_flavor(name)
+    meta = flavor.describe(SAMPLES[name]())  # type: ignore[misc]
+    assert meta["n_classes"] == 3
+    assert meta["n_features"] == 4
+    assert meta["objective"] == "multi:softprob" if name == "xgboost" else "multiclass"
+    if name == "xgboost":
+        assert meta["rounds"] == 8
+    else:
+        assert meta["trees"] == 6 * 3  # one tree per class and iteration
+        assert meta["iterations"] == 6
+    assert meta["hyperparameters"]["n_estimators"] in (6, 8)
+
+
+# --- ONNX ------------------------------------------------------------------------------------
+
+
+def test_onnx_model_is_its_own_protobuf(tmp_path: Path, pickle_context: BundleContext) -> None:
+    import onnx
+
+    model = models.tiny_onnx_model()
+    loaded: Any
+    loaded, info = round_trip(get_flavor("onnx"), model, tmp_path, pickle_context)
+    assert info == {"kind": "model", "file": "model.onnx", "external_data": False}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    assert type(loaded) is onnx.ModelProto
+    assert loaded.SerializeToString() == model.SerializeToString()
+
+
+def test_onnx_session_is_rebuilt_with_its_options(
+    tmp_path: Path, pickle_context: BundleContext
+) -> None:
+    import onnxruntime
+
+    # Built from a file this time (the bundle's samples are built from bytes).
+    source = tmp_path / "source.onnx"
+    source.write_bytes(models.tiny_onnx_model().SerializeToString())
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.enable_mem_pattern = False
+    session = onnxruntime.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    folder = tmp_path / "saved"
+    loaded: Any
+    loaded, info = round_trip(get_flavor("onnx"), session, folder, pickle_context)
+    source.unlink()
+    assert sorted(p.name for p in folder.iterdir()) == ["model.onnx"]
+    assert info["providers"] == ["CPUExecutionProvider"]
+    assert info["session_options"]["graph_optimization_level"] == "ORT_DISABLE_ALL"
+    kept = loaded.get_session_options()
+    assert kept.graph_optimization_level == onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    assert kept.intra_op_num_threads == 1
+    assert kept.enable_mem_pattern is False
+    _same_session_outputs(session, loaded)
+
+
+def test_onnx_session_from_a_provider_not_here_falls_back_to_cpu(
+    tmp_path: Path, pickle_context: BundleContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    session = models.tiny_onnx_session()
+    info = get_flavor("onnx").save(session, tmp_path, pickle_context)
+    info["providers"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    with caplog.at_level("WARNING", logger="cloudflow"):
+        loaded: Any = get_flavor("onnx").load(tmp_path, info, pickle_context)
+    assert loaded.get_providers() == ["CPUExecutionProvider"]
+    assert "CUDAExecutionProvider, not available here" in caplog.text
+    _same_session_outputs(session, loaded)
+
+
+def test_onnx_describe_counts_parameters() -> None:
+    meta = get_flavor("onnx").describe(models.tiny_onnx_model())  # type: ignore[misc]
+    assert meta["parameters"] == 4 * 8 + 8 + 8 * 3
+    assert meta["nodes"] == 5
+    assert meta["opsets"] == {"ai.onnx": 17}
+    assert meta["inputs"] == ["X"]
+    session_meta = get_flavor("onnx").describe(models.tiny_onnx_session())  # type: ignore[misc]
+    assert session_meta["providers"] == ["CPUExecutionProvider"]
+    assert session_meta["outputs"] == ["probabilities"]
+
+
+# --- containers of models ---------------------------------------------------------------------
+
+
+def test_container_saves_each_element_with_its_flavor(
+    tmp_path: Path, pickle_context: BundleContext
+) -> None:
+    ensemble = {"nets": [models.tiny_torch_mlp()], "odd/../key": models.tiny_xgb_classifier()}
+    loaded: Any
+    loaded, info = round_trip(get_flavor("container"), ensemble, tmp_path, pickle_context)
+    assert [(i["key"], i["flavor"], i["path"]) for i in info["items"]] == [
+        ("nets", "container", "0"),
+        ("odd/../key", "xgboost", "1"),  # keys live in the manifest, never in a path
+    ]
+    assert (tmp_path / "0" / "0" / "weights.safetensors").exists()
+    assert (tmp_path / "1" / "model.ubj").exists()
+    X, _ = models.iris()
+    np.testing.assert_array_equal(
+        loaded["odd/../key"].predict_proba(X), ensemble["odd/../key"].predict_proba(X)
+    )
+    _same_torch_outputs(ensemble["nets"][0], loaded["nets"][0])
+
+
+def test_the_same_model_twice_in_a_container_is_saved_once_and_stays_one(
+    tmp_path: Path, pickle_context: BundleContext
+) -> None:
+    net = models.tiny_torch_mlp()
+    nets = [net, models.tiny_torch_mlp(seed=1)]
+    ensemble = {"members": [net, net], "again": nets, "also": nets}
+    loaded: Any
+    loaded, info = round_trip(get_flavor("container"), ensemble, tmp_path, pickle_context)
+    members = info["items"][0]["info"]["items"]
+    assert members[1] == {"path": "1", "flavor": "torch", "info": {}, "same_as": "0/0"}
+    assert info["items"][2]["same_as"] == "1"
+    assert sorted(p.name for p in (tmp_path / "0").iterdir()) == ["0"]  # one folder, one copy
+    assert not (tmp_path / "2").exists()
+    assert loaded["members"][0] is loaded["members"][1]
+    assert loaded["also"] is loaded["again"]
+    assert loaded["again"][0] is loaded["members"][0]  # the same net, wherever it was met
+    _same_torch_outputs(net, loaded["members"][1])
+
+
+def test_container_that_holds_itself_is_refused(
+    tmp_path: Path, pickle_context: BundleContext
+) -> None:
+    loop: list[Any] = [nn.Linear(2, 2)]
+    loop.append(loop)
+    with pytest.raises(CaptureError, match=r"The list holds itself \(at index or key 1\)"):
+        get_flavor("container").save(loop, tmp_path, pickle_context)
+
+
+def test_container_refuses_an_element_path_outside_its_folder(
+    tmp_path: Path, pickle_context: BundleContext
+) -> None:
+    info = {"kind": "list", "items": [{"flavor": "pickle", "path": "../x", "info": {}}]}
+    with pytest.raises(BundleFormatError, match=r"has the path '\.\./x', not a sub-folder"):
+        get_flavor("container").load(tmp_path, info, pickle_context)
+
+
+def test_container_with_damaged_items_is_refused() -> None:
+    from cloudflow.flavors import walk
+
+    with pytest.raises(BundleFormatError, match=r"elements that are not each a flavor, a path"):
+        list(walk("container", {"kind": "list", "items": [{"flavor": "torch"}]}))
+
+
+def test_container_describe_lists_its_elements() -> None:
+    meta = get_flavor("container").describe(models.tiny_ensemble())  # type: ignore[misc]
+    assert meta["class"] == "builtins.dict"
+    assert meta["items"] == 3
+    assert meta["elements"]["nets"]["flavor"] == "container"
+    assert meta["elements"]["nets"]["elements"]["1"]["parameters"] > 0
+    assert meta["elements"]["by_language"]["elements"]["fr"]["n_classes"] == 3
+    assert meta["elements"]["weights"]["flavor"] == "pickle"

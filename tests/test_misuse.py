@@ -542,9 +542,9 @@ CATALOGUE = [
     Misuse(
         "an unknown flavor",
         BundleFormatError,
-        r"Unknown model flavor 'onnx'.*upgrade it",
+        r"Unknown model flavor 'tflite'.*upgrade cloudflow, or install the plugin",
         lambda w: cloudflow.load_bundle(w.tmp / "copy"),
-        setup=lambda w: _rewrite_manifest(w.copy_bundle(), flavor="onnx"),
+        setup=lambda w: _rewrite_manifest(w.copy_bundle(), flavor="tflite"),
     ),
     Misuse(
         "a flavor library that is not installed",

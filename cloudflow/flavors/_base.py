@@ -53,6 +53,10 @@ class Flavor:
             needs, stored in the manifest.
         load: Rebuilds the object from the folder and that information.
         packages: Distributions the saved files need at load, for requirements and the manifest.
+        modules: Top-level import names the saved files need at load; each becomes a requirement
+            on whichever distribution provides it here (``xgboost`` may come from
+            ``xgboost-cpu``), with its version. Unlike ``packages``, nothing is required of a
+            module no distribution provides.
         extra: The ``cloudflow[...]`` extra that installs them.
         describe: Metadata about a live model (class, parameter count, dtype...), for the manifest.
     """
@@ -64,6 +68,7 @@ class Flavor:
     packages: tuple[str, ...] = ()
     extra: str | None = None
     describe: Callable[[object], dict[str, Any]] | None = field(default=None)
+    modules: tuple[str, ...] = ()
 
 
 def class_name(obj: object) -> str:

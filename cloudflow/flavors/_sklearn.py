@@ -8,6 +8,10 @@ skops files where skops can (every type in the estimator from scikit-learn, NumP
 estimator holding user classes (a custom transformer in a Pipeline) is pickled either way, as those
 classes live in the bundle's captured modules, which skops cannot import. Loading reads whichever
 format the bundle names.
+
+XGBoost and LightGBM boosters inside an estimator (a Pipeline whose last step is an
+``XGBClassifier``) are not pickled: each goes to its library's own file, and the pickle refers to
+it (see :mod:`cloudflow.flavors._boosters`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 from cloudflow.exceptions import BundleFormatError
 from cloudflow.flavors._base import Flavor, PickleContext, class_name, loaded_module, require
+from cloudflow.flavors._boosters import BoosterFiles, persistent_load
 
 FLAVOR_NAME = "sklearn"
 EXTRA = "sklearn"
@@ -40,7 +45,12 @@ def _save(obj: object, path: Path, ctx: PickleContext) -> dict[str, Any]:
         info = _save_skops(obj, path)
         if info is not None:
             return info
-    ctx.dump(obj, path / _PICKLE_FILE)
+    # XGBoost and LightGBM boosters in the estimator (a Pipeline ending in an XGBClassifier)
+    # go to their libraries' own files, not into the pickle.
+    boosters = BoosterFiles(path)
+    ctx.dump(obj, path / _PICKLE_FILE, persistent_id=boosters.persistent_id if boosters else None)
+    if boosters.entries:
+        return {"format": "pickle", "file": _PICKLE_FILE, "boosters": boosters.entries}
     return {"format": "pickle", "file": _PICKLE_FILE}
 
 
@@ -64,7 +74,10 @@ def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
     fmt = info.get("format", "pickle")
     if fmt == "pickle":
         require("sklearn", flavor=FLAVOR_NAME, extra=EXTRA)
-        return ctx.load(path / info.get("file", _PICKLE_FILE))
+        file = path / info.get("file", _PICKLE_FILE)
+        if info.get("boosters"):
+            return ctx.load(file, persistent_load=persistent_load(path, info["boosters"], file))
+        return ctx.load(file)
     if fmt == "skops":
         skops_io = require("skops.io", flavor=FLAVOR_NAME, extra=EXTRA)
         data = ctx.read_bytes(path / info.get("file", _SKOPS_FILE))  # as verified, read once
