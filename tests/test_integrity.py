@@ -507,7 +507,7 @@ def test_digest_cache_waits_until_a_file_has_settled(
     bundle = big_bundle(app, tmp_path / "bundle")
     hashed = count_hashes(monkeypatch)
     for _ in range(2):
-        cloudflow.load_bundle(bundle)
+        cloudflow.load_bundle(bundle).wait_verified()  # the weights are hashed meanwhile
     weights = big_file(bundle)
     assert hashed.count(weights) == 2
     assert not cache.exists() or not any(cache.iterdir())
