@@ -12,11 +12,12 @@ label encoder, callbacks, a user subclass's attributes) stays in the pickle, as 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cloudflow.exceptions import BundleFormatError
-from cloudflow.flavors._base import loaded_module, require
+from cloudflow.flavors._base import PickleContext, loaded_module, require
 
 # First item of every persistent id written for a booster; anything else is not ours.
 _PID_TAG = "cloudflow.booster"
@@ -123,3 +124,66 @@ def persistent_load(
         return loaded[index]
 
     return load
+
+
+WRAPPER_FILE = "wrapper.pkl"
+
+
+@dataclass(frozen=True)
+class BoosterVerbs:
+    """The save and load verbs the XGBoost and LightGBM flavors share.
+
+    A booster alone is its library's own file (``model.ubj``, ``model.txt``); a scikit-learn
+    wrapper is ``wrapper.pkl``, pickled through the bundle's context with each of its boosters
+    replaced by such a file (:class:`BoosterFiles`), so no pickle holds a tree.
+
+    Attributes:
+        library: The import name, which is also the flavor's name and its extra.
+        title: The library as the messages name it (``"XGBoost"``).
+        wrapper_base: The library's base class of its scikit-learn wrappers (``"XGBModel"``).
+    """
+
+    library: str
+    title: str
+    wrapper_base: str
+
+    @property
+    def model_file(self) -> str:
+        return f"model{SUFFIXES[self.library]}"
+
+    def _require(self) -> Any:
+        return require(self.library, flavor=self.library, extra=self.library)
+
+    def matches(self, obj: object) -> bool:
+        module = loaded_module(self.library)
+        if module is None:
+            return False
+        return isinstance(obj, (module.Booster, getattr(module, self.wrapper_base)))
+
+    def save(self, obj: object, path: Path, ctx: PickleContext) -> dict[str, Any]:
+        if isinstance(obj, self._require().Booster):
+            entry = save_booster(self.library, obj, path / self.model_file)
+            return {"kind": "booster", "file": self.model_file, **entry}
+        boosters = BoosterFiles(path)
+        ctx.dump(obj, path / WRAPPER_FILE, persistent_id=boosters.persistent_id)
+        return {"kind": "sklearn", "wrapper": WRAPPER_FILE, "boosters": boosters.entries}
+
+    def load(self, path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
+        self._require()
+        kind = info.get("kind")
+        if kind == "booster":
+            return load_booster(self.library, path / self.model_file, info)
+        if kind == "sklearn":
+            wrapper = path / info.get("wrapper", WRAPPER_FILE)
+            boosters = persistent_load(path, info.get("boosters", []), wrapper)
+            return ctx.load(wrapper, persistent_load=boosters)
+        raise BundleFormatError(
+            f"Unknown {self.title} model kind {kind!r} in the bundle; known kinds are 'booster' "
+            "and 'sklearn'. Upgrade cloudflow to load it."
+        )
+
+
+def scalar_hyperparameters(wrapper: Any) -> dict[str, Any]:
+    """A scikit-learn wrapper's hyperparameters that are plain numbers or strings."""
+    params = wrapper.get_params()
+    return {k: v for k, v in params.items() if v is not None and isinstance(v, int | float | str)}

@@ -13,50 +13,14 @@ native file there.)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from cloudflow.exceptions import BundleFormatError
-from cloudflow.flavors._base import Flavor, PickleContext, class_name, loaded_module, require
-from cloudflow.flavors._boosters import BoosterFiles, load_booster, persistent_load, save_booster
+from cloudflow.flavors._base import Flavor, class_name
+from cloudflow.flavors._boosters import BoosterVerbs, scalar_hyperparameters
 
 FLAVOR_NAME = "lightgbm"
 EXTRA = "lightgbm"
-_MODEL = "model.txt"
-_WRAPPER = "wrapper.pkl"
-
-
-def _matches(obj: object) -> bool:
-    lgb = loaded_module("lightgbm")
-    if lgb is None:
-        return False
-    return isinstance(obj, (lgb.Booster, lgb.LGBMModel))
-
-
-def _save(obj: object, path: Path, ctx: PickleContext) -> dict[str, Any]:
-    lgb = require("lightgbm", flavor=FLAVOR_NAME, extra=EXTRA)
-    if isinstance(obj, lgb.Booster):
-        entry = save_booster("lightgbm", obj, path / _MODEL)
-        return {"kind": "booster", "file": _MODEL, **entry}
-    boosters = BoosterFiles(path)
-    ctx.dump(obj, path / _WRAPPER, persistent_id=boosters.persistent_id)
-    return {"kind": "sklearn", "wrapper": _WRAPPER, "boosters": boosters.entries}
-
-
-def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
-    require("lightgbm", flavor=FLAVOR_NAME, extra=EXTRA)
-    kind = info.get("kind")
-    if kind == "booster":
-        return load_booster("lightgbm", path / _MODEL, info)
-    if kind == "sklearn":
-        wrapper = path / info.get("wrapper", _WRAPPER)
-        boosters = persistent_load(path, info.get("boosters", []), wrapper)
-        return ctx.load(wrapper, persistent_load=boosters)
-    raise BundleFormatError(
-        f"Unknown LightGBM model kind {kind!r} in the bundle; known kinds are 'booster' and "
-        "'sklearn'. Upgrade cloudflow to load it."
-    )
+_VERBS = BoosterVerbs(library="lightgbm", title="LightGBM", wrapper_base="LGBMModel")
 
 
 def _describe(obj: object) -> dict[str, Any]:
@@ -74,18 +38,15 @@ def _describe(obj: object) -> dict[str, Any]:
         classes = getattr(wrapper, "_n_classes", None)
         if isinstance(classes, int) and classes > 0:
             meta["n_classes"] = classes
-        params = wrapper.get_params()
-        meta["hyperparameters"] = {
-            k: v for k, v in params.items() if v is not None and isinstance(v, int | float | str)
-        }
+        meta["hyperparameters"] = scalar_hyperparameters(wrapper)
     return meta
 
 
 FLAVOR = Flavor(
     name=FLAVOR_NAME,
-    matches=_matches,
-    save=_save,
-    load=_load,
+    matches=_VERBS.matches,
+    save=_VERBS.save,
+    load=_VERBS.load,
     packages=(),
     modules=("lightgbm",),
     extra=EXTRA,

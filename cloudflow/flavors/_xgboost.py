@@ -14,50 +14,14 @@ hyperparameter (a user subclass's attributes), which the skeleton keeps.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from cloudflow.exceptions import BundleFormatError
-from cloudflow.flavors._base import Flavor, PickleContext, class_name, loaded_module, require
-from cloudflow.flavors._boosters import BoosterFiles, load_booster, persistent_load, save_booster
+from cloudflow.flavors._base import Flavor, class_name
+from cloudflow.flavors._boosters import BoosterVerbs, scalar_hyperparameters
 
 FLAVOR_NAME = "xgboost"
 EXTRA = "xgboost"
-_MODEL = "model.ubj"
-_WRAPPER = "wrapper.pkl"
-
-
-def _matches(obj: object) -> bool:
-    xgb = loaded_module("xgboost")
-    if xgb is None:
-        return False
-    return isinstance(obj, (xgb.Booster, xgb.XGBModel))
-
-
-def _save(obj: object, path: Path, ctx: PickleContext) -> dict[str, Any]:
-    xgb = require("xgboost", flavor=FLAVOR_NAME, extra=EXTRA)
-    if isinstance(obj, xgb.Booster):
-        entry = save_booster("xgboost", obj, path / _MODEL)
-        return {"kind": "booster", "file": _MODEL, **entry}
-    boosters = BoosterFiles(path)
-    ctx.dump(obj, path / _WRAPPER, persistent_id=boosters.persistent_id)
-    return {"kind": "sklearn", "wrapper": _WRAPPER, "boosters": boosters.entries}
-
-
-def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
-    require("xgboost", flavor=FLAVOR_NAME, extra=EXTRA)
-    kind = info.get("kind")
-    if kind == "booster":
-        return load_booster("xgboost", path / _MODEL, info)
-    if kind == "sklearn":
-        wrapper = path / info.get("wrapper", _WRAPPER)
-        boosters = persistent_load(path, info.get("boosters", []), wrapper)
-        return ctx.load(wrapper, persistent_load=boosters)
-    raise BundleFormatError(
-        f"Unknown XGBoost model kind {kind!r} in the bundle; known kinds are 'booster' and "
-        "'sklearn'. Upgrade cloudflow to load it."
-    )
+_VERBS = BoosterVerbs(library="xgboost", title="XGBoost", wrapper_base="XGBModel")
 
 
 def _describe(obj: object) -> dict[str, Any]:
@@ -74,10 +38,7 @@ def _describe(obj: object) -> dict[str, Any]:
             value = getattr(wrapper, attr, None)
             if isinstance(value, int):
                 meta[attr.strip("_")] = value
-        params = wrapper.get_params()
-        meta["hyperparameters"] = {
-            k: v for k, v in params.items() if v is not None and isinstance(v, int | float | str)
-        }
+        meta["hyperparameters"] = scalar_hyperparameters(wrapper)
     return meta
 
 
@@ -93,9 +54,9 @@ def _objective(config: str) -> str | None:
 
 FLAVOR = Flavor(
     name=FLAVOR_NAME,
-    matches=_matches,
-    save=_save,
-    load=_load,
+    matches=_VERBS.matches,
+    save=_VERBS.save,
+    load=_VERBS.load,
     packages=(),
     modules=("xgboost",),
     extra=EXTRA,
