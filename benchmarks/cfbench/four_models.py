@@ -232,6 +232,9 @@ def bench_serve(
     port = _free_port()
     env = child_env()
     env[DIGEST_CACHE_ENV] = str(ctx.new_path("digests"))
+    # MLflow starts the server as `uvicorn` from PATH: this interpreter's scripts come first,
+    # as in an activated venv.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     if lazy:
         env["MLFLOW_PYFUNC_INFERENCE_CONFIG"] = json.dumps({"lazy": True})
     body = json.dumps({"inputs": route_inputs(sizes, as_json=True)}).encode()
