@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import contextvars
 import errno
 import functools
 import inspect
@@ -844,10 +845,24 @@ def read_bundle(
     pending: concurrent.futures.Future[None] | None = None
     verified = _manifest.VerifiedBytes(data, None)
 
+    late: list[concurrent.futures.Future[None]] = []  # lazy models' weights, being hashed
+
     def check_model(name: str) -> None:
-        if checked:
-            rels = [r for r in by_model[name] if not r.endswith(_manifest.READ_ONCE_SUFFIXES)]
-            _manifest.verify_digests(data, manifest, rels, use_cache=trust is None)
+        if not checked:
+            return
+        rels = [r for r in by_model[name] if not r.endswith(_manifest.READ_ONCE_SUFFIXES)]
+        if trust is None and _IN_PREDICT.get():
+            # Loaded by a predict call of an unsigned bundle: its data-only files are hashed
+            # while that call runs, and Bundle.predict gives its answer only once they match.
+            weights = set(_manifest.deferred_files(manifest)) & set(rels)
+            rels = [r for r in rels if r not in weights]
+            if weights:
+                future = _VERIFIER.submit(
+                    _manifest.verify_digests, data, manifest, sorted(weights), use_cache=True
+                )
+                future.add_done_callback(functools.partial(_report_damage, data.parent))
+                late.append(future)
+        _manifest.verify_digests(data, manifest, rels, use_cache=trust is None)
 
     prefetch(data, [r for r in manifest.files if r not in later])
     with _progress.Steps("Loading bundle", total=len(manifest.models) + 2) as steps:
@@ -898,10 +913,18 @@ def read_bundle(
     _logger.info("Loaded bundle %s in %.2f s", data.parent, time.perf_counter() - started)
     if pending is not None:
         pending.add_done_callback(functools.partial(_report_damage, data.parent))
-    bundle = Bundle(predict_fn, models, manifest, data.parent, verifying=pending)
+    bundle = Bundle(predict_fn, models, manifest, data.parent, verifying=pending, late=late)
     if lazy == "background":
         threading.Thread(target=bundle.warm, name="cloudflow-warm", daemon=True).start()
     return bundle
+
+
+#: Set while Bundle.predict calls the predict function: a lazy model it loads then has its weights
+#: hashed while the call runs (Bundle.predict waits for them before answering). Elsewhere (a
+#: model used outside predict, or from a thread the function starts) they are hashed first.
+_IN_PREDICT: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "cloudflow_in_predict", default=False
+)
 
 
 def _report_damage(where: Path, verifying: concurrent.futures.Future[None]) -> None:
@@ -936,10 +959,13 @@ class Bundle:
         path: Path,
         *,
         verifying: concurrent.futures.Future[None] | None = None,
+        late: list[concurrent.futures.Future[None]] | None = None,
     ) -> None:
         self._predict_fn = predict_fn
         self._models = models
         self._verifying = verifying
+        self._late = late if late is not None else []
+        self._lazy = not all(self.loaded.values())  # stand-ins that may load during a call
         self.manifest = manifest
         self.metadata = dict(manifest.metadata)
         self.path = path
@@ -979,6 +1005,10 @@ class Bundle:
         if verifying is not None:
             verifying.result()
             self._verifying = None
+        for future in list(self._late):  # lazy models loaded by a predict call
+            future.result()  # a failed check stays listed: every later call raises too
+            with contextlib.suppress(ValueError):
+                self._late.remove(future)
 
     @property
     def loaded(self) -> dict[str, bool]:
@@ -995,7 +1025,9 @@ class Bundle:
             raise ModelKeyError(
                 f"This bundle has no model {name!r}; its models are {sorted(self.models)}."
             )
-        return loaded(self.models[name])
+        model = loaded(self.models[name])
+        self.wait_verified()
+        return model
 
     def warm(self) -> None:
         """Load every model not loaded yet, one after the other (``lazy="background"``)."""
@@ -1017,13 +1049,16 @@ class Bundle:
             self._required <= keys
         ):
             self._raise_for(params)
-        if self._verifying is None:
+        if self._verifying is None and not self._late and not self._lazy:
             return self._call(params)
+        token = _IN_PREDICT.set(True)
         try:
             answer = self._call(params)
         except BaseException:
             self.wait_verified()  # a damaged weights file may be why it failed: say that first
             raise
+        finally:
+            _IN_PREDICT.reset(token)
         self.wait_verified()  # the answer is given only once the weights are proven
         return answer
 

@@ -281,11 +281,13 @@ def _weights_bundle(out: Path) -> Path:
     return out
 
 
+@pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
 def test_the_first_predict_runs_while_the_weights_are_hashed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lazy: bool
 ) -> None:
     """The hash of the weights waits for the first predict to compute its answer: were they done
-    one after the other, it would time out. The answer is returned only once the hash is done."""
+    one after the other, it would time out. The answer is returned only once the hash is done.
+    Lazily, the model loads inside that call, and its weights are hashed while the call runs."""
     import threading
     import time
 
@@ -317,7 +319,7 @@ def test_the_first_predict_runs_while_the_weights_are_hashed(
 
     monkeypatch.setattr(_manifest, "verify_digests", verify_digests)
     monkeypatch.setattr(_bundle.Bundle, "_call", call)
-    bundle = cloudflow.load_bundle(bundle_dir)
+    bundle = cloudflow.load_bundle(bundle_dir, lazy=lazy)
     assert bundle.predict(x=x) == expected
     assert order == ["answered", "verified"]  # computed meanwhile, returned once verified
     assert bundle.predict(x=x) == expected  # later calls do not wait
@@ -354,3 +356,23 @@ def test_damaged_weights_give_no_answer_and_a_signed_load_refuses_at_once(
     assert any("is damaged; its predict will refuse" in r.message for r in caplog.records)
     with pytest.raises(IntegrityError, match=name):
         cloudflow.load_bundle(signed, signing_key=key)
+
+
+def test_a_lazy_models_damaged_weights_give_no_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLOUDFLOW_DIGEST_CACHE", "0")
+    folder = _weights_bundle(tmp_path / "bundle")
+    (weights,) = (folder / "cloudflow").rglob("*.safetensors")
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # the last weight, so the header still parses
+    weights.write_bytes(bytes(data))
+    bundle = cloudflow.load_bundle(folder, lazy=True)
+    for _ in range(2):  # the call that loads it, and every later one
+        with pytest.raises(cloudflow.IntegrityError, match=rf"{weights.name}.*does not match"):
+            bundle.predict(x=[[0.5] * 4])
+    with pytest.raises(cloudflow.IntegrityError, match=rf"{weights.name}.*does not match"):
+        bundle.model("mlp")
+    outside = cloudflow.load_bundle(folder, lazy=True)  # used outside predict: checked first
+    with pytest.raises(cloudflow.IntegrityError, match=rf"{weights.name}.*does not match"):
+        outside.models["mlp"](__import__("torch").zeros(1, 4))
