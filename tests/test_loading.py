@@ -58,7 +58,8 @@ def _mixed(out: Path) -> Path:
 
         with torch.no_grad():
             weights = next(mlp.parameters())
-            scores = mlp(torch.tensor(x, dtype=weights.dtype)).float().tolist()
+            inputs = torch.tensor(x, dtype=weights.dtype, device=weights.device)
+            scores = mlp(inputs).float().cpu().tolist()
         return {"mlp": scores, "text": pipe(text)[0]["label"], "clf": clf.predict(x).tolist()}
 
     cloudflow.save_bundle(
@@ -149,6 +150,22 @@ def test_a_device_this_machine_lacks_is_a_clear_error(mixed: Path) -> None:
         pytest.skip("this machine has CUDA")
     with pytest.raises(cloudflow.EnvironmentMismatchError, match=r"device='cuda:1' was asked"):
         cloudflow.load_bundle(mixed, device="cuda:1")
+
+
+def test_device_cuda_puts_the_models_there_and_answers_the_same(mixed: Path) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    base = cloudflow.load_bundle(mixed)
+    gpu = cloudflow.load_bundle(mixed, device="cuda")
+    assert {p.device.type for p in gpu.models["mlp"].parameters()} == {"cuda"}
+    assert gpu.models["pipe"].model.device.type == "cuda"
+    want, got = base.predict(x=X, text="good"), gpu.predict(x=X, text="good")
+    assert got["clf"] == want["clf"]
+    assert got["text"] == want["text"]
+    for row_want, row_got in zip(want["mlp"], got["mlp"], strict=True):
+        assert row_got == pytest.approx(row_want, rel=1e-4, abs=1e-5)
 
 
 # --- lazy loading ------------------------------------------------------------------------------
