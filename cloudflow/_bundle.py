@@ -549,9 +549,17 @@ def _write_into(
         flavors=flavor_sources(
             name for entry in entries.values() for name, _ in walk(entry.flavor, entry.info)
         ),
+        provenance=_provenance_of(session.captured),
     )
     (data / _manifest.MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
     return manifest
+
+
+def _provenance_of(captured: Iterable[str]) -> dict[str, Any]:
+    from cloudflow._provenance import git_provenance
+
+    checkouts = git_provenance(captured)
+    return {"git": checkouts} if checkouts else {}
 
 
 def _share_large_files(data: Path, files: _blobs.SaveFiles) -> dict[str, dict[str, Any]]:

@@ -154,6 +154,7 @@ def describe_folder(path: Path, *, verify: bool = True) -> dict[str, Any]:
         "signature": _signature_inputs(mlmodel),
         "mlmodel_unreadable": mlmodel.get("unreadable"),
         "metadata": dict(manifest.metadata),
+        "provenance": dict(manifest.provenance),
         "data_files": {
             name: {
                 "kind": entry.get("kind"),
@@ -206,6 +207,14 @@ def metadata_tags(manifest: _manifest.Manifest, name: str = "model") -> dict[str
         f"{prefix}.cloudflow_version": manifest.cloudflow_version,
         f"{prefix}.python_version": manifest.python_version,
     }
+    checkouts = [c for c in manifest.provenance.get("git") or [] if isinstance(c, dict)]
+    if checkouts:  # the checkout of the predict function's module, else the first
+        main = next(
+            (c for c in checkouts if manifest.predict_fn.get("module") in c.get("modules", [])),
+            checkouts[0],
+        )
+        tags[f"{prefix}.git_commit"] = str(main.get("commit"))
+        tags[f"{prefix}.git_dirty"] = str(bool(main.get("dirty"))).lower()
     sizes = _model_sizes(manifest)
     for model, entry in manifest.models.items():
         tags[f"{prefix}.{model}.flavor"] = entry.flavor
@@ -339,6 +348,12 @@ def format_text(info: Mapping[str, Any]) -> str:
     add("")
     modules = info["captured_modules"]
     add(f"Captured modules ({len(modules)})")
+    for checkout in (info.get("provenance") or {}).get("git") or []:
+        if not isinstance(checkout, dict):
+            continue
+        state = "with changes not committed" if checkout.get("dirty") else "as committed"
+        held = ", ".join(str(m) for m in checkout.get("modules") or [])
+        add(f"  git {str(checkout.get('commit'))[:12]} ({state}): {held}")
     report = info.get("captured_globals") or {}
     if modules and not report:  # bundles of format 2 and older captured modules whole
         add("  " + ", ".join(modules))

@@ -89,6 +89,10 @@ class Manifest:
     #: ``{"module", "distribution", "version", "entry_point"}`` (what is known), so a load
     #: without the flavor can say what to install. Empty: built-in flavors only.
     flavors: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: Where the captured code comes from: ``{"git": [{"commit", "dirty", "modules"}]}`` for
+    #: each git checkout holding captured modules (see :mod:`cloudflow._provenance`). Empty:
+    #: none was in a checkout, or an older bundle.
+    provenance: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -188,6 +192,7 @@ def _check_shape(data: dict[str, Any], path: Path) -> None:
         ("outer_files", dict),
         ("published", dict),
         ("flavors", dict),
+        ("provenance", dict),
         ("extra", dict),
     ):
         if key in data and not isinstance(data[key], kind):
