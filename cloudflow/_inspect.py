@@ -277,6 +277,9 @@ def _model_details(meta: Mapping[str, Any]) -> list[str]:
             value = meta[key]
             value = ", ".join(map(str, value)) if isinstance(value, list) else value
             parts.append(f"{key} {_fmt_number(value)}")
+    kinds = meta.get("layer_types")
+    if isinstance(kinds, Mapping) and kinds:
+        parts.append("layer types " + ", ".join(f"{k} x{n}" for k, n in kinds.items()))
     elements = meta.get("elements")
     if isinstance(elements, Mapping):  # a container: each element's key and flavor
         described = [f"{k} [{v.get('flavor')}]" for k, v in elements.items() if isinstance(v, dict)]

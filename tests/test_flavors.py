@@ -567,8 +567,17 @@ def test_torch_describe_counts_trainable_and_frozen() -> None:
     assert meta["frozen_parameters"] == 4 * 8 + 8
     assert meta["trainable_parameters"] == 8 * 2 + 2
     assert meta["layers"] == 2  # the ReLU holds no weights
+    assert meta["layer_types"] == {"Linear": 2}
+    assert meta["tensors"] == 4
+    assert meta["tensor_shapes"] == {
+        "0.weight": [8, 4],
+        "0.bias": [8],
+        "2.weight": [2, 8],
+        "2.bias": [2],
+    }
     assert meta["dtype"] == "float32"
     assert meta["device"] == "cpu"
+    assert meta["training"] is True
 
 
 # --- transformers -----------------------------------------------------------------------------

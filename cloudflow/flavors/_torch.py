@@ -270,26 +270,35 @@ def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
     return ctx.load(path / info.get("module", _SKELETON), persistent_load=persistent_load)
 
 
+_SHAPES_SHOWN = 5  # tensor_shapes: the first few, a sample
+
+
 def describe_module(module: Any) -> dict[str, Any]:
     """Parameter counts, dtypes, devices and layers of an ``nn.Module``, without copying.
 
     ``layers`` counts the leaf modules that hold weights (Linear, Conv, Norm...), not activations
-    or dropout. Also used by the transformers flavor for a pipeline's model.
+    or dropout, and ``layer_types`` counts them by class; ``tensors`` counts the parameters and
+    buffers, and ``tensor_shapes`` gives the first few by name. Also used by the transformers
+    flavor for a pipeline's model.
     """
     params = list(module.parameters())  # each shared parameter once
     buffers = list(module.buffers())
+    named = [*module.named_parameters(), *module.named_buffers()]
     trainable = sum(p.numel() for p in params if p.requires_grad)
     total = sum(p.numel() for p in params)
     # The parameters' dtype is the model's; buffers are often integer counters and positions.
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in params or buffers})
     devices = sorted({str(t.device) for t in params + buffers})
-    layers = sum(
-        1
+    weighted = [
+        type(m).__name__
         for m in module.modules()
         if next(m.children(), None) is None
         and next(m.named_parameters(recurse=False), next(m.named_buffers(recurse=False), None))
         is not None
-    )
+    ]
+    layer_types: dict[str, int] = {}
+    for kind in weighted:
+        layer_types[kind] = layer_types.get(kind, 0) + 1
     return {
         "parameters": total,
         "trainable_parameters": trainable,
@@ -297,7 +306,10 @@ def describe_module(module: Any) -> dict[str, Any]:
         "buffers": sum(b.numel() for b in buffers),
         "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
         "device": devices[0] if len(devices) == 1 else devices,
-        "layers": layers,
+        "layers": len(weighted),
+        "layer_types": dict(sorted(layer_types.items(), key=lambda item: (-item[1], item[0]))),
+        "tensors": len(named),
+        "tensor_shapes": {name: list(t.shape) for name, t in named[:_SHAPES_SHOWN]},
         "weights_bytes": sum(t.numel() * t.element_size() for t in params + buffers),
         "training": bool(module.training),
     }
