@@ -457,9 +457,6 @@ def walk_submodules(package: types.ModuleType) -> list[types.ModuleType]:
     return found
 
 
-_VERSION_FIELD = re.compile(r"^Version:[ \t]*(\S+)[ \t]*$", re.MULTILINE)
-
-
 def distribution_version(dist: str) -> str | None:
     """The installed version of a distribution, or None if it is not installed.
 
@@ -471,9 +468,23 @@ def distribution_version(dist: str) -> str | None:
         found = importlib.metadata.distribution(dist)
     except importlib.metadata.PackageNotFoundError:
         return None
+    return _header_field(found, "Version") or found.version
+
+
+def distribution_field(dist: str, name: str) -> str | None:
+    """A field of an installed distribution's metadata header (``Requires-Python``), or None."""
+    try:
+        return _header_field(importlib.metadata.distribution(dist), name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _header_field(found: importlib.metadata.Distribution, name: str) -> str | None:
+    """A field of ``METADATA``'s header, read without parsing the long description after it."""
     text = found.read_text("METADATA") or found.read_text("PKG-INFO") or ""
-    match = _VERSION_FIELD.search(text.replace("\r\n", "\n").split("\n\n", 1)[0])
-    return match.group(1) if match else found.version
+    header = text.replace("\r\n", "\n").split("\n\n", 1)[0]
+    match = re.search(rf"^{re.escape(name)}:[ \t]*(.*?)[ \t]*$", header, re.MULTILINE)
+    return match.group(1) or None if match else None
 
 
 def module_path(module: types.ModuleType) -> Path | None:

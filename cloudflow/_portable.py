@@ -40,6 +40,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from cloudflow import _capture
 from cloudflow.exceptions import BundleArgumentError, CaptureError, EnvironmentMismatchError
 
 _logger = logging.getLogger("cloudflow")
@@ -408,7 +409,7 @@ def requirement_lines(dist: str, version: str, versions: Iterable[str]) -> tuple
     which versions were left out and why ("" when none were).
     """
     pinned = f"{dist}=={version}"
-    requires = _requires_python(dist)
+    requires = _capture.distribution_field(dist, "Requires-Python")
     if requires is None:
         return [pinned], ""
     from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -425,16 +426,6 @@ def requirement_lines(dist: str, version: str, versions: Iterable[str]) -> tuple
     there = " or ".join(f'python_version == "{v}"' for v in left_out)
     why = f"{dist} {version} needs Python {requires}, so not {', '.join(left_out)}"
     return [f"{pinned}; {elsewhere}", f"{dist}; {there}"], why
-
-
-def _requires_python(dist: str) -> str | None:
-    import importlib.metadata
-
-    try:
-        value = importlib.metadata.metadata(dist)["Requires-Python"]
-    except (importlib.metadata.PackageNotFoundError, KeyError):
-        return None
-    return str(value).strip() or None if value else None
 
 
 def python_env_note(versions: list[str]) -> str:

@@ -136,4 +136,8 @@ def test_versions_are_importlibs_for_every_installed_distribution() -> None:
     assert len(names) > 20, "too few installed distributions to compare"
     for name in sorted(names):
         assert _capture.distribution_version(name) == importlib.metadata.version(name), name
+        requires = importlib.metadata.metadata(name).get("Requires-Python")
+        expected = str(requires).strip() or None if requires else None
+        assert _capture.distribution_field(name, "Requires-Python") == expected, name
     assert _capture.distribution_version("no-such-distribution-here") is None
+    assert _capture.distribution_field("no-such-distribution-here", "Version") is None
