@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudflow.exceptions import BundleFormatError
-from cloudflow.flavors._base import PickleContext, loaded_module, require
+from cloudflow.flavors._base import Flavor, PickleContext, class_name, loaded_module, require
 
 # First item of every persistent id written for a booster; anything else is not ours.
 _PID_TAG = "cloudflow.booster"
@@ -168,6 +168,20 @@ class BoosterVerbs:
         ctx.dump(obj, path / WRAPPER_FILE, persistent_id=boosters.persistent_id)
         return {"kind": "sklearn", "wrapper": WRAPPER_FILE, "boosters": boosters.entries}
 
+    def flavor(self, describe: Callable[[object], dict[str, Any]]) -> Flavor:
+        """The library's flavor: these verbs, ``describe``, and the library as its requirement
+        (through ``modules``, so that ``xgboost-cpu`` is pinned where it provides the import)."""
+        return Flavor(
+            name=self.library,
+            matches=self.matches,
+            save=self.save,
+            load=self.load,
+            packages=(),
+            modules=(self.library,),
+            extra=self.library,
+            describe=describe,
+        )
+
     def load(self, path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
         self._require()
         kind = info.get("kind")
@@ -183,7 +197,24 @@ class BoosterVerbs:
         )
 
 
-def scalar_hyperparameters(wrapper: Any) -> dict[str, Any]:
-    """A scikit-learn wrapper's hyperparameters that are plain numbers or strings."""
-    params = wrapper.get_params()
-    return {k: v for k, v in params.items() if v is not None and isinstance(v, int | float | str)}
+def describe(
+    library: str,
+    obj: Any,
+    booster_facts: Callable[[Any], dict[str, Any]],
+    wrapper_facts: Callable[[Any], dict[str, Any]],
+) -> dict[str, Any]:
+    """The metadata of a booster or a scikit-learn wrapper: what ``booster_facts`` reads from the
+    booster (the wrapper's, once fitted), then for a wrapper ``wrapper_facts`` and its scalar
+    hyperparameters."""
+    meta: dict[str, Any] = {"framework": library, "class": class_name(obj)}
+    is_booster = type(obj).__name__ == "Booster"
+    booster = obj if is_booster else getattr(obj, "_Booster", None)
+    if booster is not None:
+        meta.update(booster_facts(booster))
+    if not is_booster:
+        meta.update(wrapper_facts(obj))
+        params = obj.get_params()
+        meta["hyperparameters"] = {
+            k: v for k, v in params.items() if v is not None and isinstance(v, int | float | str)
+        }
+    return meta

@@ -15,40 +15,31 @@ from __future__ import annotations
 
 from typing import Any
 
-from cloudflow.flavors._base import Flavor, class_name
-from cloudflow.flavors._boosters import BoosterVerbs, scalar_hyperparameters
+from cloudflow.flavors._boosters import BoosterVerbs, describe
 
 FLAVOR_NAME = "lightgbm"
-EXTRA = "lightgbm"
 _VERBS = BoosterVerbs(library="lightgbm", title="LightGBM", wrapper_base="LGBMModel")
 
 
+def _booster_facts(booster: Any) -> dict[str, Any]:
+    facts: dict[str, Any] = {
+        "trees": int(booster.num_trees()),
+        "iterations": int(booster.current_iteration()),
+        "n_features": int(booster.num_feature()),
+    }
+    objective = booster.params.get("objective")
+    if isinstance(objective, str):
+        facts["objective"] = objective
+    return facts
+
+
+def _wrapper_facts(wrapper: Any) -> dict[str, Any]:
+    classes = getattr(wrapper, "_n_classes", None)
+    return {"n_classes": classes} if isinstance(classes, int) and classes > 0 else {}
+
+
 def _describe(obj: object) -> dict[str, Any]:
-    meta: dict[str, Any] = {"framework": FLAVOR_NAME, "class": class_name(obj)}
-    wrapper: Any = obj
-    booster = wrapper if type(obj).__name__ == "Booster" else getattr(wrapper, "_Booster", None)
-    if booster is not None:
-        meta["trees"] = int(booster.num_trees())
-        meta["iterations"] = int(booster.current_iteration())
-        meta["n_features"] = int(booster.num_feature())
-        objective = booster.params.get("objective")
-        if isinstance(objective, str):
-            meta["objective"] = objective
-    if booster is not wrapper:
-        classes = getattr(wrapper, "_n_classes", None)
-        if isinstance(classes, int) and classes > 0:
-            meta["n_classes"] = classes
-        meta["hyperparameters"] = scalar_hyperparameters(wrapper)
-    return meta
+    return describe(FLAVOR_NAME, obj, _booster_facts, _wrapper_facts)
 
 
-FLAVOR = Flavor(
-    name=FLAVOR_NAME,
-    matches=_VERBS.matches,
-    save=_VERBS.save,
-    load=_VERBS.load,
-    packages=(),
-    modules=("lightgbm",),
-    extra=EXTRA,
-    describe=_describe,
-)
+FLAVOR = _VERBS.flavor(describe=_describe)

@@ -16,30 +16,31 @@ from __future__ import annotations
 
 from typing import Any
 
-from cloudflow.flavors._base import Flavor, class_name
-from cloudflow.flavors._boosters import BoosterVerbs, scalar_hyperparameters
+from cloudflow.flavors._boosters import BoosterVerbs, describe
 
 FLAVOR_NAME = "xgboost"
-EXTRA = "xgboost"
 _VERBS = BoosterVerbs(library="xgboost", title="XGBoost", wrapper_base="XGBModel")
 
 
+def _booster_facts(booster: Any) -> dict[str, Any]:
+    return {
+        "rounds": int(booster.num_boosted_rounds()),
+        "n_features": int(booster.num_features()),
+        "objective": _objective(booster.save_config()),
+    }
+
+
+def _wrapper_facts(wrapper: Any) -> dict[str, Any]:
+    facts = {}
+    for attr in ("n_classes_", "n_features_in_"):
+        value = getattr(wrapper, attr, None)
+        if isinstance(value, int):
+            facts[attr.strip("_")] = value
+    return facts
+
+
 def _describe(obj: object) -> dict[str, Any]:
-    meta: dict[str, Any] = {"framework": FLAVOR_NAME, "class": class_name(obj)}
-    wrapper: Any = obj
-    booster = wrapper if type(obj).__name__ == "Booster" else getattr(wrapper, "_Booster", None)
-    if booster is not None:
-        meta["rounds"] = int(booster.num_boosted_rounds())
-        meta["n_features"] = int(booster.num_features())
-        config = booster.save_config()
-        meta["objective"] = _objective(config)
-    if booster is not wrapper:
-        for attr in ("n_classes_", "n_features_in_"):
-            value = getattr(wrapper, attr, None)
-            if isinstance(value, int):
-                meta[attr.strip("_")] = value
-        meta["hyperparameters"] = scalar_hyperparameters(wrapper)
-    return meta
+    return describe(FLAVOR_NAME, obj, _booster_facts, _wrapper_facts)
 
 
 def _objective(config: str) -> str | None:
@@ -52,13 +53,4 @@ def _objective(config: str) -> str | None:
     return name if isinstance(name, str) else None
 
 
-FLAVOR = Flavor(
-    name=FLAVOR_NAME,
-    matches=_VERBS.matches,
-    save=_VERBS.save,
-    load=_VERBS.load,
-    packages=(),
-    modules=("xgboost",),
-    extra=EXTRA,
-    describe=_describe,
-)
+FLAVOR = _VERBS.flavor(describe=_describe)
