@@ -842,14 +842,14 @@ def read_bundle(
     # Weights in safetensors, a format parsed without running code, are hashed on another core
     # while the models load and, unsigned, while the first predict runs: its answer is given
     # only once they match (Bundle.predict). A signed bundle returns once they match.
-    deferred = _manifest.deferred_files(manifest) if checked else []
+    deferrable = set(_manifest.deferred_files(manifest)) if checked else set()
     # Lazily loaded models have their files checked when they load, not now.
     by_model = {
         name: [r for r in manifest.files if r.startswith(entry.path.rstrip("/") + "/")]
         for name, entry in manifest.models.items()
     }
     later = {r for rels in by_model.values() for r in rels} if lazy else set()
-    deferred = [r for r in deferred if r not in later]
+    deferred = sorted(deferrable - later)
     pending: concurrent.futures.Future[None] | None = None
     verified = _manifest.VerifiedBytes(data, None)
 
@@ -862,7 +862,7 @@ def read_bundle(
         if trust is None and _IN_PREDICT.get():
             # Loaded by a predict call of an unsigned bundle: its data-only files are hashed
             # while that call runs, and Bundle.predict gives its answer only once they match.
-            weights = set(_manifest.deferred_files(manifest)) & set(rels)
+            weights = deferrable.intersection(rels)
             rels = [r for r in rels if r not in weights]
             if weights:
                 future = _VERIFIER.submit(
@@ -1029,12 +1029,12 @@ class Bundle:
         """The model ``name`` itself, loading it now if it was loaded lazily."""
         from cloudflow._lazy import loaded
 
-        if name not in self.models:
+        if name not in self._models:
             raise ModelKeyError(
-                f"This bundle has no model {name!r}; its models are {sorted(self.models)}."
+                f"This bundle has no model {name!r}; its models are {sorted(self._models)}."
             )
-        model = loaded(self.models[name])
-        self.wait_verified()
+        model = loaded(self._models[name])
+        self.wait_verified()  # handed out only once its files are proven
         return model
 
     def warm(self) -> None:
