@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -836,6 +837,28 @@ def read_bundle(
         from cloudflow._store import check_identity
 
         check_identity(manifest.published, expected_identity, str(data.parent), trust is not None)
+    from cloudflow import _remote
+
+    # A bundle from a tracking server lacks its large files: they come from the machine's cache
+    # (downloaded once), and the bundle is read from a folder of the cache that holds them all.
+    complete, load_folder = _remote.complete(data, manifest)
+    if load_folder is not None:
+        try:
+            bundle = read_bundle(
+                complete,
+                verify=verify,
+                allow_python_mismatch=allow_python_mismatch,
+                signing_key=trust,
+                expected_identity=expected_identity,
+                device=device,
+                dtype=dtype,
+                lazy=lazy,
+            )
+        except BaseException:
+            load_folder.close()
+            raise
+        weakref.finalize(bundle, load_folder.close)
+        return bundle
     models: dict[str, object] = {}
     checked = verify or trust is not None
     # Pickles (which run code) and everything else are verified before anything is unpickled.

@@ -1,0 +1,430 @@
+"""Bundles on a tracking server: each large file uploaded once per experiment, downloaded once
+per machine, verified.
+
+A real ``mlflow server`` with proxied artifacts runs on 127.0.0.1, behind a byte-counting TCP
+proxy (tests/servers.py): every client talks to the proxy, so the bytes each save uploads and
+each load downloads are measured on the wire. A user project (a package whose torch net and
+lookup table are each over 1 MB, so both go to the shared area) is logged from fresh processes
+whose source is deleted afterwards; every load runs in a fresh process from another folder, with
+a download cache of its own where the test says so.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import assert_same_predictions, run_snippet, subprocess_env
+from servers import CountingProxy, model_server, tracking_server
+
+pytestmark = pytest.mark.slow
+
+EXPERIMENT = "remote-shared"
+CASES = [{"text": "the parcel came late"}, {"text": "great value, would buy again"}]
+#: What one save of the project sends besides its large files: code, configs, MLflow's calls.
+SMALL = 1_000_000
+
+PROJECT = {
+    "scorer/__init__.py": "",
+    "scorer/net.py": """
+        import torch
+
+
+        class Encoder(torch.nn.Module):
+            def __init__(self, width=512, hidden=1024, labels=4):
+                super().__init__()
+                self.body = torch.nn.Sequential(
+                    torch.nn.Linear(width, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, labels)
+                )
+
+            def forward(self, x):
+                return self.body(x)
+        """,
+    "scorer/features.py": """
+        WIDTH = 512
+
+
+        def featurize(text):
+            out = [0.0] * WIDTH
+            for i, ch in enumerate(text.lower()):
+                out[(ord(ch) * 31 + i) % WIDTH] += 1.0
+            return out
+        """,
+    "scorer/predict.py": """
+        from scorer.features import featurize
+
+        LABELS = ["late", "broken", "happy", "other"]
+
+
+        def predict(net, table, text):
+            import torch
+
+            with torch.no_grad():
+                logits = net(torch.tensor([featurize(text)]))[0]
+            k = int(logits.argmax())
+            return {"label": LABELS[k], "score": round(float(logits[k]) + float(table[k]), 6)}
+        """,
+}
+
+SAVER = r"""
+import json, sys
+spec = json.loads(sys.argv[1])
+import mlflow, numpy as np, torch
+import cloudflow
+from scorer.net import Encoder
+from scorer.predict import predict
+
+torch.manual_seed(spec["seed"])
+net = Encoder().eval()
+table = np.linspace(0.0, 1.0, 400_000, dtype=np.float32)  # 1.6 MB: shared too
+expected = [predict(net, table, **case) for case in spec["cases"]]
+mlflow.set_tracking_uri(spec["tracking_uri"])
+mlflow.set_experiment(spec["experiment"])
+with mlflow.start_run() as run:
+    info = cloudflow.log_bundle(
+        predict, {"net": net, "table": table}, share_files=spec.get("share_files", True)
+    )
+emit({"run_id": run.info.run_id, "model_uri": info.model_uri, "expected": expected})
+"""
+
+LOADER = r"""
+import json, sys
+spec = json.loads(sys.argv[1])
+import cloudflow
+
+uri, cases = spec["uri"], spec["cases"]
+if spec["way"] == "load_bundle":
+    bundle = cloudflow.load_bundle(uri)
+    emit([bundle.predict(**case) for case in cases])
+elif spec["way"] == "pyfunc":
+    import mlflow.pyfunc
+
+    emit(mlflow.pyfunc.load_model(uri).predict(cases))
+elif spec["way"] == "seed":
+    model = cloudflow.cloudflow_model()
+    model.load_model(
+        tracking_uri=spec["tracking_uri"], experiment_id=spec["experiment"], run_id=spec["run_id"]
+    )
+    emit([model.predict(**case) for case in cases])
+"""
+
+
+def write_project(root: Path) -> Path:
+    for relative, text in PROJECT.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return root
+
+
+def save(project: Path, tracking_uri: str, **job: Any) -> dict[str, Any]:
+    spec = {
+        "tracking_uri": tracking_uri,
+        "experiment": EXPERIMENT,
+        "seed": 0,
+        "cases": CASES,
+        **job,
+    }
+    return dict(run_snippet(SAVER, cwd=project, args=[json.dumps(spec)], timeout=300))
+
+
+def load(
+    where: Path, proxy: CountingProxy, cache: Path, way: str = "load_bundle", **spec: Any
+) -> tuple[Any, int]:
+    """Load and predict in a fresh process from ``where``; returns the answers, bytes received."""
+    where.mkdir(parents=True, exist_ok=True)
+    spec = {"way": way, "cases": CASES, "tracking_uri": proxy.url, "experiment": EXPERIMENT, **spec}
+    env = {"MLFLOW_TRACKING_URI": proxy.url, "CLOUDFLOW_CACHE_DIR": str(cache)}
+    proxy.reset()
+    answers = run_snippet(LOADER, cwd=where, env=env, args=[json.dumps(spec)], timeout=300)
+    return answers, proxy.received
+
+
+def area_files(server_root: Path) -> list[Path]:
+    found = (server_root / "artifacts").glob("*/.cloudflow-blobs/*")
+    return sorted(p for p in found if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A tracking server with proxied artifacts, behind a counting proxy; the project logged
+    twice (same weights, two runs) from fresh processes, its source then deleted."""
+    root = tmp_path_factory.mktemp("remote")
+    with tracking_server(root / "server") as server, CountingProxy(server.url) as proxy:
+        project = write_project(root / "project")
+        proxy.reset()
+        first = save(project, proxy.url)
+        first_upload = proxy.sent
+        proxy.reset()
+        second = save(project, proxy.url)
+        second_upload = proxy.sent
+        shutil.rmtree(project)
+        yield {
+            "root": root,
+            "server": server,
+            "server_root": root / "server",
+            "proxy": proxy,
+            "first": first,
+            "second": second,
+            "uploads": (first_upload, second_upload),
+        }
+
+
+def test_the_second_log_of_an_unchanged_model_uploads_kilobytes(remote: dict[str, Any]) -> None:
+    first, second = remote["uploads"]
+    shared = area_files(remote["server_root"])
+    large = sum(p.stat().st_size for p in shared)
+    assert len(shared) == 2, [p.name for p in shared]  # the net's weights and the table
+    assert large > 3_500_000
+    assert first > large, (first, large)
+    assert second < SMALL, f"the second log uploaded {second} bytes"
+    # Each bundle's own folder holds no large file: they are in the area only.
+    for run in ("first", "second"):
+        folders = list(
+            (remote["server_root"] / "artifacts").glob(
+                f"*/models/{remote[run]['model_uri'].split('/')[-1]}/artifacts"
+            )
+        )
+        assert len(folders) == 1
+        sizes = [p.stat().st_size for p in folders[0].rglob("*") if p.is_file()]
+        assert max(sizes) < 1024 * 1024
+
+
+def test_the_area_holds_files_by_digest_with_the_manifest_naming_them(
+    remote: dict[str, Any],
+) -> None:
+    model_id = remote["first"]["model_uri"].split("/")[-1]
+    (folder,) = (remote["server_root"] / "artifacts").glob(f"*/models/{model_id}/artifacts")
+    manifest = json.loads((folder / "cloudflow" / "manifest.json").read_text())
+    assert manifest["format_version"] == 4
+    assert manifest["shared"]["area"].endswith("/.cloudflow-blobs")
+    assert manifest["shared"]["area"].startswith("mlflow-artifacts:")
+    digests = {manifest["files"][rel]["blake3"] for rel in manifest["shared"]["files"]}
+    assert digests == {p.name for p in area_files(remote["server_root"])}
+
+
+def test_a_load_downloads_each_large_file_once_per_machine(
+    remote: dict[str, Any], tmp_path: Path
+) -> None:
+    proxy, cache = remote["proxy"], tmp_path / "cache"
+    large = sum(p.stat().st_size for p in area_files(remote["server_root"]))
+    first_uri = f"runs:/{remote['first']['run_id']}/model"
+    answers, first = load(tmp_path / "a", proxy, cache, uri=first_uri)
+    assert_same_predictions(answers, CASES, remote["first"]["expected"])
+    assert first > large
+    answers, again = load(tmp_path / "b", proxy, cache, uri=first_uri)
+    assert_same_predictions(answers, CASES, remote["first"]["expected"])
+    assert again < SMALL, f"the second load downloaded {again} bytes"
+    # Another run with the same weights: its small files only.
+    other_uri = f"runs:/{remote['second']['run_id']}/model"
+    answers, other = load(tmp_path / "c", proxy, cache, uri=other_uri)
+    assert_same_predictions(answers, CASES, remote["second"]["expected"])
+    assert other < SMALL, f"a run sharing the weights downloaded {other} bytes"
+    cached = sorted(p.name for p in (cache / "files" / "blobs").iterdir())
+    assert cached == sorted(p.name for p in area_files(remote["server_root"]))
+    assert not list((cache / "files" / "loads").iterdir()), "load folders outlived their process"
+
+
+@pytest.mark.parametrize("way", ["seed", "pyfunc"])
+def test_every_load_path_takes_the_shared_files_from_the_cache(
+    remote: dict[str, Any], tmp_path: Path, way: str
+) -> None:
+    proxy, cache = remote["proxy"], tmp_path / "cache"
+    run_id = remote["first"]["run_id"]
+    uri = f"runs:/{run_id}/model"
+    answers, first = load(tmp_path / "a", proxy, cache, way, uri=uri, run_id=run_id)
+    assert_same_predictions(answers, CASES, remote["first"]["expected"])
+    answers, again = load(tmp_path / "b", proxy, cache, way, uri=uri, run_id=run_id)
+    assert_same_predictions(answers, CASES, remote["first"]["expected"])
+    assert again < SMALL < first, (first, again)
+
+
+def test_eight_processes_starting_at_once_download_each_file_once(
+    remote: dict[str, Any], tmp_path: Path
+) -> None:
+    proxy, cache = remote["proxy"], tmp_path / "cache"
+    large = sum(p.stat().st_size for p in area_files(remote["server_root"]))
+    spec = {
+        "way": "load_bundle",
+        "cases": CASES,
+        "uri": f"runs:/{remote['first']['run_id']}/model",
+    }
+    env = subprocess_env({"MLFLOW_TRACKING_URI": proxy.url, "CLOUDFLOW_CACHE_DIR": str(cache)})
+    script = tmp_path / "load.py"
+    script.write_text(
+        "import json, sys\nimport cloudflow\nspec = json.loads(sys.argv[1])\n"
+        "b = cloudflow.load_bundle(spec['uri'])\n"
+        "print(json.dumps([b.predict(**c) for c in spec['cases']]))\n"
+    )
+    proxy.reset()
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(script), json.dumps(spec)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    outputs = [p.communicate(timeout=400) for p in processes]
+    for process, (out, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, err[-2000:]
+        assert_same_predictions(json.loads(out), CASES, remote["first"]["expected"])
+    # One copy of each large file, plus eight times the small files and MLflow's calls.
+    assert proxy.received < large + 8 * SMALL, (proxy.received, large)
+    assert proxy.received > large
+
+
+def test_share_files_false_uploads_the_whole_bundle(remote: dict[str, Any], tmp_path: Path) -> None:
+    project = write_project(tmp_path / "project")
+    proxy = remote["proxy"]
+    proxy.reset()
+    whole = save(project, proxy.url, share_files=False)
+    uploaded = proxy.sent
+    shutil.rmtree(project)
+    model_id = whole["model_uri"].split("/")[-1]
+    (folder,) = (remote["server_root"] / "artifacts").glob(f"*/models/{model_id}/artifacts")
+    manifest = json.loads((folder / "cloudflow" / "manifest.json").read_text())
+    assert manifest["shared"] == {}
+    assert manifest["format_version"] == 3
+    assert uploaded > 3_500_000
+    answers, _ = load(
+        tmp_path / "a", proxy, tmp_path / "cache", uri=f"runs:/{whole['run_id']}/model"
+    )
+    assert_same_predictions(answers, CASES, whole["expected"])
+    assert not (tmp_path / "cache" / "files" / "blobs").exists() or not list(
+        (tmp_path / "cache" / "files" / "blobs").iterdir()
+    )
+
+
+def test_a_downloaded_folder_loads_through_the_server_it_was_logged_to(
+    remote: dict[str, Any], tmp_path: Path
+) -> None:
+    """``mlflow artifacts download`` gives the small files; the load finds the server in the
+    manifest (no tracking URI set in the loading process) and fetches the rest."""
+    proxy = remote["proxy"]
+    download = r"""
+import sys
+import mlflow
+emit(mlflow.artifacts.download_artifacts(artifact_uri=sys.argv[1], dst_path=sys.argv[2]))
+"""
+    folder = run_snippet(
+        download,
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": proxy.url},
+        args=[f"runs:/{remote['first']['run_id']}/model", str(tmp_path / "copy")],
+    )
+    assert max(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) < 1024 * 1024
+    code = r"""
+import json, sys
+import cloudflow
+b = cloudflow.load_bundle(sys.argv[1])
+emit([b.predict(**c) for c in json.loads(sys.argv[2])])
+"""
+    answers = run_snippet(
+        code,
+        cwd=tmp_path,
+        env={"CLOUDFLOW_CACHE_DIR": str(tmp_path / "cache")},
+        args=[folder, json.dumps(CASES)],
+    )
+    assert_same_predictions(answers, CASES, remote["first"]["expected"])
+
+
+def test_export_writes_a_bundle_that_loads_with_no_server(
+    remote: dict[str, Any], tmp_path: Path
+) -> None:
+    proxy = remote["proxy"]
+    target = tmp_path / "exported"
+    env = subprocess_env({"CLOUDFLOW_CACHE_DIR": str(tmp_path / "cache")})
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "cloudflow", "export"),
+            *(f"runs:/{remote['first']['run_id']}/model", str(target)),
+            *("--tracking-uri", proxy.url),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "exported" in done.stdout
+    sizes = sorted(p.stat().st_size for p in target.rglob("*") if p.is_file())
+    assert sizes[-1] > 1024 * 1024  # the large files are in it
+    # No server, no cache: a machine that never saw either.
+    code = r"""
+import json, sys
+import cloudflow
+b = cloudflow.load_bundle(sys.argv[1])
+emit([b.predict(**c) for c in json.loads(sys.argv[2])])
+"""
+    answers = run_snippet(
+        code,
+        cwd=tmp_path,
+        env={
+            "CLOUDFLOW_CACHE_DIR": str(tmp_path / "other-cache"),
+            "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",  # nothing listens there
+        },
+        args=[str(target), json.dumps(CASES)],
+    )
+    assert_same_predictions(answers, CASES, remote["first"]["expected"])
+    assert not (tmp_path / "other-cache" / "files" / "blobs").exists() or not list(
+        (tmp_path / "other-cache" / "files" / "blobs").iterdir()
+    )
+
+
+def test_a_bundle_from_the_server_answers_through_mlflow_models_serve(
+    remote: dict[str, Any], tmp_path: Path
+) -> None:
+    uri = f"runs:/{remote['first']['run_id']}/model"
+    with model_server(uri, tmp_path / "serve.log", tracking_uri=remote["proxy"].url) as scoring:
+        status, answer = scoring.post_json("/invocations", {"inputs": CASES})
+    assert status == 200, answer
+    assert_same_predictions(answer["predictions"], CASES, remote["first"]["expected"])
+
+
+SPARK = r"""
+import json, os, sys
+spec = json.loads(sys.argv[1])
+os.environ["PYSPARK_PYTHON"] = os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+import mlflow.pyfunc
+from pyspark.sql import SparkSession
+
+spark = (
+    SparkSession.builder.master("local[1]")
+    .appName("cloudflow-remote")
+    .config("spark.driver.memory", "1g")
+    .config("spark.ui.enabled", "false")
+    .config("spark.driver.host", "127.0.0.1")
+    .config("spark.driver.bindAddress", "127.0.0.1")
+    .getOrCreate()
+)
+spark.sparkContext.setLogLevel("ERROR")
+try:
+    df = spark.createDataFrame([(c["text"],) for c in spec["cases"]], "text string").coalesce(1)
+    udf = mlflow.pyfunc.spark_udf(
+        spark, spec["uri"], result_type="label string, score double", env_manager="local"
+    )
+    rows = df.withColumn("p", udf("text")).collect()
+    emit([row.p.asDict(recursive=True) for row in rows])
+finally:
+    spark.stop()
+"""
+
+
+def test_a_bundle_from_the_server_scores_through_spark_udf(
+    remote: dict[str, Any], tmp_path: Path
+) -> None:
+    spec = {"uri": f"runs:/{remote['first']['run_id']}/model", "cases": CASES}
+    env = {"MLFLOW_TRACKING_URI": remote["proxy"].url, "CLOUDFLOW_CACHE_DIR": str(tmp_path / "c")}
+    answers = run_snippet(SPARK, cwd=tmp_path, env=env, args=[json.dumps(spec)], timeout=400)
+    assert_same_predictions(answers, CASES, remote["first"]["expected"])
