@@ -40,7 +40,7 @@ import stat
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,8 +155,17 @@ def present(path: Path, size: int) -> bool:
 Download = Callable[[str, Path], str]
 
 
-def fetch(digest: str, size: int, download: Download, *, source: str) -> tuple[Path, int]:
+def fetch(
+    digest: str,
+    size: int,
+    download: Download,
+    *,
+    source: str,
+    keep: Collection[str] = (),
+) -> tuple[Path, int]:
     """The cache's file of content ``digest``, downloaded first if the cache lacks it.
+
+    Making room for it never removes the files named in ``keep`` (those of the same load).
 
     Returns the path and the bytes downloaded (0: it was here, or another process fetched it
     while this one waited for the lock).
@@ -176,7 +185,7 @@ def fetch(digest: str, size: int, download: Download, *, source: str) -> tuple[P
         if present(final, size):  # another process downloaded it while this one waited
             touch(final)
             return final, 0
-        make_room(size, folder)
+        make_room(size, folder, keep=keep)
         partial = folder / "blobs" / f"{_PARTIAL}{digest[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             got = download(digest, partial)
@@ -227,8 +236,10 @@ def entries(folder: Path | None = None) -> list[Entry]:
     return sorted(out, key=lambda e: e.used)
 
 
-def prune(limit: int, folder: Path | None = None) -> tuple[int, int]:
+def prune(limit: int, folder: Path | None = None, keep: Collection[str] = ()) -> tuple[int, int]:
     """Remove the least recently used files until the cache holds at most ``limit`` bytes.
+
+    Files named in ``keep`` stay (they count towards the total).
 
     Also removes partial downloads left by processes that died, and load folders no process
     holds. Returns the files removed and the bytes freed.
@@ -241,6 +252,8 @@ def prune(limit: int, folder: Path | None = None) -> tuple[int, int]:
     for entry in files:
         if total <= limit:
             break
+        if entry.path.name in keep:
+            continue
         with contextlib.suppress(OSError):
             entry.path.unlink()
             total -= entry.size
@@ -249,11 +262,11 @@ def prune(limit: int, folder: Path | None = None) -> tuple[int, int]:
     return removed, freed
 
 
-def make_room(size: int, folder: Path) -> None:
+def make_room(size: int, folder: Path, keep: Collection[str] = ()) -> None:
     """Prune so that ``size`` more bytes fit under the limit (a larger file still fits)."""
     limit = max_size()
     if sum(e.size for e in entries(folder)) + size > limit:
-        prune(max(limit - size, 0), folder)
+        prune(max(limit - size, 0), folder, keep)
 
 
 def _remove_stale(folder: Path) -> None:

@@ -41,6 +41,7 @@ import os
 import posixpath
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -155,9 +156,13 @@ def _server_errors(area: Area, doing: str) -> Any:
     """Failures of the server or the store while ``doing`` -> StoreError naming the area."""
     try:
         yield
-    except (CloudflowError, OSError):
+    except CloudflowError:
         raise
     except Exception as e:
+        # A file system's errors are the caller's (a full cache disk); requests' errors (a
+        # dropped connection) are OSErrors too, and the server's.
+        if isinstance(e, OSError) and not type(e).__module__.startswith(("requests", "urllib3")):
+            raise
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise StoreError(
             f"Could not {doing} in the shared area {area.describe()}: {type(e).__name__}: {first}. "
@@ -351,21 +356,27 @@ def complete(data: Path, manifest: Manifest) -> tuple[Path, _cache.LoadFolder | 
     if not missing:
         return data, None
     area = Area(shared["area"], shared.get("server"))
-    wanted = {
-        manifest.files[rel][_digests.ALGORITHM]: int(manifest.files[rel]["size"]) for rel in missing
-    }
-    paths, report = fetch(area, wanted)
+    targets: dict[str, list[str]] = {}
+    sizes: dict[str, int] = {}
+    for rel in missing:
+        digest = manifest.files[rel][_digests.ALGORITHM]
+        targets.setdefault(digest, []).append(rel)
+        sizes[digest] = int(manifest.files[rel]["size"])
     folder = _cache.LoadFolder()
     try:
         shutil.copytree(data.parent, folder.path, dirs_exist_ok=True)
         for rel in missing:
-            target = folder.path / DATA_DIR / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            source = paths[manifest.files[rel][_digests.ALGORITHM]]
-            try:
-                os.link(source, target)
-            except OSError:  # no hard links between these folders: a copy of the cached file
-                shutil.copyfile(source, target)
+            (folder.path / DATA_DIR / rel).parent.mkdir(parents=True, exist_ok=True)
+
+        def place(digest: str, path: Path) -> None:
+            for rel in targets[digest]:
+                target = folder.path / DATA_DIR / rel
+                try:
+                    os.link(path, target)
+                except OSError:  # no hard links between these folders: a copy of the file
+                    shutil.copyfile(path, target)
+
+        report = fetch(area, sizes, place)
     except BaseException:
         folder.close()
         raise
@@ -378,43 +389,50 @@ def complete(data: Path, manifest: Manifest) -> tuple[Path, _cache.LoadFolder | 
     return folder.path / DATA_DIR, folder
 
 
-def fetch(area: Area, wanted: Mapping[str, int]) -> tuple[dict[str, Path], DownloadReport]:
-    """The cache's path of each digest -> size in ``wanted``, downloading what it lacks."""
+def fetch(
+    area: Area, wanted: Mapping[str, int], place: Callable[[str, Path], None]
+) -> DownloadReport:
+    """Give ``place(digest, path)`` the cache's file of each digest -> size in ``wanted``.
+
+    Files the cache lacks are downloaded, several at once. ``place`` runs as soon as a file is
+    there, and the files of this call are never pruned by it; a file another process prunes
+    between its download and ``place`` is fetched again.
+    """
     report = DownloadReport()
-    paths: dict[str, Path] = {}
-    todo = {}
-    root = _cache.root()
-    for digest, size in wanted.items():
-        cached = root / "blobs" / digest
-        if _cache.present(cached, size):
-            _cache.touch(cached)
-            paths[digest] = cached
-            report.cached_files += 1
-        else:
-            todo[digest] = size
-    if not todo:
-        return paths, report
-    repo = area.repository()
+    repo: list[Any] = []  # made on the first download: a load from the cache needs no server
+    lock = threading.Lock()
+    keep = set(wanted)
 
-    def one(digest: str) -> tuple[Path, int]:
-        return _cache.fetch(
-            digest,
-            todo[digest],
-            lambda d, p: area.download(repo, d, p),
-            source=area.describe(),
-        )
+    def download(digest: str, path: Path) -> str:
+        with lock:
+            if not repo:
+                repo.append(area.repository())
+        return area.download(repo[0], digest, path)
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(WORKERS, len(todo))) as pool:
-        futures = {digest: pool.submit(one, digest) for digest in todo}
-        for digest, future in futures.items():
-            path, got = future.result()
-            paths[digest] = path
-            if got:
-                report.downloaded_files += 1
-                report.downloaded_bytes += got
-            else:
-                report.cached_files += 1
-    return paths, report
+    def one(digest: str) -> None:
+        for attempt in range(3):
+            path, got = _cache.fetch(
+                digest, wanted[digest], download, source=area.describe(), keep=keep
+            )
+            try:
+                place(digest, path)
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+                continue
+            with lock:
+                if got:
+                    report.downloaded_files += 1
+                    report.downloaded_bytes += got
+                else:
+                    report.cached_files += 1
+            return
+
+    workers = min(WORKERS, len(wanted)) or 1
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        for future in [pool.submit(one, digest) for digest in wanted]:
+            future.result()
+    return report
 
 
 def export(data: Path, manifest: Manifest, destination: Path) -> int:

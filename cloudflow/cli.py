@@ -420,6 +420,7 @@ def gc(tracking_uri: str) -> None:
     from cloudflow import _blobs, _store
 
     uri = _store.existing_store_uri(tracking_uri)
+    mlflow.set_tracking_uri(uri)  # a server's mlflow-artifacts: URIs resolve against it
     client = mlflow.MlflowClient(uri)
     total_files = total_bytes = 0
     for experiment in client.search_experiments(view_type=ViewType.ALL):
@@ -492,11 +493,12 @@ def cache() -> None:
 def cache_info() -> None:
     """Where the cache is, what it holds and its size limit."""
     from cloudflow import _cache
+    from cloudflow._listing import _size
 
     found = _cache.info()
     click.echo(f"path      {found.path}")
-    click.echo(f"files     {found.files} ({found.bytes / 1e6:.1f} MB)")
-    click.echo(f"limit     {found.max_size / 1e9:.1f} GB (${_cache.MAX_SIZE_ENV})")
+    click.echo(f"files     {found.files} ({_size(found.bytes)})")
+    click.echo(f"limit     {_size(found.max_size)} (${_cache.MAX_SIZE_ENV})")
     click.echo(f"in use    {found.loads} loaded bundle(s)")
 
 

@@ -366,10 +366,11 @@ class CountingProxy:
     Clients talk to ``.url``; every byte they send (``sent``: uploads) and receive
     (``received``: downloads) crosses it, so a test measures what went over the wire, not what
     the code says it sent. :meth:`reset` zeroes the counts; :meth:`stop` (or the ``with`` block's
-    end) closes it.
+    end) closes it. With ``cut_after``, the proxy drops every connection and stops listening
+    once that many bytes went to clients: to them the server went away mid-download.
     """
 
-    def __init__(self, target_url: str) -> None:
+    def __init__(self, target_url: str, cut_after: int | None = None) -> None:
         import threading
         import urllib.parse
 
@@ -382,6 +383,7 @@ class CountingProxy:
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
         self.sent = 0
         self.received = 0
+        self._cut_after = cut_after
         self._lock = threading.Lock()
         self._closing = False
         self._sockets: list[socket.socket] = []
@@ -391,12 +393,14 @@ class CountingProxy:
         with self._lock:
             self.sent = self.received = 0
 
-    def _count(self, upload: bool, n: int) -> None:
+    def _count(self, upload: bool, n: int) -> bool:
+        """Count ``n`` bytes; False once the proxy is to cut every connection."""
         with self._lock:
             if upload:
                 self.sent += n
             else:
                 self.received += n
+            return self._cut_after is None or self.received < self._cut_after
 
     def _accept(self) -> None:
         import threading
@@ -420,7 +424,9 @@ class CountingProxy:
     def _pipe(self, source: socket.socket, sink: socket.socket, upload: bool) -> None:
         try:
             while chunk := source.recv(1 << 16):
-                self._count(upload, len(chunk))
+                if not self._count(upload, len(chunk)):
+                    self.stop()
+                    return
                 sink.sendall(chunk)
         except OSError:
             pass
@@ -434,6 +440,8 @@ class CountingProxy:
             self._listener.close()
         with self._lock:
             for s in self._sockets:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)  # wakes a recv blocked in another thread
                 with contextlib.suppress(OSError):
                     s.close()
 

@@ -12,6 +12,7 @@ a download cache of its own where the test says so.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -428,3 +429,201 @@ def test_a_bundle_from_the_server_scores_through_spark_udf(
     env = {"MLFLOW_TRACKING_URI": remote["proxy"].url, "CLOUDFLOW_CACHE_DIR": str(tmp_path / "c")}
     answers = run_snippet(SPARK, cwd=tmp_path, env=env, args=[json.dumps(spec)], timeout=400)
     assert_same_predictions(answers, CASES, remote["first"]["expected"])
+
+
+# --- faults ------------------------------------------------------------------------------------
+
+FAULT_LOADER = r"""
+import json, sys
+import cloudflow
+try:
+    cloudflow.load_bundle(sys.argv[1]).predict(text="x")
+except cloudflow.CloudflowError as e:
+    emit({"error": type(e).__name__, "message": str(e)})
+else:
+    emit({"error": None})
+"""
+
+
+def load_fails(uri: str, tracking_uri: str, cache: Path, where: Path) -> dict[str, Any]:
+    where.mkdir(parents=True, exist_ok=True)
+    env = {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "CLOUDFLOW_CACHE_DIR": str(cache),
+        # One try: the server is gone for good, MLflow's retries would only wait.
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    }
+    return dict(run_snippet(FAULT_LOADER, cwd=where, env=env, args=[uri]))
+
+
+def cache_is_clean(cache: Path) -> list[str]:
+    """Names in the cache's file folder: no file under a digest name, no partial download."""
+    blobs = cache / "files" / "blobs"
+    return sorted(p.name for p in blobs.iterdir()) if blobs.is_dir() else []
+
+
+@pytest.mark.parametrize("damage", ["altered", "truncated"])
+def test_a_damaged_file_on_the_server_is_refused_and_never_cached(
+    remote: dict[str, Any], tmp_path: Path, damage: str
+) -> None:
+    weights = max(area_files(remote["server_root"]), key=lambda p: p.stat().st_size)
+    original = weights.read_bytes()
+    try:
+        os.chmod(weights, 0o644)
+        if damage == "altered":
+            middle = len(original) // 2
+            weights.write_bytes(
+                original[:middle] + bytes([original[middle] ^ 1]) + original[middle + 1 :]
+            )
+        else:
+            weights.write_bytes(original[: len(original) // 3])
+        uri = f"runs:/{remote['first']['run_id']}/model"
+        got = load_fails(uri, remote["proxy"].url, tmp_path / "cache", tmp_path / "a")
+    finally:
+        weights.write_bytes(original)
+    assert got["error"] == "IntegrityError", got
+    assert "is not the file the bundle's manifest names" in got["message"]
+    assert weights.name[:16] in got["message"]
+    assert weights.name not in cache_is_clean(tmp_path / "cache")
+    assert not [n for n in cache_is_clean(tmp_path / "cache") if n.startswith(".partial")]
+
+
+def test_a_server_gone_mid_download_gives_a_clear_error_and_keeps_nothing(
+    remote: dict[str, Any], tmp_path: Path
+) -> None:
+    uri = f"runs:/{remote['first']['run_id']}/model"
+    cache = tmp_path / "cache"
+    # The bundle's small files arrive, then the connection drops inside the large ones.
+    with CountingProxy(remote["server"].url, cut_after=1_500_000) as cutting:
+        got = load_fails(uri, cutting.url, cache, tmp_path / "a")
+    assert got["error"] == "StoreError", got
+    assert "Could not download" in got["message"]
+    assert "nothing half-written was kept" in got["message"]
+    names = cache_is_clean(cache)
+    assert not [n for n in names if n.startswith(".partial")], names
+    # The cache is not poisoned: the next load, the server back, answers.
+    answers, _ = load(tmp_path / "b", remote["proxy"], cache, uri=uri)
+    assert_same_predictions(answers, CASES, remote["first"]["expected"])
+
+
+def test_a_full_cache_disk_gives_a_clear_error_and_keeps_nothing(
+    remote: dict[str, Any], tmp_path: Path
+) -> None:
+    cache = tmp_path / "small-disk"
+    cache.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(cache)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a 2 MB tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        uri = f"runs:/{remote['first']['run_id']}/model"
+        got = load_fails(uri, remote["proxy"].url, cache, tmp_path / "a")
+        names = cache_is_clean(cache)
+    finally:
+        subprocess.run(["umount", str(cache)], check=True)
+    assert got["error"] == "CacheError", got
+    assert "ran out of disk space" in got["message"]
+    assert "cloudflow cache prune" in got["message"]
+    assert not [n for n in names if n.startswith(".partial")], names
+
+
+# --- clean-up and the cache's limit ----------------------------------------------------------
+
+
+def test_gc_over_http_frees_what_no_bundle_names_and_keeps_the_rest(
+    remote: dict[str, Any], tmp_path: Path
+) -> None:
+    import mlflow
+
+    from cloudflow import _remote
+
+    proxy = remote["proxy"]
+    project = write_project(tmp_path / "project")
+    gone = save(project, proxy.url, seed=1, experiment="remote-gc")
+    kept = save(project, proxy.url, seed=2, experiment="remote-gc")
+    shutil.rmtree(project)
+    client = mlflow.MlflowClient(proxy.url)
+    experiment = client.get_experiment_by_name("remote-gc")
+    root = remote["server_root"] / "artifacts" / experiment.experiment_id / ".cloudflow-blobs"
+    before = {p.name: p.stat().st_size for p in root.iterdir() if p.is_file()}
+    assert len(before) == 3  # two nets, one table both share
+    client.delete_logged_model(gone["model_uri"].split("/")[-1])
+
+    def gc() -> str:
+        env = subprocess_env({"CLOUDFLOW_CACHE_DIR": str(tmp_path / "cache")})
+        done = subprocess.run(
+            [sys.executable, "-m", "cloudflow", "gc", "--tracking-uri", proxy.url],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    # A save in progress announced the deleted net's weights: they stay.
+    (orphan,) = _digests_of(remote, gone) - _digests_of(remote, kept)
+    area = _remote.Area(f"mlflow-artifacts:/{experiment.experiment_id}/.cloudflow-blobs", proxy.url)
+    repo = area.repository()
+    marker = _remote._announce(area, repo, [orphan], tmp_path)
+    assert "freed 0.0 MB" in gc()
+    assert orphan in {p.name for p in root.iterdir()}
+    _remote._withdraw(area, repo, marker)
+    out = gc()
+    after = {p.name for p in root.iterdir() if p.is_file()}
+    assert after == set(before) - {orphan}, out
+    assert f"freed {before[orphan] / 1e6:.1f} MB (1 file(s)" in out
+    answers, _ = load(
+        tmp_path / "a", proxy, tmp_path / "cache", uri=f"runs:/{kept['run_id']}/model"
+    )
+    assert_same_predictions(answers, CASES, kept["expected"])
+
+
+def _digests_of(remote: dict[str, Any], saved: dict[str, Any]) -> set[str]:
+    model_id = saved["model_uri"].split("/")[-1]
+    (folder,) = (remote["server_root"] / "artifacts").glob(f"*/models/{model_id}/artifacts")
+    manifest = json.loads((folder / "cloudflow" / "manifest.json").read_text())
+    return {manifest["files"][rel]["blake3"] for rel in manifest["shared"]["files"]}
+
+
+def test_the_cache_keeps_to_its_limit_and_prunes_on_demand(
+    remote: dict[str, Any], tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    uri = f"runs:/{remote['first']['run_id']}/model"
+    where = tmp_path / "a"
+    where.mkdir()
+    spec = {"way": "load_bundle", "cases": CASES, "uri": uri}
+    env = {
+        "MLFLOW_TRACKING_URI": remote["proxy"].url,
+        "CLOUDFLOW_CACHE_DIR": str(cache),
+        "CLOUDFLOW_CACHE_MAX_SIZE": "2.5MB",
+    }
+    # 3.7 MB of files through a 2.5 MB cache: the bundle loads, the cache keeps to its limit
+    # once the next download makes room.
+    answers = run_snippet(LOADER, cwd=where, env=env, args=[json.dumps(spec)])
+    assert_same_predictions(answers, CASES, remote["first"]["expected"])
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "cloudflow", "cache", *args],
+            cwd=tmp_path,
+            env=subprocess_env(env),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    cli("prune")
+    sizes = [p.stat().st_size for p in (cache / "files" / "blobs").iterdir()]
+    assert sum(sizes) <= 2_500_000, sizes
+    assert "limit     2.5 MB" in cli("info")
+    out = cli("prune", "--max-size", "0")
+    assert "the cache holds 0 file(s)" in out
+    assert "files     0 (0 B)" in cli("info")
