@@ -450,3 +450,44 @@ class CountingProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def s3_server(root: Path) -> contextlib.AbstractContextManager[Server]:
+    """moto's S3-compatible server (``python -m moto.server``), data in memory, on 127.0.0.1."""
+    root.mkdir(parents=True, exist_ok=True)
+
+    def argv(port: int) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+
+    return running_server(
+        argv, health="/moto-api/", log=root / "s3.log", env=server_env(), cwd=root
+    )
+
+
+#: The credentials and region a client of :func:`s3_server` uses (moto accepts any).
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def tracking_server_on_s3(
+    root: Path, bucket_uri: str, s3_url: str
+) -> contextlib.AbstractContextManager[Server]:
+    """``mlflow server`` whose experiments keep their artifacts in ``bucket_uri`` (S3), written
+    and read by the clients themselves (``--no-serve-artifacts``), at the endpoint ``s3_url``."""
+    root.mkdir(parents=True, exist_ok=True)
+
+    def argv(port: int) -> list[str]:
+        return [
+            *(sys.executable, "-m", "mlflow", "server"),
+            *("--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"),
+            *("--default-artifact-root", bucket_uri, "--no-serve-artifacts"),
+            *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
+        ]
+
+    env = server_env(
+        {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_S3_ENDPOINT_URL": s3_url, **S3_ENV}
+    )
+    return running_server(argv, health="/health", log=root / "server.log", env=env, cwd=root)

@@ -124,7 +124,10 @@ def write_project(root: Path) -> Path:
     return root
 
 
-def save(project: Path, tracking_uri: str, **job: Any) -> dict[str, Any]:
+def save(
+    project: Path, tracking_uri: str, env: dict[str, str] | None = None, **job: Any
+) -> dict[str, Any]:
+    """Log the project from a fresh process in ``project``; returns the run, URI and answers."""
     spec = {
         "tracking_uri": tracking_uri,
         "experiment": EXPERIMENT,
@@ -132,19 +135,33 @@ def save(project: Path, tracking_uri: str, **job: Any) -> dict[str, Any]:
         "cases": CASES,
         **job,
     }
-    return dict(run_snippet(SAVER, cwd=project, args=[json.dumps(spec)], timeout=300))
+    return dict(run_snippet(SAVER, cwd=project, env=env, args=[json.dumps(spec)], timeout=300))
 
 
 def load(
-    where: Path, proxy: CountingProxy, cache: Path, way: str = "load_bundle", **spec: Any
+    where: Path,
+    counter: CountingProxy,
+    cache: Path,
+    way: str = "load_bundle",
+    *,
+    tracking_uri: str | None = None,
+    env: dict[str, str] | None = None,
+    **extra: Any,
 ) -> tuple[Any, int]:
-    """Load and predict in a fresh process from ``where``; returns the answers, bytes received."""
+    """Load and predict in a fresh process from ``where``; returns the answers and the bytes
+    ``counter`` saw go to clients (the tracking server's proxy, unless another is given)."""
     where.mkdir(parents=True, exist_ok=True)
-    spec = {"way": way, "cases": CASES, "tracking_uri": proxy.url, "experiment": EXPERIMENT, **spec}
-    env = {"MLFLOW_TRACKING_URI": proxy.url, "CLOUDFLOW_CACHE_DIR": str(cache)}
-    proxy.reset()
-    answers = run_snippet(LOADER, cwd=where, env=env, args=[json.dumps(spec)], timeout=300)
-    return answers, proxy.received
+    tracking_uri = tracking_uri or counter.url
+    spec = {"way": way, "cases": CASES, "tracking_uri": tracking_uri, "experiment": EXPERIMENT}
+    spec.update(extra)
+    full_env = {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "CLOUDFLOW_CACHE_DIR": str(cache),
+        **(env or {}),
+    }
+    counter.reset()
+    answers = run_snippet(LOADER, cwd=where, env=full_env, args=[json.dumps(spec)], timeout=300)
+    return answers, counter.received
 
 
 def area_files(server_root: Path) -> list[Path]:
