@@ -40,6 +40,7 @@ from cloudflow.exceptions import (
     BundleArgumentError,
     CaptureError,
     EnvironmentMismatchError,
+    IntegrityError,
     ModelKeyError,
     NotFoundError,
     PredictArgumentError,
@@ -807,6 +808,7 @@ def read_bundle(
     device: Any = None,
     dtype: Any = None,
     lazy: bool | str = False,
+    _defer_checks: bool = True,
 ) -> Bundle:
     """Load a bundle from a local folder (its root, or its ``cloudflow`` data folder).
 
@@ -843,19 +845,33 @@ def read_bundle(
     # (downloaded once), and the bundle is read from a folder of the cache that holds them all.
     complete, load_folder = _remote.complete(data, manifest)
     if load_folder is not None:
+        again = functools.partial(
+            read_bundle,
+            verify=verify,
+            allow_python_mismatch=allow_python_mismatch,
+            signing_key=trust,
+            expected_identity=expected_identity,
+            device=device,
+            dtype=dtype,
+            lazy=lazy,
+            # Checked before the load returns: a folder of the cache found changed is then put
+            # together again at once. Its digests are usually in the digest cache already.
+            _defer_checks=False,
+        )
         try:
-            bundle = read_bundle(
-                complete,
-                verify=verify,
-                allow_python_mismatch=allow_python_mismatch,
-                signing_key=trust,
-                expected_identity=expected_identity,
-                device=device,
-                dtype=dtype,
-                lazy=lazy,
-            )
+            try:
+                bundle = again(complete)
+            except IntegrityError as e:
+                # Its folder in the cache was changed since an earlier load put it together:
+                # put it together again from the download and the (verified) cached files.
+                _logger.warning("Putting %s together again: %s", complete.parent, e)
+                load_folder.close()
+                complete, load_folder = _remote.complete(data, manifest, rebuild=True)
+                assert load_folder is not None
+                bundle = again(complete)
         except BaseException:
-            load_folder.close()
+            if load_folder is not None:
+                load_folder.close()
             raise
         weakref.finalize(bundle, load_folder.close)
         return bundle
@@ -865,7 +881,7 @@ def read_bundle(
     # Weights in safetensors, a format parsed without running code, are hashed on another core
     # while the models load and, unsigned, while the first predict runs: its answer is given
     # only once they match (Bundle.predict). A signed bundle returns once they match.
-    deferrable = set(_manifest.deferred_files(manifest)) if checked else set()
+    deferrable = set(_manifest.deferred_files(manifest)) if checked and _defer_checks else set()
     # Lazily loaded models have their files checked when they load, not now.
     by_model = {
         name: [r for r in manifest.files if r.startswith(entry.path.rstrip("/") + "/")]

@@ -13,10 +13,11 @@ digest cache):
   download cut short, altered or stopped by a full disk never leaves a file under a digest name;
 - ``locks/<digest>.lock``: one download of a file at a time across processes (``fcntl.flock``):
   eight processes starting at once download it once, the others wait and then read it;
-- ``loads/<id>/``: the folder of one loaded bundle: its small files, and hard links to the cache's
-  large ones (a bundle is read from one folder). A process holds a shared lock on
-  ``loads/<id>.lock`` while the bundle lives; a folder whose lock nobody holds is left over from a
-  process that ended, and is removed.
+- ``bundles/<key>/``: a bundle put together from its download and the cache's files: its small
+  files, and hard links to the large ones (a bundle is read from one folder). It is kept, named
+  by its manifest, so a repeat load reads it as a local store's bundle is read: the same files,
+  the digest cache warm. A process holds a shared lock on ``bundles/<key>.lock`` while a bundle
+  read from it lives; pruning removes only folders nobody holds.
 
 The cache keeps at most ``CLOUDFLOW_CACHE_MAX_SIZE`` bytes of files (default 50 GB; ``500MB``,
 ``20GB`` and plain byte counts are understood): before a download that would pass it, the files
@@ -43,6 +44,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cloudflow import _digests
 from cloudflow.exceptions import CacheError, IntegrityError
@@ -52,6 +54,9 @@ _logger = logging.getLogger("cloudflow")
 MAX_SIZE_ENV = "CLOUDFLOW_CACHE_MAX_SIZE"
 DEFAULT_MAX_SIZE = 50 * 10**9
 _PARTIAL = ".partial-"
+_BUILDING = ".building-"
+#: A put-together bundle nobody used for this long goes at the next prune.
+_UNUSED_BUNDLE_S = 7 * 24 * 3600
 #: A partial download older than this is left over from a process that died mid-download.
 _STALE_PARTIAL_S = 6 * 3600
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
@@ -93,7 +98,7 @@ def root() -> Path:
         xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         folder = Path(xdg) / "cloudflow" / "files"
     try:
-        for sub in ("blobs", "locks", "loads"):
+        for sub in ("blobs", "locks", "bundles"):
             (folder / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
         info = folder.stat()
     except OSError as e:
@@ -162,10 +167,13 @@ def fetch(
     *,
     source: str,
     keep: Collection[str] = (),
+    check: bool = False,
 ) -> tuple[Path, int]:
     """The cache's file of content ``digest``, downloaded first if the cache lacks it.
 
     Making room for it never removes the files named in ``keep`` (those of the same load).
+    With ``check``, a file the cache holds is hashed first, and downloaded again if it is not
+    that content any more.
 
     Returns the path and the bytes downloaded (0: it was here, or another process fetched it
     while this one waited for the lock).
@@ -178,10 +186,17 @@ def fetch(
         raise IntegrityError(f"{digest!r} is not a BLAKE3 digest: the manifest is damaged.")
     folder = root()
     final = folder / "blobs" / digest
-    if present(final, size):
+    if present(final, size) and not check:
         touch(final)
         return final, 0
     with _locked(folder / "locks" / f"{digest}.lock"):
+        if (
+            check
+            and present(final, size)
+            and _digests.digest_files([final], use_cache=False)[0] != digest
+        ):
+            _logger.warning("The cached file %s was changed; downloading it again", final)
+            final.unlink()
         if present(final, size):  # another process downloaded it while this one waited
             touch(final)
             return final, 0
@@ -241,11 +256,12 @@ def prune(limit: int, folder: Path | None = None, keep: Collection[str] = ()) ->
 
     Files named in ``keep`` stay (they count towards the total).
 
-    Also removes partial downloads left by processes that died, and load folders no process
-    holds. Returns the files removed and the bytes freed.
+    Also removes partial downloads left by processes that died, and put-together bundles no
+    process holds that were not used for a week (all of them when ``limit`` is 0). Returns the
+    files removed and the bytes freed.
     """
     folder = folder or root()
-    _remove_stale(folder)
+    _remove_stale(folder, bundles_unused_for=0 if limit == 0 else _UNUSED_BUNDLE_S)
     files = entries(folder)
     total = sum(e.size for e in files)
     removed = freed = 0
@@ -269,47 +285,90 @@ def make_room(size: int, folder: Path, keep: Collection[str] = ()) -> None:
         prune(max(limit - size, 0), folder, keep)
 
 
-def _remove_stale(folder: Path) -> None:
+def _remove_stale(folder: Path, bundles_unused_for: float | None = None) -> None:
+    """Remove partial downloads and put-together bundles left over (see :func:`prune`)."""
     now = time.time()
+    stale = [folder / "blobs", folder / "bundles"]
+    for place in stale:
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(place):
+                if entry.name.startswith((_PARTIAL, _BUILDING)):
+                    with contextlib.suppress(OSError):
+                        if now - entry.stat().st_mtime > _STALE_PARTIAL_S:
+                            shutil.rmtree(entry.path) if entry.is_dir() else os.unlink(entry.path)
+    if bundles_unused_for is None:
+        return
+    bundles = folder / "bundles"
     with contextlib.suppress(OSError):
-        for entry in os.scandir(folder / "blobs"):
-            if entry.name.startswith(_PARTIAL):
-                with contextlib.suppress(OSError):
-                    if now - entry.stat().st_mtime > _STALE_PARTIAL_S:
-                        os.unlink(entry.path)
-    loads = folder / "loads"
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(loads):
+        for entry in os.scandir(bundles):
             if not entry.name.endswith(".lock"):
                 continue
             lock = Path(entry.path)
+            with contextlib.suppress(OSError):
+                if now - lock.stat().st_mtime < bundles_unused_for:
+                    continue
             with _locked(lock, wait=False) as free:
                 if free:
-                    shutil.rmtree(loads / lock.stem, ignore_errors=True)
+                    _remove_folder(bundles / lock.stem)
                     with contextlib.suppress(OSError):
                         lock.unlink()
 
 
-class LoadFolder:
-    """A folder of the cache that holds one loaded bundle, kept while the bundle lives."""
+def _remove_folder(path: Path) -> None:
+    """Remove a folder at once for everyone (renamed first, then deleted)."""
+    trash = path.with_name(f"{_BUILDING}trash-{uuid.uuid4().hex[:12]}")
+    try:
+        os.rename(path, trash)
+    except OSError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
 
-    def __init__(self) -> None:
+
+class BundleFolder:
+    """A bundle put together in the cache, held (shared lock) while a bundle read from it lives.
+
+    ``key`` names its content (the digest of its manifest): two loads of the same bundle, in any
+    processes, use one folder, built once.
+    """
+
+    def __init__(self, key: str) -> None:
         folder = root()
-        _remove_stale(folder)
-        name = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        self.path = folder / "loads" / name
-        self._lock_path = folder / "loads" / f"{name}.lock"
-        self._lock = open(self._lock_path, "a+b")  # noqa: SIM115 - held while the bundle lives
+        self.path = folder / "bundles" / key
+        self._lock_path = folder / "bundles" / f"{key}.lock"
+        self._lock: Any = open(self._lock_path, "a+b")  # noqa: SIM115 - held while in use
         if sys.platform != "win32":
             import fcntl
 
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_SH)
-        self.path.mkdir(mode=0o700)
+        with contextlib.suppress(OSError):
+            os.utime(self._lock_path)  # used now: pruning keeps it a week
+
+    @property
+    def ready(self) -> bool:
+        return self.path.is_dir()
+
+    def build(self, fill: Callable[[Path], None]) -> None:
+        """Make the folder with ``fill(folder)``; it gets its name only once complete."""
+        building = self.path.with_name(
+            f"{_BUILDING}{self.path.name[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        )
+        building.mkdir(mode=0o700)
+        try:
+            fill(building)
+            try:
+                os.rename(building, self.path)
+            except OSError as e:
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                # Another process built it meanwhile: the same content, use theirs.
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+
+    def discard(self) -> None:
+        """Remove the folder (found damaged), so that the next :meth:`build` makes it anew."""
+        _remove_folder(self.path)
 
     def close(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            self._lock_path.unlink()
         with contextlib.suppress(OSError):
             self._lock.close()
 
@@ -322,12 +381,12 @@ class Summary:
     files: int
     bytes: int
     max_size: int
-    loads: int
+    bundles: int
 
 
 def info() -> Summary:
-    """Where the cache is, how many files it holds, their bytes, its limit, bundles in use."""
+    """Where the cache is, how many files it holds, their bytes, its limit, bundles put together."""
     folder = root()
     files = entries(folder)
-    loads = [p for p in (folder / "loads").iterdir() if p.is_dir()]
-    return Summary(folder, len(files), sum(e.size for e in files), max_size(), len(loads))
+    bundles = [p for p in (folder / "bundles").iterdir() if p.is_dir() and p.name[0] != "."]
+    return Summary(folder, len(files), sum(e.size for e in files), max_size(), len(bundles))

@@ -35,6 +35,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -50,7 +51,13 @@ from pathlib import Path
 from typing import Any
 
 from cloudflow import _blobs, _cache, _digests
-from cloudflow._manifest import DATA_DIR, SHARED_FORMAT_VERSION, Manifest
+from cloudflow._manifest import (
+    DATA_DIR,
+    MANIFEST_FILE,
+    SHARED_FORMAT_VERSION,
+    SIGNATURE_FILE,
+    Manifest,
+)
 from cloudflow.exceptions import CloudflowError, StoreError
 
 _logger = logging.getLogger("cloudflow")
@@ -58,7 +65,9 @@ _logger = logging.getLogger("cloudflow")
 AREA_DIR = _blobs.BLOB_DIR
 PENDING_DIR = ".pending"
 #: Files smaller than this travel inside the bundle: a separate upload costs more than it saves.
-MIN_SIZE = _blobs.MIN_SIZE
+#: (Lower than the local store's 1 MB: a shared file costs no request on a repeat log or load,
+#: and a tokenizer's 0.2-0.7 MB files are then not uploaded again.)
+MIN_SIZE = 128 * 1024
 #: Parallel uploads and downloads of large files.
 WORKERS = 4
 #: An announcement older than this is left over from a save that died.
@@ -341,13 +350,27 @@ class DownloadReport:
     cached_files: int = 0
 
 
-def complete(data: Path, manifest: Manifest) -> tuple[Path, _cache.LoadFolder | None]:
+def bundle_key(data: Path) -> str:
+    """The name of a bundle's put-together folder in the cache: the digest of its manifest (and
+    signature), which names every file's content."""
+    h = hashlib.sha256()
+    for name in (MANIFEST_FILE, SIGNATURE_FILE):
+        with contextlib.suppress(FileNotFoundError):
+            h.update(name.encode() + b"\0" + (data / name).read_bytes() + b"\0")
+    return h.hexdigest()[:40]
+
+
+def complete(
+    data: Path, manifest: Manifest, *, rebuild: bool = False
+) -> tuple[Path, _cache.BundleFolder | None]:
     """The data folder to read: ``data`` itself, or a folder of the cache with the shared files.
 
     A bundle whose shared files are all in its folder (an exported copy, a local store) is read
-    where it is. Otherwise the files it lacks come from the cache, downloaded first where needed,
-    and the bundle is read from a load folder of the cache (its small files copied, the large
-    ones linked), which the caller keeps while the bundle lives.
+    where it is. Otherwise it is read from its put-together folder in the cache (its small files
+    copied from ``data``, the large ones linked from the cache's files, downloaded first where
+    needed), built on its first load on this machine and kept for the next ones. The caller
+    holds the returned folder while the bundle lives; ``rebuild`` makes it anew (it was found
+    damaged).
     """
     shared = manifest.shared
     if not shared:
@@ -355,42 +378,59 @@ def complete(data: Path, manifest: Manifest) -> tuple[Path, _cache.LoadFolder | 
     missing = [rel for rel in shared["files"] if not (data / rel).is_file()]
     if not missing:
         return data, None
-    area = Area(shared["area"], shared.get("server"))
+    folder = _cache.BundleFolder(bundle_key(data))
+    try:
+        if rebuild:
+            folder.discard()
+        if not folder.ready:
+            folder.build(lambda target: _put_together(data, manifest, missing, target, rebuild))
+    except BaseException:
+        folder.close()
+        raise
+    return folder.path / DATA_DIR, folder
+
+
+def _put_together(
+    data: Path, manifest: Manifest, missing: list[str], target: Path, check: bool
+) -> None:
+    """Fill ``target`` with the bundle: ``data``'s folder copied, the missing files linked
+    (with ``check``, the cached ones hashed first)."""
+    area = Area(manifest.shared["area"], manifest.shared.get("server"))
     targets: dict[str, list[str]] = {}
     sizes: dict[str, int] = {}
     for rel in missing:
         digest = manifest.files[rel][_digests.ALGORITHM]
         targets.setdefault(digest, []).append(rel)
         sizes[digest] = int(manifest.files[rel]["size"])
-    folder = _cache.LoadFolder()
-    try:
-        shutil.copytree(data.parent, folder.path, dirs_exist_ok=True)
-        for rel in missing:
-            (folder.path / DATA_DIR / rel).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(data.parent, target, dirs_exist_ok=True)
+    for rel in missing:
+        (target / DATA_DIR / rel).parent.mkdir(parents=True, exist_ok=True)
 
-        def place(digest: str, path: Path) -> None:
-            for rel in targets[digest]:
-                target = folder.path / DATA_DIR / rel
-                try:
-                    os.link(path, target)
-                except OSError:  # no hard links between these folders: a copy of the file
-                    shutil.copyfile(path, target)
+    def place(digest: str, path: Path) -> None:
+        for rel in targets[digest]:
+            into = target / DATA_DIR / rel
+            try:
+                os.link(path, into)
+            except FileNotFoundError:
+                raise
+            except OSError:  # no hard links between these folders: a copy of the file
+                shutil.copyfile(path, into)
 
-        report = fetch(area, sizes, place)
-    except BaseException:
-        folder.close()
-        raise
+    report = fetch(area, sizes, place, check=check)
     _logger.info(
         "Shared files: downloaded %d (%.1f MB), from the cache %d",
         report.downloaded_files,
         report.downloaded_bytes / 1e6,
         report.cached_files,
     )
-    return folder.path / DATA_DIR, folder
 
 
 def fetch(
-    area: Area, wanted: Mapping[str, int], place: Callable[[str, Path], None]
+    area: Area,
+    wanted: Mapping[str, int],
+    place: Callable[[str, Path], None],
+    *,
+    check: bool = False,
 ) -> DownloadReport:
     """Give ``place(digest, path)`` the cache's file of each digest -> size in ``wanted``.
 
@@ -412,7 +452,12 @@ def fetch(
     def one(digest: str) -> None:
         for attempt in range(3):
             path, got = _cache.fetch(
-                digest, wanted[digest], download, source=area.describe(), keep=keep
+                digest,
+                wanted[digest],
+                download,
+                source=area.describe(),
+                keep=keep,
+                check=check and attempt == 0,
             )
             try:
                 place(digest, path)

@@ -499,7 +499,7 @@ def cache_info() -> None:
     click.echo(f"path      {found.path}")
     click.echo(f"files     {found.files} ({_size(found.bytes)})")
     click.echo(f"limit     {_size(found.max_size)} (${_cache.MAX_SIZE_ENV})")
-    click.echo(f"in use    {found.loads} loaded bundle(s)")
+    click.echo(f"bundles   {found.bundles} put together from their files")
 
 
 @cache.command("prune")

@@ -246,7 +246,32 @@ def test_a_load_downloads_each_large_file_once_per_machine(
     assert other < SMALL, f"a run sharing the weights downloaded {other} bytes"
     cached = sorted(p.name for p in (cache / "files" / "blobs").iterdir())
     assert cached == sorted(p.name for p in area_files(remote["server_root"]))
-    assert not list((cache / "files" / "loads").iterdir()), "load folders outlived their process"
+    # One put-together folder per bundle, kept for the next load; nothing half-built left.
+    bundles = sorted(p.name for p in (cache / "files" / "bundles").iterdir() if p.is_dir())
+    assert len(bundles) == 2, bundles
+    assert not [b for b in bundles if b.startswith(".")], bundles
+
+
+@pytest.mark.parametrize("changed", ["small file", "large file"])
+def test_a_changed_folder_in_the_cache_is_put_together_again(
+    remote: dict[str, Any], tmp_path: Path, changed: str
+) -> None:
+    proxy, cache = remote["proxy"], tmp_path / "cache"
+    uri = f"runs:/{remote['first']['run_id']}/model"
+    load(tmp_path / "a", proxy, cache, uri=uri)
+    (folder,) = [p for p in (cache / "files" / "bundles").iterdir() if p.is_dir()]
+    files = sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    victim = files[-1] if changed == "large file" else folder / "cloudflow" / "code.pkl"
+    os.chmod(victim, 0o600)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 1
+    victim.write_bytes(bytes(data))  # a large file is the cache's own file: it changes too
+    answers, downloaded = load(tmp_path / "b", proxy, cache, uri=uri)
+    assert_same_predictions(answers, CASES, remote["first"]["expected"])
+    if changed == "large file":
+        assert downloaded > 1024 * 1024  # its sound copy came from the server again
+    else:
+        assert downloaded < SMALL
 
 
 @pytest.mark.parametrize("way", ["seed", "pyfunc"])
