@@ -20,13 +20,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import models
 import pytest
 from helpers import (
+    REPO_ROOT,
     grep_tree,
     outcome,
     requirement_names,
@@ -34,7 +35,7 @@ from helpers import (
     source_fragments,
     sqlite_uri,
 )
-from pythons import run_python_snippet
+from pythons import CONSTRAINTS, ensure_venv, find_python, run_python_snippet, where_we_looked
 
 from cloudflow.exceptions import CaptureError, EnvironmentMismatchError
 
@@ -494,12 +495,9 @@ def test_torch_backend_bundle_refused_where_keras_is_set_to_another_backend(
 
 
 @pytest.fixture
-def keras_torch(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """keras on the torch backend in this process; KERAS_BACKEND is unset again afterwards."""
-    if "keras" not in sys.modules:
-        monkeypatch.setenv("KERAS_BACKEND", "torch")
-    import keras
-
+def keras_torch() -> Any:
+    """keras on the torch backend in this process (KERAS_BACKEND is set for the import only)."""
+    keras = models.keras_on_torch()
     if keras.backend.backend() != "torch":
         pytest.skip(f"keras was imported here on the {keras.backend.backend()!r} backend")
     return keras
@@ -516,6 +514,7 @@ def test_a_keras_model_on_torch_is_the_keras_flavors_not_the_torch_one(keras_tor
     assert flavor_for(torch.nn.Linear(2, 1)).name == "torch"
     names = [f.name for f in FLAVORS]
     assert names.index("keras") < names.index("torch") < names.index("container")
+    assert names.index("keras") < names.index("tensorflow") < names.index("container")
 
 
 def test_a_custom_object_keras_cannot_find_by_name_is_refused_at_save(
@@ -548,3 +547,137 @@ def test_mismatch_error_is_a_cloudflow_error(keras_torch: Any) -> None:
     with pytest.raises(EnvironmentMismatchError, match=r"'m': .*saved on the 'jax' backend"):
         prepare_load({"m": ("keras", {"backend": "jax"})})
     prepare_load({"m": ("keras", {"backend": "torch"})})  # the backend it runs on: fine
+
+
+# --- the tensorflow venv ------------------------------------------------------------------------
+
+TF_CONSTRAINTS = REPO_ROOT / "requirements" / "constraints-tensorflow.txt"
+TF_REQUIREMENTS = ("-e", f"{REPO_ROOT}[keras]", "tensorflow-cpu")
+TF_WARM_UP = "import mlflow.pyfunc, mlflow.models, pandas, cloudpickle, blake3, tensorflow, keras"
+
+
+@pytest.fixture(scope="module")
+def tf_python() -> Path:
+    base = find_python("3.11")
+    if base is None:
+        pytest.skip(f"no CPython 3.11 for the tensorflow venv ({where_we_looked('3.11')})")
+    venv = ensure_venv(
+        base,
+        constraints=[CONSTRAINTS, TF_CONSTRAINTS],
+        requirements=TF_REQUIREMENTS,
+        warm_up=TF_WARM_UP,
+        label="tensorflow",
+    )
+    return venv.python
+
+
+@pytest.fixture(scope="module")
+def tf_trip(tf_python: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return _round_trip(tmp_path_factory.mktemp("keras_tf"), tf_python, "tensorflow", True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("way", ["load_bundle_answers", "seed", "pyfunc_answers"])
+def test_tensorflow_every_way_of_loading_gives_exactly_the_original_outputs(
+    tf_trip: dict[str, Any], way: str
+) -> None:
+    loaded = tf_trip["loaded"]
+    assert loaded["importable"]["value"] == []
+    assert loaded["backend_before"]["value"] is None
+    assert loaded["backend"]["value"] == tf_trip["saved"]["backend"] == "tensorflow"
+    got = outcome(loaded, way)
+    for kind in [*KERAS_KINDS, "scorer"]:
+        assert got[kind] == tf_trip["saved"]["expected"][kind], kind  # exact: same graphs
+
+
+@pytest.mark.slow
+def test_tensorflow_a_restored_module_keeps_functions_and_variables_not_python(
+    tf_trip: dict[str, Any],
+) -> None:
+    restored = outcome(tf_trip["loaded"], "restored")
+    assert restored["python_only"] is False
+    assert restored["module_helpers"] == []  # a tf.Module's .variables, .submodules: gone
+    assert restored["variables"] == ["b:0", "head:0", "steps:0", "w:0"]
+    assert restored["trainable"] == ["head:0", "w:0"]
+    assert len(restored["affine_call"]) == len(ROWS)
+    assert len(restored["affine_call"][0]) == 64
+    assert restored["signatures"] == []  # two tf.functions with signatures: no default one
+    classes = outcome(tf_trip["loaded"], "classes")
+    assert classes["subclassed"] == "kmodels.Net"
+    assert not classes["scorer"].startswith(("kmodels", "tfmodels"))
+
+
+@pytest.mark.slow
+def test_tensorflow_files_are_native_and_no_pickle_holds_weights(tf_trip: dict[str, Any]) -> None:
+    models = _model_dir(tf_trip)
+    scorer = models / "scorer"
+    assert sorted(p.name for p in scorer.iterdir()) == ["saved_model"]
+    saved_model = scorer / "saved_model"
+    assert (saved_model / "saved_model.pb").is_file()
+    assert not list(scorer.rglob("*.pkl"))
+    data = b"".join(p.read_bytes() for p in (saved_model / "variables").glob("variables.data-*"))
+    _assert_weights_not_pickled(tf_trip, "scorer", data)
+    for kind in KERAS_KINDS:
+        with zipfile.ZipFile(models / kind / "model.keras") as archive:
+            _assert_weights_not_pickled(tf_trip, kind, archive.read("model.weights.h5"))
+    bundle = _bundle(tf_trip)
+    assert not list(bundle.rglob("*.py"))
+    assert grep_tree(bundle, [str(tf_trip["source"])]) == []
+
+
+@pytest.mark.slow
+def test_tensorflow_manifest_describes_the_module_and_pins_tensorflow(
+    tf_trip: dict[str, Any], tf_python: Path
+) -> None:
+    manifest = _manifest(tf_trip)
+    assert manifest["models"]["scorer"]["flavor"] == "tensorflow"
+    assert manifest["models"]["sequential"]["info"]["backend"] == "tensorflow"
+    meta = manifest["models"]["scorer"]["metadata"]
+    assert meta == {
+        **meta,
+        "framework": "tensorflow",
+        "class": "tfmodels.Scorer",
+        "parameters": 4 * 64 + 64 + 1 + 64 * 3,
+        "trainable_parameters": 4 * 64 + 64 * 3,
+        "frozen_parameters": 64 + 1,
+        "tensors": 4,
+        "layers": 1,
+        "layer_types": {"Affine": 1},
+        "dtype": ["float32", "int32"],
+        "functions": {"label": ["float32[None, 4]"], "score": ["float32[None, 4]"]},
+    }
+    assert manifest["models"]["sequential"]["metadata"]["backend"] == "tensorflow"
+    reqs = requirement_names(_bundle(tf_trip) / "requirements.txt")
+    pins = requirement_names(TF_CONSTRAINTS)
+    assert reqs["tensorflow-cpu"] == pins["tensorflow-cpu"] == "==2.21.0"
+    assert reqs["keras"] == requirement_names(CONSTRAINTS)["keras"]
+    assert not {"tensorflow", "torch"} & set(reqs)
+
+
+@pytest.mark.slow
+def test_a_torch_backend_bundle_is_refused_by_keras_on_tensorflow(
+    torch_trip: dict[str, Any], tf_python: Path, tmp_path: Path
+) -> None:
+    bundle = str(_bundle(torch_trip))
+    imported = run_python_snippet(tf_python, REFUSED, cwd=tmp_path, args=[bundle, "1"])
+    error = imported["load"]["error"]
+    assert "EnvironmentMismatchError: Model 'functional':" in error
+    assert "saved on the 'torch' backend, and Keras in this process runs on the 'tensorflow'" in (
+        error
+    )
+    assert "(the keras already imported in this process)" in error
+    assert "Set KERAS_BACKEND=torch before anything imports keras" in error
+    fresh = run_python_snippet(tf_python, REFUSED, cwd=tmp_path, args=[bundle, "0"])
+    error = fresh["load"]["error"]
+    assert "MissingDependencyError: Model 'functional':" in error
+    assert "saved on the 'torch' backend, whose library 'torch' is not installed here" in error
+
+
+@pytest.mark.slow
+def test_a_tensorflow_bundle_is_refused_where_tensorflow_is_missing(
+    tf_trip: dict[str, Any], tmp_path: Path
+) -> None:
+    got = run_snippet(REFUSED, cwd=tmp_path, args=[str(_bundle(tf_trip)), "0"])
+    error = got["load"]["error"]
+    assert "MissingDependencyError: Model 'functional':" in error
+    assert "library 'tensorflow' is not installed here" in error

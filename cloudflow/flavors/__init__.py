@@ -9,8 +9,8 @@ The order is part of the behaviour: the first flavor whose ``matches`` accepts a
    so it is asked first.
 2. The built-ins, :data:`FLAVORS`: the specific ones first (an XGBoost or LightGBM wrapper is also
    a scikit-learn estimator, a transformers model also a torch module, a Keras model on the
-   torch backend also a torch module), then containers of models, and the pickle fallback,
-   which accepts anything, last.
+   torch backend also a torch module and on the tensorflow backend a trackable TensorFlow
+   object), then containers of models, and the pickle fallback, which accepts anything, last.
 
 A flavor's ``name`` is written into every bundle: never rename one; add new built-in flavors
 before the container and the fallback. A user flavor cannot take a built-in's name.
@@ -38,6 +38,7 @@ from cloudflow.flavors import (
     _onnx,
     _pickle,
     _sklearn,
+    _tensorflow,
     _torch,
     _transformers,
     _xgboost,
@@ -71,6 +72,7 @@ FLAVORS: tuple[Flavor, ...] = (
     _transformers.FLAVOR,
     _keras.FLAVOR,
     _torch.FLAVOR,
+    _tensorflow.FLAVOR,
     _sklearn.FLAVOR,
     _container.FLAVOR,
     _pickle.FLAVOR,
