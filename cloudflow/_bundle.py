@@ -818,7 +818,7 @@ def read_bundle(
     checked in memory and loaded from those bytes.
     """
     from cloudflow._signing import resolve_trust
-    from cloudflow.flavors import check_installed
+    from cloudflow.flavors import check_installed, prepare_load
 
     if lazy not in (False, True, "background"):
         raise BundleArgumentError(
@@ -830,10 +830,10 @@ def read_bundle(
     data = data_dir_of(path)
     manifest = _manifest.read_manifest(data, signing_key=trust)
     # Before anything is read: a flavor missing here fails at once, naming what to install.
-    check_installed(
-        {name: (entry.flavor, entry.info) for name, entry in manifest.models.items()},
-        manifest.flavors,
-    )
+    saved = {name: (entry.flavor, entry.info) for name, entry in manifest.models.items()}
+    check_installed(saved, manifest.flavors)
+    # Before the code too, which may import a library as it is unpickled (Keras's backend).
+    prepare_load(saved)
     options = load_options(device, dtype, manifest)
     if expected_identity:
         from cloudflow._store import check_identity
