@@ -7,6 +7,7 @@ does not trust yet.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -93,6 +94,12 @@ def _integrity(data: Path, manifest: _manifest.Manifest, verify: bool) -> dict[s
     status: dict[str, Any] = {"signed": (data / signature_file).is_file()}
     if not verify:
         return {"status": "not checked", **status}
+    # A server's bundle: its shared files are checked as they download, not downloaded here.
+    away = [rel for rel in manifest.shared.get("files", []) if not (data / rel).is_file()]
+    if away:
+        status["on_server"] = len(away)
+        present = {rel: e for rel, e in manifest.files.items() if rel not in away}
+        manifest = dataclasses.replace(manifest, files=present)
     try:
         _manifest.verify_files(data, manifest)
     except IntegrityError as e:
@@ -164,6 +171,15 @@ def describe_folder(path: Path, *, verify: bool = True) -> dict[str, Any]:
             }
             for name, entry in sorted((manifest.data_files.get("entries") or {}).items())
         },
+        "shared": (
+            {
+                "area": manifest.shared["area"],
+                "files": list(manifest.shared["files"]),
+                "size_bytes": sum(manifest.files[r]["size"] for r in manifest.shared["files"]),
+            }
+            if manifest.shared
+            else {}
+        ),
         "integrity": _integrity(data, manifest, verify),
     }
 
@@ -323,9 +339,20 @@ def format_text(info: Mapping[str, Any]) -> str:
     status = integrity["status"]
     if status == "FAILED":
         status = f"FAILED: {integrity.get('error')}"
+    elif status == "ok" and integrity.get("on_server"):
+        status = (
+            f"ok (the files here match their digests; the {integrity['on_server']} shared on "
+            "the server are checked as a load downloads them)"
+        )
     elif status == "ok":
         status = f"ok (every file matches its digest; {human_size(info['size_bytes'])})"
     add(f"integrity         {status}{', signed' if integrity.get('signed') else ''}")
+    shared = info.get("shared") or {}
+    if shared:
+        add(
+            f"shared files      {len(shared['files'])} ({human_size(shared['size_bytes'])}) in "
+            f"{shared['area']}"
+        )
     if info.get("run_id"):
         add(f"run               {info['run_id']}")
     if info.get("mlmodel_unreadable"):

@@ -348,6 +348,30 @@ def test_share_files_false_uploads_the_whole_bundle(remote: dict[str, Any], tmp_
     )
 
 
+def test_inspect_over_http_names_the_shared_files_without_downloading_them(
+    remote: dict[str, Any], tmp_path: Path
+) -> None:
+    proxy = remote["proxy"]
+    env = subprocess_env({"CLOUDFLOW_CACHE_DIR": str(tmp_path / "cache")})
+    proxy.reset()
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "cloudflow", "inspect"),
+            *(f"runs:/{remote['first']['run_id']}/model", "--tracking-uri", proxy.url),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:] + done.stdout
+    assert "the 2 shared on the server are checked as a load downloads them" in done.stdout
+    assert "shared files      2 (3.5 MB) in mlflow-artifacts:/" in done.stdout
+    assert "format 4" in done.stdout
+    assert proxy.received < SMALL
+
+
 def test_a_downloaded_folder_loads_through_the_server_it_was_logged_to(
     remote: dict[str, Any], tmp_path: Path
 ) -> None:
