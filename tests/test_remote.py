@@ -89,7 +89,10 @@ mlflow.set_tracking_uri(spec["tracking_uri"])
 mlflow.set_experiment(spec["experiment"])
 with mlflow.start_run() as run:
     info = cloudflow.log_bundle(
-        predict, {"net": net, "table": table}, share_files=spec.get("share_files", True)
+        predict,
+        {"net": net, "table": table},
+        share_files=spec.get("share_files", True),
+        signing_key=spec.get("signing_key"),
     )
 emit({"run_id": run.info.run_id, "model_uri": info.model_uri, "expected": expected})
 """
@@ -434,6 +437,7 @@ import cloudflow
 b = cloudflow.load_bundle(sys.argv[1])
 emit([b.predict(**c) for c in json.loads(sys.argv[2])])
 """
+    proxy.reset()
     answers = run_snippet(
         code,
         cwd=tmp_path,
@@ -443,10 +447,50 @@ emit([b.predict(**c) for c in json.loads(sys.argv[2])])
         },
         args=[str(target), json.dumps(CASES)],
     )
+    assert proxy.received == 0  # nothing came from the server the bundle was logged to
     assert_same_predictions(answers, CASES, remote["first"]["expected"])
     assert not (tmp_path / "other-cache" / "files" / "blobs").exists() or not list(
         (tmp_path / "other-cache" / "files" / "blobs").iterdir()
     )
+
+
+def test_a_signed_bundle_on_the_server_verifies_and_loads_under_its_key(
+    remote: dict[str, Any], tmp_path: Path
+) -> None:
+    key = "a-team-secret-of-enough-length-0123456789"
+    project = write_project(tmp_path / "project")
+    signed = save(project, remote["proxy"].url, signing_key=key)
+    shutil.rmtree(project)
+    uri = f"runs:/{signed['run_id']}/model"
+    env = subprocess_env(
+        {"CLOUDFLOW_CACHE_DIR": str(tmp_path / "cache"), "CLOUDFLOW_SIGNING_KEY": key}
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "cloudflow", "verify", uri, "--tracking-uri", remote["proxy"].url],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:] + done.stdout
+    assert done.stdout.startswith("ok: ")
+    answers, _ = load(
+        tmp_path / "a",
+        remote["proxy"],
+        tmp_path / "cache",
+        uri=uri,
+        env={"CLOUDFLOW_SIGNING_KEY": key},
+    )
+    assert_same_predictions(answers, CASES, signed["expected"])
+    wrong = load_fails(
+        uri,
+        remote["proxy"].url,
+        tmp_path / "cache",
+        tmp_path / "b",
+        key="another-secret-of-enough-length-9876543210",
+    )
+    assert wrong["error"] == "IntegrityError", wrong
 
 
 def test_a_bundle_from_the_server_answers_through_mlflow_models_serve(
@@ -511,9 +555,12 @@ else:
 """
 
 
-def load_fails(uri: str, tracking_uri: str, cache: Path, where: Path) -> dict[str, Any]:
+def load_fails(
+    uri: str, tracking_uri: str, cache: Path, where: Path, key: str | None = None
+) -> dict[str, Any]:
     where.mkdir(parents=True, exist_ok=True)
     env = {
+        **({"CLOUDFLOW_SIGNING_KEY": key} if key else {}),
         "MLFLOW_TRACKING_URI": tracking_uri,
         "CLOUDFLOW_CACHE_DIR": str(cache),
         # One try: the server is gone for good, MLflow's retries would only wait.
