@@ -43,7 +43,7 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +237,49 @@ def _hash_open_file(
                 h.update(chunk)
         after = os.fstat(f.fileno())
     return str(h.hexdigest()), before, after
+
+
+def known_digest(path: Path, algorithm: str = ALGORITHM) -> str | None:
+    """The digest the cache holds for a file as it is now (unchanged since it was hashed)."""
+    folder = cache_dir()
+    if folder is None:
+        return None
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode) or info.st_size < CACHE_MIN_SIZE:
+        return None
+    return _lookup(folder, info, algorithm)
+
+
+def remember_proven(paths: Mapping[Path, str], algorithm: str = ALGORITHM) -> None:
+    """Record the digests of files whose content the caller has just proven (hashed as it was
+    downloaded, or found in the cache under its identity before a hard link changed its ctime).
+
+    Waits until their last change is settled, as an entry the cache makes itself must be; where
+    timestamps are whole seconds that would take seconds, and nothing is recorded.
+    """
+    folder = cache_dir()
+    if folder is None or not paths:
+        return
+    infos = {}
+    for path, digest in paths.items():
+        with contextlib.suppress(OSError):
+            info = os.stat(path)
+            if stat.S_ISREG(info.st_mode) and info.st_size >= CACHE_MIN_SIZE:
+                infos[path] = (info, digest)
+    if not infos or any(i.st_ctime_ns % 1_000_000_000 == 0 for i, _ in infos.values()):
+        return
+    newest = max(i.st_ctime_ns for i, _ in infos.values())
+    wait = SETTLED_FINE_S - (time.time_ns() - newest) / 1e9
+    if wait > 0:
+        time.sleep(wait + 0.005)
+    for path, (before, digest) in infos.items():
+        with contextlib.suppress(OSError):
+            info = os.stat(path)
+            if _same_file(before, info) and _settled(info.st_ctime_ns):
+                _remember(folder, info, algorithm, digest)
 
 
 def digest_file(path: Path, *, algorithm: str = ALGORITHM, folder: Path | None = None) -> str:

@@ -406,7 +406,13 @@ def _put_together(
     for rel in missing:
         (target / DATA_DIR / rel).parent.mkdir(parents=True, exist_ok=True)
 
-    def place(digest: str, path: Path) -> None:
+    proven: dict[Path, str] = {}
+
+    def place(digest: str, path: Path, downloaded: bool) -> None:
+        # A file downloaded now was hashed as it streamed; a cached one is known if the digest
+        # cache holds it as it is. The link changes its ctime (part of its digest-cache key), so
+        # it is entered again, and the load's own check of every file needs no second hash.
+        known = downloaded or _digests.known_digest(path) == digest
         for rel in targets[digest]:
             into = target / DATA_DIR / rel
             try:
@@ -415,8 +421,13 @@ def _put_together(
                 raise
             except OSError:  # no hard links between these folders: a copy of the file
                 shutil.copyfile(path, into)
+            if known:
+                with lock:
+                    proven[into] = digest
 
+    lock = threading.Lock()
     report = fetch(area, sizes, place, check=check)
+    _digests.remember_proven(proven)
     _logger.info(
         "Shared files: downloaded %d (%.1f MB), from the cache %d",
         report.downloaded_files,
@@ -428,11 +439,12 @@ def _put_together(
 def fetch(
     area: Area,
     wanted: Mapping[str, int],
-    place: Callable[[str, Path], None],
+    place: Callable[[str, Path, bool], None],
     *,
     check: bool = False,
 ) -> DownloadReport:
-    """Give ``place(digest, path)`` the cache's file of each digest -> size in ``wanted``.
+    """Give ``place(digest, path, downloaded)`` the cache's file of each digest -> size in
+    ``wanted`` (``downloaded``: it was downloaded, and hashed, by this call).
 
     Files the cache lacks are downloaded, several at once. ``place`` runs as soon as a file is
     there, and the files of this call are never pruned by it; a file another process prunes
@@ -460,7 +472,7 @@ def fetch(
                 check=check and attempt == 0,
             )
             try:
-                place(digest, path)
+                place(digest, path, got > 0)
             except FileNotFoundError:
                 if attempt == 2:
                     raise

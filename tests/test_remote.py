@@ -4,7 +4,7 @@ per machine, verified.
 A real ``mlflow server`` with proxied artifacts runs on 127.0.0.1, behind a byte-counting TCP
 proxy (tests/servers.py): every client talks to the proxy, so the bytes each save uploads and
 each load downloads are measured on the wire. A user project (a package whose torch net and
-lookup table are each over 1 MB, so both go to the shared area) is logged from fresh processes
+lookup table are over 4 MB and 1 MB, so both go to the shared area) is logged from fresh processes
 whose source is deleted afterwards; every load runs in a fresh process from another folder, with
 a download cache of its own where the test says so.
 """
@@ -38,7 +38,7 @@ PROJECT = {
 
 
         class Encoder(torch.nn.Module):
-            def __init__(self, width=512, hidden=1024, labels=4):
+            def __init__(self, width=512, hidden=2048, labels=4):
                 super().__init__()
                 self.body = torch.nn.Sequential(
                     torch.nn.Linear(width, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, labels)
@@ -255,6 +255,37 @@ def test_a_load_downloads_each_large_file_once_per_machine(
     assert not [b for b in bundles if b.startswith(".")], bundles
 
 
+def test_a_repeat_load_reads_the_weights_as_a_local_store_does_without_hashing_them(
+    remote: dict[str, Any], tmp_path: Path
+) -> None:
+    """The first load hashes each file as it streams and enters it in the digest cache; the
+    next load checks the same files through the cache, as a load from a local store does."""
+    cache = tmp_path / "cache"
+    uri = f"runs:/{remote['first']['run_id']}/model"
+    load(tmp_path / "a", remote["proxy"], cache, uri=uri)
+    code = r"""
+import json, sys
+from cloudflow import _digests
+hashed = []
+real = _digests._hash_open_file
+def spy(path, *args, **kwargs):
+    hashed.append(str(path))
+    return real(path, *args, **kwargs)
+_digests._hash_open_file = spy
+import cloudflow
+b = cloudflow.load_bundle(sys.argv[1])
+emit({"answers": [b.predict(**c) for c in json.loads(sys.argv[2])], "hashed": hashed})
+"""
+    got = run_snippet(
+        code,
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": remote["proxy"].url, "CLOUDFLOW_CACHE_DIR": str(cache)},
+        args=[uri, json.dumps(CASES)],
+    )
+    assert_same_predictions(got["answers"], CASES, remote["first"]["expected"])
+    assert not [p for p in got["hashed"] if p.endswith(".safetensors")], got["hashed"]
+
+
 @pytest.mark.parametrize("changed", ["small file", "large file"])
 def test_a_changed_folder_in_the_cache_is_put_together_again(
     remote: dict[str, Any], tmp_path: Path, changed: str
@@ -370,7 +401,7 @@ def test_inspect_over_http_names_the_shared_files_without_downloading_them(
     )
     assert done.returncode == 0, done.stderr[-2000:] + done.stdout
     assert "the 2 shared on the server are checked as a load downloads them" in done.stdout
-    assert "shared files      2 (3.5 MB) in mlflow-artifacts:/" in done.stdout
+    assert "shared files      2 (5.6 MB) in mlflow-artifacts:/" in done.stdout
     assert "format 4" in done.stdout
     assert proxy.received < SMALL
 
@@ -716,7 +747,7 @@ def test_the_cache_keeps_to_its_limit_and_prunes_on_demand(
         "CLOUDFLOW_CACHE_DIR": str(cache),
         "CLOUDFLOW_CACHE_MAX_SIZE": "2.5MB",
     }
-    # 3.7 MB of files through a 2.5 MB cache: the bundle loads, the cache keeps to its limit
+    # 5.8 MB of files through a 2.5 MB cache: the bundle loads, the cache keeps to its limit
     # once the next download makes room.
     answers = run_snippet(LOADER, cwd=where, env=env, args=[json.dumps(spec)])
     assert_same_predictions(answers, CASES, remote["first"]["expected"])
