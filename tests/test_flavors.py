@@ -97,6 +97,8 @@ SAMPLES: dict[str, Callable[[], object]] = {
     "transformers": models.tiny_text_pipeline,
     "torch": models.tiny_torch_mlp,
     "sklearn": models.tiny_sklearn_pipeline,
+    "flax": models.tiny_flax_mlp,
+    "jax": models.tiny_jax_params,
     "container": models.tiny_ensemble,
     "pickle": _pickle_sample,
 }
@@ -144,6 +146,21 @@ def _same_ensemble_outputs(original: Any, loaded: Any) -> None:
         _same_sklearn_outputs(pipeline, loaded["by_language"][language])
 
 
+def _same_flax_outputs(original: Any, loaded: Any) -> None:
+    x = models.jax_input()
+    assert np.array_equal(np.asarray(loaded(x)), np.asarray(original(x)))
+
+
+def _same_jax_outputs(original: Any, loaded: Any) -> None:
+    x = models.jax_input()
+    got, want = models.jax_apply(loaded, x), models.jax_apply(original, x)
+    assert np.array_equal(np.asarray(got), np.asarray(want))
+    assert type(loaded["layers"]) is list
+    assert loaded["shape"] == original["shape"]
+    assert type(loaded["shape"]) is tuple
+    assert loaded["activation"] == "tanh"
+
+
 def _same_object(original: Any, loaded: Any) -> None:
     assert loaded == original
 
@@ -155,6 +172,8 @@ CHECKS: dict[str, Callable[[Any, Any], None]] = {
     "transformers": _same_pipeline_outputs,
     "torch": _same_torch_outputs,
     "sklearn": _same_sklearn_outputs,
+    "flax": _same_flax_outputs,
+    "jax": _same_jax_outputs,
     "container": _same_ensemble_outputs,
     "pickle": _same_object,
 }
@@ -196,7 +215,8 @@ def test_describe_names_framework_and_class(flavor: Flavor) -> None:
 def test_flavor_declares_its_packages(flavor: Flavor) -> None:
     # A container's requirements are its elements' (see test_container_requirements_...).
     assert flavor.packages or flavor.modules or flavor.name == "container"
-    assert flavor.extra in {None, "torch", "transformers", "sklearn", "xgboost", "lightgbm", "onnx"}
+    extras = {None, "torch", "transformers", "sklearn", "xgboost", "lightgbm", "onnx"}
+    assert flavor.extra in extras | {"jax", "flax"}
 
 
 # --- choosing a flavor ------------------------------------------------------------------------
@@ -242,7 +262,7 @@ def test_importing_and_matching_imports_no_framework() -> None:
         from cloudflow.flavors import flavor_for
         assert flavor_for({"a": 1}).name == "pickle"
         heavy = {"torch", "transformers", "sklearn", "safetensors", "skops", "xgboost", "lightgbm"}
-        heavy |= {"onnx", "onnxruntime"}
+        heavy |= {"onnx", "onnxruntime", "jax", "jaxlib", "flax"}
         heavy &= set(sys.modules)
         assert not heavy, heavy
         print("ok")
