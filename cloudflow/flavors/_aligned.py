@@ -55,7 +55,8 @@ class Entry:
     dtype: str
     shape: tuple[int, ...]
     nbytes: int
-    #: The tensor's bytes, C-contiguous and little-endian, called once while writing.
+    #: The tensor's bytes, C-contiguous and little-endian; called once per pass over the file
+    #: (the digest, then the write).
     data: Callable[[], bytes | memoryview]
 
 
