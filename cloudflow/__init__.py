@@ -10,7 +10,7 @@ and load it anywhere without the source::
     bundle.predict(input_type="sentiment", data="I love it")
 """
 
-from cloudflow._api import load_bundle, log_bundle, save_bundle
+from cloudflow._api import export_bundle, load_bundle, log_bundle, save_bundle
 from cloudflow._bundle import Bundle
 from cloudflow._files import bundle_file
 from cloudflow._legacy import cloudflow_model, prepare_env
@@ -18,6 +18,7 @@ from cloudflow._version import __version__
 from cloudflow.exceptions import (
     BundleArgumentError,
     BundleFormatError,
+    CacheError,
     CaptureError,
     CloudflowError,
     DataFileError,
@@ -35,6 +36,7 @@ __all__ = [
     "Bundle",
     "BundleArgumentError",
     "BundleFormatError",
+    "CacheError",
     "CaptureError",
     "CloudflowError",
     "DataFileError",
@@ -49,6 +51,7 @@ __all__ = [
     "__version__",
     "bundle_file",
     "cloudflow_model",
+    "export_bundle",
     "load_bundle",
     "log_bundle",
     "prepare_env",

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _blobs, _digests, _files, _inspect, _model_metadata, _store
+from cloudflow import _blobs, _digests, _files, _inspect, _model_metadata, _remote, _store
 from cloudflow._bundle import (
     Bundle,
     check_arguments,
@@ -331,6 +331,7 @@ def log_bundle(
     python_versions: str | Iterable[str] | None = None,
     files: Mapping[str, str | os.PathLike[str]] | None = None,
     model_metadata: Mapping[str, Mapping[str, Any]] | None = None,
+    share_files: bool = True,
 ) -> Any:
     """Log a predict function and its models to the active MLflow run as one pyfunc model.
 
@@ -344,6 +345,11 @@ def log_bundle(
         registered_model_name: Also register it in the model registry under this name.
         tags: Tags of the logged model.
         await_registration_for: Seconds to wait for the registered version to be ready.
+        share_files: Logging to a tracking server, keep each large file (1 MB or more) once in
+            the experiment's shared area of the artifact store, uploaded only if it is not there
+            yet; loads download it once per machine (see the README's "Tracking servers").
+            ``False`` uploads the whole bundle into the model's own folder. A local store
+            always shares large files by hard link.
         pip_requirements, extra_pip_requirements, metadata, include_modules, exclude_modules,
         strip_docstrings, signature, input_example, signing_key, verify, python_versions,
         files: As in :func:`save_bundle`.
@@ -370,6 +376,11 @@ def log_bundle(
     extra_pip_requirements = _check_requirements(extra_pip_requirements, "extra_pip_requirements")
     metadata = _check_metadata(metadata)
     per_model = _model_metadata.check(model_metadata, checked)
+    if not isinstance(share_files, bool):
+        raise BundleArgumentError(
+            f"share_files must be True or False, got {share_files!r}. True (the default) keeps "
+            "large files once per experiment on a tracking server; False uploads them whole."
+        )
 
     import mlflow
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus
@@ -389,6 +400,11 @@ def log_bundle(
         _blobs.remove_orphans(blobs)
     else:
         staging = Path(tempfile.mkdtemp(prefix="cloudflow-"))
+    area = None
+    if artifact_root is None and share_files:
+        area = _remote.Area.of_experiment(
+            str(experiment.artifact_location), _store.current_tracking_uri()
+        )
     staged = staging / name
     model_id = None
     with _blobs.saving(blobs):
@@ -432,7 +448,10 @@ def log_bundle(
                 "model_id": str(model_id),
                 "experiment_id": str(run.info.experiment_id),
             }
-            manifest = seal(staged, dataclasses.replace(manifest, published=published), key)
+            manifest = dataclasses.replace(manifest, published=published)
+            if area is not None:
+                manifest = _remote.mark_shared(manifest, area)
+            manifest = seal(staged, manifest, key)
             destination = _store._local_path(str(logged.artifact_location))
             if destination is not None:
                 destination.parent.mkdir(parents=True, exist_ok=True)
@@ -441,6 +460,10 @@ def log_bundle(
                 _digests.make_durable(staged)  # READY below: every byte on the disk first
                 os.rename(staged, destination)
                 _digests.sync_folder(destination.parent)
+            elif manifest.shared:
+                _remote.publish(
+                    staged, manifest, lambda: client.log_model_artifacts(model_id, str(staged))
+                )
             else:
                 client.log_model_artifacts(model_id, str(staged))
             client.log_outputs(run_id=run_id, models=[LoggedModelOutput(model_id, step=0)])
@@ -572,3 +595,46 @@ def _no_http_retries() -> Any:
 
 def _has_data_files(folder: Path) -> bool:
     return (folder / "cloudflow" / _files.FILES_DIR).is_dir()
+
+
+@_store.translates_store_errors
+def export_bundle(model_uri: str | os.PathLike[str], destination: str | os.PathLike[str]) -> Path:
+    """Write a self-contained copy of a bundle into the new folder ``destination``.
+
+    Every file is in the copy, the large ones a tracking server keeps in its experiment's shared
+    area included (taken from this machine's download cache, downloaded first if needed), so it
+    loads with no server: ``load_bundle(destination)``. Each file is checked against the
+    manifest before the folder gets its name; a signed bundle stays signed.
+
+    Returns:
+        The folder written.
+
+    Raises:
+        BundleArgumentError: ``destination`` exists and is not an empty folder.
+        NotFoundError: The run, model or path does not exist.
+        IntegrityError: A file does not match the manifest.
+    """
+    from cloudflow import _manifest
+
+    target = check_path(destination, "destination")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise BundleArgumentError(
+            f"destination {os.fspath(destination)!r} already exists and is not an empty folder. "
+            "Give a new folder for the copy, or remove that one first."
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        with _store.bundle_dir(model_uri) as (folder, _):
+            data = _manifest.DATA_DIR
+            manifest = _manifest.read_manifest(folder / data)
+            _remote.export(folder / data, manifest, partial)
+        _manifest.verify_files(partial / data, manifest, use_cache=False)
+        with contextlib.suppress(FileNotFoundError):
+            target.rmdir()
+        os.rename(partial, target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    _logger.info("Exported %s to %s", os.fspath(model_uri), target)
+    return target

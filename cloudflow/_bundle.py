@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from cloudflow.exceptions import (
     BundleArgumentError,
     CaptureError,
     EnvironmentMismatchError,
+    IntegrityError,
     ModelKeyError,
     NotFoundError,
     PredictArgumentError,
@@ -812,6 +814,7 @@ def read_bundle(
     device: Any = None,
     dtype: Any = None,
     lazy: bool | str = False,
+    _defer_checks: bool = True,
 ) -> Bundle:
     """Load a bundle from a local folder (its root, or its ``cloudflow`` data folder).
 
@@ -821,7 +824,7 @@ def read_bundle(
     checked in memory and loaded from those bytes.
     """
     from cloudflow._signing import resolve_trust
-    from cloudflow.flavors import check_installed
+    from cloudflow.flavors import check_installed, prepare_load
 
     if lazy not in (False, True, "background"):
         raise BundleArgumentError(
@@ -833,22 +836,58 @@ def read_bundle(
     data = data_dir_of(path)
     manifest = _manifest.read_manifest(data, signing_key=trust)
     # Before anything is read: a flavor missing here fails at once, naming what to install.
-    check_installed(
-        {name: (entry.flavor, entry.info) for name, entry in manifest.models.items()},
-        manifest.flavors,
-    )
+    saved = {name: (entry.flavor, entry.info) for name, entry in manifest.models.items()}
+    check_installed(saved, manifest.flavors)
+    # Before the code too, which may import a library as it is unpickled (Keras's backend).
+    prepare_load(saved)
     options = load_options(device, dtype, manifest)
     if expected_identity:
         from cloudflow._store import check_identity
 
         check_identity(manifest.published, expected_identity, str(data.parent), trust is not None)
+    from cloudflow import _remote
+
+    # A bundle from a tracking server lacks its large files: they come from the machine's cache
+    # (downloaded once), and the bundle is read from a folder of the cache that holds them all.
+    complete, load_folder = _remote.complete(data, manifest)
+    if load_folder is not None:
+        again = functools.partial(
+            read_bundle,
+            verify=verify,
+            allow_python_mismatch=allow_python_mismatch,
+            signing_key=trust,
+            expected_identity=expected_identity,
+            device=device,
+            dtype=dtype,
+            lazy=lazy,
+            # Checked before the load returns: a folder of the cache found changed is then put
+            # together again at once. Its digests are usually in the digest cache already.
+            _defer_checks=False,
+        )
+        try:
+            try:
+                bundle = again(complete)
+            except IntegrityError as e:
+                # Its folder in the cache was changed since an earlier load put it together:
+                # put it together again from the download and the (verified) cached files.
+                _logger.warning("Putting %s together again: %s", complete.parent, e)
+                load_folder.close()
+                complete, load_folder = _remote.complete(data, manifest, rebuild=True)
+                assert load_folder is not None
+                bundle = again(complete)
+        except BaseException:
+            if load_folder is not None:
+                load_folder.close()
+            raise
+        weakref.finalize(bundle, load_folder.close)
+        return bundle
     models: dict[str, object] = {}
     checked = verify or trust is not None
     # Pickles (which run code) and everything else are verified before anything is unpickled.
     # Weights in safetensors, a format parsed without running code, are hashed on another core
     # while the models load and, unsigned, while the first predict runs: its answer is given
     # only once they match (Bundle.predict). A signed bundle returns once they match.
-    deferrable = set(_manifest.deferred_files(manifest)) if checked else set()
+    deferrable = set(_manifest.deferred_files(manifest)) if checked and _defer_checks else set()
     # Lazily loaded models have their files checked when they load, not now.
     by_model = {
         name: [r for r in manifest.files if r.startswith(entry.path.rstrip("/") + "/")]

@@ -36,6 +36,12 @@ from cloudflow.exceptions import BundleFormatError, IntegrityError
 #: rebuild classes through cloudflow's own reconstructors (per-bundle class identity), which an
 #: older cloudflow does not have.
 FORMAT_VERSION = 3
+#: Format 4: a bundle logged to a tracking server keeps its large files in the experiment's
+#: shared area (the ``shared`` section, :mod:`cloudflow._remote`); an older cloudflow would find
+#: them missing. Bundles without shared files are still written as format 3.
+SHARED_FORMAT_VERSION = 4
+#: The newest format this cloudflow reads.
+NEWEST_FORMAT_VERSION = SHARED_FORMAT_VERSION
 
 DATA_DIR = "cloudflow"
 MANIFEST_FILE = "manifest.json"
@@ -96,6 +102,9 @@ class Manifest:
     #: Model name -> the metadata the user gave for it (``model_metadata=``: JSON values and a
     #: ``training_history``); see :mod:`cloudflow._model_metadata`. Empty: none given.
     model_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Large files kept in the experiment's shared area of a tracking server's artifact store
+    #: (see :mod:`cloudflow._remote`): ``area`` (artifact URI), ``server``, ``files`` (paths).
+    shared: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -179,6 +188,22 @@ def _check_data_files(section: dict[str, Any], path: Path) -> None:
             raise _damaged(path, f"a data file path leads to {where!r}, outside the bundle")
 
 
+def _check_shared(data: dict[str, Any], path: Path) -> None:
+    """The ``shared`` section names an area and files the manifest lists."""
+    shared = data.get("shared") or {}
+    if not shared:
+        return
+    files = data.get("files") or {}
+    rels = shared.get("files")
+    if (
+        not isinstance(shared.get("area"), str)
+        or not isinstance(shared.get("server"), str | None)
+        or not isinstance(rels, list)
+        or not all(isinstance(rel, str) and rel in files for rel in rels)
+    ):
+        raise _damaged(path, "its 'shared' section is not an area and files the manifest lists")
+
+
 def _check_shape(data: dict[str, Any], path: Path) -> None:
     """The types every reader relies on; a damaged manifest says so instead of a TypeError."""
     for key, kind in (
@@ -197,6 +222,7 @@ def _check_shape(data: dict[str, Any], path: Path) -> None:
         ("flavors", dict),
         ("provenance", dict),
         ("model_metadata", dict),
+        ("shared", dict),
         ("extra", dict),
     ):
         if key in data and not isinstance(data[key], kind):
@@ -211,6 +237,7 @@ def _check_shape(data: dict[str, Any], path: Path) -> None:
         ):
             raise _damaged(path, f"the entry of {rel!r} has no digest and size")
     _check_data_files(data.get("data_files") or {}, path)
+    _check_shared(data, path)
     for rel, entry in (data.get("outer_files") or {}).items():
         if not _safe_relative(rel) or rel.split("/")[0] == DATA_DIR:
             raise _damaged(path, f"it lists the file {rel!r}, which is not a path in the bundle")
@@ -263,12 +290,13 @@ def read_manifest(data_dir: Path, *, signing_key: Any = None) -> Manifest:
     version = data.get("format_version")
     if type(version) is not int or version < 1:
         raise _damaged(path, "it has no valid format_version")
-    if version > FORMAT_VERSION:
+    if version > NEWEST_FORMAT_VERSION:
         from cloudflow._version import __version__
 
         raise BundleFormatError(
-            f"This bundle has format version {version}, newer than the {FORMAT_VERSION} this "
-            f"cloudflow {__version__} reads. Upgrade cloudflow: pip install -U cloudflow"
+            f"This bundle has format version {version}, newer than the "
+            f"{NEWEST_FORMAT_VERSION} this cloudflow {__version__} reads. Upgrade cloudflow: "
+            "pip install -U cloudflow"
         )
     if CHECKSUM_KEY in data and data[CHECKSUM_KEY] != checksum(data):
         raise _damaged(path, "its content does not match its checksum (manifest_sha256)")

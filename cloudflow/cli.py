@@ -379,9 +379,18 @@ def verify(model_uri: str, key_files: tuple[str, ...], tracking_uri: str | None)
             "CLOUDFLOW_SIGNING_KEY for an HMAC secret)."
         )
     _use_tracking_uri(tracking_uri, model_uri)
+    from cloudflow import _remote
+
     with _store.bundle_dir(model_uri) as (folder, _):
         try:
-            report = _manifest.check_bundle(folder, trust)
+            # A server's bundle: its shared files come from the download cache first.
+            data = folder / _manifest.DATA_DIR
+            complete, load_folder = _remote.complete(data, _manifest.read_manifest(data))
+            try:
+                report = _manifest.check_bundle(complete.parent, trust)
+            finally:
+                if load_folder is not None:
+                    load_folder.close()
         except IntegrityError as e:
             click.echo(f"FAILED: {e}", err=True)
             sys.exit(2)
@@ -399,23 +408,27 @@ def verify(model_uri: str, key_files: tuple[str, ...], tracking_uri: str | None)
 def gc(tracking_uri: str) -> None:
     """Free the shared model files that no bundle of the store holds any more.
 
-    Bundles logged into a local store share their large files (see the README's Storage
-    section). Deleting a run's model removes its links; the file itself goes once no bundle
-    holds it, at the next save into its experiment, or now with this command. Bundles that
-    still hold a file are never touched.
+    Bundles logged into a local store share their large files by hard link, and bundles logged
+    to a tracking server keep them in their experiment's shared area (see the README's Storage
+    and Tracking servers sections). Deleting a run's model leaves its files there; this command
+    removes the ones no bundle names any more (in a local store, the next save into the
+    experiment does too). Files a bundle or a save in progress names are never touched.
     """
     import mlflow
     from mlflow.entities import ViewType
 
     from cloudflow import _blobs, _store
 
-    client = mlflow.MlflowClient(_store.existing_store_uri(tracking_uri))
+    uri = _store.existing_store_uri(tracking_uri)
+    mlflow.set_tracking_uri(uri)  # a server's mlflow-artifacts: URIs resolve against it
+    client = mlflow.MlflowClient(uri)
     total_files = total_bytes = 0
     for experiment in client.search_experiments(view_type=ViewType.ALL):
         root = _store._local_path(str(experiment.artifact_location))
         if root is None:
-            continue
-        removed, freed = _blobs.remove_orphans(_blobs.blob_folder(root))
+            removed, freed = _remote_gc(client, experiment, uri)
+        else:
+            removed, freed = _blobs.remove_orphans(_blobs.blob_folder(root))
         if removed:
             click.echo(
                 f"experiment {experiment.name!r} ({experiment.experiment_id}): removed "
@@ -424,6 +437,92 @@ def gc(tracking_uri: str) -> None:
         total_files += removed
         total_bytes += freed
     click.echo(f"freed {total_bytes / 1e6:.1f} MB ({total_files} file(s) no bundle held)")
+
+
+def _remote_gc(client: Any, experiment: Any, tracking_uri: str) -> tuple[int, int]:
+    """Clean one experiment's shared area on a tracking server or remote artifact store."""
+    import tempfile
+    from pathlib import Path
+
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    from cloudflow import _remote, _store
+
+    area = _remote.Area.of_experiment(str(experiment.artifact_location), tracking_uri)
+
+    def manifests() -> Any:
+        with tempfile.TemporaryDirectory(prefix="cloudflow-gc-") as tmp:
+            for model in _store.logged_models(client, experiment.experiment_id):
+                repo = get_artifact_repository(str(model.artifact_location))
+                names = {f.path.rsplit("/", 1)[-1] for f in repo.list_artifacts("cloudflow")}
+                if "manifest.json" not in names:
+                    continue  # not a cloudflow bundle
+                local = repo.download_artifacts("cloudflow/manifest.json", tmp)
+                yield json.loads(Path(local).read_text(encoding="utf-8"))
+
+    done = _remote.collect_garbage(area, manifests)
+    return done.removed_files, done.removed_bytes
+
+
+@main.command("export")
+@click.argument("model_uri")
+@click.argument("destination", type=click.Path(file_okay=False))
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help=_TRACKING_HELP)
+@_traceback_option
+def export(model_uri: str, destination: str, tracking_uri: str | None) -> None:
+    """Write a self-contained copy of MODEL_URI into the new folder DESTINATION.
+
+    Every file is in it, the large ones a tracking server keeps in its shared area included:
+    it loads with no server (cloudflow.load_bundle(DESTINATION), mlflow.pyfunc.load_model).
+    """
+    from cloudflow import export_bundle
+
+    _use_tracking_uri(tracking_uri, model_uri)
+    target = export_bundle(model_uri, destination)
+    files = [p for p in target.rglob("*") if p.is_file()]
+    size = sum(p.stat().st_size for p in files)
+    click.echo(f"exported {model_uri} to {target} ({len(files)} files, {size / 1e6:.1f} MB)")
+
+
+@main.group()
+def cache() -> None:
+    """The download cache of files from tracking servers (one per machine and user)."""
+
+
+@cache.command("info")
+def cache_info() -> None:
+    """Where the cache is, what it holds and its size limit."""
+    from cloudflow import _cache
+    from cloudflow._listing import _size
+
+    found = _cache.info()
+    click.echo(f"path      {found.path}")
+    click.echo(f"files     {found.files} ({_size(found.bytes)})")
+    click.echo(f"limit     {_size(found.max_size)} (${_cache.MAX_SIZE_ENV})")
+    click.echo(f"bundles   {found.bundles} put together from their files")
+
+
+@cache.command("prune")
+@click.option(
+    "--max-size",
+    default=None,
+    help="Keep at most this much (500MB, 20GB, 0 for nothing). Default: the cache's limit, "
+    "$CLOUDFLOW_CACHE_MAX_SIZE or 50GB.",
+)
+def cache_prune(max_size: str | None) -> None:
+    """Remove the least recently used files until the cache fits in --max-size.
+
+    Bundles loaded right now keep working: each holds its own link to its files.
+    """
+    from cloudflow import _cache
+
+    limit = _cache.max_size() if max_size is None else _cache.parse_size(max_size, "--max-size")
+    removed, freed = _cache.prune(limit)
+    left = _cache.info()
+    click.echo(
+        f"removed {removed} file(s), {freed / 1e6:.1f} MB; the cache holds {left.files} "
+        f"file(s), {left.bytes / 1e6:.1f} MB"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,7 +10,8 @@ also inherits the builtin exception a caller would already catch for that kind o
     ├── CaptureError (pickle.PicklingError)    the predict function or a model cannot be saved
     ├── LeftOutGlobalError (AttributeError)    a module global no saved code reached was read
     ├── StoreError (RuntimeError)              a tracking store cannot be used
-    │   └── NotFoundError (LookupError)        no such experiment, run, model or bundle
+    │   ├── NotFoundError (LookupError)        no such experiment, run, model or bundle
+    │   └── CacheError                         the download cache cannot be used (full, shared)
     ├── BundleFormatError (ValueError)         not a bundle, or a newer format
     │   └── IntegrityError (ValueError)        a file changed, removed or added after saving
     ├── EnvironmentMismatchError (RuntimeError) the bundle needs another Python to unpickle
@@ -24,6 +25,7 @@ import pickle
 __all__ = [
     "BundleArgumentError",
     "BundleFormatError",
+    "CacheError",
     "CaptureError",
     "CloudflowError",
     "DataFileError",
@@ -79,6 +81,10 @@ class StoreError(CloudflowError, RuntimeError):
 
 class NotFoundError(StoreError, LookupError):
     """An experiment, run, registered model or bundle does not exist."""
+
+
+class CacheError(StoreError):
+    """The per-machine cache of downloaded files cannot be used: full, or writable by others."""
 
 
 class BundleFormatError(CloudflowError, ValueError):

@@ -322,3 +322,53 @@ def jax_apply(params: Any, x: Any) -> Any:
     for layer in hidden:
         x = jnp.tanh(x @ layer["w"] + layer["b"])
     return x @ last["w"] + last["b"]
+
+
+def keras_on_torch() -> Any:
+    """keras, imported on the torch backend if nothing imported it yet.
+
+    ``KERAS_BACKEND`` is set only for the import and removed again, so that the processes the
+    tests start inherit no backend (a bundle must bring its own).
+    """
+    import os
+    import sys
+
+    if "keras" not in sys.modules:
+        before = os.environ.get("KERAS_BACKEND")
+        os.environ["KERAS_BACKEND"] = "torch"
+        try:
+            import keras  # noqa: F401
+        finally:
+            if before is None:
+                del os.environ["KERAS_BACKEND"]
+            else:
+                os.environ["KERAS_BACKEND"] = before
+    import keras
+
+    return keras
+
+
+def tiny_keras_model(*, seed: int = 0) -> Any:
+    """A functional Keras model on the torch backend: 4 features -> 3 softmax scores."""
+    keras = keras_on_torch()
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.LayerNormalization()(hidden))
+    return keras.Model(inputs, outputs)
+
+
+def tiny_tf_module() -> Any:
+    """A ``tf.Module`` with one ``tf.function`` of a fixed input signature (needs tensorflow)."""
+    import tensorflow as tf
+
+    class Affine(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = tf.Variable(tf.random.stateless_normal((4, 3), seed=(1, 2)), name="w")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+        def __call__(self, x: Any) -> Any:
+            return tf.matmul(x, self.w)
+
+    return Affine()

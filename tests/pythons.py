@@ -18,6 +18,11 @@ workers reuse it; a missing or half-built one (no stamp file) is built again. A 
 exclusive lock (``fcntl.flock``, or ``filelock`` where there is no ``fcntl``) on ``<folder>.lock``,
 so two workers never build the same venv at once: the second waits, then reuses it.
 
+A framework whose pins clash with the shared stack, or too large for it, gets a venv of its own
+the same way: :func:`ensure_venv` with its ``requirements``, the constraints files that pin
+them (``constraints.txt`` and the framework's own, applied together) and a ``label`` for the
+folder's name. tests/test_keras_tf.py builds the tensorflow-cpu one so (48 s with uv here).
+
 The installer is uv if it is installed (``pip install uv``), else pip. Measured here (2 cores,
 PyPI) for one venv: uv 8 s to install (11 s with an empty uv cache) plus a bytecode warm-up that
 brings the two venvs, built in parallel, to 31 s; pip 150 s (140 s from its cache). Later, with
@@ -173,11 +178,17 @@ def constraints_for(version: str) -> Path:
     return CONSTRAINTS_BY_MINOR.get(minor(version), CONSTRAINTS)
 
 
-def venv_key(base: Path, version: str) -> str:
+def venv_key(
+    base: Path,
+    version: str,
+    constraints: Sequence[Path] | None = None,
+    requirements: Sequence[str] = REQUIREMENTS,
+) -> str:
     digest = hashlib.sha256()
-    for part in (_LAYOUT, str(base), version, str(REPO_ROOT), *REQUIREMENTS):
+    for part in (_LAYOUT, str(base), version, str(REPO_ROOT), *requirements):
         digest.update(part.encode("utf-8") + b"\0")
-    for path in (constraints_for(version), REPO_ROOT / "pyproject.toml"):
+    files = constraints if constraints is not None else [constraints_for(version)]
+    for path in (*files, REPO_ROOT / "pyproject.toml"):
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
@@ -245,9 +256,16 @@ def _check(argv: Sequence[Path | str], cwd: Path, write_bytecode: bool = False) 
         raise RuntimeError(f"{' '.join(map(str, argv))} failed ({done.returncode}):\n{output}")
 
 
-def _build(base: Path, folder: Path, uv: str | None, constraints: Path) -> None:
+def _build(
+    base: Path,
+    folder: Path,
+    uv: str | None,
+    constraints: Sequence[Path],
+    requirements: Sequence[str] = REQUIREMENTS,
+    warm_up: str = WARM_UP,
+) -> None:
     python = folder / "bin" / "python"
-    install = ["-c", constraints, *REQUIREMENTS]
+    install = [*(arg for path in constraints for arg in ("-c", path)), *requirements]
     if uv is not None:
         _check([uv, "venv", "--quiet", "--python", base, folder], folder.parent)
         uv_pip = [uv, "pip", "install", "--quiet", "--python", python]
@@ -257,7 +275,7 @@ def _build(base: Path, folder: Path, uv: str | None, constraints: Path) -> None:
         # bytecode on compiles what the tests import; uv's --compile-bytecode (everything)
         # would take 120 s.
         with contextlib.suppress(RuntimeError):  # best effort: only a matter of speed
-            _check([python, "-c", WARM_UP], folder.parent, write_bytecode=True)
+            _check([python, "-c", warm_up], folder.parent, write_bytecode=True)
     else:
         _check([base, "-m", "venv", folder], folder.parent)
         pip = [python, "-m", "pip", "--disable-pip-version-check", "--no-input"]
@@ -275,14 +293,28 @@ def _stamp_of(folder: Path, version: str) -> dict[str, Any] | None:
     return stamp
 
 
-def ensure_venv(base: Path) -> Venv:
-    """The shared venv on interpreter ``base``, built now if it is missing or incomplete."""
+def ensure_venv(
+    base: Path,
+    *,
+    constraints: Sequence[Path] | None = None,
+    requirements: Sequence[str] = REQUIREMENTS,
+    warm_up: str = WARM_UP,
+    label: str = "",
+) -> Venv:
+    """The shared venv on interpreter ``base``, built now if it is missing or incomplete.
+
+    By default it holds the pinned stack and cloudflow with scikit-learn; a framework's venv
+    gives its own ``requirements``, the constraints files that pin them (all applied together)
+    and the imports that warm its bytecode up; ``label`` goes into the folder's name.
+    """
     version = python_version(base)
     if version is None:
         raise RuntimeError(f"{base} does not run as CPython")
+    files = list(constraints) if constraints is not None else [constraints_for(version)]
     root = venvs_root()
     root.mkdir(parents=True, exist_ok=True)
-    folder = root / f"py{version}-{venv_key(base, version)}"
+    key = venv_key(base, version, files, requirements)
+    folder = root / f"py{version}-{label + '-' if label else ''}{key}"
     with exclusive_lock(Path(f"{folder}.lock")):
         stamp = _stamp_of(folder, version)
         built_now = stamp is None
@@ -291,7 +323,7 @@ def ensure_venv(base: Path) -> Venv:
             uv = _uv()
             started = time.perf_counter()
             try:
-                _build(base, folder, uv, constraints_for(version))
+                _build(base, folder, uv, files, requirements, warm_up)
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise

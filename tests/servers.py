@@ -355,3 +355,139 @@ def shop_on_server(mlflow_server: Server, tmp_path_factory: pytest.TempPathFacto
     client = mlflow.MlflowClient(mlflow_server.url, registry_uri=mlflow_server.url)
     client.set_registered_model_alias(SHOP_MODEL_NAME, "champion", "1")
     return {"v1": first, "v2": second}
+
+
+# --- a byte-counting TCP proxy ----------------------------------------------------------------
+
+
+class CountingProxy:
+    """A TCP proxy on 127.0.0.1 in front of a server, counting the bytes in each direction.
+
+    Clients talk to ``.url``; every byte they send (``sent``: uploads) and receive
+    (``received``: downloads) crosses it, so a test measures what went over the wire, not what
+    the code says it sent. :meth:`reset` zeroes the counts; :meth:`stop` (or the ``with`` block's
+    end) closes it. With ``cut_after``, the proxy drops every connection and stops listening
+    once that many bytes went to clients: to them the server went away mid-download.
+    """
+
+    def __init__(self, target_url: str, cut_after: int | None = None) -> None:
+        import threading
+        import urllib.parse
+
+        parsed = urllib.parse.urlparse(target_url)
+        self._target = (parsed.hostname or "127.0.0.1", int(parsed.port or 80))
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.sent = 0
+        self.received = 0
+        self._cut_after = cut_after
+        self._lock = threading.Lock()
+        self._closing = False
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.sent = self.received = 0
+
+    def _count(self, upload: bool, n: int) -> bool:
+        """Count ``n`` bytes; False once the proxy is to cut every connection."""
+        with self._lock:
+            if upload:
+                self.sent += n
+            else:
+                self.received += n
+            return self._cut_after is None or self.received < self._cut_after
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._closing:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self._target, timeout=30)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets += [client, upstream]
+            for a, b, up in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pipe, args=(a, b, up), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, upload: bool) -> None:
+        try:
+            while chunk := source.recv(1 << 16):
+                if not self._count(upload, len(chunk)):
+                    self.stop()
+                    return
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+    def stop(self) -> None:
+        self._closing = True
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        with self._lock:
+            for s in self._sockets:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)  # wakes a recv blocked in another thread
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def __enter__(self) -> CountingProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def s3_server(root: Path) -> contextlib.AbstractContextManager[Server]:
+    """moto's S3-compatible server (``python -m moto.server``), data in memory, on 127.0.0.1."""
+    root.mkdir(parents=True, exist_ok=True)
+
+    def argv(port: int) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+
+    return running_server(
+        argv, health="/moto-api/", log=root / "s3.log", env=server_env(), cwd=root
+    )
+
+
+#: The credentials and region a client of :func:`s3_server` uses (moto accepts any).
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def tracking_server_on_s3(
+    root: Path, bucket_uri: str, s3_url: str
+) -> contextlib.AbstractContextManager[Server]:
+    """``mlflow server`` whose experiments keep their artifacts in ``bucket_uri`` (S3), written
+    and read by the clients themselves (``--no-serve-artifacts``), at the endpoint ``s3_url``."""
+    root.mkdir(parents=True, exist_ok=True)
+
+    def argv(port: int) -> list[str]:
+        return [
+            *(sys.executable, "-m", "mlflow", "server"),
+            *("--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"),
+            *("--default-artifact-root", bucket_uri, "--no-serve-artifacts"),
+            *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
+        ]
+
+    env = server_env(
+        {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_S3_ENDPOINT_URL": s3_url, **S3_ENV}
+    )
+    return running_server(argv, health="/health", log=root / "server.log", env=env, cwd=root)

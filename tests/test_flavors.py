@@ -90,6 +90,12 @@ def _pickle_sample() -> object:
     return {"threshold": 0.5, "labels": ["NEGATIVE", "POSITIVE"], "weights": (1, 2.5)}
 
 
+def _tf_sample() -> object:
+    # tensorflow has a venv of its own (tests/test_keras_tf.py); here only where it is installed.
+    pytest.importorskip("tensorflow")
+    return models.tiny_tf_module()
+
+
 SAMPLES: dict[str, Callable[[], object]] = {
     "xgboost": models.tiny_xgb_classifier,
     "lightgbm": models.tiny_lgbm_classifier,
@@ -101,6 +107,8 @@ SAMPLES: dict[str, Callable[[], object]] = {
     "jax": models.tiny_jax_params,
     "container": models.tiny_ensemble,
     "pickle": _pickle_sample,
+    "keras": models.tiny_keras_model,
+    "tensorflow": _tf_sample,
 }
 
 
@@ -161,6 +169,18 @@ def _same_jax_outputs(original: Any, loaded: Any) -> None:
     assert loaded["activation"] == "tanh"
 
 
+def _same_keras_outputs(original: Any, loaded: Any) -> None:
+    x = models.iris()[0][::10].astype(np.float32)
+    np.testing.assert_array_equal(
+        np.asarray(loaded.predict(x, verbose=0)), np.asarray(original.predict(x, verbose=0))
+    )
+
+
+def _same_tf_outputs(original: Any, loaded: Any) -> None:
+    x = models.iris()[0][::10].astype(np.float32)
+    np.testing.assert_array_equal(loaded(x).numpy(), original(x).numpy())
+
+
 def _same_object(original: Any, loaded: Any) -> None:
     assert loaded == original
 
@@ -176,6 +196,8 @@ CHECKS: dict[str, Callable[[Any, Any], None]] = {
     "jax": _same_jax_outputs,
     "container": _same_ensemble_outputs,
     "pickle": _same_object,
+    "keras": _same_keras_outputs,
+    "tensorflow": _same_tf_outputs,
 }
 
 
@@ -197,7 +219,8 @@ def test_round_trip_gives_the_same_outputs(
     original = SAMPLES[flavor.name]()
     assert flavor_for(original) is flavor
     loaded, _ = round_trip(flavor, original, tmp_path / "model", pickle_context)
-    assert type(loaded) is type(original)
+    if flavor.name != "tensorflow":  # a restored SavedModel is TensorFlow's object, not the class
+        assert type(loaded) is type(original)
     CHECKS[flavor.name](original, loaded)
 
 
@@ -215,8 +238,8 @@ def test_describe_names_framework_and_class(flavor: Flavor) -> None:
 def test_flavor_declares_its_packages(flavor: Flavor) -> None:
     # A container's requirements are its elements' (see test_container_requirements_...).
     assert flavor.packages or flavor.modules or flavor.name == "container"
-    extras = {None, "torch", "transformers", "sklearn", "xgboost", "lightgbm", "onnx"}
-    assert flavor.extra in extras | {"jax", "flax"}
+    extras = {None, "torch", "transformers", "sklearn", "xgboost", "lightgbm", "onnx", "keras"}
+    assert flavor.extra in {*extras, "tensorflow", "jax", "flax"}
 
 
 # --- choosing a flavor ------------------------------------------------------------------------

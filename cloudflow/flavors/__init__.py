@@ -8,14 +8,15 @@ The order is part of the behaviour: the first flavor whose ``matches`` accepts a
    class of the user's own that scikit-learn would pickle, a torch subclass with its own export),
    so it is asked first.
 2. The built-ins, :data:`FLAVORS`: the specific ones first (an XGBoost or LightGBM wrapper is also
-   a scikit-learn estimator, a transformers model also a torch module), then JAX pytrees of
-   arrays (a ``jax.Array``, or a plain dict, list or tuple nest whose leaves are arrays and
-   plain values, with at least one JAX array: see :mod:`cloudflow.flavors._jax`), then
-   containers of models (a dict or list holding a model of another flavor, or JAX arrays beside
-   an object a pytree cannot hold), and the pickle fallback, which accepts anything, last.
-   A pytree of arrays is asked before the container flavor because each of its arrays is a
-   model of that flavor on its own: the container would otherwise claim the whole tree and
-   give every array a folder of its own.
+   a scikit-learn estimator, a transformers model also a torch module, a Keras model on the
+   torch backend also a torch module and on the tensorflow backend a trackable TensorFlow
+   object), then JAX pytrees of arrays (a ``jax.Array``, or a plain dict, list or tuple nest
+   whose leaves are arrays and plain values, with at least one JAX array: see
+   :mod:`cloudflow.flavors._jax`), then containers of models (a dict or list holding a model of
+   another flavor, or JAX arrays beside an object a pytree cannot hold), and the pickle
+   fallback, which accepts anything, last. A pytree of arrays is asked before the container
+   flavor because each of its arrays is a model of that flavor on its own: the container would
+   otherwise claim the whole tree and give every array a folder of its own.
 
 A flavor's ``name`` is written into every bundle: never rename one; add new built-in flavors
 before the container and the fallback. A user flavor cannot take a built-in's name.
@@ -30,15 +31,22 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from cloudflow import _capture
-from cloudflow.exceptions import BundleArgumentError, BundleFormatError, MissingDependencyError
+from cloudflow.exceptions import (
+    BundleArgumentError,
+    BundleFormatError,
+    CloudflowError,
+    MissingDependencyError,
+)
 from cloudflow.flavors import (
     _container,
     _flax,
     _jax,
+    _keras,
     _lightgbm,
     _onnx,
     _pickle,
     _sklearn,
+    _tensorflow,
     _torch,
     _transformers,
     _xgboost,
@@ -55,6 +63,7 @@ __all__ = [
     "flavor_for",
     "flavor_sources",
     "get_flavor",
+    "prepare_load",
     "register_flavor",
     "requirements_for",
     "unregister_flavor",
@@ -69,7 +78,9 @@ FLAVORS: tuple[Flavor, ...] = (
     _lightgbm.FLAVOR,
     _onnx.FLAVOR,
     _transformers.FLAVOR,
+    _keras.FLAVOR,
     _torch.FLAVOR,
+    _tensorflow.FLAVOR,
     _sklearn.FLAVOR,
     _flax.FLAVOR,
     _jax.FLAVOR,
@@ -293,6 +304,28 @@ def check_installed(
             raise MissingDependencyError(_missing_message(model, name, source))
 
 
+def prepare_load(models: Mapping[str, tuple[str, Mapping[str, Any]]]) -> None:
+    """Run each flavor's ``prepare`` (a container's elements' too) before the bundle's code loads.
+
+    Args:
+        models: Model name -> (flavor name, info), as the manifest has them.
+
+    Raises:
+        CloudflowError: A flavor found that this process cannot load its model (a Keras model
+            saved on another backend than the one Keras here runs on); the message starts with
+            the model's name.
+    """
+    for model, (top, info) in models.items():
+        for name, used_info in walk(top, info):
+            prepare = get_flavor(name).prepare
+            if prepare is None:
+                continue
+            try:
+                prepare(used_info)
+            except CloudflowError as e:
+                raise type(e)(f"Model {model!r}: {e}") from e
+
+
 def _missing_message(model: str, name: str, source: Mapping[str, str]) -> str:
     dist, version = source.get("distribution"), source.get("version")
     broken = _PLUGIN_ERRORS.get(name)
@@ -318,7 +351,8 @@ def requirements_for(name: str, info: Mapping[str, Any]) -> list[str]:
 
     For the flavor and, in a container, each element's: ``packages`` as the flavor names them,
     the distribution that provides each of its ``modules`` here, the libraries of boosters
-    stored beside a pickle (a Pipeline ending in an XGBClassifier), and for a user flavor the
+    stored beside a pickle (a Pipeline ending in an XGBClassifier), the ``modules`` a saved
+    model's info names (the library of a Keras model's backend), and for a user flavor the
     distribution it comes from.
     """
     dists: list[str] = []
@@ -328,6 +362,7 @@ def requirements_for(name: str, info: Mapping[str, Any]) -> list[str]:
         dists.extend(flavor.packages)
         modules.update(flavor.modules)
         modules.update(str(b.get("library")) for b in used_info.get("boosters") or ())
+        modules.update(str(m) for m in used_info.get("modules") or ())
         if used not in _BY_NAME:
             entry = _user_entry(used)
             if entry is not None and entry[1].get("distribution"):

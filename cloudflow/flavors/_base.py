@@ -59,6 +59,10 @@ class Flavor:
             module no distribution provides.
         extra: The ``cloudflow[...]`` extra that installs them.
         describe: Metadata about a live model (class, parameter count, dtype...), for the manifest.
+        prepare: Called with a saved model's information before any of the bundle's code is
+            unpickled, for process-wide state its library fixes when first imported (Keras's
+            backend); raises a :class:`~cloudflow.exceptions.CloudflowError` if this process
+            cannot load the model.
     """
 
     name: str
@@ -69,6 +73,7 @@ class Flavor:
     extra: str | None = None
     describe: Callable[[object], dict[str, Any]] | None = field(default=None)
     modules: tuple[str, ...] = ()
+    prepare: Callable[[Mapping[str, Any]], None] | None = field(default=None)
 
 
 def class_name(obj: object) -> str:
