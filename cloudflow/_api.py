@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _blobs, _digests, _files, _inspect, _remote, _store
+from cloudflow import _blobs, _digests, _files, _inspect, _model_metadata, _remote, _store
 from cloudflow._bundle import (
     Bundle,
     check_arguments,
@@ -197,6 +197,7 @@ def save_bundle(
     verify: bool = False,
     python_versions: str | Iterable[str] | None = None,
     files: Mapping[str, str | os.PathLike[str]] | None = None,
+    model_metadata: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> None:
     """Save a predict function and its models as an MLflow pyfunc model in a local folder.
 
@@ -238,6 +239,10 @@ def save_bundle(
             ``cloudflow.bundle_file(path)`` lead to the copies (see the README, "Data files").
             With ``verify=True``, a file the input example reads that is not bundled fails the
             save, naming it.
+        model_metadata: Metadata of each model: model name -> dict of JSON values, such as
+            ``{"classifier": {"dataset": "iris-v3", "training_history": {"loss": [0.9, 0.5]}}}``.
+            ``training_history`` (metric name -> one number per epoch) is reserved. Kept in the
+            manifest, shown by ``cloudflow inspect``, ``bundle.model_metadata[name]`` at load.
 
     Raises:
         BundleArgumentError: ``predict_fn`` is not a function, ``models`` not a dict of str, or
@@ -250,6 +255,7 @@ def save_bundle(
         >>> cloudflow.load_bundle("bundle").predict(x=[[1.0, 2.0]])  # doctest: +SKIP
     """
     checked = check_arguments(predict_fn, models)
+    per_model = _model_metadata.check(model_metadata, checked)
     target = check_path(path)
     data_files = _files.check_files(files)
     key = resolve_key(signing_key)
@@ -271,6 +277,7 @@ def save_bundle(
         verify=verify,
         python_versions=python_versions,
         data_files=data_files,
+        model_metadata=per_model,
     )
 
 
@@ -323,6 +330,7 @@ def log_bundle(
     verify: bool = False,
     python_versions: str | Iterable[str] | None = None,
     files: Mapping[str, str | os.PathLike[str]] | None = None,
+    model_metadata: Mapping[str, Mapping[str, Any]] | None = None,
     share_files: bool = True,
 ) -> Any:
     """Log a predict function and its models to the active MLflow run as one pyfunc model.
@@ -345,6 +353,9 @@ def log_bundle(
         pip_requirements, extra_pip_requirements, metadata, include_modules, exclude_modules,
         strip_docstrings, signature, input_example, signing_key, verify, python_versions,
         files: As in :func:`save_bundle`.
+        model_metadata: As in :func:`save_bundle`; also set on the run as short tags, and each
+            ``training_history`` logged as run metrics, one step per epoch
+            (``cloudflow.<name>.<model>.<metric>``).
 
     Returns:
         MLflow's ``ModelInfo`` of the logged model (``model_uri``, ``run_id``, ...).
@@ -364,6 +375,7 @@ def log_bundle(
     pip_requirements = _check_requirements(pip_requirements, "pip_requirements")
     extra_pip_requirements = _check_requirements(extra_pip_requirements, "extra_pip_requirements")
     metadata = _check_metadata(metadata)
+    per_model = _model_metadata.check(model_metadata, checked)
     if not isinstance(share_files, bool):
         raise BundleArgumentError(
             f"share_files must be True or False, got {share_files!r}. True (the default) keeps "
@@ -413,6 +425,7 @@ def log_bundle(
                 verify=verify,
                 python_versions=python_versions,
                 data_files=data_files,
+                model_metadata=per_model,
             )
             logged = _create_logged_model(
                 name=name,
@@ -473,6 +486,7 @@ def log_bundle(
 
     model_info = mlflow_model.get_model_info(logged)
     _inspect.log_metadata_tags(client, run_id, manifest, name)
+    _model_metadata.log_history_metrics(client, run_id, manifest.model_metadata, name)
     if registered_model_name is not None:
         from mlflow.tracking._model_registry.fluent import _register_model
 

@@ -341,6 +341,7 @@ def write_bundle(
     verify: bool = False,
     python_versions: str | Iterable[str] | None = None,
     data_files: Mapping[str, Path] | None = None,
+    model_metadata: Mapping[str, dict[str, Any]] | None = None,
 ) -> Manifest:
     """Write a bundle into ``path``, which must not exist; publish it only when complete.
 
@@ -375,6 +376,7 @@ def write_bundle(
             verify=verify,
             interpreters=interpreters,
             data_files=data_files or {},
+            model_metadata=dict(model_metadata or {}),
         )
     total = sum(entry["size"] for entry in manifest.files.values())
     _logger.info(
@@ -406,6 +408,7 @@ def _write_and_publish(
     verify: bool,
     interpreters: Mapping[str, str],
     data_files: Mapping[str, Path],
+    model_metadata: dict[str, dict[str, Any]],
 ) -> Manifest:
     staging = staging_dir_for(path)
     try:
@@ -421,6 +424,7 @@ def _write_and_publish(
                 files=files,
                 interpreters=interpreters,
                 data_files=data_files,
+                model_metadata=model_metadata,
             )
         _write_mlmodel(
             staging,
@@ -473,6 +477,7 @@ def _write_into(
     files: _blobs.SaveFiles,
     interpreters: Mapping[str, str],
     data_files: Mapping[str, Path],
+    model_metadata: dict[str, dict[str, Any]],
 ) -> Manifest:
     from cloudflow.flavors import flavor_for, flavor_sources, requirements_for, walk
 
@@ -552,6 +557,7 @@ def _write_into(
             name for entry in entries.values() for name, _ in walk(entry.flavor, entry.info)
         ),
         provenance=_provenance_of(session.captured),
+        model_metadata=model_metadata,
     )
     (data / _manifest.MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
     return manifest
@@ -987,7 +993,10 @@ class Bundle:
     Attributes:
         models: Model name -> the loaded model object.
         predict_fn: The saved predict function, its models bound.
-        metadata: The user metadata given at save time.
+        metadata: The user metadata given at save time (``metadata=``, for the whole bundle).
+        model_metadata: Model name -> the metadata given for that model at save time
+            (``model_metadata=``: free JSON values, ``training_history``); ``{}`` for a model
+            without any.
         manifest: Everything the bundle records (flavors, captured modules, requirements, files).
         path: The local folder the bundle was read from.
 
@@ -1015,6 +1024,9 @@ class Bundle:
         self._lazy = not all(self.loaded.values())  # stand-ins that may load during a call
         self.manifest = manifest
         self.metadata = dict(manifest.metadata)
+        self.model_metadata = {
+            name: dict(manifest.model_metadata.get(name) or {}) for name in manifest.models
+        }
         self.path = path
         _, names, has_var_kw = _parameters(predict_fn)
         signature = inspect.signature(predict_fn)

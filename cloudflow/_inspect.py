@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _manifest, _store
+from cloudflow import _manifest, _model_metadata, _store
 from cloudflow._manifest import DATA_DIR as DATA_DIR_NAME
 from cloudflow.exceptions import IntegrityError
 
@@ -150,6 +150,7 @@ def describe_folder(path: Path, *, verify: bool = True) -> dict[str, Any]:
                 "size_bytes": sizes[name]["bytes"],
                 "files": sizes[name]["files"],
                 "metadata": dict(entry.metadata),
+                "model_metadata": dict(manifest.model_metadata.get(name) or {}),
             }
             for name, entry in manifest.models.items()
         },
@@ -239,6 +240,7 @@ def metadata_tags(manifest: _manifest.Manifest, name: str = "model") -> dict[str
             if value is not None and value != "":
                 tags[f"{prefix}.{model}.{key}"] = _short(value)
         tags[f"{prefix}.{model}.size_bytes"] = str(sizes[model]["bytes"])
+    tags.update(_model_metadata.tags(manifest.model_metadata, prefix, _short))
     return tags
 
 
@@ -301,6 +303,22 @@ def _model_details(meta: Mapping[str, Any]) -> list[str]:
         described = [f"{k} [{v.get('flavor')}]" for k, v in elements.items() if isinstance(v, dict)]
         parts.append("elements " + ", ".join(described))
     return parts
+
+
+def _user_metadata_lines(given: Mapping[str, Any]) -> list[str]:
+    """The metadata given for a model (``model_metadata=``): one line per key, and per metric
+    of its training history the number of epochs, the first and the last value."""
+    lines = []
+    for key, value in given.items():
+        if key == _model_metadata.HISTORY and isinstance(value, Mapping):
+            for metric, values in value.items():
+                if isinstance(values, list) and values:
+                    epochs = f"{len(values)} epoch{'s' if len(values) != 1 else ''}"
+                    lines.append(f"    history {metric}: {values[0]} -> {values[-1]} ({epochs})")
+            continue
+        text = json.dumps(value, default=str)
+        lines.append(f"    {key}: {text if len(text) <= 200 else text[:197] + '...'}")
+    return lines
 
 
 def _type_text(spec: Mapping[str, Any]) -> str:
@@ -366,6 +384,7 @@ def format_text(info: Mapping[str, Any]) -> str:
         details = _model_details(meta)
         if details:
             add("    " + " | ".join(details))
+        lines.extend(_user_metadata_lines(model.get("model_metadata") or {}))
     data_files = info.get("data_files") or {}
     if data_files:
         add("")

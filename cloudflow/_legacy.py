@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from cloudflow import _store
+from cloudflow import _model_metadata, _store
 from cloudflow._api import load_bundle, log_bundle
 from cloudflow._bundle import Bundle, check_arguments
 from cloudflow._files import check_files
@@ -92,6 +92,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         python_versions: str | Iterable[str] | None = None,
         files: Mapping[str, str | os.PathLike[str]] | None = None,
         signing_key: Any = None,
+        model_metadata: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> Any:
         """Save ``predict_function`` with ``models`` as the model ``model`` of run ``run_id``.
 
@@ -115,13 +116,16 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
                 bundle, as in :func:`cloudflow.log_bundle`.
             signing_key: Sign the bundle (an Ed25519 private key or an HMAC secret), as in
                 :func:`cloudflow.log_bundle`.
+            model_metadata: Metadata of each model (model name -> dict of JSON values; the
+                reserved ``training_history`` maps metric names to one number per epoch), as
+                in :func:`cloudflow.log_bundle`: in the manifest, the run's tags and metrics.
 
         Returns:
             MLflow's ``ModelInfo`` of the logged model.
         """
         import mlflow
 
-        check_arguments(predict_function, models)
+        _model_metadata.check(model_metadata, check_arguments(predict_function, models))
         check_files(files)
         resolve_key(signing_key)
         uri = _store.resolve_tracking_uri(tracking_uri)
@@ -139,6 +143,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
                 python_versions=python_versions,
                 files=files,
                 signing_key=signing_key,
+                model_metadata=model_metadata,
             )
 
         active = mlflow.active_run()

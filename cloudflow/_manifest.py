@@ -99,6 +99,9 @@ class Manifest:
     #: each git checkout holding captured modules (see :mod:`cloudflow._provenance`). Empty:
     #: none was in a checkout, or an older bundle.
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: Model name -> the metadata the user gave for it (``model_metadata=``: JSON values and a
+    #: ``training_history``); see :mod:`cloudflow._model_metadata`. Empty: none given.
+    model_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Large files kept in the experiment's shared area of a tracking server's artifact store
     #: (see :mod:`cloudflow._remote`): ``area`` (artifact URI), ``server``, ``files`` (paths).
     shared: dict[str, Any] = field(default_factory=dict)
@@ -218,6 +221,7 @@ def _check_shape(data: dict[str, Any], path: Path) -> None:
         ("published", dict),
         ("flavors", dict),
         ("provenance", dict),
+        ("model_metadata", dict),
         ("shared", dict),
         ("extra", dict),
     ):

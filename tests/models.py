@@ -278,6 +278,52 @@ def tiny_onnx_session() -> Any:
     )
 
 
+def tiny_flax_mlp(*, sizes: tuple[int, ...] = (4, 16, 3), seed: int = 0) -> Any:
+    """A Flax NNX MLP (Linear, BatchNorm, Dropout) in ``nnx.Sequential``, seeded, in eval mode."""
+    import jax
+    from flax import nnx
+
+    rngs = nnx.Rngs(seed)
+    model = nnx.Sequential(
+        nnx.Linear(sizes[0], sizes[1], rngs=rngs),
+        nnx.BatchNorm(sizes[1], rngs=rngs),
+        jax.nn.relu,
+        nnx.Dropout(0.25, rngs=rngs),
+        nnx.Linear(sizes[1], sizes[2], rngs=rngs),
+    )
+    model.eval()
+    return model
+
+
+def jax_input(n_features: int = 4, *, batch: int = 5, seed: int = 1) -> Any:
+    import jax
+
+    return jax.random.normal(jax.random.key(seed), (batch, n_features))
+
+
+def tiny_jax_params(*, sizes: tuple[int, ...] = (4, 8, 3), seed: int = 0) -> Any:
+    """The parameters of a hand-written JAX MLP: a dict of a list of dicts of arrays."""
+    import jax
+    import jax.numpy as jnp
+
+    keys = jax.random.split(jax.random.key(seed), len(sizes) - 1)
+    layers = [
+        {"w": jax.random.normal(key, (n_in, n_out)) / n_in**0.5, "b": jnp.zeros((n_out,))}
+        for key, n_in, n_out in zip(keys, sizes[:-1], sizes[1:], strict=True)
+    ]
+    return {"layers": layers, "activation": "tanh", "shape": tuple(sizes)}
+
+
+def jax_apply(params: Any, x: Any) -> Any:
+    """The hand-written MLP of :func:`tiny_jax_params`."""
+    import jax.numpy as jnp
+
+    *hidden, last = params["layers"]
+    for layer in hidden:
+        x = jnp.tanh(x @ layer["w"] + layer["b"])
+    return x @ last["w"] + last["b"]
+
+
 def keras_on_torch() -> Any:
     """keras, imported on the torch backend if nothing imported it yet.
 

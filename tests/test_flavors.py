@@ -103,6 +103,8 @@ SAMPLES: dict[str, Callable[[], object]] = {
     "transformers": models.tiny_text_pipeline,
     "torch": models.tiny_torch_mlp,
     "sklearn": models.tiny_sklearn_pipeline,
+    "flax": models.tiny_flax_mlp,
+    "jax": models.tiny_jax_params,
     "container": models.tiny_ensemble,
     "pickle": _pickle_sample,
     "keras": models.tiny_keras_model,
@@ -152,6 +154,21 @@ def _same_ensemble_outputs(original: Any, loaded: Any) -> None:
         _same_sklearn_outputs(pipeline, loaded["by_language"][language])
 
 
+def _same_flax_outputs(original: Any, loaded: Any) -> None:
+    x = models.jax_input()
+    assert np.array_equal(np.asarray(loaded(x)), np.asarray(original(x)))
+
+
+def _same_jax_outputs(original: Any, loaded: Any) -> None:
+    x = models.jax_input()
+    got, want = models.jax_apply(loaded, x), models.jax_apply(original, x)
+    assert np.array_equal(np.asarray(got), np.asarray(want))
+    assert type(loaded["layers"]) is list
+    assert loaded["shape"] == original["shape"]
+    assert type(loaded["shape"]) is tuple
+    assert loaded["activation"] == "tanh"
+
+
 def _same_keras_outputs(original: Any, loaded: Any) -> None:
     x = models.iris()[0][::10].astype(np.float32)
     np.testing.assert_array_equal(
@@ -175,6 +192,8 @@ CHECKS: dict[str, Callable[[Any, Any], None]] = {
     "transformers": _same_pipeline_outputs,
     "torch": _same_torch_outputs,
     "sklearn": _same_sklearn_outputs,
+    "flax": _same_flax_outputs,
+    "jax": _same_jax_outputs,
     "container": _same_ensemble_outputs,
     "pickle": _same_object,
     "keras": _same_keras_outputs,
@@ -220,7 +239,7 @@ def test_flavor_declares_its_packages(flavor: Flavor) -> None:
     # A container's requirements are its elements' (see test_container_requirements_...).
     assert flavor.packages or flavor.modules or flavor.name == "container"
     extras = {None, "torch", "transformers", "sklearn", "xgboost", "lightgbm", "onnx", "keras"}
-    assert flavor.extra in {*extras, "tensorflow"}
+    assert flavor.extra in {*extras, "tensorflow", "jax", "flax"}
 
 
 # --- choosing a flavor ------------------------------------------------------------------------
@@ -266,7 +285,7 @@ def test_importing_and_matching_imports_no_framework() -> None:
         from cloudflow.flavors import flavor_for
         assert flavor_for({"a": 1}).name == "pickle"
         heavy = {"torch", "transformers", "sklearn", "safetensors", "skops", "xgboost", "lightgbm"}
-        heavy |= {"onnx", "onnxruntime"}
+        heavy |= {"onnx", "onnxruntime", "jax", "jaxlib", "flax"}
         heavy &= set(sys.modules)
         assert not heavy, heavy
         print("ok")

@@ -10,7 +10,13 @@ The order is part of the behaviour: the first flavor whose ``matches`` accepts a
 2. The built-ins, :data:`FLAVORS`: the specific ones first (an XGBoost or LightGBM wrapper is also
    a scikit-learn estimator, a transformers model also a torch module, a Keras model on the
    torch backend also a torch module and on the tensorflow backend a trackable TensorFlow
-   object), then containers of models, and the pickle fallback, which accepts anything, last.
+   object), then JAX pytrees of arrays (a ``jax.Array``, or a plain dict, list or tuple nest
+   whose leaves are arrays and plain values, with at least one JAX array: see
+   :mod:`cloudflow.flavors._jax`), then containers of models (a dict or list holding a model of
+   another flavor, or JAX arrays beside an object a pytree cannot hold), and the pickle
+   fallback, which accepts anything, last. A pytree of arrays is asked before the container
+   flavor because each of its arrays is a model of that flavor on its own: the container would
+   otherwise claim the whole tree and give every array a folder of its own.
 
 A flavor's ``name`` is written into every bundle: never rename one; add new built-in flavors
 before the container and the fallback. A user flavor cannot take a built-in's name.
@@ -33,6 +39,8 @@ from cloudflow.exceptions import (
 )
 from cloudflow.flavors import (
     _container,
+    _flax,
+    _jax,
     _keras,
     _lightgbm,
     _onnx,
@@ -74,6 +82,8 @@ FLAVORS: tuple[Flavor, ...] = (
     _torch.FLAVOR,
     _tensorflow.FLAVOR,
     _sklearn.FLAVOR,
+    _flax.FLAVOR,
+    _jax.FLAVOR,
     _container.FLAVOR,
     _pickle.FLAVOR,
 )

@@ -10,14 +10,12 @@ were shared stay shared. The weights are memory-mapped, not copied, when the fil
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _blobs, _digests
 from cloudflow.exceptions import BundleFormatError, EnvironmentMismatchError
+from cloudflow.flavors import _aligned
 from cloudflow.flavors._base import Flavor, PickleContext, class_name, loaded_module, require
 
 FLAVOR_NAME = "torch"
@@ -27,17 +25,9 @@ _SKELETON = "module.pkl"
 # First item of every persistent id written into module.pkl; anything else is not ours.
 _PID_TAG = "cloudflow.torch.tensor"
 # safetensors' dtype codes; a tensor of another dtype stays inside the pickle.
-_DTYPE_CODES = {
-    **{"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16"},
-    **{"int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8"},
-    **{"uint16": "U16", "uint32": "U32", "uint64": "U64", "bool": "BOOL", "complex64": "C64"},
-    **{"float8_e4m3fn": "F8_E4M3", "float8_e4m3fnuz": "F8_E4M3FNUZ"},
-    **{"float8_e5m2": "F8_E5M2", "float8_e5m2fnuz": "F8_E5M2FNUZ"},
-}
-# Every tensor's data starts on a multiple of this many bytes in the file, hence in memory once
-# the file is memory-mapped (mappings start on a page). See write_safetensors.
-ALIGNMENT = 64
-_PAD_PREFIX = "__cloudflow_padding__."
+_DTYPE_CODES = _aligned.DTYPE_CODES
+# Every tensor's data starts on a multiple of this many bytes in the file (see _aligned).
+ALIGNMENT = _aligned.ALIGNMENT
 
 
 def _matches(obj: object) -> bool:
@@ -105,18 +95,9 @@ def write_safetensors(
 ) -> None:
     """Write a safetensors file whose tensors start on :data:`ALIGNMENT`-byte boundaries.
 
-    Why: ``safetensors.torch.save_file`` aligns data to 8 bytes only, and a memory-mapped weight
-    at such an address sends the CPU matrix kernels down another code path than the 64-byte
-    aligned memory the model had when saved; the outputs then differ in their last bits (seen
-    here on a BERT pipeline: scores off by 1e-7). Aligned files load memory-mapped *and* give
-    bit-identical outputs.
-
-    The file is standard safetensors, readable by any safetensors loader. The format has no gaps
-    between tensors, so alignment comes from the order (sizes that are multiples of the
-    alignment first) and, with ``pad``, from small ``uint8`` tensors named
-    ``__cloudflow_padding__.N`` where a tensor would start off the boundary. Without ``pad`` (a
-    file another library reads, which would warn about unknown names) only the odd-sized
-    tensors at the end, typically biases, may be unaligned.
+    See :mod:`cloudflow.flavors._aligned` for why (bit-identical outputs from memory-mapped
+    weights) and how (order and ``__cloudflow_padding__.N`` tensors, or without ``pad`` for a
+    file another library reads, only the odd-sized tensors at the end may be unaligned).
 
     Args:
         tensors: Name to tensor; views, shared storage and non-contiguous tensors are fine.
@@ -124,8 +105,6 @@ def write_safetensors(
         metadata: The header's ``__metadata__`` (strings only).
         pad: Whether to insert padding tensors.
     """
-    import json
-    import struct
     import sys
 
     torch = require("torch", flavor=FLAVOR_NAME, extra=EXTRA)
@@ -136,63 +115,23 @@ def write_safetensors(
         )
         return
 
-    def nbytes(name: str) -> int:
-        return int(tensors[name].numel() * tensors[name].element_size())
+    def data_of(tensor: Any) -> Callable[[], memoryview]:
+        def data() -> memoryview:
+            flat = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+            return memoryview(flat.numpy())
 
-    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
-    layout: list[Any] = []  # tensors and padding byte counts, in file order
-    offset = 0
-    for name in sorted(tensors, key=lambda n: (nbytes(n) % ALIGNMENT != 0, n)):
-        tensor = tensors[name]
-        size = nbytes(name)
-        if pad and size and offset % ALIGNMENT:
-            gap = ALIGNMENT - offset % ALIGNMENT
-            header[f"{_PAD_PREFIX}{offset}"] = {
-                "dtype": "U8",
-                "shape": [gap],
-                "data_offsets": [offset, offset + gap],
-            }
-            layout.append(gap)
-            offset += gap
-        header[name] = {
-            "dtype": _DTYPE_CODES[str(tensor.dtype).removeprefix("torch.")],
-            "shape": list(tensor.shape),
-            "data_offsets": [offset, offset + size],
-        }
-        layout.append(tensor)
-        offset += size
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-(8 + len(raw)) % ALIGNMENT)  # spaces are JSON whitespace; data starts aligned
-    head = struct.pack("<Q", len(raw)) + raw
+        return data
 
-    def pieces() -> Iterator[bytes | memoryview]:
-        yield head
-        for item in layout:
-            if isinstance(item, int):
-                yield bytes(item)
-            elif item.numel():
-                data = item.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-                yield memoryview(data.numpy())
-
-    # In a save, the file's digest comes from the tensors in memory, before anything is written:
-    # a store that already holds this very file links it instead (see cloudflow._blobs), and the
-    # manifest needs no second pass over the written file.
-    files = _blobs.current()
-    size = len(head) + offset
-    if files is not None:
-        hasher = _digests.new_hasher()
-        for piece in pieces():
-            hasher.update(piece)
-        digest = str(hasher.hexdigest())
-        if files.link_existing(digest, size, Path(filename)):
-            return
-        with contextlib.suppress(FileNotFoundError):  # never write through a shared link
-            os.unlink(filename)
-    with open(filename, "wb") as f:
-        for piece in pieces():
-            f.write(piece)
-    if files is not None:
-        files.adopt(Path(filename), digest, size)
+    entries = {
+        name: _aligned.Entry(
+            dtype=_DTYPE_CODES[str(tensor.dtype).removeprefix("torch.")],
+            shape=tuple(tensor.shape),
+            nbytes=int(tensor.numel() * tensor.element_size()),
+            data=data_of(tensor),
+        )
+        for name, tensor in tensors.items()
+    }
+    _aligned.write(entries, filename, metadata, pad=pad)
 
 
 def device_or_cpu(torch: Any, name: str) -> str:

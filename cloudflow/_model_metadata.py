@@ -1,0 +1,177 @@
+"""Metadata users attach to each model of a bundle: free JSON values and a training history.
+
+``model_metadata={"classifier": {"dataset": "iris-v3", "training_history": {"loss": [0.9, 0.5,
+0.3], "val_accuracy": [0.7, 0.8, 0.9]}}}`` on :func:`cloudflow.save_bundle`,
+:func:`cloudflow.log_bundle` and the seed API's ``save``. Each key names a model of ``models``;
+its value is a dict of JSON values, checked before anything is written. ``training_history`` is
+the one reserved key: metric name -> one number per epoch.
+
+Where it goes: the manifest's ``model_metadata`` (an optional key: an older cloudflow keeps it
+among the manifest's extras and loads the bundle as before), ``Bundle.model_metadata`` at load,
+``cloudflow inspect``, and, for :func:`cloudflow.log_bundle`, the run: short tags
+(``cloudflow.<name>.<model>.meta.<key>``; for each history metric its final value and the
+number of epochs) and the history itself as run metrics, one step per epoch
+(``cloudflow.<name>.<model>.<metric>``), so MLflow's charts draw it. Those metric keys never
+collide with the metrics a training loop logs itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from cloudflow.exceptions import BundleArgumentError
+
+_logger = logging.getLogger("cloudflow")
+
+#: The reserved key: metric name -> a list of numbers, one per epoch.
+HISTORY = "training_history"
+#: At most this many keys of a model's metadata become run tags (the manifest keeps them all).
+TAGS_PER_MODEL = 50
+_METRICS_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+_TAG_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")  # what MLflow allows in a tag or metric key
+
+
+def _check_history(model: str, history: object) -> dict[str, list[float | int]]:
+    where = f"model_metadata[{model!r}][{HISTORY!r}]"
+    example = "{'loss': [0.9, 0.5, 0.3], 'val_accuracy': [0.6, 0.7, 0.8]}"
+    if not isinstance(history, Mapping):
+        raise BundleArgumentError(
+            f"{where} must map metric names to lists of numbers, one per epoch; got "
+            f"{type(history).__name__}. Pass e.g. {example}."
+        )
+    out: dict[str, list[float | int]] = {}
+    for metric, values in history.items():
+        if not isinstance(metric, str) or not metric:
+            raise BundleArgumentError(
+                f"{where} has the metric name {metric!r}; metric names are non-empty str, such "
+                "as 'loss'."
+            )
+        if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+            raise BundleArgumentError(
+                f"{where}[{metric!r}] must be a list of numbers, one per epoch; got "
+                f"{type(values).__name__}. Pass e.g. {example}."
+            )
+        for epoch, value in enumerate(values):
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not number or not math.isfinite(value):
+                raise BundleArgumentError(
+                    f"{where}[{metric!r}][{epoch}] is {value!r}; a training history holds "
+                    "finite numbers only (int or float; no bool, None, NaN or infinity). Leave "
+                    "out an epoch that has no value, or record it under another key."
+                )
+        out[metric] = list(values)
+    return out
+
+
+def check(
+    model_metadata: Mapping[str, Any] | None, models: Mapping[str, object]
+) -> dict[str, dict[str, Any]]:
+    """``model_metadata=`` as plain JSON, each key a model of ``models``; nothing is written.
+
+    Raises:
+        BundleArgumentError: Not a dict of dicts, a name that is not a model of ``models``
+            (named, with the valid ones), a value that is not JSON, or a ``training_history``
+            that is not metric name -> list of finite numbers.
+    """
+    from cloudflow._api import METADATA_DEPTH, _depth  # the rules of metadata=, for each model
+
+    if model_metadata is None:
+        return {}
+    valid = ", ".join(repr(n) for n in models) or "(none)"
+    if not isinstance(model_metadata, Mapping):
+        raise BundleArgumentError(
+            f"model_metadata must be a dict of model name -> dict of JSON values, got "
+            f"{type(model_metadata).__name__}. Pass e.g. model_metadata={{'classifier': "
+            "{'dataset': 'iris-v3'}}."
+        )
+    out: dict[str, dict[str, Any]] = {}
+    for model, entry in model_metadata.items():
+        if model not in models:
+            raise BundleArgumentError(
+                f"model_metadata names the model {model!r}, which is not in models; the models "
+                f"are {valid}. Use one of those names, or add the model."
+            )
+        if not isinstance(entry, Mapping):
+            raise BundleArgumentError(
+                f"model_metadata[{model!r}] must be a dict of JSON values, got "
+                f"{type(entry).__name__}. Pass e.g. {{'dataset': 'iris-v3', 'epochs': 3}}."
+            )
+        checked: dict[str, Any] = {}
+        for key, value in entry.items():
+            if not isinstance(key, str):
+                raise BundleArgumentError(
+                    f"model_metadata[{model!r}] keys must be str; {key!r} is a "
+                    f"{type(key).__name__}. Use str keys."
+                )
+            if key == HISTORY:
+                checked[key] = _check_history(model, value)
+                continue
+            try:
+                json.dumps(value, allow_nan=False)
+                _depth(value)
+            except RecursionError:
+                raise BundleArgumentError(
+                    f"model_metadata[{model!r}][{key!r}] is nested deeper than {METADATA_DEPTH} "
+                    "levels. Keep metadata flat: a few levels of dicts and lists of plain values."
+                ) from None
+            except (TypeError, ValueError) as e:
+                raise BundleArgumentError(
+                    f"model_metadata[{model!r}][{key!r}] is not JSON ({e}). Use str, numbers, "
+                    "bools, None, and lists and dicts of them."
+                ) from None
+            checked[key] = value
+        out[model] = dict(json.loads(json.dumps(checked)))  # tuples become lists
+    return out
+
+
+# --- run tags and metrics --------------------------------------------------------------------
+
+
+def _key_part(text: str) -> str:
+    return _TAG_KEY_CHARS.sub("_", text)
+
+
+def tags(
+    model_metadata: Mapping[str, Mapping[str, Any]], prefix: str, short: Any
+) -> dict[str, str]:
+    """Run tags of each model's metadata: ``<prefix>.<model>.meta.<key>`` and, per history
+    metric, ``<prefix>.<model>.history.<metric>`` (its final value) and ``.epochs``."""
+    out: dict[str, str] = {}
+    for model, entry in model_metadata.items():
+        base = f"{prefix}.{_key_part(model)}"
+        plain = [(k, v) for k, v in entry.items() if k != HISTORY]
+        for key, value in plain[:TAGS_PER_MODEL]:
+            out[f"{base}.meta.{_key_part(key)}"] = short(value)
+        history = entry.get(HISTORY) or {}
+        for metric, values in history.items():
+            if values:
+                out[f"{base}.history.{_key_part(metric)}"] = short(values[-1])
+        if history:
+            out[f"{base}.history.epochs"] = str(max(len(v) for v in history.values()))
+    return out
+
+
+def log_history_metrics(
+    client: Any, run_id: str, model_metadata: Mapping[str, Mapping[str, Any]], name: str
+) -> None:
+    """Log each ``training_history`` as run metrics, step = epoch; a failure is only logged."""
+    try:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(f"cloudflow.{name}.{_key_part(model)}.{_key_part(metric)}", float(v), now, step)
+            for model, entry in model_metadata.items()
+            for metric, values in (entry.get(HISTORY) or {}).items()
+            for step, v in enumerate(values)
+        ]
+        for start in range(0, len(metrics), _METRICS_BATCH):
+            client.log_batch(run_id, metrics=metrics[start : start + _METRICS_BATCH])
+    except Exception as e:
+        _logger.warning("Could not log the training history of run %s as metrics: %s", run_id, e)
