@@ -553,3 +553,56 @@ def test_a_plugin_flavor_round_trips_and_its_absence_names_the_distribution(
     assert "MissingDependencyError" in error
     assert "Model 'table' was saved with the 'cf_table' flavor" in error
     assert "pip install cf-flavor-plugin==0.1.0" in error
+
+
+BROKEN_LOAD = r"""
+import logging, sys
+
+import cloudflow
+
+warnings = []
+handler = logging.Handler()
+handler.emit = lambda record: warnings.append(record.getMessage())
+logging.getLogger("cloudflow").addHandler(handler)
+# Another bundle still saves and loads: the broken plugin is skipped, not fatal.
+cloudflow.save_bundle(lambda x: x + 1, {}, sys.argv[2])
+attempt("other", lambda: cloudflow.load_bundle(sys.argv[2]).predict(x=1))
+attempt("load_bundle", lambda: cloudflow.load_bundle(sys.argv[1]))
+results["warnings"] = {"ok": True, "value": warnings}
+emit(results)
+"""
+
+
+@pytest.mark.slow
+def test_a_plugin_that_fails_to_import_is_skipped_and_named_when_its_bundle_loads(
+    plugin_site: Path, tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "plugin_app.py").write_text(PLUGIN_APP, encoding="utf-8")
+    bundle = tmp_path / "bundle"
+    saved = run_snippet(PLUGIN_SAVE, cwd=project, env=_with_plugin(plugin_site), args=[str(bundle)])
+    shutil.rmtree(project)
+    assert saved["flavor"] == "cf_table"
+    # The same distribution installed, but its module now fails on import (a dependency of its
+    # own missing), as a broken install does.
+    broken = tmp_path / "broken-site"
+    shutil.copytree(plugin_site, broken)
+    (broken / "cf_flavor_plugin" / "__init__.py").write_text(
+        'raise ImportError("cf_flavor_plugin needs the library libtable, which is missing")\n',
+        encoding="utf-8",
+    )
+    got = run_snippet(
+        BROKEN_LOAD,
+        cwd=tmp_path,
+        env=_with_plugin(broken),
+        args=[str(bundle), str(tmp_path / "other")],
+    )
+    assert outcome(got, "other") == 2
+    warned = outcome(got, "warnings")
+    assert any("Skipped the cloudflow flavor plugin 'cf_table'" in w for w in warned), warned
+    assert any("needs the library libtable" in w for w in warned), warned
+    error = got["load_bundle"]["error"]
+    assert "MissingDependencyError" in error
+    assert "whose plugin is installed but failed to load: ImportError" in error
+    assert "Reinstall it" in error
