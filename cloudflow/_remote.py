@@ -58,7 +58,7 @@ from cloudflow._manifest import (
     SIGNATURE_FILE,
     Manifest,
 )
-from cloudflow.exceptions import CloudflowError, StoreError
+from cloudflow.exceptions import CloudflowError, NotFoundError, StoreError
 
 _logger = logging.getLogger("cloudflow")
 
@@ -142,6 +142,8 @@ class Area:
                 from mlflow.utils.rest_utils import augmented_raise_for_status, http_request
 
                 resp = http_request(repo._host_creds, f"/{digest}", "GET", stream=True)
+                if resp.status_code == 404:
+                    raise _gone(self, digest)
                 augmented_raise_for_status(resp)
                 with open(path, "wb") as f:
                     for chunk in resp.iter_content(chunk_size=1 << 20):
@@ -149,11 +151,25 @@ class Area:
                         f.write(chunk)
                 return str(hasher.hexdigest())
             # Any other store (S3, GCS, Azure...): MLflow's download, then the hash.
-            repo._download_file(digest, str(path))
+            try:
+                repo._download_file(digest, str(path))
+            except Exception as e:
+                if "404" in str(e) or "NoSuchKey" in str(e) or "Not Found" in str(e):
+                    raise _gone(self, digest) from e
+                raise
         with open(path, "rb") as f:
             while chunk := f.read(1 << 22):
                 hasher.update(chunk)
         return str(hasher.hexdigest())
+
+
+def _gone(area: Area, digest: str) -> NotFoundError:
+    return NotFoundError(
+        f"The shared area {area.describe()} has no file {digest[:16]}..., which this bundle "
+        "needs: it was removed from the artifact store (by hand, or by a clean-up that did not "
+        "know this bundle). Log the model again, or export it (cloudflow export) from a machine "
+        "whose download cache still holds it."
+    )
 
 
 def _is_http(uri: str | None) -> bool:

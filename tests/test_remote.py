@@ -632,6 +632,23 @@ def test_a_damaged_file_on_the_server_is_refused_and_never_cached(
     assert not [n for n in cache_is_clean(tmp_path / "cache") if n.startswith(".partial")]
 
 
+def test_a_file_missing_from_the_area_is_named_with_the_fix(
+    remote: dict[str, Any], tmp_path: Path
+) -> None:
+    table = min(area_files(remote["server_root"]), key=lambda p: p.stat().st_size)
+    moved = table.with_name("moved-away")
+    os.rename(table, moved)
+    try:
+        uri = f"runs:/{remote['first']['run_id']}/model"
+        got = load_fails(uri, remote["proxy"].url, tmp_path / "cache", tmp_path / "a")
+    finally:
+        os.rename(moved, table)
+    assert got["error"] == "NotFoundError", got
+    assert f"has no file {table.name[:16]}..." in got["message"]
+    assert "Log the model again" in got["message"]
+    assert not [n for n in cache_is_clean(tmp_path / "cache") if n.startswith(".partial")]
+
+
 def test_a_server_gone_mid_download_gives_a_clear_error_and_keeps_nothing(
     remote: dict[str, Any], tmp_path: Path
 ) -> None:
