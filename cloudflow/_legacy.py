@@ -93,6 +93,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         files: Mapping[str, str | os.PathLike[str]] | None = None,
         signing_key: Any = None,
         model_metadata: Mapping[str, Mapping[str, Any]] | None = None,
+        share_files: bool = True,
     ) -> Any:
         """Save ``predict_function`` with ``models`` as the model ``model`` of run ``run_id``.
 
@@ -119,6 +120,9 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
             model_metadata: Metadata of each model (model name -> dict of JSON values; the
                 reserved ``training_history`` maps metric names to one number per epoch), as
                 in :func:`cloudflow.log_bundle`: in the manifest, the run's tags and metrics.
+            share_files: On a tracking server, keep each large file once per experiment
+                (uploaded only if new; downloaded once per machine), as in
+                :func:`cloudflow.log_bundle`; ``False`` uploads the whole bundle.
 
         Returns:
             MLflow's ``ModelInfo`` of the logged model.
@@ -144,6 +148,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
                 files=files,
                 signing_key=signing_key,
                 model_metadata=model_metadata,
+                share_files=share_files,
             )
 
         active = mlflow.active_run()
