@@ -296,3 +296,59 @@ class Tripwire:
         os.makedirs(state["path"], exist_ok=True)
 
 '''
+
+
+#: Loads a bundle saved by a framework test every way, in a fresh process: the seed API, then
+#: ``load_bundle`` (eagerly and lazily) and ``mlflow.pyfunc``. ``sys.argv[1]`` is a JSON spec:
+#: ``app`` (the user module, which must not be importable), ``experiment``, ``store``,
+#: ``tracking_uri``, ``run_id``, ``rows``, ``kinds`` (one answer each) and ``lazy_kind`` (the
+#: kind the lazy load is asked first).
+EVERY_WAY_LOADER = r"""
+import importlib.util
+import json
+import sys
+
+spec = json.loads(sys.argv[1])
+found = importlib.util.find_spec(spec["app"]) is not None
+results["importable"] = {"ok": True, "value": found}
+
+import cloudflow
+
+
+def answers(predict):
+    return {kind: predict(kind=kind, rows=spec["rows"]) for kind in spec["kinds"]}
+
+
+def seed():
+    model = cloudflow.cloudflow_model()
+    model.load_model(
+        tracking_uri=spec["store"], experiment_id=spec["experiment"], run_id=spec["run_id"]
+    )
+    return answers(model.predict)
+
+
+attempt("seed", seed)
+
+import mlflow
+
+mlflow.set_tracking_uri(spec["tracking_uri"])
+uri = f"runs:/{spec['run_id']}/model"
+bundle = attempt("load_bundle", lambda: cloudflow.load_bundle(uri))
+if bundle is not None:
+    results["path"] = {"ok": True, "value": str(bundle.path)}
+    attempt("load_bundle_answers", lambda: answers(bundle.predict))
+
+
+def lazily():
+    lazy = cloudflow.load_bundle(uri, lazy=True)
+    before = dict(lazy.loaded)
+    got = lazy.predict(kind=spec["lazy_kind"], rows=spec["rows"])
+    return {"before": before, "after": dict(lazy.loaded), "answer": got}
+
+
+attempt("lazy", lazily)
+pyfunc = attempt("pyfunc", lambda: mlflow.pyfunc.load_model(uri))
+if pyfunc is not None:
+    attempt("pyfunc_answers", lambda: answers(lambda **kw: pyfunc.predict(kw)))
+emit(results)
+"""

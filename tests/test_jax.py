@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import restored_mlflow_state
-from helpers import outcome, requirement_names, run_snippet, sqlite_uri
+from helpers import EVERY_WAY_LOADER, outcome, requirement_names, run_snippet, sqlite_uri
 
 import cloudflow
 from cloudflow.exceptions import BundleArgumentError, IntegrityError
@@ -178,60 +178,12 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
-LOADER = r"""
-import importlib.util
-import json
-import sys
-
-spec = json.loads(sys.argv[1])
-found = importlib.util.find_spec("jax_app") is not None
-results["importable"] = {"ok": True, "value": found}
-
-import cloudflow
-
-
-def answers(predict):
-    return {kind: predict(kind=kind, rows=spec["rows"]) for kind in spec["kinds"]}
-
-
-def seed():
-    model = cloudflow.cloudflow_model()
-    model.load_model(tracking_uri=spec["store"], experiment_id="jax", run_id=spec["run_id"])
-    return answers(model.predict)
-
-
-attempt("seed", seed)
-
-import mlflow
-
-mlflow.set_tracking_uri(spec["tracking_uri"])
-uri = f"runs:/{spec['run_id']}/model"
-bundle = attempt("load_bundle", lambda: cloudflow.load_bundle(uri))
-if bundle is not None:
-    results["path"] = {"ok": True, "value": str(bundle.path)}
-    attempt("load_bundle_answers", lambda: answers(bundle.predict))
-
-
-def lazily():
-    lazy = cloudflow.load_bundle(uri, lazy=True)
-    before = dict(lazy.loaded)
-    got = lazy.predict(kind="params", rows=spec["rows"])
-    return {"before": before, "after": dict(lazy.loaded), "params": got}
-
-
-attempt("lazy", lazily)
-pyfunc = attempt("pyfunc", lambda: mlflow.pyfunc.load_model(uri))
-if pyfunc is not None:
-    attempt("pyfunc_answers", lambda: answers(lambda **kw: pyfunc.predict(kw)))
-emit(results)
-"""
-
-
 @pytest.fixture(scope="module")
 def loaded(saved: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     spec = {key: saved[key] for key in ("store", "tracking_uri", "run_id", "rows")}
-    spec["kinds"] = KINDS
-    return run_snippet(LOADER, cwd=tmp_path_factory.mktemp("elsewhere"), args=[json.dumps(spec)])
+    spec.update(kinds=KINDS, app="jax_app", experiment="jax", lazy_kind="params")
+    where = tmp_path_factory.mktemp("elsewhere")
+    return run_snippet(EVERY_WAY_LOADER, cwd=where, args=[json.dumps(spec)])
 
 
 def _bundle(loaded: dict[str, Any]) -> Path:
@@ -273,7 +225,7 @@ def test_a_lazy_bundle_loads_the_pytree_alone_on_first_use(
     got = outcome(loaded, "lazy")
     assert not any(got["before"].values())
     assert got["after"] == {"net": False, "dropout_net": False, "params": True}
-    assert got["params"] == saved["expected"]["params"]
+    assert got["answer"] == saved["expected"]["params"]
 
 
 def header_length(path: Path) -> int:
