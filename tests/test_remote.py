@@ -167,6 +167,20 @@ def load(
     return answers, counter.received
 
 
+def cloudflow_cli(*args: str, cwd: Path, env: dict[str, str]) -> str:
+    """``python -m cloudflow ARGS`` in a fresh process; its output (the test fails on an error)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cloudflow", *args],
+        cwd=cwd,
+        env=subprocess_env(env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:] + done.stdout
+    return done.stdout
+
+
 def area_files(server_root: Path) -> list[Path]:
     found = (server_root / "artifacts").glob("*/.cloudflow-blobs/*")
     return sorted(p for p in found if p.is_file())
@@ -386,23 +400,13 @@ def test_inspect_over_http_names_the_shared_files_without_downloading_them(
     remote: dict[str, Any], tmp_path: Path
 ) -> None:
     proxy = remote["proxy"]
-    env = subprocess_env({"CLOUDFLOW_CACHE_DIR": str(tmp_path / "cache")})
+    env = {"CLOUDFLOW_CACHE_DIR": str(tmp_path / "cache")}
     proxy.reset()
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "cloudflow", "inspect"),
-            *(f"runs:/{remote['first']['run_id']}/model", "--tracking-uri", proxy.url),
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:] + done.stdout
-    assert "the 2 shared on the server are checked as a load downloads them" in done.stdout
-    assert "shared files      2 (5.6 MB) in mlflow-artifacts:/" in done.stdout
-    assert "format 4" in done.stdout
+    uri = f"runs:/{remote['first']['run_id']}/model"
+    out = cloudflow_cli("inspect", uri, "--tracking-uri", proxy.url, cwd=tmp_path, env=env)
+    assert "the 2 shared on the server are checked as a load downloads them" in out
+    assert "shared files      2 (5.6 MB) in mlflow-artifacts:/" in out
+    assert "format 4" in out
     assert proxy.received < SMALL
 
 
@@ -444,21 +448,12 @@ def test_export_writes_a_bundle_that_loads_with_no_server(
 ) -> None:
     proxy = remote["proxy"]
     target = tmp_path / "exported"
-    env = subprocess_env({"CLOUDFLOW_CACHE_DIR": str(tmp_path / "cache")})
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "cloudflow", "export"),
-            *(f"runs:/{remote['first']['run_id']}/model", str(target)),
-            *("--tracking-uri", proxy.url),
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    env = {"CLOUDFLOW_CACHE_DIR": str(tmp_path / "cache")}
+    uri = f"runs:/{remote['first']['run_id']}/model"
+    out = cloudflow_cli(
+        "export", uri, str(target), "--tracking-uri", proxy.url, cwd=tmp_path, env=env
     )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "exported" in done.stdout
+    assert "exported" in out
     sizes = sorted(p.stat().st_size for p in target.rglob("*") if p.is_file())
     assert sizes[-1] > 1024 * 1024  # the large files are in it
     # No server, no cache: a machine that never saw either.
@@ -493,19 +488,9 @@ def test_a_signed_bundle_on_the_server_verifies_and_loads_under_its_key(
     signed = save(project, remote["proxy"].url, signing_key=key)
     shutil.rmtree(project)
     uri = f"runs:/{signed['run_id']}/model"
-    env = subprocess_env(
-        {"CLOUDFLOW_CACHE_DIR": str(tmp_path / "cache"), "CLOUDFLOW_SIGNING_KEY": key}
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "cloudflow", "verify", uri, "--tracking-uri", remote["proxy"].url],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:] + done.stdout
-    assert done.stdout.startswith("ok: ")
+    env = {"CLOUDFLOW_CACHE_DIR": str(tmp_path / "cache"), "CLOUDFLOW_SIGNING_KEY": key}
+    out = cloudflow_cli("verify", uri, "--tracking-uri", remote["proxy"].url, cwd=tmp_path, env=env)
+    assert out.startswith("ok: ")
     answers, _ = load(
         tmp_path / "a",
         remote["proxy"],
@@ -714,17 +699,8 @@ def test_gc_over_http_frees_what_no_bundle_names_and_keeps_the_rest(
     client.delete_logged_model(gone["model_uri"].split("/")[-1])
 
     def gc() -> str:
-        env = subprocess_env({"CLOUDFLOW_CACHE_DIR": str(tmp_path / "cache")})
-        done = subprocess.run(
-            [sys.executable, "-m", "cloudflow", "gc", "--tracking-uri", proxy.url],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-        return done.stdout
+        env = {"CLOUDFLOW_CACHE_DIR": str(tmp_path / "cache")}
+        return cloudflow_cli("gc", "--tracking-uri", proxy.url, cwd=tmp_path, env=env)
 
     # A save in progress announced the deleted net's weights: they stay.
     (orphan,) = _digests_of(remote, gone) - _digests_of(remote, kept)
@@ -770,16 +746,7 @@ def test_the_cache_keeps_to_its_limit_and_prunes_on_demand(
     assert_same_predictions(answers, CASES, remote["first"]["expected"])
 
     def cli(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "cloudflow", "cache", *args],
-            cwd=tmp_path,
-            env=subprocess_env(env),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-        return done.stdout
+        return cloudflow_cli("cache", *args, cwd=tmp_path, env=env)
 
     cli("prune")
     sizes = [p.stat().st_size for p in (cache / "files" / "blobs").iterdir()]
