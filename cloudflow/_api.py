@@ -121,6 +121,29 @@ def _depth(value: Any, level: int = 0) -> None:
             _depth(item, level + 1)
 
 
+def check_json_value(value: Any, where: str) -> None:
+    """A metadata value is plain JSON, nested at most :data:`METADATA_DEPTH` levels.
+
+    ``where`` names it in the message (``metadata['owner']``).
+
+    Raises:
+        BundleArgumentError: It is not, named.
+    """
+    try:
+        json.dumps(value, allow_nan=False)
+        _depth(value)
+    except RecursionError:
+        raise BundleArgumentError(
+            f"{where} is nested deeper than {METADATA_DEPTH} levels. Keep metadata flat: a few "
+            "levels of dicts and lists of plain values."
+        ) from None
+    except (TypeError, ValueError) as e:
+        raise BundleArgumentError(
+            f"{where} is not JSON ({e}). Use str, numbers, bools, None, and lists and dicts of "
+            "them."
+        ) from None
+
+
 def check_path(path: object, what: str = "path") -> Path:
     """A bundle folder to create: a str or path, whose parents are folders, names not too long.
 
@@ -164,19 +187,7 @@ def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None
             raise BundleArgumentError(
                 f"metadata keys must be str; {key!r} is a {type(key).__name__}. Use str keys."
             )
-        try:
-            json.dumps(value, allow_nan=False)
-            _depth(value)
-        except RecursionError:
-            raise BundleArgumentError(
-                f"metadata[{key!r}] is nested deeper than {METADATA_DEPTH} levels. Keep metadata "
-                "flat: a few levels of dicts and lists of plain values."
-            ) from None
-        except (TypeError, ValueError) as e:
-            raise BundleArgumentError(
-                f"metadata[{key!r}] is not JSON ({e}). Use str, numbers, bools, None, and lists "
-                "and dicts of them."
-            ) from None
+        check_json_value(value, f"metadata[{key!r}]")
     return dict(json.loads(json.dumps(dict(metadata))))  # tuples become lists, for YAML
 
 

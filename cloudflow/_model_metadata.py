@@ -79,7 +79,7 @@ def check(
             (named, with the valid ones), a value that is not JSON, or a ``training_history``
             that is not metric name -> list of finite numbers.
     """
-    from cloudflow._api import METADATA_DEPTH, _depth  # the rules of metadata=, for each model
+    from cloudflow._api import check_json_value  # the rules of metadata=, for each model
 
     if model_metadata is None:
         return {}
@@ -112,19 +112,7 @@ def check(
             if key == HISTORY:
                 checked[key] = _check_history(model, value)
                 continue
-            try:
-                json.dumps(value, allow_nan=False)
-                _depth(value)
-            except RecursionError:
-                raise BundleArgumentError(
-                    f"model_metadata[{model!r}][{key!r}] is nested deeper than {METADATA_DEPTH} "
-                    "levels. Keep metadata flat: a few levels of dicts and lists of plain values."
-                ) from None
-            except (TypeError, ValueError) as e:
-                raise BundleArgumentError(
-                    f"model_metadata[{model!r}][{key!r}] is not JSON ({e}). Use str, numbers, "
-                    "bools, None, and lists and dicts of them."
-                ) from None
+            check_json_value(value, f"model_metadata[{model!r}][{key!r}]")
             checked[key] = value
         out[model] = dict(json.loads(json.dumps(checked)))  # tuples become lists
     return out
