@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
 import shutil
 import tempfile
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -567,10 +567,11 @@ def load_bundle(
             "'runs:/<run_id>/model' or a local folder."
         )
     trust = resolve_trust(signing_key, trusted_keys)
-    # A bundle downloaded from a server is deleted once loaded (its weights stay mapped); one
-    # with data files keeps its download while the Bundle lives: its code reads them later.
+    # A bundle downloaded from a server is deleted once nothing reads it (its weights stay
+    # mapped): after the weights hashed in the background are checked, or with the Bundle when
+    # its models load lazily or its code reads data files.
     identity: dict[str, str] = {}
-    with _store.bundle_dir(model_uri, keep=_has_data_files, identity=identity) as (
+    with _store.bundle_dir(model_uri, keep=lambda _: True, identity=identity) as (
         folder,
         temporary,
     ):
@@ -584,8 +585,8 @@ def load_bundle(
             dtype=dtype,
             lazy=lazy,
         )
-        if temporary and bundle.manifest.data_files:
-            weakref.finalize(bundle, shutil.rmtree, folder, True)
+        if temporary:
+            bundle.release_when_unread(functools.partial(shutil.rmtree, folder, True))
         return bundle
 
 
@@ -602,10 +603,6 @@ def _no_http_retries() -> Any:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def _has_data_files(folder: Path) -> bool:
-    return (folder / "cloudflow" / _files.FILES_DIR).is_dir()
 
 
 @_store.translates_store_errors

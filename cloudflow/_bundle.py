@@ -1044,6 +1044,17 @@ class Bundle:
             p.name for p in signature.parameters.values() if p.kind is p.POSITIONAL_ONLY
         ]
 
+    def release_when_unread(self, release: Callable[[], object]) -> None:
+        """Call ``release`` (which deletes the bundle's folder) once nothing reads the folder:
+        at once; once the weights hashed in the background are checked; or with the Bundle,
+        when models load lazily from it or its code reads data files from it."""
+        if self._lazy or self.manifest.data_files:
+            weakref.finalize(self, release)
+        elif self._verifying is not None:
+            self._verifying.add_done_callback(lambda _: release())
+        else:
+            release()
+
     @property
     def models(self) -> dict[str, object]:
         self.wait_verified()
