@@ -1,4 +1,4 @@
-"""Keras 3 models on the torch and tensorflow backends, and TensorFlow modules as SavedModels.
+"""Keras 3 models on the torch, JAX and tensorflow backends, and TensorFlow modules as SavedModels.
 
 The user's source (a registered custom layer, an unregistered one, a custom activation, a
 subclassed model; for TensorFlow a ``tf.Module`` with ``tf.function`` methods) is written to a
@@ -7,10 +7,11 @@ seed API, the folder is deleted, and another fresh process from another working 
 with no ``KERAS_BACKEND`` set, loads the bundle every way (``load_bundle``, the seed API,
 ``mlflow.pyfunc.load_model``): outputs must equal the originals exactly.
 
-The torch backend runs in the test environment itself (keras is in the ``test`` extra). The
-tensorflow backend and the ``tf.Module`` run in a venv of their own (tensorflow-cpu, pinned by
-requirements/constraints-tensorflow.txt beside constraints.txt), built once per session and
-shared by the workers (tests/pythons.py); those tests are slow. A bundle of one backend loaded
+The torch and JAX backends run in the test environment itself (keras and jax are in the ``test``
+extra; the JAX round trip is slow). The tensorflow backend and the ``tf.Module`` run in a venv of
+their own (tensorflow-cpu, pinned by requirements/constraints-tensorflow.txt beside
+constraints.txt), built once per session and shared by the workers (tests/pythons.py); those
+tests are slow. A bundle of one backend loaded
 where Keras runs on the other, or where the saved backend's library is missing, is refused with
 the backends named and the fix.
 """
@@ -489,6 +490,48 @@ def test_torch_backend_bundle_refused_where_keras_is_set_to_another_backend(
     assert "saved on the 'torch' backend" in error
     assert "runs on the 'numpy' backend (KERAS_BACKEND=numpy)" in error
     assert "Set KERAS_BACKEND=torch before anything imports keras" in error
+
+
+# --- Keras on the JAX backend, in this environment (jax is in the test extra) -----------------
+
+
+@pytest.fixture(scope="module")
+def jax_trip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return _round_trip(tmp_path_factory.mktemp("keras_jax"), None, "jax", False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("way", ["load_bundle_answers", "seed", "pyfunc_answers"])
+def test_jax_backend_every_way_of_loading_gives_exactly_the_original_outputs(
+    jax_trip: dict[str, Any], way: str
+) -> None:
+    loaded = jax_trip["loaded"]
+    assert loaded["importable"]["value"] == []  # the user's source is gone
+    assert loaded["backend_before"]["value"] is None
+    assert loaded["backend"]["value"] == jax_trip["saved"]["backend"] == "jax"
+    got = outcome(loaded, way)
+    for kind in KERAS_KINDS:
+        assert got[kind] == jax_trip["saved"]["expected"][kind], kind  # exact
+
+
+@pytest.mark.slow
+def test_jax_backend_stores_the_keras_archive_and_pins_keras_and_jax(
+    jax_trip: dict[str, Any],
+) -> None:
+    import importlib.metadata
+
+    models = _model_dir(jax_trip)
+    for kind in KERAS_KINDS:
+        with zipfile.ZipFile(models / kind / "model.keras") as archive:
+            stored = archive.read("model.weights.h5")
+        _assert_weights_not_pickled(jax_trip, kind, stored)
+    manifest = _manifest(jax_trip)
+    assert {v["info"]["backend"] for v in manifest["models"].values()} == {"jax"}
+    reqs = requirement_names(_bundle(jax_trip) / "requirements.txt")
+    for dist in ("keras", "jax"):
+        version = importlib.metadata.version(dist).partition("+")[0]
+        assert reqs.get(dist) == f"=={version}", (dist, reqs)
+    assert "torch" not in reqs
 
 
 # --- in this process ------------------------------------------------------------------------
