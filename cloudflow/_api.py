@@ -586,7 +586,7 @@ def load_bundle(
             lazy=lazy,
         )
         if temporary:
-            bundle.release_when_unread(functools.partial(shutil.rmtree, folder, True))
+            bundle.release_when_unread(functools.partial(_store.discard_download, folder))
         return bundle
 
 

@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import shutil
+import tempfile
 import threading
 import urllib.parse
 import urllib.request
@@ -571,7 +572,25 @@ def local_bundle_dir(
         return local, False
     import mlflow
 
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri)), True
+    # Into a folder of our own, deleted whole by discard_download: MLflow's own would leave
+    # an empty folder in the temp dir on every load.
+    root = tempfile.mkdtemp(prefix="cloudflow-download-")
+    try:
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=root))
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    _DOWNLOADS[folder] = Path(root)
+    return folder, True
+
+
+#: Bundle folder downloaded by local_bundle_dir -> the temporary folder made for it.
+_DOWNLOADS: dict[Path, Path] = {}
+
+
+def discard_download(folder: Path) -> None:
+    """Delete a bundle folder ``local_bundle_dir`` downloaded, with the folder made for it."""
+    shutil.rmtree(_DOWNLOADS.pop(folder, folder), ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -608,7 +627,7 @@ def bundle_dir(
         kept = temporary and keep is not None and keep(folder)
     finally:
         if temporary and not kept:
-            shutil.rmtree(folder, ignore_errors=True)
+            discard_download(folder)
 
 
 def run_in_experiment(client: Any, experiment: str, run_id: str) -> Any:

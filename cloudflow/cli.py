@@ -341,6 +341,7 @@ def sign(model_uri: str, key_file: str | None, tracking_uri: str | None) -> None
     _use_tracking_uri(tracking_uri, model_uri)
     folder, temporary = _store.local_bundle_dir(model_uri)
     if temporary:
+        _store.discard_download(folder)  # the download it made to find out
         raise click.UsageError(
             f"{model_uri} is stored on a server: sign it where it is saved (signing_key= at save "
             "time), or sign a local copy."

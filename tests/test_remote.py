@@ -400,11 +400,19 @@ def test_share_files_false_uploads_the_whole_bundle(remote: dict[str, Any], tmp_
     assert uploaded > 3_500_000
     # Downloaded whole into a temporary folder, which goes once nothing reads it: not before
     # the weights are checked, nor while lazy models are still to load from it.
+    temp = tmp_path / "tmp"
+    temp.mkdir()
     for way in ({}, {"busy_checker": True}, {"lazy": True}):
         answers, _ = load(
-            tmp_path / "a", proxy, tmp_path / "cache", uri=f"runs:/{whole['run_id']}/model", **way
+            tmp_path / "a",
+            proxy,
+            tmp_path / "cache",
+            uri=f"runs:/{whole['run_id']}/model",
+            env={"TMPDIR": str(temp)},
+            **way,
         )
         assert_same_predictions(answers, CASES, whole["expected"])
+        assert list(temp.iterdir()) == [], way  # nothing left of the download
     assert not (tmp_path / "cache" / "files" / "blobs").exists() or not list(
         (tmp_path / "cache" / "files" / "blobs").iterdir()
     )
@@ -521,6 +529,25 @@ def test_a_signed_bundle_on_the_server_verifies_and_loads_under_its_key(
         key="another-secret-of-enough-length-9876543210",
     )
     assert wrong["error"] == "IntegrityError", wrong
+
+
+def test_signing_a_server_bundle_is_refused_with_the_fix_and_leaves_no_download(
+    remote: dict[str, Any], tmp_path: Path
+) -> None:
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "cloudflow", "sign", f"runs:/{remote['first']['run_id']}/model",
+         "--tracking-uri", remote["proxy"].url],
+        cwd=tmp_path,
+        env=subprocess_env({"CLOUDFLOW_SIGNING_KEY": "k" * 40, "TMPDIR": str(temp)}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "is stored on a server: sign it where it is saved (signing_key= at save" in done.stderr
+    assert list(temp.iterdir()) == []  # the download made to find out is gone
 
 
 def test_a_bundle_from_the_server_answers_through_mlflow_models_serve(
