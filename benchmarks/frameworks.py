@@ -31,7 +31,6 @@ import importlib.util
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from cfbench.snippets import run_snippet  # noqa: E402
 
 #: framework -> the module whose import is not timed.
 FRAMEWORKS = {
@@ -102,19 +104,7 @@ print("RESULT " + json.dumps({"seconds": seconds, "answer": fw.to_plain(answer)}
 
 
 def run(snippet: str, spec: dict[str, object], env: dict[str, str]) -> dict[str, object]:
-    done = subprocess.run(
-        [sys.executable, "-c", snippet, json.dumps(spec)],
-        env=env,
-        cwd=tempfile.gettempdir(),
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"{spec['framework']} {spec.get('way', 'save')} failed:\n"
-                         f"{done.stderr[-3000:]}")  # fmt: skip
-    line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    return dict(json.loads(line[len("RESULT ") :]))
+    return run_snippet(snippet, spec, env, f"{spec['framework']} {spec.get('way', 'save')}")
 
 
 def same(a: object, b: object) -> bool:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
+from cfbench.snippets import run_snippet  # noqa: E402
 from servers import CountingProxy, tracking_server  # noqa: E402
 
 WORKER = r"""
@@ -82,18 +82,7 @@ print("RESULT " + json.dumps(out))
 
 
 def step(spec: dict[str, object], env: dict[str, str]) -> dict[str, object]:
-    done = subprocess.run(
-        [sys.executable, "-c", WORKER, json.dumps(spec)],
-        env=env,
-        cwd=tempfile.gettempdir(),
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"{spec['step']} failed:\n{done.stderr[-3000:]}")
-    line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    return dict(json.loads(line[len("RESULT ") :]))
+    return run_snippet(WORKER, spec, env, str(spec["step"]))
 
 
 def main() -> None:
