@@ -571,7 +571,7 @@ def load_bundle(
     # mapped): after the weights hashed in the background are checked, or with the Bundle when
     # its models load lazily or its code reads data files.
     identity: dict[str, str] = {}
-    with _store.bundle_dir(model_uri, keep=lambda _: True, identity=identity) as (
+    with _store.bundle_dir(model_uri, keep=True, identity=identity) as (
         folder,
         temporary,
     ):

@@ -574,37 +574,37 @@ def local_bundle_dir(
 
     # Into a folder of our own, deleted whole by discard_download: MLflow's own would leave
     # an empty folder in the temp dir on every load.
-    root = tempfile.mkdtemp(prefix="cloudflow-download-")
+    root = tempfile.mkdtemp(prefix=_DOWNLOAD_PREFIX)
     try:
-        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=root))
+        folder = mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=root)
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
-    _DOWNLOADS[folder] = Path(root)
-    return folder, True
+    return Path(folder), True
 
 
-#: Bundle folder downloaded by local_bundle_dir -> the temporary folder made for it.
-_DOWNLOADS: dict[Path, Path] = {}
+_DOWNLOAD_PREFIX = "cloudflow-download-"
 
 
 def discard_download(folder: Path) -> None:
     """Delete a bundle folder ``local_bundle_dir`` downloaded, with the folder made for it."""
-    shutil.rmtree(_DOWNLOADS.pop(folder, folder), ignore_errors=True)
+    root = folder.parent if folder.parent.name.startswith(_DOWNLOAD_PREFIX) else folder
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def bundle_dir(
     model_uri: str | os.PathLike[str],
     *,
-    keep: Callable[[Path], bool] | None = None,
+    keep: bool = False,
     identity: dict[str, str] | None = None,
 ) -> Iterator[tuple[Path, bool]]:
     """The local folder of a bundle while the block runs, and whether it is a download.
 
-    A download (a remote store) is deleted when the block ends, unless ``keep(folder)`` says
-    otherwise (the caller then owns it); memory-mapped weights stay valid, since unlinking a file
-    keeps its mappings.
+    A download (a remote store) is deleted when the block ends, unless ``keep`` is true and the
+    block ends without an error: the caller then owns it and deletes it with
+    :func:`discard_download`. Memory-mapped weights stay valid, since unlinking a file keeps its
+    mappings.
 
     Raises:
         NotFoundError: The run, model or path does not exist.
@@ -624,7 +624,7 @@ def bundle_dir(
     kept = False
     try:
         yield folder, temporary
-        kept = temporary and keep is not None and keep(folder)
+        kept = temporary and keep
     finally:
         if temporary and not kept:
             discard_download(folder)
