@@ -11,9 +11,8 @@ The torch and JAX backends run in the test environment itself (keras and jax are
 extra; the JAX round trip is slow). The tensorflow backend and the ``tf.Module`` run in a venv of
 their own (tensorflow-cpu, pinned by requirements/constraints-tensorflow.txt beside
 constraints.txt), built once per session and shared by the workers (tests/pythons.py); those
-tests are slow. A bundle of one backend loaded
-where Keras runs on the other, or where the saved backend's library is missing, is refused with
-the backends named and the fix.
+tests are slow. A bundle of one backend loaded where Keras runs on the other, or where the saved
+backend's library is missing, is refused with the backends named and the fix.
 """
 
 from __future__ import annotations
@@ -368,6 +367,32 @@ def _assert_weights_not_pickled(trip: dict[str, Any], name: str, stored: bytes) 
         assert not found, f"{name}: {pickled.relative_to(_bundle(trip))} holds its weights"
 
 
+def _assert_exact_in_a_clean_process(
+    trip: dict[str, Any], way: str, backend: str, kinds: list[str]
+) -> None:
+    """Loaded ``way`` with the source gone and no KERAS_BACKEND set, on the bundle's backend,
+    each kind answers exactly as the original did."""
+    loaded = trip["loaded"]
+    assert loaded["importable"]["value"] == []  # the user's source is gone
+    assert loaded["backend_before"]["value"] is None
+    assert loaded["backend"]["value"] == trip["saved"]["backend"] == backend
+    got = outcome(loaded, way)
+    for kind in kinds:
+        assert got[kind] == trip["saved"]["expected"][kind], kind  # exact: same graphs
+
+
+def _assert_pinned(trip: dict[str, Any], dists: tuple[str, ...]) -> dict[str, str]:
+    """Each of ``dists`` is pinned in the bundle's requirements at the version installed here;
+    returns the requirements."""
+    import importlib.metadata
+
+    reqs = requirement_names(_bundle(trip) / "requirements.txt")
+    for dist in dists:
+        version = importlib.metadata.version(dist).partition("+")[0]
+        assert reqs.get(dist) == f"=={version}", (dist, reqs)
+    return reqs
+
+
 # --- Keras on the torch backend, in this environment ---------------------------------------
 
 
@@ -440,7 +465,6 @@ def source_fragments_of(text: str, folder: Path) -> dict[str, list[str]]:
 def test_torch_backend_manifest_describes_each_model_and_pins_keras_and_torch(
     torch_trip: dict[str, Any],
 ) -> None:
-    import importlib.metadata
 
     manifest = _manifest(torch_trip)
     entries = manifest["models"]
@@ -473,10 +497,7 @@ def test_torch_backend_manifest_describes_each_model_and_pins_keras_and_torch(
     assert meta["subclassed"]["class"] == "kmodels.Net"
     shapes = meta["subclassed"]["tensor_shapes"]
     assert sorted(map(str, shapes.values())) == ["[3]", "[4, 64]", "[64, 3]", "[64]", "[64]"]
-    reqs = requirement_names(_bundle(torch_trip) / "requirements.txt")
-    for dist in ("keras", "torch"):
-        version = importlib.metadata.version(dist).partition("+")[0]
-        assert reqs.get(dist) == f"=={version}", (dist, reqs)
+    _assert_pinned(torch_trip, ("keras", "torch"))
 
 
 def test_torch_backend_bundle_refused_where_keras_is_set_to_another_backend(
@@ -505,20 +526,13 @@ def jax_trip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_jax_backend_every_way_of_loading_gives_exactly_the_original_outputs(
     jax_trip: dict[str, Any], way: str
 ) -> None:
-    loaded = jax_trip["loaded"]
-    assert loaded["importable"]["value"] == []  # the user's source is gone
-    assert loaded["backend_before"]["value"] is None
-    assert loaded["backend"]["value"] == jax_trip["saved"]["backend"] == "jax"
-    got = outcome(loaded, way)
-    for kind in KERAS_KINDS:
-        assert got[kind] == jax_trip["saved"]["expected"][kind], kind  # exact
+    _assert_exact_in_a_clean_process(jax_trip, way, "jax", KERAS_KINDS)
 
 
 @pytest.mark.slow
 def test_jax_backend_stores_the_keras_archive_and_pins_keras_and_jax(
     jax_trip: dict[str, Any],
 ) -> None:
-    import importlib.metadata
 
     models = _model_dir(jax_trip)
     for kind in KERAS_KINDS:
@@ -527,11 +541,7 @@ def test_jax_backend_stores_the_keras_archive_and_pins_keras_and_jax(
         _assert_weights_not_pickled(jax_trip, kind, stored)
     manifest = _manifest(jax_trip)
     assert {v["info"]["backend"] for v in manifest["models"].values()} == {"jax"}
-    reqs = requirement_names(_bundle(jax_trip) / "requirements.txt")
-    for dist in ("keras", "jax"):
-        version = importlib.metadata.version(dist).partition("+")[0]
-        assert reqs.get(dist) == f"=={version}", (dist, reqs)
-    assert "torch" not in reqs
+    assert "torch" not in _assert_pinned(jax_trip, ("keras", "jax"))
 
 
 # --- in this process ------------------------------------------------------------------------
@@ -624,13 +634,7 @@ def tf_trip(tf_python: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
 def test_tensorflow_every_way_of_loading_gives_exactly_the_original_outputs(
     tf_trip: dict[str, Any], way: str
 ) -> None:
-    loaded = tf_trip["loaded"]
-    assert loaded["importable"]["value"] == []
-    assert loaded["backend_before"]["value"] is None
-    assert loaded["backend"]["value"] == tf_trip["saved"]["backend"] == "tensorflow"
-    got = outcome(loaded, way)
-    for kind in [*KERAS_KINDS, "scorer"]:
-        assert got[kind] == tf_trip["saved"]["expected"][kind], kind  # exact: same graphs
+    _assert_exact_in_a_clean_process(tf_trip, way, "tensorflow", [*KERAS_KINDS, "scorer"])
 
 
 @pytest.mark.slow

@@ -178,9 +178,9 @@ def load(
     return answers, counter.received
 
 
-def cloudflow_cli(*args: str, cwd: Path, env: dict[str, str]) -> str:
-    """``python -m cloudflow ARGS`` in a fresh process; its output (the test fails on an error)."""
-    done = subprocess.run(
+def run_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``python -m cloudflow ARGS`` in a fresh process, whatever its exit status."""
+    return subprocess.run(
         [sys.executable, "-m", "cloudflow", *args],
         cwd=cwd,
         env=subprocess_env(env),
@@ -188,6 +188,11 @@ def cloudflow_cli(*args: str, cwd: Path, env: dict[str, str]) -> str:
         text=True,
         timeout=300,
     )
+
+
+def cloudflow_cli(*args: str, cwd: Path, env: dict[str, str]) -> str:
+    """``python -m cloudflow ARGS`` in a fresh process; its output (the test fails on an error)."""
+    done = run_cli(*args, cwd=cwd, env=env)
     assert done.returncode == 0, done.stderr[-2000:] + done.stdout
     return done.stdout
 
@@ -536,15 +541,14 @@ def test_signing_a_server_bundle_is_refused_with_the_fix_and_leaves_no_download(
 ) -> None:
     temp = tmp_path / "tmp"
     temp.mkdir()
-    done = subprocess.run(
-        [sys.executable, "-m", "cloudflow", "sign", f"runs:/{remote['first']['run_id']}/model",
-         "--tracking-uri", remote["proxy"].url],
+    done = run_cli(
+        "sign",
+        f"runs:/{remote['first']['run_id']}/model",
+        "--tracking-uri",
+        remote["proxy"].url,
         cwd=tmp_path,
-        env=subprocess_env({"CLOUDFLOW_SIGNING_KEY": "k" * 40, "TMPDIR": str(temp)}),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )  # fmt: skip
+        env={"CLOUDFLOW_SIGNING_KEY": "k" * 40, "TMPDIR": str(temp)},
+    )
     assert done.returncode != 0
     assert "is stored on a server: sign it where it is saved (signing_key= at save" in done.stderr
     assert list(temp.iterdir()) == []  # the download made to find out is gone
