@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from cfbench.snippets import run_snippet  # noqa: E402
+from cfbench.snippets import fresh_env, run_snippet  # noqa: E402
 
 #: framework -> the module whose import is not timed.
 FRAMEWORKS = {
@@ -141,8 +141,7 @@ def main() -> None:
     unknown = sorted(set(wanted) - set(FRAMEWORKS))
     if unknown:
         raise SystemExit(f"unknown frameworks {unknown}; choose from {sorted(FRAMEWORKS)}")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYTHONPATH"))}
-    env.update(PYTHONPATH=os.pathsep.join([str(HERE), str(REPO)]), CF_REPO=str(REPO))
+    env = fresh_env(PYTHONPATH=os.pathsep.join([str(HERE), str(REPO)]), CF_REPO=str(REPO))
     env.setdefault("KERAS_BACKEND", "torch")
     rows = []
     missing = [f for f in wanted if importlib.util.find_spec(FRAMEWORKS[f]) is None]

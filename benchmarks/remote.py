@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from cfbench.snippets import run_snippet  # noqa: E402
+from cfbench.snippets import fresh_env, run_snippet  # noqa: E402
 from servers import CountingProxy, tracking_server  # noqa: E402
 
 WORKER = r"""
@@ -93,8 +93,7 @@ def main() -> None:
     rows: list[tuple[str, float, float, float]] = []  # what, seconds, MB up, MB down
     with tempfile.TemporaryDirectory(prefix="cf-remote-bench-") as tmp:
         root = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYTHONPATH"))}
-        env.update(
+        env = fresh_env(
             CF_REPO=str(REPO),
             CLOUDFLOW_CACHE_DIR=str(root / "cache"),
             TOKENIZERS_PARALLELISM="false",

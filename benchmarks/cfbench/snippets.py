@@ -8,6 +8,7 @@ of the snippet's stderr.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -30,3 +31,10 @@ def run_snippet(
         raise SystemExit(f"{what} failed:\n{done.stderr[-3000:]}")
     line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")][-1]
     return dict(json.loads(line[len("RESULT ") :]))
+
+
+def fresh_env(**extra: str) -> dict[str, str]:
+    """This process's environment without MLflow's settings and ``PYTHONPATH``, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYTHONPATH"))}
+    env.update(extra)
+    return env
