@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _blobs, _digests, _files, _inspect, _model_metadata, _remote, _store
+from cloudflow import _blobs, _digests, _files, _inspect, _model_metadata, _remote, _runtime, _store
 from cloudflow._bundle import (
     Bundle,
     check_arguments,
@@ -209,6 +209,7 @@ def save_bundle(
     python_versions: str | Iterable[str] | None = None,
     files: Mapping[str, str | os.PathLike[str]] | None = None,
     model_metadata: Mapping[str, Mapping[str, Any]] | None = None,
+    runtime_package: str | None = None,
 ) -> None:
     """Save a predict function and its models as an MLflow pyfunc model in a local folder.
 
@@ -254,6 +255,11 @@ def save_bundle(
             ``{"classifier": {"dataset": "iris-v3", "training_history": {"loss": [0.9, 0.5]}}}``.
             ``training_history`` (metric name -> one number per epoch) is reserved. Kept in the
             manifest, shown by ``cloudflow inspect``, ``bundle.model_metadata[name]`` at load.
+        runtime_package: The distribution name cloudflow is published under on your own index
+            (``"cloudflow-ml"``): the requirements pin it at this cloudflow's version and the
+            bundle carries no wheel. Default: ``CLOUDFLOW_RUNTIME_PACKAGE`` if set, else the
+            bundle carries the wheel of the cloudflow that saves it (about 230 KB) and every
+            environment MLflow builds from it installs that wheel (see the README, "Deploying").
 
     Raises:
         BundleArgumentError: ``predict_fn`` is not a function, ``models`` not a dict of str, or
@@ -270,6 +276,7 @@ def save_bundle(
     target = check_path(path)
     data_files = _files.check_files(files)
     key = resolve_key(signing_key)
+    runtime = _runtime.check_package(runtime_package)
     write_bundle(
         target,
         predict_fn,
@@ -289,6 +296,7 @@ def save_bundle(
         python_versions=python_versions,
         data_files=data_files,
         model_metadata=per_model,
+        runtime_package=runtime,
     )
 
 
@@ -343,6 +351,7 @@ def log_bundle(
     files: Mapping[str, str | os.PathLike[str]] | None = None,
     model_metadata: Mapping[str, Mapping[str, Any]] | None = None,
     share_files: bool = True,
+    runtime_package: str | None = None,
 ) -> Any:
     """Log a predict function and its models to the active MLflow run as one pyfunc model.
 
@@ -363,7 +372,7 @@ def log_bundle(
             always shares large files by hard link.
         pip_requirements, extra_pip_requirements, metadata, include_modules, exclude_modules,
         strip_docstrings, signature, input_example, signing_key, verify, python_versions,
-        files: As in :func:`save_bundle`.
+        files, runtime_package: As in :func:`save_bundle`.
         model_metadata: As in :func:`save_bundle`; also set on the run as short tags, and each
             ``training_history`` logged as run metrics, one step per epoch
             (``cloudflow.<name>.<model>.<metric>``).
@@ -387,6 +396,7 @@ def log_bundle(
     extra_pip_requirements = _check_requirements(extra_pip_requirements, "extra_pip_requirements")
     metadata = _check_metadata(metadata)
     per_model = _model_metadata.check(model_metadata, checked)
+    runtime = _runtime.check_package(runtime_package)
     if not isinstance(share_files, bool):
         raise BundleArgumentError(
             f"share_files must be True or False, got {share_files!r}. True (the default) keeps "
@@ -437,6 +447,7 @@ def log_bundle(
                 python_versions=python_versions,
                 data_files=data_files,
                 model_metadata=per_model,
+                runtime_package=runtime,
             )
             logged = _create_logged_model(
                 name=name,

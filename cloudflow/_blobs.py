@@ -65,13 +65,15 @@ class SaveFiles:
             return None
         return self.blobs / digest
 
-    def link_existing(self, digest: str, size: int, target: Path) -> bool:
+    def link_existing(
+        self, digest: str, size: int, target: Path, *, min_size: int = MIN_SIZE
+    ) -> bool:
         """Make ``target`` (not yet existing) a link to the store's copy of this content.
 
         Returns False, with nothing done, when the store has no such file or cannot link.
         """
         blob = self._blob(digest)
-        if blob is None or size < MIN_SIZE:
+        if blob is None or size < min_size:
             return False
         try:
             _link_blob(blob, size, target, digest)
@@ -81,11 +83,11 @@ class SaveFiles:
         self.linked_bytes += size
         return True
 
-    def adopt(self, path: Path, digest: str, size: int) -> None:
+    def adopt(self, path: Path, digest: str, size: int, *, min_size: int = MIN_SIZE) -> None:
         """Share a file this save wrote: enter it as a blob, or swap it for the existing one."""
         self.known[path.resolve()] = digest
         blob = self._blob(digest)
-        if blob is None or size < MIN_SIZE:
+        if blob is None or size < min_size:
             return
         try:
             blob.parent.mkdir(exist_ok=True)

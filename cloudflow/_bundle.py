@@ -31,6 +31,7 @@ from cloudflow import (
     _manifest,
     _portable,
     _progress,
+    _runtime,
     _signature,
 )
 from cloudflow._manifest import CODE_FILE, DATA_DIR, MODELS_DIR, Manifest, ModelEntry
@@ -135,9 +136,15 @@ def check_arguments(predict_fn: object, models: object) -> dict[str, object]:
 
 
 def _requirements(
-    session: CaptureSession, flavor_packages: Iterable[str], python_versions: list[str]
+    session: CaptureSession,
+    flavor_packages: Iterable[str],
+    python_versions: list[str],
+    runtime_package: str | None,
 ) -> tuple[list[str], dict[str, str]]:
     """Pinned requirements: cloudflow, its flavors' libraries, libraries the code imports.
+
+    cloudflow is the wheel the bundle carries, or ``runtime_package`` pinned at this version
+    (see :mod:`cloudflow._runtime`).
 
     For a bundle that loads on several Python versions, a pinned release that does not support
     one of them gets environment markers (see :func:`cloudflow._portable.requirement_lines`),
@@ -153,7 +160,7 @@ def _requirements(
         if version is not None:
             versions[dist] = version
     # A local version label (torch 2.13.0+cpu) names a build no index serves: pin the release.
-    reqs = [f"cloudflow=={__version__}"]
+    reqs = _runtime.requirement_lines(runtime_package)
     left_out = []
     for dist, version in sorted(versions.items()):
         lines, why = _portable.requirement_lines(dist, version.partition("+")[0], python_versions)
@@ -181,6 +188,7 @@ def _write_mlmodel(
     extra_pip_requirements: Iterable[str] | None,
     signature: Any,
     input_example: Any,
+    runtime_package: str | None,
 ) -> None:
     import yaml
     from mlflow.models import Model
@@ -224,11 +232,17 @@ def _write_mlmodel(
     if manifest.metadata:
         model.metadata = {**(model.metadata or {}), **manifest.metadata}
     model.save(str(root / "MLmodel"))
+    runtime = _runtime.requirement_lines(runtime_package)
+    if pip_requirements is not None and not any(_names_cloudflow(r) for r in pip_requirements):
+        # The user's list replaces the inferred one, but no bundle loads without cloudflow.
+        pip_requirements = [*runtime, *pip_requirements]
     conda_env, pip_reqs, constraints = pip_environment(
         manifest.requirements,
         list(pip_requirements) if pip_requirements is not None else None,
         list(extra_pip_requirements) if extra_pip_requirements is not None else None,
     )
+    if runtime_package is None:
+        _runtime.add_docker_conda_location(conda_env)
     with open(root / _CONDA_ENV_FILE_NAME, "w") as f:
         yaml.safe_dump(conda_env, stream=f, default_flow_style=False)
     if constraints:
@@ -239,6 +253,11 @@ def _write_mlmodel(
     if portable:
         note = _portable.python_env_note(manifest.python_versions)
         python_env.write_text(note + python_env.read_text(encoding="utf-8"), encoding="utf-8")
+
+
+def _names_cloudflow(requirement: str) -> bool:
+    name = re.split(r"[\s\[<>=!~;@]", requirement.strip(), maxsplit=1)[0]
+    return name.lower() == "cloudflow"
 
 
 def pip_environment(
@@ -342,6 +361,7 @@ def write_bundle(
     python_versions: str | Iterable[str] | None = None,
     data_files: Mapping[str, Path] | None = None,
     model_metadata: Mapping[str, dict[str, Any]] | None = None,
+    runtime_package: str | None = None,
 ) -> Manifest:
     """Write a bundle into ``path``, which must not exist; publish it only when complete.
 
@@ -377,6 +397,7 @@ def write_bundle(
             interpreters=interpreters,
             data_files=data_files or {},
             model_metadata=dict(model_metadata or {}),
+            runtime_package=runtime_package,
         )
     total = sum(entry["size"] for entry in manifest.files.values())
     _logger.info(
@@ -409,6 +430,7 @@ def _write_and_publish(
     interpreters: Mapping[str, str],
     data_files: Mapping[str, Path],
     model_metadata: dict[str, dict[str, Any]],
+    runtime_package: str | None,
 ) -> Manifest:
     staging = staging_dir_for(path)
     try:
@@ -425,6 +447,7 @@ def _write_and_publish(
                 interpreters=interpreters,
                 data_files=data_files,
                 model_metadata=model_metadata,
+                runtime_package=runtime_package,
             )
         _write_mlmodel(
             staging,
@@ -434,6 +457,7 @@ def _write_and_publish(
             extra_pip_requirements,
             signature,
             input_example,
+            runtime_package,
         )
         manifest = _manifest.seal(staging, manifest, signing_key)
         if verify:
@@ -478,6 +502,7 @@ def _write_into(
     interpreters: Mapping[str, str],
     data_files: Mapping[str, Path],
     model_metadata: dict[str, dict[str, Any]],
+    runtime_package: str | None,
 ) -> Manifest:
     from cloudflow.flavors import flavor_for, flavor_sources, requirements_for, walk
 
@@ -532,7 +557,9 @@ def _write_into(
             (data / _portable.table_name(version)).write_bytes(table)
     _progress.advance("code")
     signature, names, _ = _parameters(predict_fn)
-    requirements, libraries = _requirements(session, packages, python_versions)
+    requirements, libraries = _requirements(session, packages, python_versions, runtime_package)
+    if runtime_package is None:
+        _write_runtime(data, files)
     manifest = Manifest(
         format_version=_manifest.FORMAT_VERSION,
         cloudflow_version=__version__,
@@ -568,6 +595,22 @@ def _provenance_of(captured: Iterable[str]) -> dict[str, Any]:
 
     checkouts = git_provenance(captured)
     return {"git": checkouts} if checkouts else {}
+
+
+def _write_runtime(data: Path, files: _blobs.SaveFiles) -> None:
+    """Put the wheel of this cloudflow into the bundle: a link to the store's copy if it has one.
+
+    The wheel is small (about 230 KB) but the same in every bundle a cloudflow version saves,
+    so it is shared whatever its size.
+    """
+    wheel = _runtime.build_wheel()
+    folder = data / _runtime.RUNTIME_DIR
+    folder.mkdir()
+    target = folder / wheel.name
+    digest = _digests.digest_bytes(wheel.data)
+    if not files.link_existing(digest, len(wheel.data), target, min_size=0):
+        target.write_bytes(wheel.data)
+        files.adopt(target, digest, len(wheel.data), min_size=0)
 
 
 def _share_large_files(data: Path, files: _blobs.SaveFiles) -> dict[str, dict[str, Any]]:

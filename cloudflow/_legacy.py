@@ -15,6 +15,7 @@ from cloudflow import _model_metadata, _store
 from cloudflow._api import load_bundle, log_bundle
 from cloudflow._bundle import Bundle, check_arguments
 from cloudflow._files import check_files
+from cloudflow._runtime import check_package
 from cloudflow._signing import resolve_key, resolve_trust
 from cloudflow.exceptions import BundleArgumentError, CloudflowError
 
@@ -94,6 +95,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         signing_key: Any = None,
         model_metadata: Mapping[str, Mapping[str, Any]] | None = None,
         share_files: bool = True,
+        runtime_package: str | None = None,
     ) -> Any:
         """Save ``predict_function`` with ``models`` as the model ``model`` of run ``run_id``.
 
@@ -123,6 +125,9 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
             share_files: On a tracking server, keep each large file once per experiment
                 (uploaded only if new; downloaded once per machine), as in
                 :func:`cloudflow.log_bundle`; ``False`` uploads the whole bundle.
+            runtime_package: The distribution name cloudflow is published under on your own
+                index, pinned instead of carrying cloudflow's wheel, as in
+                :func:`cloudflow.log_bundle`.
 
         Returns:
             MLflow's ``ModelInfo`` of the logged model.
@@ -132,6 +137,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         _model_metadata.check(model_metadata, check_arguments(predict_function, models))
         check_files(files)
         resolve_key(signing_key)
+        check_package(runtime_package)
         uri = _store.resolve_tracking_uri(tracking_uri)
         mlflow.set_tracking_uri(uri)
         _store.run_in_experiment(mlflow.MlflowClient(uri), experiment_id, run_id)
@@ -149,6 +155,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
                 signing_key=signing_key,
                 model_metadata=model_metadata,
                 share_files=share_files,
+                runtime_package=runtime_package,
             )
 
         active = mlflow.active_run()
