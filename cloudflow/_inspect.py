@@ -131,6 +131,7 @@ def describe_folder(path: Path, *, verify: bool = True) -> dict[str, Any]:
     )
     return {
         "path": str(root),
+        "requirements_here": requirements_here(requirements),
         "format_version": manifest.format_version,
         "cloudflow_version": manifest.cloudflow_version,
         "mlflow_version": mlmodel.get("mlflow_version"),
@@ -418,8 +419,16 @@ def format_text(info: Mapping[str, Any]) -> str:
             add("    left out: " + ", ".join(entry["left_out"]))
     add("")
     add(f"Requirements ({len(info['requirements'])})")
+    here = {entry["requirement"]: entry for entry in info.get("requirements_here", [])}
+    width = max((len(r) for r in info["requirements"]), default=0)
     for requirement in info["requirements"]:
-        add(f"  {requirement}")
+        entry = here.get(requirement)
+        note = ""
+        if entry is not None and entry["status"] == "missing":
+            note = "missing here"
+        elif entry is not None and entry["status"] == "different":
+            note = f"different here: {entry['installed']} installed"
+        add(f"  {requirement:<{width}}  {note}".rstrip())
     if info.get("signature"):
         add("")
         add("Signature (inputs)")
@@ -432,3 +441,47 @@ def format_text(info: Mapping[str, Any]) -> str:
         for key, value in info["metadata"].items():
             add(f"  {key}: {json.dumps(value, default=str)}")
     return "\n".join(lines)
+
+
+def requirements_here(lines: list[str]) -> list[dict[str, Any]]:
+    """How this environment meets each requirement line: installed, missing or different.
+
+    Each entry has ``requirement`` (the line), ``installed`` (the installed version or None)
+    and ``status``: ``"ok"``, ``"missing"``, ``"different"`` (a version the line excludes), or
+    ``"not here"`` (an environment marker that leaves this interpreter out). Option lines
+    (``--find-links ...``) and lines that do not parse are left out.
+    """
+    from importlib import metadata
+
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.version import InvalidVersion, Version
+
+    found = []
+    for line in lines:
+        text = line.split(" #")[0].strip()
+        if not text or text.startswith(("-", "#")):
+            continue
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement:
+            continue
+        try:
+            installed: str | None = metadata.version(requirement.name)
+        except metadata.PackageNotFoundError:
+            installed = None
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            status = "not here"
+        elif installed is None:
+            status = "missing"
+        else:
+            try:  # a local label (torch 2.13.0+cpu) is the same release as the pin
+                release = Version(installed).public
+                status = (
+                    "ok"
+                    if requirement.specifier.contains(release, prereleases=True)
+                    else ("different")
+                )
+            except InvalidVersion:
+                status = "ok"
+        found.append({"requirement": line, "installed": installed, "status": status})
+    return found

@@ -123,3 +123,25 @@ def test_user_requirements_keep_the_runtime(tmp_path: Path) -> None:
     assert "--find-links cloudflow/runtime" in lines
     assert f"cloudflow=={__version__}" in lines
     assert "numpy" in lines
+
+
+def test_requirements_here_marks_missing_and_different() -> None:
+    from importlib import metadata
+
+    from cloudflow._inspect import requirements_here
+
+    mlflow_pin = f"mlflow=={metadata.version('mlflow')}"
+    lines = [
+        "--find-links cloudflow/runtime",
+        mlflow_pin,
+        "numpy==0.1.0",
+        "surely-not-installed-dist==1.0",
+        'numpy; python_version < "3"',
+    ]
+    got = {e["requirement"]: (e["status"], e["installed"]) for e in requirements_here(lines)}
+    assert got == {
+        mlflow_pin: ("ok", metadata.version("mlflow")),
+        "numpy==0.1.0": ("different", metadata.version("numpy")),
+        "surely-not-installed-dist==1.0": ("missing", None),
+        'numpy; python_version < "3"': ("not here", metadata.version("numpy")),
+    }
