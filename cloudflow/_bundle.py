@@ -605,8 +605,8 @@ def _write_runtime(data: Path, files: _blobs.SaveFiles) -> None:
     so it is shared whatever its size.
     """
     wheel = _runtime.build_wheel()
-    folder = data / _runtime.RUNTIME_DIR
-    folder.mkdir()
+    folder = data / _runtime.folder_of(wheel)
+    folder.mkdir(parents=True)
     target = folder / wheel.name
     digest = _digests.digest_bytes(wheel.data)
     if not files.link_existing(digest, len(wheel.data), target, min_size=0):

@@ -3,9 +3,9 @@
 A bundle loads through ``cloudflow._pyfunc``, so every environment built from its requirements
 needs cloudflow itself. No public index has this cloudflow (PyPI's ``cloudflow`` is another
 project), so by default each bundle carries the wheel of the cloudflow that saved it, in
-``cloudflow/runtime/``, and its requirements name it as::
+``cloudflow/runtime/<digest prefix>/``, and its requirements name it as::
 
-    --find-links cloudflow/runtime
+    --find-links cloudflow/runtime/8c1f2e0a9b7d3c45
     cloudflow==2.0.0.dev0
 
 pip and uv resolve a relative ``--find-links`` of a requirements file against that file's own
@@ -15,8 +15,8 @@ folder, which holds in every place MLflow installs from: its virtualenv and uv e
 (``pip install -r /opt/ml/model/requirements.txt`` run from ``/opt/mlflow``). A plain relative
 path to the wheel would resolve against the working directory instead, which in the image is
 not the model's folder. The image's conda environment is built from a copy of ``conda.yaml``
-in ``/opt/mlflow``: its pip section also names ``../ml/model/cloudflow/runtime``, the model's
-folder seen from there (pip skips a location that does not exist, with a warning).
+in ``/opt/mlflow``: its pip section also names ``../ml/model/cloudflow/runtime/...``, the
+model's folder seen from there (pip skips a location that does not exist, with a warning).
 
 The wheel is built from the files of the imported package, whatever way it was installed
 (a wheel, an sdist, editable from a checkout): cloudflow is pure Python, so no build backend
@@ -51,8 +51,8 @@ RUNTIME_DIR = "runtime"
 #: Names a distribution to pin instead of carrying the wheel.
 RUNTIME_PACKAGE_ENV = "CLOUDFLOW_RUNTIME_PACKAGE"
 #: The image of ``mlflow models build-docker`` copies ``conda.yaml`` to ``/opt/mlflow`` and the
-#: model to ``/opt/ml/model``: from there, the wheel's folder is this one.
-DOCKER_CONDA_FIND_LINKS = "../ml/model/cloudflow/runtime"
+#: model to ``/opt/ml/model``: the model's folder as seen from there.
+DOCKER_MODEL_DIR = "../ml/model"
 
 # What pyproject.toml's dependencies say, for a cloudflow imported from a checkout that was
 # never installed (no METADATA to copy); tests/test_runtime.py holds the two equal.
@@ -104,7 +104,25 @@ def requirement_lines(package: str | None) -> list[str]:
     """The lines of requirements.txt that install cloudflow (see the module docstring)."""
     if package is not None:
         return [f"{package}=={__version__}"]
-    return [f"--find-links {_manifest_dir()}/{RUNTIME_DIR}", f"cloudflow=={__version__}"]
+    return [f"--find-links {_find_links(build_wheel())}", f"cloudflow=={__version__}"]
+
+
+def folder_of(wheel: Wheel) -> str:
+    """The wheel's folder in the bundle's data folder: ``runtime/<digest prefix>``.
+
+    MLflow reuses an environment it built for the same requirement lines; naming the wheel's
+    content in them keeps a bundle saved by a changed cloudflow of the same version (a
+    checkout) from running in an environment that holds the earlier one.
+    """
+    from cloudflow._digests import digest_bytes
+
+    return f"{RUNTIME_DIR}/{digest_bytes(wheel.data)[:16]}"
+
+
+def _find_links(wheel: Wheel) -> str:
+    from cloudflow._manifest import DATA_DIR
+
+    return f"{DATA_DIR}/{folder_of(wheel)}"
 
 
 def add_docker_conda_location(conda_env: dict[str, Any]) -> None:
@@ -112,14 +130,11 @@ def add_docker_conda_location(conda_env: dict[str, Any]) -> None:
     for dependency in conda_env.get("dependencies", []):
         if isinstance(dependency, dict) and isinstance(dependency.get("pip"), list):
             pip = dependency["pip"]
-            at = next((i for i, line in enumerate(pip) if line.startswith("--find-links")), 0)
-            pip.insert(at + 1, f"--find-links {DOCKER_CONDA_FIND_LINKS}")
-
-
-def _manifest_dir() -> str:
-    from cloudflow._manifest import DATA_DIR
-
-    return DATA_DIR
+            for at, line in enumerate(list(pip)):
+                if line.startswith("--find-links ") and "/" + RUNTIME_DIR + "/" in line:
+                    folder = line.removeprefix("--find-links ")
+                    pip.insert(at + 1, f"--find-links {DOCKER_MODEL_DIR}/{folder}")
+                    return
 
 
 def wheel_name() -> str:

@@ -21,7 +21,8 @@ from cloudflow import _runtime
 from cloudflow._version import __version__
 from cloudflow.exceptions import BundleArgumentError
 
-WHEEL = f"cloudflow/runtime/cloudflow-{__version__}-py3-none-any.whl"
+FOLDER = _runtime.folder_of(_runtime.build_wheel())  # runtime/<digest prefix>
+WHEEL = f"cloudflow/{FOLDER}/cloudflow-{__version__}-py3-none-any.whl"
 
 
 def predict(table, x):
@@ -32,13 +33,13 @@ def test_bundle_carries_the_wheel_and_its_requirements_name_it(tmp_path: Path) -
     cloudflow.save_bundle(predict, {"table": {"a": 1}}, tmp_path / "b")
     root = tmp_path / "b"
     lines = (root / "requirements.txt").read_text().splitlines()
-    assert "--find-links cloudflow/runtime" in lines
+    assert f"--find-links cloudflow/{FOLDER}" in lines
     assert f"cloudflow=={__version__}" in lines
     conda = (root / "conda.yaml").read_text()
-    assert "--find-links cloudflow/runtime" in conda
-    assert f"--find-links {_runtime.DOCKER_CONDA_FIND_LINKS}" in conda
+    assert f"--find-links cloudflow/{FOLDER}" in conda
+    assert f"--find-links ../ml/model/cloudflow/{FOLDER}" in conda  # the image's conda env
     manifest = cloudflow.load_bundle(root).manifest
-    assert f"runtime/cloudflow-{__version__}-py3-none-any.whl" in manifest.files
+    assert f"{FOLDER}/cloudflow-{__version__}-py3-none-any.whl" in manifest.files
     with zipfile.ZipFile(root / WHEEL) as zf:
         names = set(zf.namelist())
         meta = zf.read(f"cloudflow-{__version__}.dist-info/METADATA").decode()
@@ -120,7 +121,7 @@ def test_bad_runtime_package_variable_names_the_variable(
 def test_user_requirements_keep_the_runtime(tmp_path: Path) -> None:
     cloudflow.save_bundle(predict, {"table": {}}, tmp_path / "b", pip_requirements=["numpy"])
     lines = (tmp_path / "b" / "requirements.txt").read_text().splitlines()
-    assert "--find-links cloudflow/runtime" in lines
+    assert f"--find-links cloudflow/{FOLDER}" in lines
     assert f"cloudflow=={__version__}" in lines
     assert "numpy" in lines
 
