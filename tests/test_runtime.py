@@ -14,7 +14,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from helpers import REPO_ROOT, sqlite_uri
+from helpers import REPO_ROOT
 
 import cloudflow
 from cloudflow import _runtime
@@ -70,7 +70,7 @@ def test_wheel_metadata_without_an_installed_distribution_lists_pyproject_depend
 
 
 def test_local_store_keeps_one_runtime_file_per_version(tmp_path: Path, mlflow_state: None) -> None:
-    mlflow.set_tracking_uri(sqlite_uri(tmp_path / "store"))
+    cloudflow.prepare_env(str(tmp_path / "store"), "runtime")  # artifacts inside the folder
     roots = []
     for _ in range(2):
         with mlflow.start_run():
