@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from conftest import UserModules
 from helpers import REPO_ROOT, assert_same_predictions, outcome, run_snippet, sqlite_uri
 from servers import server_env
 
 import cloudflow
 from cloudflow import _manifest, _signing
+from cloudflow.cli import main
 from cloudflow.exceptions import IntegrityError
 
 IRIS_SOURCE = {
@@ -220,8 +222,15 @@ def assert_refused(results: dict[str, Any], *names: str) -> None:
             assert name in last, (way, name, last)
 
 
+def cloudflow_cli(tools: dict[str, Any], *args: str) -> Any:
+    """The ``cloudflow`` command, in this process (click's runner, as tests/test_cli.py does)."""
+    return CliRunner().invoke(
+        main, [*args, "--tracking-uri", sqlite_uri(tools["store"])], catch_exceptions=False
+    )
+
+
 def cli(tools: dict[str, Any], *args: str, env: dict[str, str] | None = None) -> Any:
-    """``python -m cloudflow ARGS`` (or ``mlflow`` as ``-m mlflow``) in a fresh process."""
+    """``python -m ARGS`` (``mlflow ...``) in a fresh process, from another working directory."""
     return subprocess.run(
         [sys.executable, "-m", *args],
         cwd=tools["cwd"],
@@ -238,25 +247,28 @@ def update_pip_requirements(tools: dict[str, Any], uri: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def resign_and_load(tools: dict[str, Any], uri: str, seed: str, *diff_lines: str) -> None:
+def resign_and_load(
+    tools: dict[str, Any], uri: str, seed: str, folder: Path, *diff_lines: str
+) -> None:
     """``cloudflow sign`` shows the difference and signs only once accepted; then it loads."""
     key, public = str(tools["key"]), str(tools["public"])
-    done = cli(tools, "cloudflow", "verify", uri, "--key", public)
-    assert done.returncode == 2, done
+    done = cloudflow_cli(tools, "verify", uri, "--key", public)
+    assert done.exit_code == 2, done.output
     assert REFUSED in done.stderr
-    assert f"cloudflow sign {tools['store']}" in done.stderr
-    asked = cli(tools, "cloudflow", "sign", uri, "--key", key)  # nobody to say yes
-    assert asked.returncode == 1, asked
+    assert f"cloudflow sign {folder}" in done.stderr
+    signature = (folder / "cloudflow" / "manifest.sig").read_bytes()
+    asked = cloudflow_cli(tools, "sign", uri, "--key", key)  # nobody to say yes
+    assert asked.exit_code == 1, asked.output
     for line in diff_lines:
         assert line in asked.stdout.splitlines(), (line, asked.stdout)
-    assert "Sign the bundle as it is now?" in asked.stdout
-    assert cli(tools, "cloudflow", "verify", uri, "--key", public).returncode == 2  # unsigned
-    signed = cli(tools, "cloudflow", "sign", uri, "--key", key, "--yes")
-    assert signed.returncode == 0, signed.stderr[-3000:]
+    assert asked.stdout.splitlines()[-1] == "Sign the bundle as it is now? [y/N]: "
+    assert (folder / "cloudflow" / "manifest.sig").read_bytes() == signature  # not signed
+    signed = cloudflow_cli(tools, "sign", uri, "--key", key, "--yes")
+    assert signed.exit_code == 0, signed.output
     assert asked.stdout.splitlines()[:-1] == signed.stdout.splitlines()[:-1]  # same difference
     assert signed.stdout.splitlines()[-1].startswith("signed ")
-    done = cli(tools, "cloudflow", "verify", uri, "--key", public)
-    assert done.returncode == 0, done.stderr
+    done = cloudflow_cli(tools, "verify", uri, "--key", public)
+    assert done.exit_code == 0, done.output
     assert done.stdout.startswith("ok: ")
     results = load_three_ways(tools, uri, seed, signed=True)
     for way in WAYS:
@@ -269,7 +281,7 @@ def resign_and_load(tools: dict[str, Any], uri: str, seed: str, *diff_lines: str
 
 @pytest.mark.slow
 def test_update_pip_requirements_on_an_unsigned_bundle_loads_with_one_warning(
-    tools: dict[str, Any],
+    tools: dict[str, Any], mlflow_state: None
 ) -> None:
     # A logged model's URI, as MLflow 3 logs models (its runs:/ form resolves to the run's own
     # artifacts, where a logged model is not).
@@ -280,8 +292,8 @@ def test_update_pip_requirements_on_an_unsigned_bundle_loads_with_one_warning(
         results, tools["expected"], "'conda.yaml', 'requirements.txt' changed"
     )
     # cloudflow verify names the change too (and that the bundle is not signed).
-    done = cli(tools, "cloudflow", "verify", uri, "--key", str(tools["public"]))
-    assert done.returncode == 2
+    done = cloudflow_cli(tools, "verify", uri, "--key", str(tools["public"]))
+    assert done.exit_code == 2
     assert "is not signed" in done.stderr
     assert (
         "MLflow's environment files changed after saving: 'conda.yaml', 'requirements.txt' "
@@ -308,7 +320,8 @@ def test_update_pip_requirements_on_a_signed_bundle_is_refused_until_signed_agai
         ):
             cloudflow.load_bundle(uri, trusted_keys=keys)
     assert_refused(load_three_ways(tools, uri, run_id, signed=True), "'requirements.txt'")
-    resign_and_load(tools, uri, run_id, f"+{ADDED}", f"+  - {ADDED}")
+    folder = Path(tools["folders"]["pip-signed"])
+    resign_and_load(tools, uri, run_id, folder, f"+{ADDED}", f"+  - {ADDED}")
 
 
 # --- mlflow.models.utils.add_libraries_to_model ------------------------------------------------
@@ -389,7 +402,7 @@ def test_add_libraries_to_model_on_an_unsigned_bundle_loads_with_one_warning(
 
 @pytest.mark.slow
 def test_add_libraries_to_model_on_a_signed_bundle_is_refused_until_signed_again(
-    tools: dict[str, Any], wheeled: dict[str, Any]
+    tools: dict[str, Any], wheeled: dict[str, Any], mlflow_state: None
 ) -> None:
     uri = "models:/wheels-signed/2"
     assert_refused(
@@ -405,6 +418,7 @@ def test_add_libraries_to_model_on_a_signed_bundle_is_refused_until_signed_again
         tools,
         uri,
         uri,
+        wheeled["wheels-signed"]["folder"],
         "-cloudflow==2.0.0.dev0",
         f"+wheels/{cloudflow_wheel}",
         "+++ original_requirements.txt (now)",
@@ -524,6 +538,41 @@ def test_a_changed_pickle_is_refused_even_where_the_environment_changed_too(
     name = rel.removeprefix("cloudflow/")
     with pytest.raises(IntegrityError, match=rf"The file '{name}' .*does not match"):
         cloudflow.load_bundle(changed)
+
+
+def test_changed_weights_are_refused_even_where_the_environment_changed_too(
+    user_modules: UserModules, tmp_path: Path
+) -> None:
+    user_modules.write(
+        {
+            "weightsapp.py": """
+                def predict(mlp, rows):
+                    import torch
+
+                    with torch.no_grad():
+                        return mlp(torch.tensor(rows, dtype=torch.float32)).argmax(1).tolist()
+            """
+        }
+    )
+    import weightsapp
+    from mlflow.models.model import update_model_requirements
+    from models import tiny_torch_mlp
+
+    bundle = tmp_path / "bundle"
+    mlp = tiny_torch_mlp()
+    expected = weightsapp.predict(mlp, **CASES[1])
+    cloudflow.save_bundle(weightsapp.predict, {"mlp": mlp}, bundle, verify=False)
+    update_model_requirements(str(bundle), "add", [ADDED])
+    user_modules.forget()
+    assert cloudflow.load_bundle(bundle).predict(**CASES[1]) == expected
+    (weights,) = (bundle / "cloudflow").rglob("*.safetensors")
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x01  # a weight, not the header: it still parses
+    weights.write_bytes(bytes(data))
+    rel = weights.relative_to(bundle / "cloudflow").as_posix()
+    # Weights are hashed while the first predict runs: its answer is refused.
+    with pytest.raises(IntegrityError, match=rf"The file '{rel}' .*does not match"):
+        cloudflow.load_bundle(bundle).predict(**CASES[1])
 
 
 @pytest.mark.parametrize(
