@@ -27,6 +27,7 @@ from cloudflow import (
     _blobs,
     _capture,
     _digests,
+    _environment,
     _files,
     _manifest,
     _portable,
@@ -957,10 +958,18 @@ def _read_bundle(
     # Before the code too, which may import a library as it is unpickled (Keras's backend).
     prepare_load(saved)
     options = load_options(device, dtype, manifest)
+    checked = verify or trust is not None
+    # MLflow's files first (small; the wheels add_libraries_to_model adds are hashed in 0.1 s):
+    # a change MLflow's tools make to the environment files is refused here if signed, and
+    # a model they logged again is found where MLmodel now says it is.
+    environment = _environment.EnvironmentChange()
+    if checked:
+        environment = _manifest.check_outer(data.parent, manifest, required=trust is not None)
     if expected_identity:
         from cloudflow._store import check_identity
 
-        check_identity(manifest.published, expected_identity, str(data.parent), trust is not None)
+        published = environment.republished(manifest.published)
+        check_identity(published, expected_identity, str(data.parent), trust is not None)
     from cloudflow import _remote
 
     # A bundle from a tracking server lacks its large files: they come from the machine's cache
@@ -998,7 +1007,6 @@ def _read_bundle(
         weakref.finalize(bundle, load_folder.close)
         return bundle
     models: dict[str, object] = {}
-    checked = verify or trust is not None
     # Pickles (which run code) and everything else are verified before anything is unpickled.
     # Weights in safetensors, a format parsed without running code, are hashed on another core
     # while the models load and, unsigned, while the first predict runs: its answer is given
@@ -1041,7 +1049,7 @@ def _read_bundle(
                 manifest,
                 skip_digests=[*deferred, *later],
                 use_cache=trust is None,
-                require_outer=trust is not None,
+                outer=False,
             )
             if deferred:
                 pending = _VERIFIER.submit(
@@ -1080,6 +1088,8 @@ def _read_bundle(
             pending = None
     predict_fn = table.bind_models(models, [predict_fn])
     _logger.info("Loaded bundle %s in %.2f s", data.parent, time.perf_counter() - started)
+    if environment:
+        _logger.warning(_environment.warning_message(str(data.parent), environment))
     if pending is not None:
         pending.add_done_callback(functools.partial(_report_damage, data.parent))
     bundle = Bundle(predict_fn, models, manifest, data.parent, verifying=pending, late=late)

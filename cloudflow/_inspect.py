@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _manifest, _model_metadata, _store
+from cloudflow import _environment, _manifest, _model_metadata, _store
 from cloudflow._manifest import DATA_DIR as DATA_DIR_NAME
 from cloudflow.exceptions import IntegrityError
 
@@ -46,35 +46,18 @@ def _model_sizes(manifest: _manifest.Manifest) -> dict[str, dict[str, int]]:
     return out
 
 
-#: The largest MLmodel read (MLflow writes a few KB): a bigger one is not parsed.
-MLMODEL_MAX = 1024 * 1024
-
-
 def _mlmodel(root: Path) -> dict[str, Any]:
-    """MLmodel as a dict, safely: an untrusted bundle's MLmodel may be anything.
-
-    YAML aliases are refused (MLflow never writes them; a few KB of nested aliases expand to
-    billions of nodes), and so are files over :data:`MLMODEL_MAX`, invalid YAML or text. Any
-    of those gives ``{"unreadable": why}`` instead of a crash or a hang.
-    """
+    """MLmodel as a dict, safely (see :func:`cloudflow._environment.read_mlmodel`): anything
+    unreadable gives ``{"unreadable": why}`` instead of a crash or a hang."""
     path = root / "MLmodel"
     if not path.is_file():
         return {}
-    import yaml
-
-    class NoAliases(yaml.SafeLoader):
-        def compose_node(self, parent: Any, index: Any) -> Any:
-            if self.check_event(yaml.events.AliasEvent):
-                raise yaml.YAMLError("it uses YAML aliases, which MLflow never writes")
-            return super().compose_node(parent, index)
-
     try:
-        if path.stat().st_size > MLMODEL_MAX:
-            return {"unreadable": f"it is larger than {MLMODEL_MAX} bytes"}
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=NoAliases)  # noqa: S506
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        return {"unreadable": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else e}"}
-    return data if isinstance(data, dict) else {"unreadable": "it is not a YAML mapping"}
+        return _environment.read_mlmodel(path)
+    except OSError as e:
+        return {"unreadable": f"{type(e).__name__}: {e}"}
+    except ValueError as e:
+        return {"unreadable": str(e)}
 
 
 def _signature_inputs(mlmodel: Mapping[str, Any]) -> list[dict[str, Any]] | None:
@@ -101,9 +84,11 @@ def _integrity(data: Path, manifest: _manifest.Manifest, verify: bool) -> dict[s
         present = {rel: e for rel, e in manifest.files.items() if rel not in away}
         manifest = dataclasses.replace(manifest, files=present)
     try:
-        _manifest.verify_files(data, manifest)
+        verified = _manifest.verify_files(data, manifest)
     except IntegrityError as e:
         return {"status": "FAILED", "error": str(e), **status}
+    if verified.environment:
+        status["environment_changed"] = verified.environment.summary()
     return {"status": "ok", **status}
 
 
@@ -358,6 +343,11 @@ def format_text(info: Mapping[str, Any]) -> str:
     status = integrity["status"]
     if status == "FAILED":
         status = f"FAILED: {integrity.get('error')}"
+    elif status == "ok" and integrity.get("environment_changed"):
+        status = (
+            "ok, but MLflow's environment files changed after saving: "
+            f"{integrity['environment_changed']} (they run nothing at load)"
+        )
     elif status == "ok" and integrity.get("on_server"):
         status = (
             f"ok (the files here match their digests; the {integrity['on_server']} shared on "

@@ -8,6 +8,10 @@ Three layers, each checked before anything of the bundle is unpickled:
   (a flipped byte in a digest, a version or a model entry) is found too;
 - optionally ``manifest.sig`` (:mod:`cloudflow._signing`): an HMAC of the manifest. Digests and
   checksum catch accidents; only a signature catches someone who rewrote a file *and* its digest.
+
+MLflow's environment files (``requirements.txt``, ``conda.yaml``, ``wheels/``...; see
+:mod:`cloudflow._environment`) are digested like every other file, but a change to them, which
+MLflow's own model tools make, only warns when the bundle is unsigned; signed, it is refused.
 """
 
 from __future__ import annotations
@@ -19,12 +23,12 @@ import json
 import os
 import posixpath
 import stat
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _digests, _signing
+from cloudflow import _digests, _environment, _signing
 from cloudflow.exceptions import BundleFormatError, IntegrityError
 
 #: Version of the on-disk layout of a bundle (``cloudflow/`` folder, manifest keys, pickle
@@ -105,6 +109,10 @@ class Manifest:
     #: Large files kept in the experiment's shared area of a tracking server's artifact store
     #: (see :mod:`cloudflow._remote`): ``area`` (artifact URI), ``server``, ``files`` (paths).
     shared: dict[str, Any] = field(default_factory=dict)
+    #: What MLflow's environment files were when sealed (see :mod:`cloudflow._environment`):
+    #: ``texts`` (rel -> text of the small ones) and ``mlmodel`` (``core``: digest of MLmodel
+    #: without its publication keys; ``publication``: those keys' values). Empty: an older bundle.
+    environment: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -223,6 +231,7 @@ def _check_shape(data: dict[str, Any], path: Path) -> None:
         ("provenance", dict),
         ("model_metadata", dict),
         ("shared", dict),
+        ("environment", dict),
         ("extra", dict),
     ):
         if key in data and not isinstance(data[key], kind):
@@ -238,6 +247,9 @@ def _check_shape(data: dict[str, Any], path: Path) -> None:
             raise _damaged(path, f"the entry of {rel!r} has no digest and size")
     _check_data_files(data.get("data_files") or {}, path)
     _check_shared(data, path)
+    wrong = _environment.check_record(data.get("environment") or {})
+    if wrong:
+        raise _damaged(path, wrong)
     for rel, entry in (data.get("outer_files") or {}).items():
         if not _safe_relative(rel) or rel.split("/")[0] == DATA_DIR:
             raise _damaged(path, f"it lists the file {rel!r}, which is not a path in the bundle")
@@ -332,7 +344,9 @@ def seal(root: Path, manifest: Manifest, signing_key: Any = None) -> Manifest:
     bundle is published; again if they do change (``log_bundle`` records the run in MLmodel).
     """
     data = root / DATA_DIR
-    sealed = dataclasses.replace(manifest, outer_files=outer_digests(root))
+    sealed = dataclasses.replace(
+        manifest, outer_files=outer_digests(root), environment=_environment.record(root)
+    )
     (data / MANIFEST_FILE).write_text(sealed.to_json(), encoding="utf-8")
     (data / SIGNATURE_FILE).unlink(missing_ok=True)
     if signing_key is not None:
@@ -426,6 +440,8 @@ def verify_files(
     skip_digests: Iterable[str] = (),
     use_cache: bool = True,
     require_outer: bool = False,
+    outer: bool = True,
+    refuse_signed_change: bool = True,
 ) -> VerifiedBytes:
     """Check every file against the manifest before anything is unpickled.
 
@@ -435,13 +451,16 @@ def verify_files(
         use_cache: Take digests of unchanged large files from this machine's digest cache
             (never for the files read once, which are hashed from memory). Off under a key.
         require_outer: Refuse a bundle whose manifest does not cover MLflow's files.
+        outer: Check MLflow's files too (see :func:`check_outer`); False when the caller did.
+        refuse_signed_change: Refuse a signed bundle whose environment files changed.
 
     Returns:
-        The verified bytes of the files that run code when loaded (:data:`READ_ONCE_SUFFIXES`).
+        The verified bytes of the files that run code when loaded (:data:`READ_ONCE_SUFFIXES`),
+        with the change to MLflow's environment files found (``environment``).
 
     Raises:
         IntegrityError: A file is missing, added, of another size or another digest, or a link;
-            the message names it.
+            the message names it. Changes to MLflow's environment files only when signed.
     """
     bundle = str(data_dir.parent)
     if os.path.islink(data_dir):
@@ -452,10 +471,15 @@ def verify_files(
     _check_listing(bundle, set(_walk_files(data_dir)), manifest.files)
     for rel in sorted(manifest.files):
         _check_size(data_dir / rel, rel, bundle, manifest.files[rel]["size"])
-    _verify_outer(data_dir.parent, manifest, require_outer)
+    change = _environment.EnvironmentChange()
+    if outer:
+        change = check_outer(
+            data_dir.parent, manifest, required=require_outer, refuse_signed=refuse_signed_change
+        )
     skipped = set(skip_digests)
     once = [rel for rel in manifest.files if rel.endswith(READ_ONCE_SUFFIXES)]
     verified = VerifiedBytes(data_dir, manifest)
+    verified.environment = change
     verified.preload([rel for rel in once if rel not in skipped])
     rest = [rel for rel in sorted(manifest.files) if rel not in skipped and rel not in once]
     verify_digests(data_dir, manifest, rest, use_cache=use_cache)
@@ -498,7 +522,26 @@ def _check_size(path: Path, rel: str, bundle: str, size: int) -> None:
 DOWNLOAD_FILES = frozenset({"registered_model_meta"})
 
 
-def _verify_outer(root: Path, manifest: Manifest, required: bool) -> None:
+def check_outer(
+    root: Path, manifest: Manifest, *, required: bool = False, refuse_signed: bool = True
+) -> _environment.EnvironmentChange:
+    """MLflow's files against the manifest: each exactly, but the environment files.
+
+    Returns what changed in MLflow's environment files (see :mod:`cloudflow._environment`);
+    an unsigned bundle loads with it, a signed one (``manifest.sig``) is refused.
+
+    Raises:
+        IntegrityError: Another of MLflow's files is missing, added or changed (MLmodel in
+            more than its publication keys); or the bundle is signed and its environment files
+            changed (with ``refuse_signed``).
+    """
+    change = _verify_outer(root, manifest, required)
+    if change and refuse_signed and (root / DATA_DIR / SIGNATURE_FILE).is_file():
+        raise IntegrityError(_environment.refusal_message(str(root), change))
+    return change
+
+
+def _verify_outer(root: Path, manifest: Manifest, required: bool) -> _environment.EnvironmentChange:
     """MLflow's files (MLmodel, requirements, environments, examples) against the manifest."""
     bundle = str(root)
     if not manifest.outer_files:
@@ -508,12 +551,43 @@ def _verify_outer(root: Path, manifest: Manifest, required: bool) -> None:
                 "files (MLmodel, requirements.txt...): it was saved by an older cloudflow. Sign it "
                 "again with `cloudflow sign`, or save it again."
             )
-        return
-    _check_listing(bundle, set(_outer_rels(root)), manifest.outer_files)
-    rels = sorted(manifest.outer_files)
+        return _environment.EnvironmentChange()
+    present = set(_outer_rels(root))
+    strict = {
+        rel: entry
+        for rel, entry in manifest.outer_files.items()
+        if not _environment.is_environment_file(rel)
+    }
+    _check_listing(
+        bundle, {rel for rel in present if not _environment.is_environment_file(rel)}, strict
+    )
+    rels = sorted(strict)
+    mlmodel = None
+    if _environment.MLMODEL in strict and manifest.environment.get("mlmodel"):
+        # MLmodel may differ in where and when it was logged (add_libraries_to_model logs it
+        # again), nothing else: its loader, flavors and signature stay exact.
+        entry = strict[_environment.MLMODEL]
+        path = root / _environment.MLMODEL
+        algorithm, expected = file_digest(entry)
+        same = path.stat().st_size == entry["size"] and (
+            _digests.digest_files([path], algorithm=algorithm, use_cache=False)[0] == expected
+        )
+        if not same:
+            mlmodel = _environment.mlmodel_change(root, manifest.environment)
+            if mlmodel is not None:
+                rels.remove(_environment.MLMODEL)
     for rel in rels:
-        _check_size(root / rel, rel, bundle, manifest.outer_files[rel]["size"])
-    _check_digests(root, bundle, manifest.outer_files, rels, use_cache=False)
+        _check_size(root / rel, rel, bundle, strict[rel]["size"])
+    _check_digests(root, bundle, strict, rels, use_cache=False)
+    return _environment.compare(root, manifest.outer_files, present, mlmodel)
+
+
+def environment_change(root: Path) -> _environment.EnvironmentChange:
+    """What changed in a bundle's environment files; empty if it cannot tell (damaged)."""
+    try:
+        return _verify_outer(root, read_manifest(root / DATA_DIR), False)
+    except (IntegrityError, BundleFormatError, OSError):
+        return _environment.EnvironmentChange()
 
 
 def check_bundle(root: Path, trust: Any) -> dict[str, Any]:
@@ -535,18 +609,43 @@ def check_bundle(root: Path, trust: Any) -> dict[str, Any]:
     }
 
 
-def sign_bundle(root: Path, signer: Any) -> Manifest:
+def sign_bundle(root: Path, signer: Any, review: Callable[[str], bool] | None = None) -> Manifest:
     """Sign an existing bundle in place, after checking every file against its manifest.
 
     A bundle saved before MLflow's files were covered gets their digests first. A damaged
-    bundle is refused, never signed.
+    bundle is refused, never signed. A bundle whose MLflow environment files changed (see
+    :mod:`cloudflow._environment`) is signed as it is now only if ``review``, shown the
+    difference, accepts it: the manifest then records the files as they are, and where MLmodel
+    now says the model is published. A bundle this key signed must still match that signature,
+    so the difference shown is all that changed since.
 
     Raises:
-        IntegrityError: A file does not match the manifest.
+        IntegrityError: A file does not match the manifest, the manifest no longer matches this
+            key's signature, or the environment's change was not accepted.
     """
     data = root / DATA_DIR
+    raw = (data / MANIFEST_FILE).read_bytes()
     manifest = read_manifest(data)
-    verify_files(data, manifest, use_cache=False)
+    record = _signing.read_signature(data)
+    if record is not None and (record[0], record[1]) == (signer.algorithm, signer.key_id):
+        try:
+            _signing.check(data, raw, _signing.Trust((signer,)))
+        except IntegrityError as e:
+            raise IntegrityError(
+                f"Not signing {str(root)!r}: its manifest was changed after this key signed "
+                f"it ({e}). Save the bundle again from its source."
+            ) from e
+    verified = verify_files(data, manifest, use_cache=False, refuse_signed_change=False)
+    change = verified.environment
+    if change:
+        shown = _environment.difference(root, manifest.environment, change)
+        if review is None or not review(shown):
+            raise IntegrityError(
+                f"Not signing {str(root)!r}: its environment files changed "
+                f"({change.summary()}) and the change was not accepted."
+            )
+        manifest = dataclasses.replace(manifest, published=change.republished(manifest.published))
+        return seal(root, manifest, signer)
     if not manifest.outer_files:
         return seal(root, manifest, signer)
     sign(data, signer)
@@ -564,6 +663,7 @@ class VerifiedBytes:
     def __init__(self, data_dir: Path, manifest: Manifest | None) -> None:
         self.data_dir = data_dir
         self.manifest = manifest
+        self.environment = _environment.EnvironmentChange()
         self._bytes: dict[str, bytes] = {}
 
     def _rel(self, path: Path) -> str:

@@ -322,11 +322,20 @@ def keygen(key_file: str) -> None:
     "the secret in $CLOUDFLOW_SIGNING_KEY.",
 )
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help=_TRACKING_HELP)
+@click.option(
+    "--yes",
+    is_flag=True,
+    help="Sign a bundle whose MLflow environment files changed without asking (the difference "
+    "is still printed).",
+)
 @_traceback_option
-def sign(model_uri: str, key_file: str | None, tracking_uri: str | None) -> None:
+def sign(model_uri: str, key_file: str | None, tracking_uri: str | None, yes: bool) -> None:
     """Sign the bundle MODEL_URI in place (a folder, or a bundle of a local store).
 
     Every file is checked against the manifest first: a damaged bundle is refused, not signed.
+    If only MLflow's environment files changed (mlflow models update-pip-requirements,
+    add_libraries_to_model), the difference is printed and, once accepted, the bundle is signed
+    as it is now. A bundle this key signed must still match that signature.
     """
     from pathlib import Path
 
@@ -346,7 +355,12 @@ def sign(model_uri: str, key_file: str | None, tracking_uri: str | None) -> None
             f"{model_uri} is stored on a server: sign it where it is saved (signing_key= at save "
             "time), or sign a local copy."
         )
-    _manifest.sign_bundle(folder, signer)
+
+    def review(difference: str) -> bool:
+        click.echo(difference)
+        return yes or click.confirm("Sign the bundle as it is now?", default=False)
+
+    _manifest.sign_bundle(folder, signer, review)
     click.echo(f"signed {folder} ({signer.algorithm} {signer.key_id})")
 
 
@@ -366,7 +380,8 @@ def verify(model_uri: str, key_files: tuple[str, ...], tracking_uri: str | None)
     """Check that MODEL_URI is signed by a trusted key and that every file is as signed.
 
     Reads every file (no digest cache) and runs none of the bundle's code. Exits with 2 if the
-    bundle is unsigned, signed by another key, or changed.
+    bundle is unsigned, signed by another key, or changed; a change to MLflow's environment
+    files is named whether the bundle is signed or not.
     """
     from pathlib import Path
 
@@ -394,6 +409,13 @@ def verify(model_uri: str, key_files: tuple[str, ...], tracking_uri: str | None)
                     load_folder.close()
         except IntegrityError as e:
             click.echo(f"FAILED: {e}", err=True)
+            if not (folder / _manifest.DATA_DIR / _manifest.SIGNATURE_FILE).is_file():
+                change = _manifest.environment_change(folder)
+                if change:
+                    click.echo(
+                        f"MLflow's environment files changed after saving: {change.summary()}",
+                        err=True,
+                    )
             sys.exit(2)
     click.echo(f"ok: {report['files']} files as signed by {report['signed_by']}")
 
