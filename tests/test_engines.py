@@ -1,0 +1,504 @@
+"""Serving engines past MLflow's own: MLServer (KServe V2), Ray Serve and Ray Data, BentoML.
+
+A package of the user's (two modules) holds five predict functions over one scikit-learn model,
+returning a dict, a list, a DataFrame, a str and a float. One fresh process saves a bundle of
+each, the package is deleted, and the engines run on the bundles as their documentation (and
+the README's recipes) tell a user, each in fresh processes from other working directories, on
+127.0.0.1:
+
+- MLServer with its MLflow runtime (what KServe and Seldon run for MLflow models) loads every
+  bundle and answers V2 ``/infer``, the function's parameters as named inputs;
+- a Ray Serve deployment answers over HTTP, and Ray Data's ``map_batches`` scores a dataset;
+- ``bentoml.mlflow.import_model`` then ``bentoml build`` with the bundle's own requirements
+  file, and the built bento served by ``bentoml serve``.
+Every answer must equal what the function returned before saving.
+
+The engines live in a venv of their own (MLServer needs protobuf below 7, which the project's
+stack pins at 7), built once per session with uv (tests/pythons.py) from
+requirements/constraints-serving.txt over constraints.txt, with the bundle's requirements.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import REPO_ROOT, outcome, run_snippet, subprocess_env
+from pythons import (
+    CONSTRAINTS,
+    Venv,
+    ensure_venv,
+    exclusive_lock,
+    find_python,
+    run_python_snippet,
+    where_we_looked,
+)
+from servers import Server, free_port, running_server
+
+pytestmark = pytest.mark.slow
+
+SERVING_CONSTRAINTS = REPO_ROOT / "requirements" / "constraints-serving.txt"
+ENGINES = ("mlserver", "mlserver-mlflow", "uvloop", "ray[serve]", "bentoml", "uv")
+ENGINES_WARM_UP = (
+    "import mlflow.pyfunc, pandas, sklearn.linear_model, skops.io, cloudpickle, blake3, "
+    "mlserver, mlserver_mlflow, ray, ray.serve, ray.data, bentoml"
+)
+# The bundles' requirements pin the cloudflow that saved them, which no index has: the venv
+# gets cloudflow from this checkout (installed as a wheel, not editable), and the BentoML lock
+# finds it as a wheel in a local folder. False: the bundle's requirements are installed as
+# they are, cloudflow included.
+CLOUDFLOW_FROM_CHECKOUT = True
+
+FLOWERS_SOURCE = {
+    "flowers/__init__.py": "",
+    "flowers/features.py": """
+        def vector(petal_length, petal_width, scale):
+            return [[petal_length * scale, petal_width * scale]]
+        """,
+    "flowers/predict.py": """
+        import pandas as pd
+
+        from flowers.features import vector
+
+        NAMES = ["setosa", "versicolor", "virginica"]
+
+
+        def _proba(clf, petal_length, petal_width, scale):
+            proba = clf.predict_proba(vector(petal_length, petal_width, scale))[0]
+            return [round(float(p), 6) for p in proba]
+
+
+        def label(clf, petal_length: float, petal_width: float, scale: float = 1.0) -> dict:
+            proba = _proba(clf, petal_length, petal_width, scale)
+            k = proba.index(max(proba))
+            ranked = [n for _, n in sorted(zip(proba, NAMES), reverse=True)]
+            return {"label": NAMES[k], "score": proba[k], "ranked": ranked}
+
+
+        def probabilities(clf, petal_length: float, petal_width: float, scale: float = 1.0):
+            return _proba(clf, petal_length, petal_width, scale)
+
+
+        def table(clf, petal_length: float, petal_width: float, scale: float = 1.0):
+            return pd.DataFrame({"name": NAMES, "p": _proba(clf, petal_length, petal_width, scale)})
+
+
+        def name(clf, petal_length: float, petal_width: float, scale: float = 1.0) -> str:
+            return label(clf, petal_length, petal_width, scale)["label"]
+
+
+        def score(clf, petal_length: float, petal_width: float, scale: float = 1.0) -> float:
+            return label(clf, petal_length, petal_width, scale)["score"]
+        """,
+}
+FUNCTIONS = ["label", "probabilities", "table", "name", "score"]
+CASES: list[dict[str, Any]] = [
+    {"petal_length": 1.4, "petal_width": 0.2},
+    {"petal_length": 5.1, "petal_width": 1.8},
+    {"petal_length": 4.5, "petal_width": 1.5},
+]
+SCALED = [{**case, "scale": 1.1} for case in CASES]
+
+SAVER = r"""
+import json, sys
+spec = json.loads(sys.argv[1])
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+import pandas as pd
+import cloudflow
+from flowers import predict
+
+X, y = load_iris(return_X_y=True)
+clf = LogisticRegression(max_iter=500).fit(X[:, 2:], y)
+
+def plain(result):
+    return result.to_dict(orient="records") if isinstance(result, pd.DataFrame) else result
+
+expected = {}
+for name in spec["functions"]:
+    fn = getattr(predict, name)
+    expected[name] = {
+        kind: [plain(fn(clf, **case)) for case in spec[kind]] for kind in ("cases", "scaled")
+    }
+    cloudflow.save_bundle(fn, {"clf": clf}, f"{spec['bundles']}/{name}")
+emit(expected)
+"""
+
+
+@pytest.fixture(scope="module")
+def flowers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The five bundles, saved from a package that is deleted afterwards, and their answers."""
+    root = tmp_path_factory.mktemp("flowers")
+    source = root / "source"
+    for relative, text in FLOWERS_SOURCE.items():
+        path = source / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+    spec = {
+        "functions": FUNCTIONS,
+        "cases": CASES,
+        "scaled": SCALED,
+        "bundles": str(root / "bundles"),
+    }
+    try:
+        expected = run_snippet(SAVER, cwd=source, args=[json.dumps(spec)], timeout=300)
+    finally:
+        shutil.rmtree(source)  # from here on, the package cannot be imported
+    return {"bundles": root / "bundles", "expected": expected}
+
+
+def _bundle_requirements(bundle: Path) -> list[str]:
+    """The lines of the bundle's requirements.txt; without cloudflow's if it comes from here."""
+    lines = (bundle / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    wanted = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    if CLOUDFLOW_FROM_CHECKOUT:
+        wanted = [line for line in wanted if not re.match(r"cloudflow\b", line)]
+    return wanted
+
+
+def _merged_constraints(folder: Path) -> Path:
+    """constraints.txt with the pins of constraints-serving.txt in place of its own."""
+
+    def name(line: str) -> str:
+        return re.sub(r"[-_.]+", "-", line.split("==")[0].strip().lower())
+
+    serving = [
+        line for line in SERVING_CONSTRAINTS.read_text().splitlines() if "==" in line.split("#")[0]
+    ]
+    replaced = {name(line) for line in serving}
+    base = [
+        line
+        for line in CONSTRAINTS.read_text().splitlines()
+        if "==" not in line.split("#")[0] or name(line) not in replaced
+    ]
+    merged = folder / "constraints-serving-merged.txt"
+    merged.write_text("\n".join([*base, *serving]) + "\n", encoding="utf-8")
+    return merged
+
+
+def _uv(venv: Venv) -> Path:
+    return venv.folder / "bin" / "uv"
+
+
+@pytest.fixture(scope="module")
+def engines(flowers: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Venv:
+    """The venv of MLServer, Ray and BentoML with what the bundles require (built once)."""
+    base = find_python("3.11")
+    if base is None:
+        pytest.skip(f"no CPython 3.11 for the serving venv ({where_we_looked('3.11')})")
+    folder = tmp_path_factory.mktemp("engines_venv")
+    constraints = _merged_constraints(folder)
+    requirements = [*ENGINES, *_bundle_requirements(flowers["bundles"] / "label")]
+    venv = ensure_venv(
+        base,
+        constraints=[constraints],
+        requirements=requirements,
+        warm_up=ENGINES_WARM_UP,
+        label="serving",
+    )
+    if CLOUDFLOW_FROM_CHECKOUT:
+        # As a wheel, as a deployment installs it: the shared venv gets this checkout's
+        # cloudflow anew each session (a few seconds), under the lock its builds take.
+        env = {k: v for k, v in subprocess_env().items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        install = [_uv(venv), "pip", "install", "--quiet", "--python", venv.python]
+        with exclusive_lock(Path(f"{venv.folder}.lock")):
+            subprocess.run(
+                [*install, "-c", constraints, "--reinstall-package", "cloudflow", REPO_ROOT],
+                check=True,
+                env=env,
+                capture_output=True,
+                timeout=600,
+            )
+    return venv
+
+
+def _engine_env(venv: Venv, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A user's shell in the engines venv: its bin/ first on PATH, nothing of this checkout."""
+    env = {k: v for k, v in subprocess_env(extra).items() if k != "PYTHONPATH"}
+    env["PATH"] = os.pathsep.join([str(venv.folder / "bin"), env.get("PATH", "")])
+    env["VIRTUAL_ENV"] = str(venv.folder)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+# --- MLServer / KServe V2 ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mlserver(
+    engines: Venv, flowers: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """``mlserver start`` over a folder with one model-settings.json per bundle."""
+    root = tmp_path_factory.mktemp("mlserver")
+    for name in FUNCTIONS:
+        (root / name).mkdir()
+        settings = {
+            "name": name,
+            "implementation": "mlserver_mlflow.MLflowRuntime",
+            "parameters": {"uri": str(flowers["bundles"] / name)},
+        }
+        (root / name / "model-settings.json").write_text(json.dumps(settings))
+
+    def argv(port: int) -> list[str]:
+        settings = {
+            "host": "127.0.0.1",
+            "http_port": port,
+            "grpc_port": free_port(),
+            "metrics_port": free_port(),
+        }
+        (root / "settings.json").write_text(json.dumps(settings))
+        return [str(engines.folder / "bin" / "mlserver"), "start", str(root)]
+
+    with running_server(
+        argv,
+        health="/v2/health/ready",
+        log=root / "mlserver.log",
+        env=_engine_env(engines),
+        cwd=root,
+        timeout=600,
+    ) as server:
+        yield server
+
+
+def _v2_request(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """One V2 input per parameter, one row per call."""
+    names = list(cases[0])
+    return {
+        "inputs": [
+            {"name": n, "shape": [len(cases)], "datatype": "FP64", "data": [c[n] for c in cases]}
+            for n in names
+        ]
+    }
+
+
+def _v2_columns(answer: dict[str, Any]) -> dict[str, list[Any]]:
+    """The answer's outputs by name (MLServer JSON-encodes cells other than numbers and str)."""
+    columns = {}
+    for output in answer["outputs"]:
+        data = output["data"]
+        if (output.get("parameters") or {}).get("content_type") == "pd_json":
+            data = [json.loads(cell) for cell in data]
+        columns[output["name"]] = data
+    return columns
+
+
+def _expected_columns(name: str, results: list[Any]) -> dict[str, list[Any]]:
+    """The V2 outputs a list of results makes: dicts a column per key, tables their rows."""
+    if name == "table":
+        results = [row for table in results for row in table]
+    if results and all(isinstance(r, dict) for r in results):
+        return {key: [r[key] for r in results] for key in results[0]}
+    return {"output-0": results}
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+@pytest.mark.parametrize("kind", ["cases", "scaled"], ids=["defaults", "every_input"])
+def test_mlserver_v2_infer_answers_like_the_function(
+    mlserver: Server, flowers: dict[str, Any], name: str, kind: str
+) -> None:
+    cases = CASES if kind == "cases" else SCALED
+    status, answer = mlserver.post_json(f"/v2/models/{name}/infer", _v2_request(cases))
+    assert status == 200, f"{answer}\n--- log ---\n{mlserver.log_tail()}"
+    assert answer["model_name"] == name
+    want = _expected_columns(name, flowers["expected"][name][kind])
+    assert _v2_columns(answer) == want
+
+
+def test_mlserver_metadata_names_the_parameters_as_inputs(mlserver: Server) -> None:
+    status, body = mlserver.get("/v2/models/label")
+    assert status == 200, body
+    metadata = json.loads(body)
+    inputs = {i["name"]: i["datatype"] for i in metadata["inputs"]}
+    assert inputs == {"petal_length": "FP64", "petal_width": "FP64", "scale": "FP64"}
+    assert [o["name"] for o in metadata["outputs"]] == ["output-0"]
+
+
+def test_mlserver_unknown_input_is_named_in_the_answer(mlserver: Server) -> None:
+    request = _v2_request([{**CASES[0], "petal_lenght": 1.0}])
+    status, answer = mlserver.post_json("/v2/models/score/infer", request)
+    assert status == 400, answer
+    assert "petal_lenght" in json.dumps(answer)
+
+
+# --- Ray Serve and Ray Data ----------------------------------------------------------------
+
+RAY = r"""
+import json, sys, urllib.request
+spec = json.loads(sys.argv[1])
+import mlflow
+import pandas as pd
+import ray
+from ray import serve
+
+import cloudflow
+
+ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20,
+         _node_ip_address="127.0.0.1", log_to_driver=False)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1})
+class Flowers:
+    def __init__(self, uri):
+        self.bundle = cloudflow.load_bundle(uri)
+
+    async def __call__(self, request):
+        return self.bundle.predict(**await request.json())
+
+
+def serve_and_post():
+    serve.start(http_options={"host": "127.0.0.1", "port": spec["port"]})
+    serve.run(Flowers.bind(spec["bundle"]), name="flowers", route_prefix="/flowers")
+    answers = []
+    for case in spec["cases"]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{spec['port']}/flowers", data=json.dumps(case).encode(),
+            headers={"Content-Type": "application/json"}, method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            answers.append(json.loads(response.read()))
+    serve.shutdown()
+    return answers
+
+
+class Scorer:
+    def __init__(self, uri):
+        self.model = mlflow.pyfunc.load_model(uri)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        return batch.assign(prediction=self.model.predict(batch))
+
+
+def map_batches():
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    scored = ray.data.from_pandas(pd.DataFrame(spec["cases"])).map_batches(
+        Scorer, fn_constructor_kwargs={"uri": spec["bundle"]}, batch_format="pandas",
+        batch_size=2, concurrency=1, num_cpus=1,
+    )
+    return [dict(row["prediction"]) for row in scored.to_pandas().to_dict(orient="records")]
+
+
+attempt("serve", serve_and_post)
+attempt("map_batches", map_batches)
+ray.shutdown()
+emit(results)
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_run(
+    engines: Venv, flowers: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    cwd = tmp_path_factory.mktemp("ray_run")
+    spec = {"bundle": str(flowers["bundles"] / "label"), "cases": CASES, "port": free_port()}
+    env = _engine_env(engines, {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": str(cwd)})
+    return dict(run_python_snippet(engines.python, RAY, cwd=cwd, args=[json.dumps(spec)], env=env))
+
+
+@pytest.mark.parametrize("way", ["serve", "map_batches"])
+def test_ray_answers_like_the_function(
+    ray_run: dict[str, Any], flowers: dict[str, Any], way: str
+) -> None:
+    assert outcome(ray_run, way) == flowers["expected"]["label"]["cases"]
+
+
+# --- BentoML ---------------------------------------------------------------------------------
+
+BENTO_SERVICE = """
+import bentoml
+
+
+@bentoml.service(resources={"cpu": "1"})
+class Flowers:
+    bundle = bentoml.models.BentoModel("flowers:latest")
+
+    def __init__(self) -> None:
+        self.model = bentoml.mlflow.load_model(self.bundle)
+
+    @bentoml.api
+    def predict(self, petal_length: float, petal_width: float, scale: float = 1.0) -> dict:
+        return self.model.predict(
+            {"petal_length": petal_length, "petal_width": petal_width, "scale": scale}
+        )
+"""
+
+BENTOFILE = """\
+service: "service:Flowers"
+include: ["service.py", "requirements.txt"]
+python:
+  requirements_txt: "./requirements.txt"
+"""
+
+IMPORT_MODEL = r"""
+import sys
+import bentoml
+emit(str(bentoml.mlflow.import_model("flowers", sys.argv[1]).tag))
+"""
+
+
+@pytest.fixture(scope="module")
+def bento(
+    engines: Venv, flowers: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """The label bundle imported into a fresh BentoML home and built into a bento."""
+    root = tmp_path_factory.mktemp("bento")
+    env = _engine_env(engines, {"BENTOML_HOME": str(root / "home"), "BENTOML_DO_NOT_TRACK": "1"})
+    bundle = flowers["bundles"] / "label"
+    tag = run_python_snippet(engines.python, IMPORT_MODEL, cwd=root, args=[str(bundle)], env=env)
+    project = root / "project"
+    project.mkdir()
+    (project / "service.py").write_text(textwrap.dedent(BENTO_SERVICE), encoding="utf-8")
+    shutil.copy(bundle / "requirements.txt", project / "requirements.txt")
+    bentofile = BENTOFILE
+    if CLOUDFLOW_FROM_CHECKOUT:  # a folder of wheels, as a team with its own index has one
+        wheels = root / "wheels"
+        subprocess.run(
+            [_uv(engines), "build", "--quiet", "--wheel", "-o", wheels, REPO_ROOT],
+            check=True,
+            env=env,
+            capture_output=True,
+            timeout=600,
+        )
+        bentofile += f'  find_links: ["{wheels}"]\n'
+    (project / "bentofile.yaml").write_text(bentofile, encoding="utf-8")
+    built = subprocess.run(
+        [str(engines.folder / "bin" / "bentoml"), "build"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert built.returncode == 0, (built.stdout + built.stderr)[-4000:]
+    output = built.stdout + built.stderr
+    return {"env": env, "root": root, "bundle": bundle, "model_tag": tag, "output": output}
+
+
+def test_bentoml_build_locks_the_bundles_requirements(bento: dict[str, Any]) -> None:
+    assert "Successfully built Bento" in bento["output"]
+    bentos = bento["root"] / "home" / "bentos" / "flowers"
+    (bento_dir,) = (p for p in bentos.iterdir() if p.is_dir())
+    locked = set((bento_dir / "env" / "python" / "requirements.txt").read_text().split())
+    bundle = set((bento["bundle"] / "requirements.txt").read_text().split())
+    assert bundle <= locked, sorted(bundle - locked)  # every pin of the bundle, as it is
+    assert f"tag: {bento['model_tag']}" in (bento_dir / "bento.yaml").read_text()
+
+
+def test_bentoml_serves_the_built_bento_like_the_function(
+    engines: Venv, bento: dict[str, Any], flowers: dict[str, Any]
+) -> None:
+    def argv(port: int) -> list[str]:
+        bentoml = str(engines.folder / "bin" / "bentoml")
+        return [bentoml, "serve", "flowers:latest", "--host", "127.0.0.1", "--port", str(port)]
+
+    log = bento["root"] / "serve.log"
+    with running_server(argv, health="/readyz", log=log, env=bento["env"], cwd=log.parent) as s:
+        answers = [s.post_json("/predict", case) for case in CASES]
+    assert answers == [(200, want) for want in flowers["expected"]["label"]["cases"]]
