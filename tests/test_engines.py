@@ -51,13 +51,13 @@ pytestmark = pytest.mark.slow
 SERVING_CONSTRAINTS = REPO_ROOT / "requirements" / "constraints-serving.txt"
 ENGINES = ("mlserver", "mlserver-mlflow", "uvloop", "ray[serve]", "bentoml", "uv")
 ENGINES_WARM_UP = (
-    "import mlflow.pyfunc, pandas, sklearn.linear_model, skops.io, cloudpickle, blake3, "
+    "import mlflow.pyfunc, pandas, sklearn.linear_model, skops.io, cloudpickle, "
     "mlserver, mlserver_mlflow, ray, ray.serve, ray.data, bentoml"
 )
-# The bundles' requirements pin the cloudflow that saved them, which no index has: the venv
-# gets cloudflow from this checkout (installed as a wheel, not editable), and the BentoML lock
-# finds it as a wheel in a local folder. False: the bundle's requirements are installed as
-# they are, cloudflow included.
+# The bundles' requirements pin the cloudflow that saved them, which no index has: each session
+# installs cloudflow into the shared venv from this checkout (as a wheel, not editable), and the
+# BentoML lock finds it as a wheel in a local folder. False: each session installs the bundle's
+# own requirements.txt instead, from the bundle's folder as MLflow's env managers do.
 CLOUDFLOW_FROM_CHECKOUT = True
 
 FLOWERS_SOURCE = {
@@ -159,12 +159,10 @@ def flowers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _bundle_requirements(bundle: Path) -> list[str]:
-    """The lines of the bundle's requirements.txt; without cloudflow's if it comes from here."""
+    """The lines of the bundle's requirements.txt but cloudflow's (installed each session)."""
     lines = (bundle / "requirements.txt").read_text(encoding="utf-8").splitlines()
     wanted = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    if CLOUDFLOW_FROM_CHECKOUT:
-        wanted = [line for line in wanted if not re.match(r"cloudflow\b", line)]
-    return wanted
+    return [line for line in wanted if not re.match(r"cloudflow\b", line)]
 
 
 def _merged_constraints(folder: Path) -> Path:
@@ -191,6 +189,13 @@ def _uv(venv: Venv) -> Path:
     return venv.folder / "bin" / "uv"
 
 
+def _run_checked(argv: list[Any], cwd: Path, env: dict[str, str]) -> None:
+    done = subprocess.run(
+        [str(a) for a in argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, f"{argv[:3]} failed:\n{(done.stdout + done.stderr)[-4000:]}"
+
+
 @pytest.fixture(scope="module")
 def engines(flowers: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Venv:
     """The venv of MLServer, Ray and BentoML with what the bundles require (built once)."""
@@ -207,19 +212,16 @@ def engines(flowers: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -
         warm_up=ENGINES_WARM_UP,
         label="serving",
     )
-    if CLOUDFLOW_FROM_CHECKOUT:
-        # As a wheel, as a deployment installs it: the shared venv gets this checkout's
-        # cloudflow anew each session (a few seconds), under the lock its builds take.
-        env = {k: v for k, v in subprocess_env().items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-        install = [_uv(venv), "pip", "install", "--quiet", "--python", venv.python]
-        with exclusive_lock(Path(f"{venv.folder}.lock")):
-            subprocess.run(
-                [*install, "-c", constraints, "--reinstall-package", "cloudflow", REPO_ROOT],
-                check=True,
-                env=env,
-                capture_output=True,
-                timeout=600,
-            )
+    # Installed anew each session (a few seconds), under the lock the venv's builds take: the
+    # venv is shared by sessions, and its key does not follow cloudflow's source.
+    bundle = flowers["bundles"] / "label"
+    source = [REPO_ROOT] if CLOUDFLOW_FROM_CHECKOUT else ["-r", bundle / "requirements.txt"]
+    env = {k: v for k, v in subprocess_env().items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    install = [_uv(venv), "pip", "install", "--quiet", "--python", venv.python]
+    with exclusive_lock(Path(f"{venv.folder}.lock")):
+        _run_checked(
+            [*install, "-c", constraints, "--reinstall-package", "cloudflow", *source], bundle, env
+        )
     return venv
 
 
@@ -401,12 +403,8 @@ def bento(
     steps, build = recipe.split("\nbentoml build\n", 1)[0], "bentoml build\n"
     if CLOUDFLOW_FROM_CHECKOUT:  # a folder of wheels, as a team with its own index has one
         wheels = root / "wheels"
-        subprocess.run(
-            [_uv(engines), "build", "--quiet", "--wheel", "-o", wheels, REPO_ROOT],
-            check=True,
-            env=env,
-            capture_output=True,
-            timeout=600,
+        _run_checked(
+            [_uv(engines), "build", "--quiet", "--wheel", "-o", wheels, REPO_ROOT], root, env
         )
         build = f"echo '  find_links: [\"{wheels}\"]' >> bentofile.yaml\n{build}"
     built = subprocess.run(
