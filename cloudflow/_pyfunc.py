@@ -25,6 +25,62 @@ def _in_serving() -> bool:
     return os.environ.get(_SERVING_ENV, "").strip().lower() in ("1", "true")
 
 
+# The function of MLServer's MLflow runtime that answers V2 inference requests (REST ``infer``
+# and gRPC ``ModelInfer``); its ``invocations`` handler, MLflow's REST protocol, is another one.
+_MLSERVER_RUNTIME = "mlserver_mlflow.runtime"
+_MLSERVER_V2_PREDICT = "predict"
+_MLSERVER_FRAMES = 8  # MLServer's predict -> PyFuncModel.predict -> _predict -> here, and slack
+
+
+def _called_by_mlserver_v2() -> bool:
+    """Whether MLServer's MLflow runtime is calling, for a V2 inference request.
+
+    MLServer sets no environment variable and passes nothing that tells; its V2 handler is
+    found on the call stack, a few frames up.
+    """
+    if _MLSERVER_RUNTIME not in sys.modules:
+        return False
+    frame = sys._getframe(1)
+    for _ in range(_MLSERVER_FRAMES):
+        if frame is None:
+            return False
+        if (
+            frame.f_code.co_name == _MLSERVER_V2_PREDICT
+            and frame.f_globals.get("__name__") == _MLSERVER_RUNTIME
+        ):
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+def _v2_table(results: Any) -> Any:
+    """The results of a call per row as a pandas DataFrame, the answer MLServer's codecs encode.
+
+    MLServer encodes a DataFrame (one V2 output per column), an array or a list of strings, and
+    fails on anything else (a list of numbers, of dicts, of lists). One rule covers them all:
+    dict results give a column per key, DataFrame results their rows one after the other, any
+    other result the column ``output-0`` (MLServer's name for a nameless output). MLServer
+    sends numbers and strings as they are and JSON-encodes any other cell.
+    """
+    import numpy as np
+    import pandas as pd
+
+    if not isinstance(results, list):  # one call (a dict of parameters): one row
+        results = [results]
+    if results and all(isinstance(r, pd.DataFrame) for r in results):
+        table = pd.concat(results, ignore_index=True)
+    elif results and all(isinstance(r, Mapping) for r in results):
+        table = pd.DataFrame.from_records([_plain(dict(r)) for r in results])
+    else:
+        column = pd.Series([_plain(r) for r in results], dtype=None if results else object)
+        table = pd.DataFrame({"output-0": column})
+    # MLServer's codecs know numpy dtypes only: pandas' own (the str dtype of pandas 3, the
+    # nullable ones) become object columns, which it sends as strings or JSON.
+    return table.astype(
+        {name: object for name, dtype in table.dtypes.items() if not isinstance(dtype, np.dtype)}
+    )
+
+
 def _plain(value: Any) -> Any:
     """The JSON-like value that MLflow's JSON parsing, pandas or Arrow wrapped in numpy.
 
@@ -89,6 +145,10 @@ class CloudflowPyfunc:
       the default applies, as when the caller omits it;
     - a list of dicts (serving's ``{"inputs": [...]}``): one call each, a list of results.
     MLflow's inference ``params`` are passed as parameters too.
+
+    Called by MLServer's MLflow runtime for a V2 inference request (KServe, Seldon), the
+    request's inputs are a DataFrame (one named input per parameter) and the results are
+    returned as a DataFrame its codecs encode (see :func:`_v2_table`).
     """
 
     def __init__(self, bundle: Bundle) -> None:
@@ -112,6 +172,8 @@ class CloudflowPyfunc:
         return out
 
     def predict(self, model_input: Any, params: Mapping[str, Any] | None = None) -> Any:
+        if _called_by_mlserver_v2():
+            return self._predict_for_mlserver(model_input, params)
         if not _in_serving():
             return self._predict(model_input, params, _same)
         from cloudflow.exceptions import CloudflowError
@@ -125,6 +187,18 @@ class CloudflowPyfunc:
             from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
             raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
+
+    def _predict_for_mlserver(self, model_input: Any, params: Mapping[str, Any] | None) -> Any:
+        from cloudflow.exceptions import CloudflowError
+
+        try:
+            return _v2_table(self._predict(model_input, params, _plain))
+        except CloudflowError as e:
+            # MLServer answers its own InferenceError with 400 and the message; anything
+            # else is a 500, as if the server had failed.
+            from mlserver.errors import InferenceError
+
+            raise InferenceError(str(e)) from None
 
     def _predict(
         self,

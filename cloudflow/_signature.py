@@ -12,6 +12,11 @@ type hints (``is_signature_from_type_hint: true`` in MLmodel): MLflow then hands
 the bundle untouched, and the bundle checks them against its parameters itself
 (:class:`~cloudflow.PredictArgumentError` names the missing or unknown one). Serving such a model
 takes requests of the form ``{"inputs": {...}}`` (one call) or ``{"inputs": [{...}, ...]}``.
+
+The outputs are one column typed from the function's return annotation, else ``Any``, as MLflow
+writes them for a signature inferred from type hints. A signature always has outputs: MLServer's
+MLflow runtime (what KServe and Seldon serve MLflow models with) reads them when it loads a model
+and fails on a signature without.
 """
 
 from __future__ import annotations
@@ -86,14 +91,30 @@ def _value_type(value: Any) -> Any:
     return _scalar_type(type(value))
 
 
-def _parameters(predict_fn: Callable[..., Any]) -> list[inspect.Parameter]:
+def _inspect(predict_fn: Callable[..., Any]) -> inspect.Signature:
     try:
-        signature = inspect.signature(predict_fn, eval_str=True)
+        return inspect.signature(predict_fn, eval_str=True)
     except Exception:  # an annotation that names something only imported for type checking
-        signature = inspect.signature(predict_fn)
+        return inspect.signature(predict_fn)
+
+
+def _parameters(predict_fn: Callable[..., Any]) -> list[inspect.Parameter]:
     return [
-        p for p in signature.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        p
+        for p in _inspect(predict_fn).parameters.values()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     ]
+
+
+def output_schema(predict_fn: Callable[..., Any]) -> Any:
+    """One output column, typed from ``predict_fn``'s return annotation, else ``Any``."""
+    from mlflow.types.schema import AnyType, ColSpec, Schema
+
+    try:
+        dtype = _annotation_type(_inspect(predict_fn).return_annotation)
+    except (TypeError, ValueError):  # no inspectable signature: nothing known of the result
+        dtype = None
+    return Schema([ColSpec(dtype or AnyType())])
 
 
 def infer_signature(
@@ -127,7 +148,7 @@ def infer_signature(
         columns.append(ColSpec(dtype, p.name, required=p.default is p.empty))
     if not columns:
         return None
-    signature = ModelSignature(inputs=Schema(columns))
+    signature = ModelSignature(inputs=Schema(columns), outputs=output_schema(predict_fn))
     signature._is_signature_from_type_hint = True
     return signature
 
@@ -171,7 +192,8 @@ def resolve_signature(
     """The signature to write: inferred (``None``), none (``False``) or the caller's own.
 
     A caller's ``ModelSignature`` is copied and marked like an inferred one, so that MLflow
-    passes inputs to the bundle untouched (see the module docstring).
+    passes inputs to the bundle untouched (see the module docstring); if it has no outputs,
+    they are inferred.
 
     Raises:
         BundleArgumentError: ``signature`` is of another kind, or names inputs that are not
@@ -207,4 +229,6 @@ def resolve_signature(
                 )
     signature = copy.deepcopy(signature)
     signature._is_signature_from_type_hint = True
+    if signature.outputs is None:
+        signature.outputs = output_schema(predict_fn)
     return signature

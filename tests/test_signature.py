@@ -158,6 +158,32 @@ def test_mlmodel_holds_signature_and_input_example(probe: Any, tmp_path: Path) -
     assert model.predict(model.input_example) == _expected(probe, example)
 
 
+def _outputs_of(predict_fn: Any) -> Any:
+    return infer_signature(predict_fn, ["model"]).outputs
+
+
+def test_outputs_are_typed_from_the_return_annotation_else_any(probe: Any, tmp_path: Path) -> None:
+    """MLServer's MLflow runtime (KServe, Seldon) fails to load a model whose outputs are null."""
+
+    def score(model, text: str) -> float: ...
+
+    def tags(model, text: str) -> list[str]: ...
+
+    def anything(model, text: str): ...
+
+    assert _outputs_of(score) == Schema([ColSpec(DataType.double)])
+    assert _outputs_of(tags) == Schema([ColSpec(Array(DataType.string))])
+    assert _outputs_of(anything) == Schema([ColSpec(AnyType())])
+    # Saved, and also filled in for a caller's signature that gives inputs only.
+    inputs_only = ModelSignature(inputs=Schema([ColSpec(DataType.string, "text")]))
+    for name, signature in (("inferred", None), ("inputs_only", inputs_only)):
+        cloudflow.save_bundle(
+            probe.predict, {"table": {"scale": 10}}, tmp_path / name, signature=signature
+        )
+        mlmodel = yaml.safe_load((tmp_path / name / "MLmodel").read_text())
+        assert json.loads(mlmodel["signature"]["outputs"]) == [{"type": "any", "required": True}]
+
+
 def test_user_signature_is_kept(probe: Any, tmp_path: Path) -> None:
     signature = ModelSignature(
         inputs=Schema([ColSpec(DataType.string, "text"), ColSpec(DataType.long, "n")]),
