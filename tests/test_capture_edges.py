@@ -1,0 +1,129 @@
+"""Capture on shapes of real code that used to fail the save or the load elsewhere.
+
+Each fixture project (tests/fixtures/real_code/<name>/) is saved by a fresh subprocess from a copy
+of it, the copy is deleted, and another fresh subprocess loads the bundles from an empty working
+directory: every answer must equal the one computed before saving (the harness of
+test_real_code.py, with projects of its own so that its session fixture stays as it is).
+
+- ``optional_gpu``: a function imports its kernel inside the body, on a branch
+  (``if use_gpu: from .gpu import kernel``), and ``gpu.py`` raises ``RuntimeError`` where its
+  optional library is missing. The save leaves that module out (reported) instead of failing,
+  ``exclude_modules`` keeps the capture from ever importing it, and the branch raises the same
+  error at load only when it runs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable
+
+import pytest
+from test_real_code import Pipeline, RealProject, outcome, run_project
+
+PIPELINES: dict[str, Pipeline] = {
+    "optional_gpu": Pipeline(
+        save_code="""
+        import os
+
+        from sklearn.linear_model import LinearRegression
+
+        from scorer import serve
+
+        X, y = regression_data(n=40, d=2, seed=3)
+        model = LinearRegression().fit(X, y)
+        rows = [[1.0, 2.0], [0.5, -1.0]]
+        cases = [{"rows": rows}, {"rows": rows[:1]}]
+        sentinel = os.environ["SCORER_GPU_SENTINEL"]
+
+
+        def gpu_imports():
+            if not os.path.exists(sentinel):
+                return 0
+            with open(sentinel, encoding="utf-8") as f:
+                return len(f.read().split())
+
+
+        verified = {"verify": True, "input_example": cases[0]}
+        save("excluded", serve.predict, {"model": model}, cases,
+             exclude_modules=["scorer.gpu"], **verified)
+        attempt("gpu_imports_after_excluded", gpu_imports)
+        save("untaken", serve.predict, {"model": model}, cases, **verified)
+        save("guarded", serve.predict_guarded, {"model": model}, cases)
+        """,
+        save_env={"SCORER_GPU_SENTINEL": "{root}/gpu_imported"},
+        after_load="""
+        def gpu_branch():
+            bundle = cloudflow.load_bundle(spec["bundles"]["untaken"])
+            try:
+                bundle.predict(rows=[[1.0, 2.0]], use_gpu=True)
+            except BaseException as e:
+                return {"type": type(e).__name__, "message": str(e), "cause": str(e.__cause__)}
+            return None
+
+
+        attempt("gpu_branch", gpu_branch)
+        """,
+    ),
+}
+GPU_ERROR = "scorer.gpu needs the optional library fastgpu_kernels_not_installed"
+
+
+@pytest.fixture(scope="session")
+def edge_projects(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Callable[[], RealProject]]:
+    """Every project of PIPELINES saved and loaded, two at a time; name -> getter."""
+    roots = {name: tmp_path_factory.mktemp(name) for name in PIPELINES}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {
+            name: pool.submit(run_project, name, pipeline, roots[name])
+            for name, pipeline in PIPELINES.items()
+        }
+        concurrent.futures.wait(futures.values())
+    return {name: future.result for name, future in futures.items()}
+
+
+@pytest.fixture
+def project(request: pytest.FixtureRequest, edge_projects: dict) -> RealProject:
+    return edge_projects[request.param]()
+
+
+def on(name: str) -> pytest.MarkDecorator:
+    """Run the test with ``project`` = the fixture project ``name``."""
+    return pytest.mark.parametrize("project", [name], indirect=True)
+
+
+# --- imports on branches never taken -----------------------------------------------------------
+
+
+@on("optional_gpu")
+def test_an_excluded_body_import_is_never_imported_by_the_capture(project: RealProject) -> None:
+    assert outcome(project.saved, "gpu_imports_after_excluded") == 0
+    project.assert_loads_and_predicts("excluded")
+    assert "scorer.gpu" not in project.captured("excluded")
+    assert "scorer.gpu" not in project.manifest("excluded")["captured_globals"]
+
+
+@on("optional_gpu")
+def test_a_body_import_failing_at_save_is_left_out_and_reported(project: RealProject) -> None:
+    project.assert_loads_and_predicts("untaken")
+    assert {"scorer.serve", "scorer.cpu"} <= project.captured("untaken")
+    assert "scorer.gpu" not in project.captured("untaken")
+    report = project.manifest("untaken")["captured_globals"]
+    assert report["scorer.gpu"] == {"not_imported": f"RuntimeError: {GPU_ERROR}"}
+
+
+@on("optional_gpu")
+def test_the_untaken_branch_raises_the_same_error_at_load_when_it_runs(
+    project: RealProject,
+) -> None:
+    raised = outcome(project.loaded, "gpu_branch")
+    assert raised is not None, "the GPU branch ran at load without its module"
+    assert (raised["type"], raised["message"]) == ("RuntimeError", GPU_ERROR)
+    assert "'scorer.gpu' is not in this bundle" in raised["cause"]
+
+
+@on("optional_gpu")
+def test_code_catching_the_import_error_behaves_as_before_saving(project: RealProject) -> None:
+    assert project.expected("guarded")[0]["device"] == f"cpu ({GPU_ERROR})"
+    project.assert_loads_and_predicts("guarded")
