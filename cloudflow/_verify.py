@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,12 @@ except BaseException as e:
     result["message"] = str(e)
     result["module"] = getattr(e, "name", None) if isinstance(e, ImportError) else None
     result["traceback"] = traceback.format_exc()[-4000:]
+    try:
+        from cloudflow._verify import library_import_failure
+
+        result["library"] = library_import_failure(e)
+    except BaseException:
+        pass
 try:
     from cloudflow._verify import outside_reads
 
@@ -320,6 +327,97 @@ def _explain_reads(reads: Sequence[dict[str, Any]], result: dict[str, Any]) -> s
     return " ".join(parts) + " Nothing was saved."
 
 
+def library_import_failure(error: BaseException) -> dict[str, Any] | None:
+    """Where an installed library failed to import, if that is what ``error`` is.
+
+    An ``ImportError`` raised by the body of a module of site-packages or the standard library
+    (``from pandas.tseries.frequencies import DateOffset`` in pandera), or by a plain "cannot
+    import name" inside one of their functions, is the environment's problem: the capture could
+    not have helped. A ``ModuleNotFoundError`` raised by a library's function (cloudpickle
+    importing a module by name for the bundle, say) is not: the module may be one of the user's
+    that the capture missed. Returns ``{"library", "missing", "chain", "where"}`` or None.
+    """
+    from cloudflow import _capture
+
+    if not isinstance(error, ImportError):
+        return None
+    frames = [
+        frame
+        for frame, _ in traceback.walk_tb(error.__traceback__)
+        if os.path.isabs(frame.f_code.co_filename)
+    ]
+    if not frames:
+        return None
+    last = frames[-1]
+
+    def top(frame: Any) -> str:
+        return str(frame.f_globals.get("__name__") or "").partition(".")[0]
+
+    library, filename = top(last), last.f_code.co_filename
+    in_library = _capture._under(filename, _capture._library_dirs())
+    body = last.f_code.co_name == "<module>"
+    if not library or library == "cloudflow" or not in_library:
+        return None
+    if not body and type(error) is not ImportError:
+        return None
+    chain: list[str] = []
+    for frame in frames:  # the module bodies being imported, outermost first
+        name = top(frame)
+        importing = frame.f_code.co_name == "<module>"
+        if importing and name and name not in ("cloudflow", *chain, *sys.stdlib_module_names):
+            chain.append(name)
+    missing = error.name or ""
+    return {
+        "library": library,
+        "missing": missing,
+        "chain": chain or [library],
+        "where": f"{_library_relative(filename)}, line {last.f_lineno}",
+    }
+
+
+def _library_relative(filename: str) -> str:
+    from cloudflow import _capture
+
+    real = os.path.realpath(filename)
+    for folder in sorted(_capture._library_dirs(), key=len, reverse=True):  # the deepest first
+        if real.startswith(folder):
+            return real[len(folder) :]
+    return os.path.basename(filename)
+
+
+def _explain_library(result: dict[str, Any], stage: str) -> str:
+    """The message for an installed library that fails to import in a fresh interpreter."""
+    from cloudflow import _capture
+
+    found = result["library"]
+    library, missing = str(found["library"]), str(found.get("missing") or "")
+    source = missing.partition(".")[0]
+    tops = {library, source} - {""} - set(sys.stdlib_module_names)
+    dists = _capture.top_level_names_to_distributions(tops)
+
+    def named(top: str) -> str:
+        dist = dists.get(top)
+        version = _capture.distribution_version(dist) if dist else None
+        return f"{top!r} ({dist} {version})" if dist and version else repr(top)
+
+    chain = [str(c) for c in found.get("chain") or []]
+    through = f", imported through {' -> '.join(chain)}" if len(chain) > 1 else ""
+    fails = (
+        f"fails to import from {named(source)}"
+        if source and source != library
+        else ("fails to import")
+    )
+    return (
+        f"The bundle does not load in a clean process: {stage} raised {result.get('type')}: "
+        f"{result.get('message')}. This is not a module the capture missed: the installed "
+        f"library {named(library)} {fails} in a fresh interpreter ({found.get('where')}"
+        f"{through}). The environment's libraries do not work together (the saving process "
+        "imported them in another order, or one was upgraded since): install versions of "
+        f"{' and '.join(repr(t) for t in sorted(tops))} that do, and check with "
+        f"python -c 'import {chain[0] if chain else library}'. Nothing was saved."
+    )
+
+
 def _explain(result: dict[str, Any]) -> str:
     stage = {
         "load": "loading the bundle",
@@ -329,6 +427,8 @@ def _explain(result: dict[str, Any]) -> str:
     }.get(str(result.get("stage")), str(result.get("stage")))
     error = f"{result.get('type')}: {result.get('message')}"
     module = result.get("module")
+    if result.get("library"):
+        return _explain_library(result, stage)
     if module:
         top = str(module).partition(".")[0]
         return (

@@ -15,10 +15,20 @@ test_real_code.py, with projects of its own so that its session fixture stays as
 from __future__ import annotations
 
 import concurrent.futures
+import textwrap
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
-from test_real_code import Pipeline, RealProject, outcome, run_project
+from test_real_code import (
+    Pipeline,
+    RealProject,
+    child_venv,
+    outcome,
+    run_project,
+    run_python,
+    write_files,
+)
 
 PIPELINES: dict[str, Pipeline] = {
     "optional_gpu": Pipeline(
@@ -127,3 +137,91 @@ def test_the_untaken_branch_raises_the_same_error_at_load_when_it_runs(
 def test_code_catching_the_import_error_behaves_as_before_saving(project: RealProject) -> None:
     assert project.expected("guarded")[0]["device"] == f"cpu ({GPU_ERROR})"
     project.assert_loads_and_predicts("guarded")
+
+
+# --- an installed library that fails to import in a fresh interpreter ----------------------------
+
+#: Two installed libraries, shaped like pandera and pandas 3: ``fraglib`` imports a name that
+#: ``basekit.frequencies`` only has after ``basekit.compat`` was imported (as pandera imported
+#: only after mlflow had pulled in what it needed). Installed into a venv's site-packages, with
+#: their distribution metadata.
+BROKEN_LIBRARIES = {
+    "basekit/__init__.py": '"""Stands for a data library whose names moved between versions."""\n',
+    "basekit/frequencies.py": '"""DateOffset is no longer defined here."""\n',
+    "basekit/compat.py": """
+        from . import frequencies
+
+        frequencies.DateOffset = type("DateOffset", (), {})
+    """,
+    "basekit-3.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: basekit\nVersion: 3.0\n",
+    "basekit-3.0.dist-info/top_level.txt": "basekit\n",
+    "fraglib/__init__.py": """
+        from basekit.frequencies import DateOffset  # noqa: F401
+
+
+        def halve(values):
+            return [v / 2 for v in values]
+    """,
+    "fraglib-0.9.dist-info/METADATA": "Metadata-Version: 2.1\nName: fraglib\nVersion: 0.9\n",
+    "fraglib-0.9.dist-info/top_level.txt": "fraglib\n",
+}
+BROKEN_USER_CODE = {
+    "halver.py": """
+        import fraglib
+
+
+        def predict(rows):
+            return fraglib.halve(rows)
+    """
+}
+BROKEN_SAVE = """
+import sys
+from pathlib import Path
+
+import basekit.compat  # the saving program imported it first, through another library
+
+import cloudflow
+import halver
+
+out = Path(sys.argv[1])
+
+
+def save():
+    try:
+        cloudflow.save_bundle(
+            halver.predict, {}, out / "bundle", verify=True, input_example={"rows": [2.0]}
+        )
+    except cloudflow.CloudflowError as e:
+        return {"error": type(e).__name__, "message": str(e)}
+    return {"error": None}
+
+
+attempt("answer", lambda: halver.predict([2.0]))
+attempt("save", save)
+attempt("exists", lambda: (out / "bundle").exists())
+emit(results)
+"""
+
+
+@pytest.mark.slow
+def test_a_library_failing_to_import_is_blamed_not_the_capture(tmp_path: Path) -> None:
+    python, purelib = child_venv(tmp_path / "venv")
+    write_files(purelib, BROKEN_LIBRARIES)
+    project = tmp_path / "project"
+    write_files(project, BROKEN_USER_CODE)
+    saved = run_python(python, textwrap.dedent(BROKEN_SAVE), cwd=project, args=[str(tmp_path)])
+    assert outcome(saved, "answer") == [1.0]
+    refused = outcome(saved, "save")
+    message = refused["message"]
+    assert refused["error"] == "CaptureError", message
+    assert (
+        "the installed library 'fraglib' (fraglib 0.9) fails to import from 'basekit' "
+        "(basekit 3.0) in a fresh interpreter"
+    ) in message, message
+    assert "cannot import name 'DateOffset' from 'basekit.frequencies'" in message
+    assert "(fraglib/__init__.py, line 2)" in message
+    assert "install versions of 'basekit' and 'fraglib' that do" in message
+    assert "include_modules" not in message
+    assert "missed the module" not in message
+    assert message.endswith("Nothing was saved.")
+    assert outcome(saved, "exists") is False
