@@ -118,16 +118,26 @@ try:
             result["example_skipped"] = f"{type(e).__name__}: {e}"
         else:
             result["stage"] = "predict"
-            # The example runs from the saving working directory, as it ran in the saving
-            # process: every file it reads there is seen (and named), not just the first one.
+            # The example runs from another folder than the saving one, as the bundle will
+            # anywhere else: a path relative to the working directory that the bundle does not
+            # redirect fails here, as it would there.
             sys.addaudithook(watch_reads)
-            os.chdir(saving_cwd)
             watching[0] = True
             try:
                 CloudflowPyfunc(loaded).predict(example)
+            except BaseException:
+                # Run it again from the saving working directory, where it ran before, only to
+                # see (and name) every file it reads there, not just the first one missing.
+                os.chdir(saving_cwd)
+                try:
+                    CloudflowPyfunc(loaded).predict(example)
+                except BaseException:
+                    pass
+                finally:
+                    os.chdir(scratch_cwd)
+                raise
             finally:
                 watching[0] = False
-                os.chdir(scratch_cwd)
     result["ok"] = True
 except BaseException as e:
     result["type"] = type(e).__name__
@@ -144,7 +154,12 @@ try:
     from cloudflow._verify import outside_reads
 
     result["outside"] = outside_reads(
-        reads, saving_cwd, bundle, loaded_files(loaded), os.path.dirname(result_file)
+        reads,
+        saving_cwd,
+        bundle,
+        loaded_files(loaded),
+        os.path.dirname(result_file),
+        scratch_cwd=scratch_cwd,
     )
 except NameError:  # the bundle did not load
     result["outside"] = []
@@ -254,12 +269,20 @@ _SOURCE_SUFFIXES = (".py", ".pyc", ".pyi", ".pth")  # linecache, warnings: never
 
 
 def outside_reads(
-    reads: Sequence[str], saving_cwd: str, bundle: str, files: Any, result_file_dir: str
+    reads: Sequence[str],
+    saving_cwd: str,
+    bundle: str,
+    files: Any,
+    result_file_dir: str,
+    *,
+    scratch_cwd: str = "",
 ) -> list[dict[str, Any]]:
     """The files and folders ``reads`` (paths opened in the clean process) left out of the bundle.
 
     A relative path is looked up from the saving working directory, where the function ran
-    before; what does not exist there is not a file the save missed. Files of installed
+    before, and so is a path inside ``scratch_cwd`` (the clean process's working directory:
+    ``os.getcwd()`` there stands for the saving one); what does not exist there is not a file
+    the save missed. Files of installed
     libraries, the standard library, the interpreter, the bundle and the system are not data.
     Each is ``{"path": as opened, "found": the saving machine's path, "bundled": whether it is
     the original of a bundled file (read through a call the bundle does not redirect)}``.
@@ -279,6 +302,8 @@ def outside_reads(
         if path.endswith(_SOURCE_SUFFIXES):
             continue
         here = path if os.path.isabs(path) else os.path.join(saving_cwd, path)
+        if scratch_cwd and (here == scratch_cwd or here.startswith(scratch_cwd + os.sep)):
+            here = os.path.join(saving_cwd, os.path.relpath(here, scratch_cwd))
         real = os.path.realpath(here)
         if real in seen or not os.path.exists(real):
             continue

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import UserModules
 from test_real_code import (
     Pipeline,
     RealProject,
@@ -29,6 +30,8 @@ from test_real_code import (
     run_python,
     write_files,
 )
+
+import cloudflow
 
 PIPELINES: dict[str, Pipeline] = {
     "optional_gpu": Pipeline(
@@ -72,6 +75,20 @@ PIPELINES: dict[str, Pipeline] = {
 
 
         attempt("gpu_branch", gpu_branch)
+        """,
+    ),
+    "relative_paths": Pipeline(
+        save_code="""
+        from sklearn.linear_model import LogisticRegression
+
+        from lexicon import score
+
+        np.save("weights.npy", np.array([1.0, 1.5, 2.0, -1.0, -2.0, -0.5, 0.5]))
+        model = LogisticRegression().fit([[-2.0], [-1.0], [1.0], [2.0]], [0, 0, 1, 1])
+        cases = [{"texts": ["good and fast", "awful slow bad"]}, {"texts": ["love love great"]}]
+        files = {"vocab.txt": "vocab.txt", "weights.npy": "weights.npy", "data": "data"}
+        save("relative", score.predict, {"model": model}, cases, files=files, verify=True,
+             input_example=cases[0])
         """,
     ),
 }
@@ -225,3 +242,70 @@ def test_a_library_failing_to_import_is_blamed_not_the_capture(tmp_path: Path) -
     assert "missed the module" not in message
     assert message.endswith("Nothing was saved.")
     assert outcome(saved, "exists") is False
+
+
+# --- paths relative to the working directory -----------------------------------------------------
+
+
+@on("relative_paths")
+def test_relative_paths_of_bundled_files_are_found_from_another_folder(
+    project: RealProject,
+) -> None:
+    """``VOCAB = "vocab.txt"`` read with ``os.path.isfile`` and ``open``, ``WEIGHTS`` read by
+    ``np.load`` and a ``"data/bias.csv"`` constant read by ``np.loadtxt``, loaded elsewhere."""
+    assert [answer["vocab_size"] for answer in project.expected("relative")] == [7, 7]
+    project.assert_loads_and_predicts("relative")
+
+
+WORDS_AND_PATHS = {
+    "paths_or_words.py": """
+        import os
+        from pathlib import Path
+
+        FOLDER = "data"  # a bare word: also a dict key and a name below, never taken for a path
+        COLUMNS = {"data": 1, "vocab": 2}
+        VOCAB = "vocab.txt"
+        TABLE = Path("data") / "table.csv"
+        MISSING = "data/missing.csv"
+
+
+        def predict(key):
+            return {
+                "folder": FOLDER,
+                "column": COLUMNS[key],
+                "vocab": os.path.isfile(VOCAB),
+                "vocab_is_copy": os.path.isabs(VOCAB),
+                "table": TABLE.read_text().strip(),
+                "in_code": open("data/table.csv").read().strip(),
+                "missing": MISSING,
+            }
+    """
+}
+
+
+def test_only_path_shaped_relative_strings_of_bundled_files_are_redirected(
+    user_modules: UserModules, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user_modules.write(WORDS_AND_PATHS)
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "table.csv").write_text("1,2\n")
+    (project / "vocab.txt").write_text("good bad\n")
+    monkeypatch.chdir(project)
+    import paths_or_words
+
+    expected = paths_or_words.predict("data")
+    cloudflow.save_bundle(
+        paths_or_words.predict,
+        {},
+        tmp_path / "bundle",
+        files={"data": "data", "vocab.txt": "vocab.txt"},
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    got = cloudflow.load_bundle(tmp_path / "bundle").predict(key="data")
+    assert expected["vocab_is_copy"] is False
+    assert {**got, "vocab_is_copy": False} == expected
+    assert got["vocab_is_copy"] is True
+    assert paths_or_words.VOCAB == "vocab.txt"  # the saving process's module is untouched
