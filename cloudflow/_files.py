@@ -34,6 +34,7 @@ import secrets
 import shutil
 import stat
 import sys
+import tempfile
 import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -341,6 +342,94 @@ def copy_files(data: Path, files: Mapping[str, Path]) -> SavedFiles:
                 saved.mounts.setdefault(folder, inside)
                 saved.keys.setdefault(_key(saved.salt, "abs", folder), inside)
     return saved
+
+
+# --- paths the saved code names that the bundle does not carry ------------------------------------
+
+#: Never data: devices, kernel and system folders (as the clean-process check rules them out).
+_SYSTEM_PREFIXES = (
+    "/dev/",
+    "/proc/",
+    "/sys/",
+    "/etc/",
+    "/run/",
+    "/bin/",
+    "/sbin/",
+    "/lib/",
+    "/lib64/",
+    "/usr/bin/",
+    "/usr/lib/",
+    "/usr/share/",
+)
+_SOURCE_SUFFIXES = (".py", ".pyc", ".pyi", ".pth", ".so", ".pyd")
+
+
+def unbundled_paths(
+    values: Mapping[str, bool],
+    *,
+    cwd: str,
+    bundle: Path,
+    modules: Mapping[str, types.ModuleType],
+) -> list[tuple[str, bool]]:
+    """The path values saved code holds that name a file or folder here the bundle lacks.
+
+    ``values`` are the strings of the code pickle that no ``files=`` entry covers, each with
+    whether it was a ``pathlib`` path. Kept, once per real path and in order: an absolute path,
+    or a relative one from ``cwd`` (a string only if shaped like a path: :func:`looks_like_path`)
+    that exists, and is
+    none of: the interpreter's or an installed library's, a system folder, the bundle or a
+    folder holding it (its store), source code, a folder of the captured modules' source (a
+    package folder, the folder the project is imported from), or inside another folder kept.
+    Returns ``(as written, is_folder)``.
+    """
+    from cloudflow import _capture
+
+    not_data = {
+        os.path.realpath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)
+    }
+    not_data.update(_capture._library_dirs())
+    own = os.path.realpath(bundle)
+    code_folders: set[str] = set()
+    for module in modules.values():
+        root = _capture.import_root(module)
+        for location in _capture.module_locations(module):
+            folder = os.path.realpath(location)
+            folder = folder if os.path.isdir(folder) else os.path.dirname(folder)
+            while root is not None and folder.startswith(root) and folder not in code_folders:
+                code_folders.add(folder)
+                folder = os.path.dirname(folder)
+    special = {os.sep, os.path.realpath(os.path.expanduser("~")), os.path.realpath(cwd)}
+    special.add(os.path.realpath(tempfile.gettempdir()))
+    found: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for text, is_path in values.items():
+        absolute = os.path.isabs(text)
+        if not absolute and not is_path and not looks_like_path(text):
+            continue
+        if text.endswith(_SOURCE_SUFFIXES) or "://" in text:
+            continue
+        try:
+            real = os.path.realpath(text if absolute else os.path.join(cwd, text))
+            exists = os.path.exists(real)
+        except (OSError, ValueError):
+            continue
+        if not exists or real in seen:
+            continue
+        seen.add(real)
+        if (
+            real in special
+            or real in code_folders
+            or (real + os.sep).startswith(tuple(not_data))
+            or real.startswith(_SYSTEM_PREFIXES)
+            or real == own
+            or real.startswith(own + os.sep)
+            or own.startswith(real + os.sep)
+        ):
+            continue
+        found.append((text, real))
+    # A path inside a folder that is named too: bundling the folder covers it.
+    folders = tuple(real + os.sep for _, real in found if os.path.isdir(real))
+    return [(text, os.path.isdir(real)) for text, real in found if not real.startswith(folders)]
 
 
 # --- loading -------------------------------------------------------------------------------------

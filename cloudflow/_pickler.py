@@ -41,7 +41,7 @@ import types
 import typing
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, BinaryIO
 
 import cloudpickle
@@ -723,6 +723,9 @@ class CaptureSession:
         self.written: dict[str, set[str]] = {}
         self._reached: list[types.FunctionType] = []
         self._computed_imports: set[str] = set()
+        # Strings and pathlib paths (True) of the code pickle no files= entry covers, in order:
+        # those that name a file or folder here are reported (see _files.unbundled_paths).
+        self.path_values: dict[str, bool] = {}
         # Module -> the error importing it raised: a body import whose module fails to import
         # here is left out (see _capture.import_reached); the report and the load name it.
         self.not_imported: dict[str, str] = {}
@@ -1184,6 +1187,11 @@ class _BundlePickler(cloudpickle.Pickler):
                 found = files.bundled(obj)
                 if found is not None:
                     return (_FILE_PID, *found)
+            if type(obj) is str:
+                if "/" in obj or "." in obj:
+                    self.session.path_values.setdefault(obj, False)
+            elif isinstance(obj, PurePath):
+                self.session.path_values[str(obj)] = True
         return None
 
     def reducer_override(self, obj: Any) -> Any:
@@ -1354,7 +1362,13 @@ class _BundlePickler(cloudpickle.Pickler):
         filename = _relative_code_path(code.co_filename, self.session)
         tables = self.session.code_tables
         if tables is not None:
-            # A portable bundle: a reference into the code table of the loading version.
+            # A portable bundle: a reference into the code table of the loading version. Its
+            # constants are not in the pickle: their paths are noted here.
+            if self.owner:
+                for sub in _capture._code_objects(code):
+                    for const in sub.co_consts:
+                        if type(const) is str and ("/" in const or "." in const):
+                            self.session.path_values.setdefault(const, False)
             rewritten = _rewrite_tree(code, filename, self.session.strip_docstrings)
             where = self._owners.get(id(code), code.co_name)
             key = tables.key_for(code, filename, rewritten, where)

@@ -314,14 +314,18 @@ def outside_reads(
     return out
 
 
-def _suggest(reads: Sequence[dict[str, Any]]) -> str:
+def suggest_files(paths: Sequence[str]) -> str:
+    """The ``files=`` argument that bundles ``paths``: ``files={'labels': 'data/labels.json'}``."""
     names: dict[str, str] = {}
-    for read in reads:
-        stem = Path(read["path"]).stem.replace(" ", "_") or "data"
+    for path in paths:
+        stem = "".join(
+            c if c.isascii() and (c.isalnum() or c in "_-.") else "_" for c in Path(path).stem
+        )
+        stem = stem.lstrip(".") or "data"
         name, n = stem, 2
         while name in names:
             name, n = f"{stem}{n}", n + 1
-        names[name] = read["path"]
+        names[name] = path
     return "files={" + ", ".join(f"{k!r}: {v!r}" for k, v in names.items()) + "}"
 
 
@@ -337,7 +341,8 @@ def _explain_reads(reads: Sequence[dict[str, Any]], result: dict[str, Any]) -> s
         parts.append(
             f"verify=True: running the input example, the predict function read "
             f"{listed}, which the bundle does not hold: loaded anywhere else it would not find "
-            f"{'it' if len(missing) == 1 else 'them'}. Bundle them: {_suggest(missing)}."
+            f"{'it' if len(missing) == 1 else 'them'}. Bundle them: "
+            f"{suggest_files([r['path'] for r in missing])}."
         )
     if bypass:
         listed = ", ".join(repr(r["path"]) for r in bypass)

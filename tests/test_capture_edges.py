@@ -78,7 +78,7 @@ PIPELINES: dict[str, Pipeline] = {
         """,
     ),
     "relative_paths": Pipeline(
-        save_code="""
+        save_code=r"""
         from sklearn.linear_model import LogisticRegression
 
         from lexicon import score
@@ -89,6 +89,26 @@ PIPELINES: dict[str, Pipeline] = {
         files = {"vocab.txt": "vocab.txt", "weights.npy": "weights.npy", "data": "data"}
         save("relative", score.predict, {"model": model}, cases, files=files, verify=True,
              input_example=cases[0])
+
+        # Without files= and without an input example: the save can only warn, once per path,
+        # and the files= it suggests is what makes the bundle work elsewhere.
+        import ast
+        import logging
+        import re
+
+        class Collect(logging.Handler):
+            def emit(self, record):
+                warned.append(record.getMessage())
+
+        warned = []
+        logging.getLogger("cloudflow").addHandler(Collect(logging.WARNING))
+        save("unbundled", score.predict, {"model": model}, cases)
+        results["warned"] = {"ok": True, "value": warned}
+        suggested = {}
+        for message in warned:
+            for found in re.findall(r"files=(\{.*?\})", message):
+                suggested.update(ast.literal_eval(found))
+        save("suggested", score.predict, {"model": model}, cases, files=suggested)
         """,
     ),
 }
@@ -123,6 +143,7 @@ def on(name: str) -> pytest.MarkDecorator:
 # --- imports on branches never taken -----------------------------------------------------------
 
 
+@pytest.mark.slow
 @on("optional_gpu")
 def test_an_excluded_body_import_is_never_imported_by_the_capture(project: RealProject) -> None:
     assert outcome(project.saved, "gpu_imports_after_excluded") == 0
@@ -131,6 +152,7 @@ def test_an_excluded_body_import_is_never_imported_by_the_capture(project: RealP
     assert "scorer.gpu" not in project.manifest("excluded")["captured_globals"]
 
 
+@pytest.mark.slow
 @on("optional_gpu")
 def test_a_body_import_failing_at_save_is_left_out_and_reported(project: RealProject) -> None:
     project.assert_loads_and_predicts("untaken")
@@ -140,6 +162,7 @@ def test_a_body_import_failing_at_save_is_left_out_and_reported(project: RealPro
     assert report["scorer.gpu"] == {"not_imported": f"RuntimeError: {GPU_ERROR}"}
 
 
+@pytest.mark.slow
 @on("optional_gpu")
 def test_the_untaken_branch_raises_the_same_error_at_load_when_it_runs(
     project: RealProject,
@@ -150,6 +173,7 @@ def test_the_untaken_branch_raises_the_same_error_at_load_when_it_runs(
     assert "'scorer.gpu' is not in this bundle" in raised["cause"]
 
 
+@pytest.mark.slow
 @on("optional_gpu")
 def test_code_catching_the_import_error_behaves_as_before_saving(project: RealProject) -> None:
     assert project.expected("guarded")[0]["device"] == f"cpu ({GPU_ERROR})"
@@ -247,6 +271,7 @@ def test_a_library_failing_to_import_is_blamed_not_the_capture(tmp_path: Path) -
 # --- paths relative to the working directory -----------------------------------------------------
 
 
+@pytest.mark.slow
 @on("relative_paths")
 def test_relative_paths_of_bundled_files_are_found_from_another_folder(
     project: RealProject,
@@ -309,3 +334,78 @@ def test_only_path_shaped_relative_strings_of_bundled_files_are_redirected(
     assert {**got, "vocab_is_copy": False} == expected
     assert got["vocab_is_copy"] is True
     assert paths_or_words.VOCAB == "vocab.txt"  # the saving process's module is untouched
+
+
+# --- files the code names that files= does not carry --------------------------------------------
+
+
+def _named_files_module(shared: Path) -> dict[str, str]:
+    return {
+        "named_files/__init__.py": "",
+        "named_files/serve.py": f"""
+            import os
+            from pathlib import Path
+
+            HERE = Path(__file__).resolve().parent  # the package's folder: code, not data
+            VOCAB = "vocab.txt"  # relative, exists, not bundled
+            TABLE = "data/table.csv"  # inside a bundled folder
+            MODELS = Path("models")  # a relative pathlib folder, exists, not bundled
+            SHARED = {str(shared)!r}  # absolute, outside the project, not bundled
+            DEVICE = "/dev/null"  # the system's
+            LIBRARY = os.path.dirname(os.__file__)  # the interpreter's
+            GONE = "missing/nowhere.txt"  # exists nowhere
+            STORE = "./store"  # where the bundle itself is saved
+
+
+            def predict(x):
+                again = "./vocab.txt"  # the same file again: still one warning
+                return [x, str(HERE), VOCAB, TABLE, str(MODELS), SHARED, DEVICE, LIBRARY, GONE,
+                        STORE, again]
+        """,
+    }
+
+
+def test_a_file_the_code_names_but_files_lacks_gets_one_warning(
+    user_modules: UserModules,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    shared = tmp_path / "shared" / "synonyms.json"
+    shared.parent.mkdir()
+    shared.write_text("{}")
+    user_modules.write(_named_files_module(shared))
+    project = tmp_path / "project"
+    for folder in ("data", "models", "store"):
+        (project / folder).mkdir(parents=True)
+    (project / "data" / "table.csv").write_text("1,2\n")
+    (project / "vocab.txt").write_text("good bad\n")
+    monkeypatch.chdir(project)
+    from named_files import serve
+
+    with caplog.at_level("WARNING", logger="cloudflow"):
+        cloudflow.save_bundle(serve.predict, {}, project / "store" / "b", files={"data": "data"})
+    named = [m for m in caplog.messages if "which the bundle does not" in m]
+    assert len(named) == 3, "\n".join(named)
+    vocab, models, outside = sorted(named, key=lambda m: ("vocab" not in m, "models" not in m))
+    assert "vocab.txt' (a file of this machine, relative to the working directory)" in vocab
+    assert "vocab.txt'}." in vocab
+    assert "save with files={'vocab': " in vocab
+    assert "'models' (a folder of this machine" in models
+    assert "files={'models': 'models'}" in models
+    assert f"files={{'synonyms': {str(shared)!r}}}" in outside
+    assert "relative to the working directory" not in outside
+
+
+@pytest.mark.slow
+@on("relative_paths")
+def test_files_the_code_names_are_warned_once_and_the_suggestion_works(
+    project: RealProject,
+) -> None:
+    warned = [m for m in outcome(project.saved, "warned") if "which the bundle does not" in m]
+    assert len(warned) == 3, "\n".join(warned)
+    for path in ("vocab.txt", "weights.npy", "data/bias.csv"):
+        (message,) = [m for m in warned if f"names {path!r}" in m]
+        assert "relative to the working directory" in message
+        assert f"{path!r}}}." in message  # ends with the files= line that bundles it
+    project.assert_loads_and_predicts("suggested")
