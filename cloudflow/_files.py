@@ -200,6 +200,8 @@ class SavedFiles:
     folders: set[str] = field(default_factory=set)  # mounts that are folders (entries only)
     #: The saving working directory: relative path values are read from there.
     cwd: str = ""
+    #: Relative path value -> what :meth:`bundled` found (the pickler asks for every string).
+    _relative: dict[str, str | None] = field(default_factory=dict, repr=False)
 
     def __bool__(self) -> bool:
         return bool(self.entries)
@@ -223,16 +225,22 @@ class SavedFiles:
         else:
             return None
         text = str(value)
-        if not os.path.isabs(text):
-            if not self.cwd or not (kind != "str" or looks_like_path(text)):
-                return None
-            text = os.path.join(self.cwd, text)
-            if not os.path.exists(text):
-                return None
+        if os.path.isabs(text):
+            rel = self._find(text)
+        elif not self.cwd or not (kind != "str" or looks_like_path(text)):
+            return None
+        elif text in self._relative:
+            rel = self._relative[text]
+        else:
+            joined = os.path.join(self.cwd, text)
+            rel = self._relative[text] = self._find(joined) if os.path.exists(joined) else None
+        return None if rel is None else (kind, rel)
+
+    def _find(self, text: str) -> str | None:
         rel = self._lookup(_normal(text))
         if rel is None and os.path.exists(text):
             rel = self._lookup(os.path.realpath(text))
-        return None if rel is None else (kind, rel)
+        return rel
 
     def _lookup(self, path: str) -> str | None:
         found = self.mounts.get(path)

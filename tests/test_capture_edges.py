@@ -15,6 +15,7 @@ test_real_code.py, with projects of its own so that its session fixture stays as
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ from test_real_code import (
 )
 
 import cloudflow
+from cloudflow import _files
 
 PIPELINES: dict[str, Pipeline] = {
     "optional_gpu": Pipeline(
@@ -334,6 +336,16 @@ def test_only_path_shaped_relative_strings_of_bundled_files_are_redirected(
     assert {**got, "vocab_is_copy": False} == expected
     assert got["vocab_is_copy"] is True
     assert paths_or_words.VOCAB == "vocab.txt"  # the saving process's module is untouched
+
+    # A portable bundle's code comes from a code table: its constants are rewritten at load.
+    data = tmp_path / "bundle" / "cloudflow"
+    manifest = json.loads((data / "manifest.json").read_text(encoding="utf-8"))
+    resolver = _files.Resolver(data, manifest["data_files"])
+    consts = resolver.rewrite_code(paths_or_words.predict.__code__).co_consts
+    assert str(data / "files" / "named" / "data" / "table.csv") in consts
+    assert "data/table.csv" not in consts
+    words = compile("x = {'data': 1}['data']; y = 'data/missing.csv'", "<words>", "exec")
+    assert resolver.rewrite_code(words) is words  # a bare word, a path that exists nowhere
 
 
 # --- files the code names that files= does not carry --------------------------------------------
