@@ -552,6 +552,7 @@ def _write_into(
         _logger.info("Saved model %r (%s) in %.2f s", name, flavor.name, time.perf_counter() - t0)
         _progress.advance(f"model {name}")
     session.dump_code(predict_fn, data / CODE_FILE)
+    _warn_unbundled(session, root)
     python_versions = [".".join(platform.python_version().split(".")[:2])]
     if session.code_tables is not None:
         tables, python_versions = session.code_tables.build()
@@ -590,6 +591,30 @@ def _write_into(
     )
     (data / _manifest.MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
     return manifest
+
+
+def _warn_unbundled(session: CaptureSession, root: Path) -> None:
+    """One warning per file or folder of this machine the saved code names but ``files=`` lacks.
+
+    Without an input example the clean-process check has nothing to call, so a data file the
+    function reads when it runs would otherwise only be missed where the bundle loads.
+    """
+    from cloudflow._verify import suggest_files
+
+    found = _files.unbundled_paths(
+        session.path_values, cwd=os.getcwd(), bundle=root, modules=session.captured
+    )
+    for text, is_folder in found:
+        where = "" if os.path.isabs(text) else ", relative to the working directory"
+        _logger.warning(
+            "The saved code names %r (a %s of this machine%s), which the bundle does not "
+            "carry: where it loads, that path leads nowhere. If the function reads it when it "
+            "runs, save with %s.",
+            text,
+            "folder" if is_folder else "file",
+            where,
+            suggest_files([text]),
+        )
 
 
 def _provenance_of(captured: Iterable[str]) -> dict[str, Any]:

@@ -238,12 +238,14 @@ def resolve_import(name: str, level: int, package: str | None) -> str | None:
     return f"{base}.{name}" if name else base
 
 
-def import_reached(name: str) -> types.ModuleType | None:
+def import_reached(name: str, failed: dict[str, str] | None = None) -> types.ModuleType | None:
     """Import a user module that a function's code imports at call time, at save time instead.
 
     Only user modules are imported here (third-party ones are named in requirements without being
-    imported); a module that fails to import is reported and skipped, since the import statement may
-    sit behind a condition that never holds.
+    imported). A module that fails to import, with any exception, is left out and reported (into
+    ``failed``, module -> the error, when given): the import statement may sit behind a condition
+    that never holds (``if cuda: from .gpu import kernel``, where ``gpu`` raises without its
+    optional library), and then it must not fail the save.
     """
     module = sys.modules.get(name)
     if module is not None:
@@ -252,21 +254,29 @@ def import_reached(name: str) -> types.ModuleType | None:
         return None
     try:
         return importlib.import_module(name)
-    except ImportError as e:
+    except Exception as e:
+        error = f"{type(e).__name__}: {e}"
         _logger.warning(
-            "A function imports %r at call time, but it cannot be imported: %s", name, e
+            "A function imports %r at call time, but importing it here raised %s; it is left "
+            "out of the bundle (where that import runs, it fails again).",
+            name,
+            error,
         )
+        if failed is not None:
+            failed.setdefault(name, error)
         return None
 
 
-def submodule(package: types.ModuleType, item: str) -> types.ModuleType | None:
+def submodule(
+    package: types.ModuleType, item: str, failed: dict[str, str] | None = None
+) -> types.ModuleType | None:
     """``package.item`` if it is a module (imported if it is a user submodule not loaded yet)."""
     value = getattr(package, item, None)
     if isinstance(value, types.ModuleType):
         return value
     if value is not None or not hasattr(package, "__path__"):
         return None
-    return import_reached(f"{package.__name__}.{item}")
+    return import_reached(f"{package.__name__}.{item}", failed)
 
 
 # Import name -> distribution, as found so far in this process. Names no distribution provides are

@@ -13,8 +13,11 @@ At load the saved paths lead to the copies, without the code knowing where the b
 - the builtin ``open`` of the bundle's code maps a saved path (absolute, relative to the saving
   working directory, or inside a bundled folder) to its copy, for reads;
 - path values the code holds (module globals, closure cells, defaults, constants; ``str`` or
-  :mod:`pathlib` paths) that name a bundled file or folder by absolute path, lie inside one, or
-  are a folder of your project above one, are rewritten to the copies when the code is loaded;
+  :mod:`pathlib` paths) that name a bundled file or folder by absolute path or by a path
+  relative to the saving working directory (a string only if shaped like a path:
+  ``vocab.txt``, ``data/labels``), lie inside one, or are a folder of your project above one,
+  are rewritten to the copies when the code is loaded, so any reader finds them (``os.path``,
+  ``numpy.load``, a C library's own file loader);
 - captured modules get a ``__file__`` inside their project's copy, so
   ``Path(__file__).parent / "labels.json"`` computed at call time finds the copy.
 
@@ -31,6 +34,7 @@ import secrets
 import shutil
 import stat
 import sys
+import tempfile
 import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -67,6 +71,20 @@ def _fspath(value: object) -> str | None:
             return None
         return os.fsdecode(path) if isinstance(path, bytes) else path
     return None
+
+
+def looks_like_path(text: str) -> bool:
+    """Whether a relative string is shaped like a path (``vocab.txt``, ``data/labels``).
+
+    A bare word (``"data"``) is too often a dict key or a name to be taken for the folder of
+    the same name: only a string with a folder separator or a file suffix counts.
+    """
+    if not text or len(text) > 4096 or "\n" in text or "\0" in text:
+        return False
+    if "/" in text or os.sep in text:
+        return True
+    stem, suffix = os.path.splitext(text)
+    return bool(stem) and len(suffix) > 1
 
 
 # --- checking the argument (before anything is written) ----------------------------------------
@@ -180,6 +198,10 @@ class SavedFiles:
     #: Bundle-relative path of a tree -> its saved root (not written: only for module_trees).
     trees: dict[str, str] = field(default_factory=dict)
     folders: set[str] = field(default_factory=set)  # mounts that are folders (entries only)
+    #: The saving working directory: relative path values are read from there.
+    cwd: str = ""
+    #: Relative path value -> what :meth:`bundled` found (the pickler asks for every string).
+    _relative: dict[str, str | None] = field(default_factory=dict, repr=False)
 
     def __bool__(self) -> bool:
         return bool(self.entries)
@@ -187,7 +209,10 @@ class SavedFiles:
     def bundled(self, value: object) -> tuple[str, str] | None:
         """(kind, bundle-relative path) for a path value that leads into the bundle, else None.
 
-        Only absolute paths: a relative string in code ("data") is too often not a path.
+        An absolute path, or a relative one (from the saving working directory) that names a
+        file or folder of the bundle which exists here: a ``pathlib`` path, or a string shaped
+        like a path (:func:`looks_like_path`; a bare word such as ``"data"`` is too often not
+        one).
         """
         if not self.mounts or isinstance(value, bytes):
             return None
@@ -200,12 +225,22 @@ class SavedFiles:
         else:
             return None
         text = str(value)
-        if not os.path.isabs(text):
+        if os.path.isabs(text):
+            rel = self._find(text)
+        elif not self.cwd or not (kind != "str" or looks_like_path(text)):
             return None
+        elif text in self._relative:
+            rel = self._relative[text]
+        else:
+            joined = os.path.join(self.cwd, text)
+            rel = self._relative[text] = self._find(joined) if os.path.exists(joined) else None
+        return None if rel is None else (kind, rel)
+
+    def _find(self, text: str) -> str | None:
         rel = self._lookup(_normal(text))
         if rel is None and os.path.exists(text):
             rel = self._lookup(os.path.realpath(text))
-        return None if rel is None else (kind, rel)
+        return rel
 
     def _lookup(self, path: str) -> str | None:
         found = self.mounts.get(path)
@@ -268,7 +303,7 @@ def _copy(source: Path, target: Path) -> tuple[int, int]:
 
 def copy_files(data: Path, files: Mapping[str, Path]) -> SavedFiles:
     """Copy ``files`` (from :func:`check_files`) into the data folder ``data``."""
-    saved = SavedFiles(salt=secrets.token_hex(16))
+    saved = SavedFiles(salt=secrets.token_hex(16), cwd=os.getcwd())
     if not files:
         return saved
     roots = _candidate_roots([*map(os.path.realpath, files.values()), *map(str, files.values())])
@@ -315,6 +350,94 @@ def copy_files(data: Path, files: Mapping[str, Path]) -> SavedFiles:
                 saved.mounts.setdefault(folder, inside)
                 saved.keys.setdefault(_key(saved.salt, "abs", folder), inside)
     return saved
+
+
+# --- paths the saved code names that the bundle does not carry ------------------------------------
+
+#: Never data: devices, kernel and system folders (as the clean-process check rules them out).
+_SYSTEM_PREFIXES = (
+    "/dev/",
+    "/proc/",
+    "/sys/",
+    "/etc/",
+    "/run/",
+    "/bin/",
+    "/sbin/",
+    "/lib/",
+    "/lib64/",
+    "/usr/bin/",
+    "/usr/lib/",
+    "/usr/share/",
+)
+_SOURCE_SUFFIXES = (".py", ".pyc", ".pyi", ".pth", ".so", ".pyd")
+
+
+def unbundled_paths(
+    values: Mapping[str, bool],
+    *,
+    cwd: str,
+    bundle: Path,
+    modules: Mapping[str, types.ModuleType],
+) -> list[tuple[str, bool]]:
+    """The path values saved code holds that name a file or folder here the bundle lacks.
+
+    ``values`` are the strings of the code pickle that no ``files=`` entry covers, each with
+    whether it was a ``pathlib`` path. Kept, once per real path and in order: an absolute path,
+    or a relative one from ``cwd`` (a string only if shaped like a path: :func:`looks_like_path`)
+    that exists, and is
+    none of: the interpreter's or an installed library's, a system folder, the bundle or a
+    folder holding it (its store), source code, a folder of the captured modules' source (a
+    package folder, the folder the project is imported from), or inside another folder kept.
+    Returns ``(as written, is_folder)``.
+    """
+    from cloudflow import _capture
+
+    not_data = {
+        os.path.realpath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)
+    }
+    not_data.update(_capture._library_dirs())
+    own = os.path.realpath(bundle)
+    code_folders: set[str] = set()
+    for module in modules.values():
+        root = _capture.import_root(module)
+        for location in _capture.module_locations(module):
+            folder = os.path.realpath(location)
+            folder = folder if os.path.isdir(folder) else os.path.dirname(folder)
+            while root is not None and folder.startswith(root) and folder not in code_folders:
+                code_folders.add(folder)
+                folder = os.path.dirname(folder)
+    special = {os.sep, os.path.realpath(os.path.expanduser("~")), os.path.realpath(cwd)}
+    special.add(os.path.realpath(tempfile.gettempdir()))
+    found: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for text, is_path in values.items():
+        absolute = os.path.isabs(text)
+        if not absolute and not is_path and not looks_like_path(text):
+            continue
+        if text.endswith(_SOURCE_SUFFIXES) or "://" in text:
+            continue
+        try:
+            real = os.path.realpath(text if absolute else os.path.join(cwd, text))
+            exists = os.path.exists(real)
+        except (OSError, ValueError):
+            continue
+        if not exists or real in seen:
+            continue
+        seen.add(real)
+        if (
+            real in special
+            or real in code_folders
+            or (real + os.sep).startswith(tuple(not_data))
+            or real.startswith(_SYSTEM_PREFIXES)
+            or real == own
+            or real.startswith(own + os.sep)
+            or own.startswith(real + os.sep)
+        ):
+            continue
+        found.append((text, real))
+    # A path inside a folder that is named too: bundling the folder covers it.
+    folders = tuple(real + os.sep for _, real in found if os.path.isdir(real))
+    return [(text, os.path.isdir(real)) for text, real in found if not real.startswith(folders)]
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -372,6 +495,13 @@ class Resolver:
             return str(copy)
         return cls(copy)
 
+    def is_copy(self, text: str) -> bool:
+        """Whether a path is one of the copies (or inside a copied folder) of this bundle."""
+        if not os.path.isabs(text):
+            return False
+        files = os.path.normpath(self.data / FILES_DIR) + os.sep
+        return os.path.normpath(text).startswith(files) and os.path.exists(text)
+
     def named(self, name: str) -> Path | None:
         entry = self.entries.get(name)
         return None if entry is None else self.copy_of(str(entry["path"]))
@@ -395,16 +525,19 @@ class Resolver:
         return open
 
     def rewrite_code(self, code: types.CodeType) -> types.CodeType:
-        """A code object whose absolute path constants that lead into the bundle lead there."""
+        """A code object whose path constants that lead into the bundle lead there.
+
+        Absolute paths, and relative ones shaped like paths (see :meth:`SavedFiles.bundled`).
+        """
         consts = []
         changed = False
         for const in code.co_consts:
             new = const
             if isinstance(const, types.CodeType):
                 new = self.rewrite_code(const)
-            elif isinstance(const, str) and os.path.isabs(const):
+            elif isinstance(const, str) and (os.path.isabs(const) or looks_like_path(const)):
                 copy = self.find(const)
-                if copy is not None:
+                if copy is not None and (os.path.isabs(const) or copy.exists()):
                     new = str(copy)
             changed = changed or new is not const
             consts.append(new)
@@ -466,6 +599,8 @@ def bundle_file(name_or_path: str | os.PathLike[str]) -> Path:
     found = resolver.find(text)
     if found is None:
         found = resolver.named(text)
+    if found is None and resolver.is_copy(text):
+        found = Path(text)  # a saved path the bundle already led to its copy
     if found is None:
         raise DataFileError(
             f"{text!r} is not a file of this bundle; its files are: {resolver.describe()}. Add it "

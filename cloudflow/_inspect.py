@@ -407,6 +407,12 @@ def format_text(info: Mapping[str, Any]) -> str:
             add("    globals:  " + ", ".join(entry["globals"]))
         if entry.get("left_out") and not entry.get("whole"):
             add("    left out: " + ", ".join(entry["left_out"]))
+    for module, entry in sorted(report.items()):
+        if isinstance(entry, dict) and entry.get("not_imported"):
+            add(
+                f"  not in the bundle: {module} (importing it at save raised "
+                f"{entry['not_imported']})"
+            )
     add("")
     add(f"Requirements ({len(info['requirements'])})")
     here = {entry["requirement"]: entry for entry in info.get("requirements_here", [])}

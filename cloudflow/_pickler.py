@@ -41,7 +41,7 @@ import types
 import typing
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, BinaryIO
 
 import cloudpickle
@@ -94,6 +94,8 @@ class ModuleTable:
         self.importlib.import_module = self.import_module  # type: ignore[attr-defined]
         # sys.modules[__name__] (registries, dispatch by name) must find the bundle's modules.
         self.sys = _BundleSys(self)
+        # Modules a function imports at call time that failed to import at save -> the error.
+        self.not_imported: dict[str, str] = {}
 
     def import_module(self, name: str, package: str | None = None) -> types.ModuleType:
         """``importlib.import_module`` that finds the bundle's modules first."""
@@ -127,6 +129,8 @@ class ModuleTable:
                 return _real_import(name, globals, locals, fromlist or (), level)
             absname = resolved
         module = self.modules.get(absname)
+        if module is None and absname in self.not_imported:
+            raise _not_imported_error(absname, self.not_imported[absname])
         if module is None:
             if absname.partition(".")[0] in self.modules:
                 raise ModuleNotFoundError(
@@ -141,6 +145,9 @@ class ModuleTable:
                     sub = self.modules.get(f"{absname}.{item}")
                     if sub is not None:
                         setattr(module, item, sub)
+                    elif f"{absname}.{item}" in self.not_imported:
+                        full = f"{absname}.{item}"
+                        raise _not_imported_error(full, self.not_imported[full])
             return module
         return self.modules.get(absname.partition(".")[0], module)
 
@@ -173,6 +180,8 @@ class ModuleTable:
     def mark_left_out(self, report: Mapping[str, Any]) -> None:
         """Give each module the names its save left out (the manifest's ``captured_globals``)."""
         for name, entry in report.items():
+            if isinstance(entry, Mapping) and isinstance(entry.get("not_imported"), str):
+                self.not_imported[name] = entry["not_imported"]
             module = self.modules.get(name)
             left_out = entry.get("left_out") if isinstance(entry, Mapping) else None
             if module is not None and isinstance(left_out, list):
@@ -189,6 +198,29 @@ class ModuleTable:
         if not self.model_refs:
             return roots[0] if roots else None
         return _ModelBinder(models).bind([*roots, *self.modules.values(), *self.namespaces])
+
+
+def _not_imported_error(name: str, error: str) -> Exception:
+    """The error importing ``name`` raised at save (left out of the bundle), raised again.
+
+    A built-in exception comes back as itself (``RuntimeError: no CUDA``), so the code's own
+    ``except`` around the import behaves as it did; anything else as a ModuleNotFoundError.
+    """
+    kind, _, message = error.partition(": ")
+    cause = ModuleNotFoundError(
+        f"{name!r} is not in this bundle: importing it when the bundle was saved raised {error}, "
+        "so it was left out.",
+        name=name,
+    )
+    found = getattr(builtins, kind, None)
+    if isinstance(found, type) and issubclass(found, Exception) and found is not ImportError:
+        try:
+            raised = found(message)
+        except Exception:
+            return cause
+        raised.__cause__ = cause
+        return raised
+    return cause
 
 
 class _ModelBinder:
@@ -691,6 +723,12 @@ class CaptureSession:
         self.written: dict[str, set[str]] = {}
         self._reached: list[types.FunctionType] = []
         self._computed_imports: set[str] = set()
+        # Strings and pathlib paths (True) of the code pickle no files= entry covers, in order:
+        # those that name a file or folder here are reported (see _files.unbundled_paths).
+        self.path_values: dict[str, bool] = {}
+        # Module -> the error importing it raised: a body import whose module fails to import
+        # here is left out (see _capture.import_reached); the report and the load name it.
+        self.not_imported: dict[str, str] = {}
         # Scalars are interned: a model that is the int 7 must not stand for every 7 in the code.
         self._models_by_id = {
             id(obj): name
@@ -804,7 +842,9 @@ class CaptureSession:
                 self._reach_import(absname, fromlist)
 
     def _reach_import(self, absname: str, fromlist: Iterable[str] = ()) -> None:
-        module = self.captured.get(absname) or _capture.import_reached(absname)
+        if self._excluded(absname) and absname not in sys.modules:
+            return  # excluded: referred to by name, so never imported by the capture
+        module = self.captured.get(absname) or _capture.import_reached(absname, self.not_imported)
         if module is None:
             top = absname.partition(".")[0]
             if top not in sys.stdlib_module_names and not _capture.spec_is_user(absname):
@@ -824,7 +864,9 @@ class CaptureSession:
             if item == "*":
                 self.whole.setdefault(absname, "a function imports * from it")
                 continue
-            sub = _capture.submodule(module, item)
+            if self._excluded(f"{absname}.{item}") and f"{absname}.{item}" not in sys.modules:
+                continue
+            sub = _capture.submodule(module, item, self.not_imported)
             if sub is not None and self.wants(sub):
                 self._reached_as_object(sub)
 
@@ -889,7 +931,11 @@ class CaptureSession:
         return self._models_by_id.get(id(obj))
 
     def capture_report(self) -> dict[str, dict[str, Any]]:
-        """Module -> the globals that travel, those left out, and why it travels whole if so."""
+        """Module -> the globals that travel, those left out, and why it travels whole if so.
+
+        A module a function imports at call time that raised when imported at save is listed
+        with the error instead (``not_imported``): it is not in the bundle.
+        """
         report: dict[str, dict[str, Any]] = {}
         for name, module in sorted(self.captured.items()):
             entry: dict[str, Any] = {
@@ -899,6 +945,9 @@ class CaptureSession:
             if name in self.whole:
                 entry["whole"] = self.whole[name]
             report[name] = entry
+        for name, error in sorted(self.not_imported.items()):
+            if name not in self.captured:
+                report[name] = {"not_imported": error}
         return report
 
     # writing ------------------------------------------------------------------------------------
@@ -1138,6 +1187,11 @@ class _BundlePickler(cloudpickle.Pickler):
                 found = files.bundled(obj)
                 if found is not None:
                     return (_FILE_PID, *found)
+            if type(obj) is str:
+                if "/" in obj or "." in obj:
+                    self.session.path_values.setdefault(obj, False)
+            elif isinstance(obj, PurePath):
+                self.session.path_values[str(obj)] = True
         return None
 
     def reducer_override(self, obj: Any) -> Any:
@@ -1308,7 +1362,13 @@ class _BundlePickler(cloudpickle.Pickler):
         filename = _relative_code_path(code.co_filename, self.session)
         tables = self.session.code_tables
         if tables is not None:
-            # A portable bundle: a reference into the code table of the loading version.
+            # A portable bundle: a reference into the code table of the loading version. Its
+            # constants are not in the pickle: their paths are noted here.
+            if self.owner:
+                for sub in _capture._code_objects(code):
+                    for const in sub.co_consts:
+                        if type(const) is str and ("/" in const or "." in const):
+                            self.session.path_values.setdefault(const, False)
             rewritten = _rewrite_tree(code, filename, self.session.strip_docstrings)
             where = self._owners.get(id(code), code.co_name)
             key = tables.key_for(code, filename, rewritten, where)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -117,27 +118,48 @@ try:
             result["example_skipped"] = f"{type(e).__name__}: {e}"
         else:
             result["stage"] = "predict"
-            # The example runs from the saving working directory, as it ran in the saving
-            # process: every file it reads there is seen (and named), not just the first one.
+            # The example runs from another folder than the saving one, as the bundle will
+            # anywhere else: a path relative to the working directory that the bundle does not
+            # redirect fails here, as it would there.
             sys.addaudithook(watch_reads)
-            os.chdir(saving_cwd)
             watching[0] = True
             try:
                 CloudflowPyfunc(loaded).predict(example)
+            except BaseException:
+                # Run it again from the saving working directory, where it ran before, only to
+                # see (and name) every file it reads there, not just the first one missing.
+                os.chdir(saving_cwd)
+                try:
+                    CloudflowPyfunc(loaded).predict(example)
+                except BaseException:
+                    pass
+                finally:
+                    os.chdir(scratch_cwd)
+                raise
             finally:
                 watching[0] = False
-                os.chdir(scratch_cwd)
     result["ok"] = True
 except BaseException as e:
     result["type"] = type(e).__name__
     result["message"] = str(e)
     result["module"] = getattr(e, "name", None) if isinstance(e, ImportError) else None
     result["traceback"] = traceback.format_exc()[-4000:]
+    try:
+        from cloudflow._verify import library_import_failure
+
+        result["library"] = library_import_failure(e)
+    except BaseException:
+        pass
 try:
     from cloudflow._verify import outside_reads
 
     result["outside"] = outside_reads(
-        reads, saving_cwd, bundle, loaded_files(loaded), os.path.dirname(result_file)
+        reads,
+        saving_cwd,
+        bundle,
+        loaded_files(loaded),
+        os.path.dirname(result_file),
+        scratch_cwd=scratch_cwd,
     )
 except NameError:  # the bundle did not load
     result["outside"] = []
@@ -247,12 +269,20 @@ _SOURCE_SUFFIXES = (".py", ".pyc", ".pyi", ".pth")  # linecache, warnings: never
 
 
 def outside_reads(
-    reads: Sequence[str], saving_cwd: str, bundle: str, files: Any, result_file_dir: str
+    reads: Sequence[str],
+    saving_cwd: str,
+    bundle: str,
+    files: Any,
+    result_file_dir: str,
+    *,
+    scratch_cwd: str = "",
 ) -> list[dict[str, Any]]:
     """The files and folders ``reads`` (paths opened in the clean process) left out of the bundle.
 
     A relative path is looked up from the saving working directory, where the function ran
-    before; what does not exist there is not a file the save missed. Files of installed
+    before, and so is a path inside ``scratch_cwd`` (the clean process's working directory:
+    ``os.getcwd()`` there stands for the saving one); what does not exist there is not a file
+    the save missed. Files of installed
     libraries, the standard library, the interpreter, the bundle and the system are not data.
     Each is ``{"path": as opened, "found": the saving machine's path, "bundled": whether it is
     the original of a bundled file (read through a call the bundle does not redirect)}``.
@@ -272,6 +302,8 @@ def outside_reads(
         if path.endswith(_SOURCE_SUFFIXES):
             continue
         here = path if os.path.isabs(path) else os.path.join(saving_cwd, path)
+        if scratch_cwd and (here == scratch_cwd or here.startswith(scratch_cwd + os.sep)):
+            here = os.path.join(saving_cwd, os.path.relpath(here, scratch_cwd))
         real = os.path.realpath(here)
         if real in seen or not os.path.exists(real):
             continue
@@ -282,14 +314,18 @@ def outside_reads(
     return out
 
 
-def _suggest(reads: Sequence[dict[str, Any]]) -> str:
+def suggest_files(paths: Sequence[str]) -> str:
+    """The ``files=`` argument that bundles ``paths``: ``files={'labels': 'data/labels.json'}``."""
     names: dict[str, str] = {}
-    for read in reads:
-        stem = Path(read["path"]).stem.replace(" ", "_") or "data"
+    for path in paths:
+        stem = "".join(
+            c if c.isascii() and (c.isalnum() or c in "_-.") else "_" for c in Path(path).stem
+        )
+        stem = stem.lstrip(".") or "data"
         name, n = stem, 2
         while name in names:
             name, n = f"{stem}{n}", n + 1
-        names[name] = read["path"]
+        names[name] = path
     return "files={" + ", ".join(f"{k!r}: {v!r}" for k, v in names.items()) + "}"
 
 
@@ -305,7 +341,8 @@ def _explain_reads(reads: Sequence[dict[str, Any]], result: dict[str, Any]) -> s
         parts.append(
             f"verify=True: running the input example, the predict function read "
             f"{listed}, which the bundle does not hold: loaded anywhere else it would not find "
-            f"{'it' if len(missing) == 1 else 'them'}. Bundle them: {_suggest(missing)}."
+            f"{'it' if len(missing) == 1 else 'them'}. Bundle them: "
+            f"{suggest_files([r['path'] for r in missing])}."
         )
     if bypass:
         listed = ", ".join(repr(r["path"]) for r in bypass)
@@ -320,6 +357,97 @@ def _explain_reads(reads: Sequence[dict[str, Any]], result: dict[str, Any]) -> s
     return " ".join(parts) + " Nothing was saved."
 
 
+def library_import_failure(error: BaseException) -> dict[str, Any] | None:
+    """Where an installed library failed to import, if that is what ``error`` is.
+
+    An ``ImportError`` raised by the body of a module of site-packages or the standard library
+    (``from pandas.tseries.frequencies import DateOffset`` in pandera), or by a plain "cannot
+    import name" inside one of their functions, is the environment's problem: the capture could
+    not have helped. A ``ModuleNotFoundError`` raised by a library's function (cloudpickle
+    importing a module by name for the bundle, say) is not: the module may be one of the user's
+    that the capture missed. Returns ``{"library", "missing", "chain", "where"}`` or None.
+    """
+    from cloudflow import _capture
+
+    if not isinstance(error, ImportError):
+        return None
+    frames = [
+        frame
+        for frame, _ in traceback.walk_tb(error.__traceback__)
+        if os.path.isabs(frame.f_code.co_filename)
+    ]
+    if not frames:
+        return None
+    last = frames[-1]
+
+    def top(frame: Any) -> str:
+        return str(frame.f_globals.get("__name__") or "").partition(".")[0]
+
+    library, filename = top(last), last.f_code.co_filename
+    in_library = _capture._under(filename, _capture._library_dirs())
+    body = last.f_code.co_name == "<module>"
+    if not library or library == "cloudflow" or not in_library:
+        return None
+    if not body and type(error) is not ImportError:
+        return None
+    chain: list[str] = []
+    for frame in frames:  # the module bodies being imported, outermost first
+        name = top(frame)
+        importing = frame.f_code.co_name == "<module>"
+        if importing and name and name not in ("cloudflow", *chain, *sys.stdlib_module_names):
+            chain.append(name)
+    missing = error.name or ""
+    return {
+        "library": library,
+        "missing": missing,
+        "chain": chain or [library],
+        "where": f"{_library_relative(filename)}, line {last.f_lineno}",
+    }
+
+
+def _library_relative(filename: str) -> str:
+    from cloudflow import _capture
+
+    real = os.path.realpath(filename)
+    for folder in sorted(_capture._library_dirs(), key=len, reverse=True):  # the deepest first
+        if real.startswith(folder):
+            return real[len(folder) :]
+    return os.path.basename(filename)
+
+
+def _explain_library(result: dict[str, Any], stage: str) -> str:
+    """The message for an installed library that fails to import in a fresh interpreter."""
+    from cloudflow import _capture
+
+    found = result["library"]
+    library, missing = str(found["library"]), str(found.get("missing") or "")
+    source = missing.partition(".")[0]
+    tops = {library, source} - {""} - set(sys.stdlib_module_names)
+    dists = _capture.top_level_names_to_distributions(tops)
+
+    def named(top: str) -> str:
+        dist = dists.get(top)
+        version = _capture.distribution_version(dist) if dist else None
+        return f"{top!r} ({dist} {version})" if dist and version else repr(top)
+
+    chain = [str(c) for c in found.get("chain") or []]
+    through = f", imported through {' -> '.join(chain)}" if len(chain) > 1 else ""
+    fails = (
+        f"fails to import from {named(source)}"
+        if source and source != library
+        else ("fails to import")
+    )
+    return (
+        f"The bundle does not load in a clean process: {stage} raised {result.get('type')}: "
+        f"{result.get('message')}. This is not a module the capture missed: the installed "
+        f"library {named(library)} {fails} in a fresh interpreter ({found.get('where')}"
+        f"{through}). The environment's libraries do not work together (the saving process "
+        "imported them in another order, or one was upgraded since): install versions of "
+        f"{' and '.join(repr(t) for t in sorted(tops))} that do, and check with "
+        f"python -c 'import {chain[0] if chain else library}'. Nothing was saved."
+    )
+
+
 def _explain(result: dict[str, Any]) -> str:
     stage = {
         "load": "loading the bundle",
@@ -329,6 +457,8 @@ def _explain(result: dict[str, Any]) -> str:
     }.get(str(result.get("stage")), str(result.get("stage")))
     error = f"{result.get('type')}: {result.get('message')}"
     module = result.get("module")
+    if result.get("library"):
+        return _explain_library(result, stage)
     if module:
         top = str(module).partition(".")[0]
         return (

@@ -169,17 +169,17 @@ FAILS_WITH: dict[str, str] = {
 # --- running the suite -------------------------------------------------------------------------
 
 
-def extract_suite(into: Path) -> Path:
-    """Extract the vendored suite into ``into`` (outside the project) and add the child hook."""
+def extract_suite(into: Path, tarball: Path = TARBALL) -> Path:
+    """Extract a vendored suite into ``into`` (outside the project) and add the child hook."""
     into.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(TARBALL) as tar:
+    with tarfile.open(tarball) as tar:
         data_filter = getattr(tarfile, "data_filter", None)
         if data_filter is not None:
             tar.extractall(into, filter=data_filter)
         else:  # Python < 3.10.12 / 3.11.4: check the names ourselves
             for member in tar.getmembers():
                 if member.name.startswith("/") or ".." in Path(member.name).parts:
-                    raise ValueError(f"unsafe path in {TARBALL.name}: {member.name}")
+                    raise ValueError(f"unsafe path in {tarball.name}: {member.name}")
             tar.extractall(into)
     # Every child process the suite starts has the extracted root on PYTHONPATH (testutils'
     # _make_cwd_env sets it so), so a sitecustomize there routes the children too. A new file

@@ -711,29 +711,35 @@ def _check(argv: Sequence[str], cwd: Path) -> str:
     return done.stdout
 
 
-@pytest.fixture(scope="session")
-def editable_project(tmp_path_factory: pytest.TempPathFactory) -> VenvProject:
-    """acme-myproj installed with ``pip install -e`` (and tinyfeat-lib normally) in a new venv.
+def child_venv(venv: Path) -> tuple[Path, Path]:
+    """A new virtual environment that sees this one's packages: (its python, its purelib).
 
-    Saved by the venv's python from a neutral cwd, then both distributions are uninstalled and
-    their sources deleted, then loaded by the venv's python from another cwd.
-
-    The running interpreter is itself a venv, so ``--system-site-packages`` would expose the base
-    interpreter's packages, which lack mlflow. The new venv instead gets a ``.pth`` file adding
-    this environment's site-packages (cloudflow, mlflow, scikit-learn, pip, setuptools): no
-    network, no copy.
+    The running interpreter is itself a venv, so ``--system-site-packages`` would expose the
+    base interpreter's packages, which lack mlflow. The new venv instead gets a ``.pth`` file
+    adding this environment's site-packages (cloudflow, mlflow, scikit-learn, pip,
+    setuptools): no network, no copy. What is installed into it stays out of this one.
     """
-    root = tmp_path_factory.mktemp("editable")
-    venv = root / "venv"
-    _check([sys.executable, "-m", "venv", "--without-pip", venv], root)
+    _check([sys.executable, "-m", "venv", "--without-pip", venv], venv.parent)
     python = venv / "bin" / "python"
     purelib = _check(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], root
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], venv.parent
     )
     here = sysconfig.get_paths()["purelib"]
     Path(purelib.strip(), "_cloudflow_tests_parent_env.pth").write_text(
         f"import site; site.addsitedir({here!r})\n", encoding="utf-8"
     )
+    return python, Path(purelib.strip())
+
+
+@pytest.fixture(scope="session")
+def editable_project(tmp_path_factory: pytest.TempPathFactory) -> VenvProject:
+    """acme-myproj installed with ``pip install -e`` (and tinyfeat-lib normally) in a new venv.
+
+    Saved by the venv's python (:func:`child_venv`) from a neutral cwd, then both distributions
+    are uninstalled and their sources deleted, then loaded by the venv's python from another cwd.
+    """
+    root = tmp_path_factory.mktemp("editable")
+    python, _ = child_venv(root / "venv")
     sources = root / "sources"
     shutil.copytree(REAL_CODE / "editable_project", sources, ignore=_IGNORE)
     pip = [python, "-m", "pip", "--disable-pip-version-check", "--no-input", "install"]

@@ -38,7 +38,14 @@ from typing import Any
 import cloudpickle
 
 # Library stand-ins, referred to by name rather than captured (see the module docstring).
-EXCLUDE = ("cloudflow_peer", "peer_plugin", "sitecustomize", "_cloudpickle_testpkg")
+EXCLUDE = (
+    "cloudflow_peer",
+    "peer_plugin",
+    "sitecustomize",
+    "_cloudpickle_testpkg",
+    "dill_peer",
+    "dill_runner",
+)
 LOG_ENV = "CLOUDFLOW_PEER_LOG"
 
 _real: dict[str, Any] = {}
