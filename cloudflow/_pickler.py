@@ -27,6 +27,7 @@ import builtins
 import collections
 import contextlib
 import contextvars
+import copyreg
 import dataclasses
 import functools
 import importlib
@@ -58,6 +59,7 @@ _FILE_PID = "cloudflow-file"  # a path value that leads to a data file of the bu
 # Module attributes that describe where the module came from on the saving machine.
 _MODULE_SKIP = frozenset({"__builtins__", "__loader__", "__spec__", "__cached__"})
 _real_import = builtins.__import__
+_NEWOBJ: Any = copyreg.__newobj__  # type: ignore[attr-defined]  # pickle's NEWOBJ opcode
 _ATOMIC_TYPES = (int, float, complex, str, bytes, bool, type(None), tuple, frozenset)
 
 
@@ -523,6 +525,19 @@ def _typevar(
         name, *constraints, bound=bound, covariant=covariant, contravariant=contravariant
     )
     return _track(table, class_tracker_id, tv)
+
+
+def _lru_cache(func: Callable[..., Any], maxsize: int | None, typed: bool) -> Any:
+    """A cached function of a captured module, with a fresh empty cache."""
+    return functools.lru_cache(maxsize=maxsize, typed=typed)(func)
+
+
+def _new_type(qualname: str, supertype: Any, module: str) -> Any:
+    """A ``typing.NewType`` of a captured module, the bundle's own."""
+    make: Any = typing.NewType  # called with a computed name: mypy wants a literal
+    made = make(qualname, supertype)
+    made.__module__ = module
+    return made
 
 
 def _bundle_module(name: str) -> types.ModuleType:
@@ -1212,7 +1227,90 @@ class _BundlePickler(cloudpickle.Pickler):
             # A string annotation (typing.NamedTuple fields under `from __future__ import
             # annotations`) holds the code compiled from it: made again from the string.
             return (_forward_ref, (obj.__forward_arg__, *_forward_ref_options(obj)))
+        if t is functools.cached_property:
+            return self._reduce_cached_property(obj)
+        if t is functools._lru_cache_wrapper:
+            return self._reduce_lru_cache(obj)
+        if t is typing.NewType:
+            return self._reduce_newtype(obj)
+        if t.__reduce__ is not object.__reduce__ or t.__reduce_ex__ is not object.__reduce_ex__:
+            return self._reduce_custom(obj)
         return NotImplemented
+
+    # Objects whose ``__reduce__`` returns their name are written by pickle as a reference to
+    # that global (``module.name``, looked up at load). In a captured module that lookup would
+    # run before the module's globals are set, and the global may not travel at all: such an
+    # object of a captured module is written by value instead, once per pickle (the memo makes
+    # every reference in the bundle the same object).
+
+    def _named_reference(self, obj: Any, module: Any, qualname: str) -> Any:
+        """Where a named object of a captured module is written by reference; else None.
+
+        Reference mode (a model's pickle) writes it as a name in the bundle's module table; the
+        code pickle then carries that global. The code pickle itself notes that the module's
+        global of that name travels with the object.
+        """
+        if not self.owner:
+            found: Any = self.session.captured.get(module)
+            for part in qualname.split("."):
+                found = getattr(found, part, None)
+            if found is obj:
+                self.session.forced.setdefault(module, set()).add(qualname.partition(".")[0])
+                return (_bundle_global, (module, qualname))
+            return None
+        captured = self.session.captured[module]
+        if "." not in qualname and captured.__dict__.get(qualname) is obj:
+            self.session.forced.setdefault(module, set()).add(qualname)
+        return None
+
+    def _reduce_lru_cache(self, wrapper: Any) -> Any:
+        module = getattr(wrapper, "__module__", None)
+        func = getattr(wrapper, "__wrapped__", None)
+        if not self.session.wants_name(module) or not isinstance(func, types.FunctionType):
+            return NotImplemented
+        reference = self._named_reference(wrapper, module, wrapper.__qualname__)
+        if reference is not None:
+            return reference
+        params = wrapper.cache_parameters()
+        # What update_wrapper copies from the function is copied again at load (a docstring
+        # stripped from the function stays stripped); what the user set on the wrapper stays.
+        copied = {*functools.WRAPPER_ASSIGNMENTS, "__wrapped__", *vars(func)}
+        state = {k: v for k, v in vars(wrapper).items() if k not in copied}
+        return (_lru_cache, (func, params["maxsize"], params["typed"]), state or None)
+
+    def _reduce_cached_property(self, prop: Any) -> Any:
+        # Python 3.10 and 3.11 keep an RLock in the descriptor: a new one is made at load.
+        state = {
+            k: v
+            for k, v in vars(prop).items()
+            if k not in ("lock", "func", "__module__")
+            and not (k == "__doc__" and (self.session.strip_docstrings or v is prop.func.__doc__))
+        }
+        return (functools.cached_property, (prop.func,), state)
+
+    def _reduce_newtype(self, new_type: Any) -> Any:
+        module = getattr(new_type, "__module__", None)
+        if not self.session.wants_name(module):
+            return NotImplemented
+        reference = self._named_reference(new_type, module, new_type.__qualname__)
+        if reference is not None:
+            return reference
+        return (_new_type, (new_type.__qualname__, new_type.__supertype__, module))
+
+    def _reduce_custom(self, obj: Any) -> Any:
+        """An instance of a captured class with its own ``__reduce__``: by value if it is a name."""
+        cls = type(obj)
+        if not self.session.wants_name(getattr(cls, "__module__", None)):
+            return NotImplemented
+        reduced = obj.__reduce_ex__(PROTOCOL)
+        if not isinstance(reduced, str):
+            return reduced
+        reference = self._named_reference(obj, cls.__module__, reduced)
+        if reference is not None:
+            return reference
+        getstate = getattr(obj, "__getstate__", None)
+        state = getstate() if getstate is not None else getattr(obj, "__dict__", None)
+        return (_NEWOBJ, (cls,), state or None)
 
     def _reduce_module(self, module: types.ModuleType) -> Any:
         if not self.session.wants(module):

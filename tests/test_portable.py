@@ -1,7 +1,8 @@
 """Bundles saved with ``python_versions=[...]`` load under other CPython minor versions.
 
 The fixture project (tests/fixtures/portable/: a package with a sub-package, relative, aliased
-and lazy imports, classes with a property and zero-argument ``super()``, dataclasses, a closure,
+and lazy imports, classes with a property, a ``functools.cached_property`` (a lock in it on
+3.10 and 3.11) and zero-argument ``super()``, dataclasses, a closure,
 lambdas, a ``functools.partial``, ``match`` statements and a custom scikit-learn transformer in a
 Pipeline) is copied, saved by a fresh process of the main venv's interpreter (3.11 in CI), and the
 copy deleted. Six bundles: ``listed`` (``python_versions`` = the other versions below), ``all``,
