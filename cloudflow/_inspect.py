@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _manifest, _model_metadata, _store
+from cloudflow import _digests, _manifest, _model_metadata, _store
 from cloudflow._manifest import DATA_DIR as DATA_DIR_NAME
 from cloudflow.exceptions import IntegrityError
 
@@ -58,7 +58,7 @@ def _mlmodel(root: Path) -> dict[str, Any]:
     of those gives ``{"unreadable": why}`` instead of a crash or a hang.
     """
     path = root / "MLmodel"
-    if not path.is_file():
+    if not os.path.lexists(path):
         return {}
     import yaml
 
@@ -69,12 +69,25 @@ def _mlmodel(root: Path) -> dict[str, Any]:
             return super().compose_node(parent, index)
 
     try:
-        if path.stat().st_size > MLMODEL_MAX:
-            return {"unreadable": f"it is larger than {MLMODEL_MAX} bytes"}
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=NoAliases)  # noqa: S506
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        text = _digests.read_regular(path, MLMODEL_MAX, "MLmodel").decode("utf-8")
+        data = yaml.load(text, Loader=NoAliases)  # noqa: S506
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, IntegrityError, RecursionError) as e:
         return {"unreadable": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else e}"}
     return data if isinstance(data, dict) else {"unreadable": "it is not a YAML mapping"}
+
+
+#: The largest requirements.txt read (MLflow writes a few hundred bytes).
+REQUIREMENTS_MAX = 1024 * 1024
+
+
+def _requirements(path: Path, manifest: _manifest.Manifest) -> list[str]:
+    """The lines of requirements.txt, or the manifest's list where it is missing or unreadable
+    (a FIFO, a huge file: the integrity check names it)."""
+    try:
+        text = _digests.read_regular(path, REQUIREMENTS_MAX, "requirements.txt")
+    except (OSError, IntegrityError):
+        return list(manifest.requirements)
+    return [line for line in text.decode("utf-8", "replace").splitlines() if line.strip()]
 
 
 def _signature_inputs(mlmodel: Mapping[str, Any]) -> list[dict[str, Any]] | None:
@@ -101,7 +114,7 @@ def _integrity(data: Path, manifest: _manifest.Manifest, verify: bool) -> dict[s
         present = {rel: e for rel, e in manifest.files.items() if rel not in away}
         manifest = dataclasses.replace(manifest, files=present)
     try:
-        _manifest.verify_files(data, manifest)
+        _manifest.verify_files(data, manifest, preload=False)
     except IntegrityError as e:
         return {"status": "FAILED", "error": str(e), **status}
     return {"status": "ok", **status}
@@ -119,16 +132,7 @@ def describe_folder(path: Path, *, verify: bool = True) -> dict[str, Any]:
     saved_python = manifest.python_version
     loads_on = list(manifest.python_versions) or [".".join(saved_python.split(".")[:2])]
     here = platform.python_version()
-    requirements_file = root / "requirements.txt"
-    requirements = (
-        [
-            line
-            for line in requirements_file.read_text(encoding="utf-8", errors="replace").splitlines()
-            if line.strip()
-        ]
-        if requirements_file.is_file()
-        else list(manifest.requirements)
-    )
+    requirements = _requirements(root / "requirements.txt", manifest)
     return {
         "path": str(root),
         "format_version": manifest.format_version,

@@ -89,10 +89,13 @@ def _local_manifest(location: str) -> dict[str, Any] | None:
     root = _store._local_path(location)
     if root is None:
         return None
+    from cloudflow._digests import read_regular
+    from cloudflow._manifest import MANIFEST_MAX
+
     try:
-        with open(root / _MANIFEST, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
+        # Never a FIFO waited on, a link followed or a huge file read whole.
+        data = json.loads(read_regular(root / _MANIFEST, MANIFEST_MAX, "The manifest"))
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 

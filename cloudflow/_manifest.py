@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import posixpath
-import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +49,8 @@ CODE_FILE = "code.pkl"
 MODELS_DIR = "models"
 #: The manifest's checksum of itself (optional: bundles written before it existed have none).
 CHECKSUM_KEY = "manifest_sha256"
+#: The largest manifest read: one of a bundle with thousands of files and modules is a few MB.
+MANIFEST_MAX = 64 * 1024 * 1024
 # Files of the data folder that describe the others and are not listed in ``files``.
 _META_FILES = frozenset({MANIFEST_FILE, SIGNATURE_FILE})
 
@@ -273,12 +274,17 @@ def read_manifest(data_dir: Path, *, signing_key: Any = None) -> Manifest:
         IntegrityError: The manifest is damaged, or unsigned / wrongly signed under the key.
     """
     path = data_dir / MANIFEST_FILE
-    if not path.is_file():
+    try:
+        raw = _digests.read_regular(path, MANIFEST_MAX, "The manifest")
+    except FileNotFoundError:
+        raw = None
+    except OSError as e:
+        raise IntegrityError(f"The manifest {str(path)!r} cannot be read: {e.strerror}.") from e
+    if raw is None:
         raise BundleFormatError(
             f"{str(data_dir.parent)!r} is not a cloudflow bundle: {DATA_DIR}/{MANIFEST_FILE} is "
             "missing. Give the folder that holds the MLmodel file of a bundle saved by cloudflow."
         )
-    raw = path.read_bytes()
     if signing_key is not None:
         _signing.check(data_dir, raw, signing_key)
     try:
@@ -426,6 +432,7 @@ def verify_files(
     skip_digests: Iterable[str] = (),
     use_cache: bool = True,
     require_outer: bool = False,
+    preload: bool = True,
 ) -> VerifiedBytes:
     """Check every file against the manifest before anything is unpickled.
 
@@ -435,6 +442,9 @@ def verify_files(
         use_cache: Take digests of unchanged large files from this machine's digest cache
             (never for the files read once, which are hashed from memory). Off under a key.
         require_outer: Refuse a bundle whose manifest does not cover MLflow's files.
+        preload: Read the files that run code into memory, to be loaded from there. Without
+            (a check that loads nothing: ``inspect``, ``verify``), every file is hashed as it
+            streams, so a huge (or sparse) file is never held whole in memory.
 
     Returns:
         The verified bytes of the files that run code when loaded (:data:`READ_ONCE_SUFFIXES`).
@@ -454,7 +464,7 @@ def verify_files(
         _check_size(data_dir / rel, rel, bundle, manifest.files[rel]["size"])
     _verify_outer(data_dir.parent, manifest, require_outer)
     skipped = set(skip_digests)
-    once = [rel for rel in manifest.files if rel.endswith(READ_ONCE_SUFFIXES)]
+    once = [rel for rel in manifest.files if preload and rel.endswith(READ_ONCE_SUFFIXES)]
     verified = VerifiedBytes(data_dir, manifest)
     verified.preload([rel for rel in once if rel not in skipped])
     rest = [rel for rel in sorted(manifest.files) if rel not in skipped and rel not in once]
@@ -526,7 +536,7 @@ def check_bundle(root: Path, trust: Any) -> dict[str, Any]:
     """
     data = root / DATA_DIR
     manifest = read_manifest(data, signing_key=trust)
-    verify_files(data, manifest, use_cache=False, require_outer=True)
+    verify_files(data, manifest, use_cache=False, require_outer=True, preload=False)
     record = _signing.read_signature(data)
     assert record is not None  # read_manifest refused an unsigned bundle
     return {
@@ -546,7 +556,7 @@ def sign_bundle(root: Path, signer: Any) -> Manifest:
     """
     data = root / DATA_DIR
     manifest = read_manifest(data)
-    verify_files(data, manifest, use_cache=False)
+    verify_files(data, manifest, use_cache=False, preload=False)
     if not manifest.outer_files:
         return seal(root, manifest, signer)
     sign(data, signer)
@@ -581,12 +591,14 @@ class VerifiedBytes:
         algorithm, expected = file_digest(entry)
         try:
             # Non-blocking, no links: a FIFO or a link swapped in after the listing is refused,
-            # never waited on or followed.
-            flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
-            with os.fdopen(os.open(self.data_dir / rel, flags), "rb") as f:
-                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                    raise IntegrityError(f"{rel!r} of the bundle at {bundle!r} is not a file.")
-                data = f.read()
+            # never waited on or followed; never more read than the manifest's size and one byte.
+            with os.fdopen(_digests.open_regular(self.data_dir / rel), "rb") as f:
+                if os.fstat(f.fileno()).st_size != entry["size"]:
+                    raise IntegrityError(
+                        f"The file {rel!r} of the bundle at {bundle!r} is not of the size its "
+                        "manifest records: it was changed after saving. Save the bundle again."
+                    )
+                data = f.read(entry["size"] + 1)
         except OSError as e:
             raise IntegrityError(f"A file of the bundle at {bundle!r} cannot be read: {e}") from e
         if len(data) != entry["size"] or _digests.digest_bytes(data, algorithm) != expected:
