@@ -205,6 +205,111 @@ def _check_shared(data: dict[str, Any], path: Path) -> None:
         raise _damaged(path, "its 'shared' section is not an area and files the manifest lists")
 
 
+#: The deepest nesting of JSON values a manifest holds (metadata is limited to 32 levels).
+MAX_DEPTH = 64
+
+
+def _too_deep(data: Any) -> bool:
+    """Whether ``data`` nests deeper than :data:`MAX_DEPTH` (walked without recursion)."""
+    stack = [(data, 0)]
+    while stack:
+        value, level = stack.pop()
+        if level > MAX_DEPTH:
+            return True
+        if isinstance(value, dict):
+            stack.extend((v, level + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, level + 1) for v in value)
+    return False
+
+
+def _is_str_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _is_str_dict(value: object, of: type | tuple[type, ...] = object) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, of) for k, v in value.items()
+    )
+
+
+#: Keys of a model's ``info`` that name a file or folder of the model's own folder.
+_INFO_PATHS = (
+    *("file", "weights", "module", "tree", "arrays", "archive", "custom_objects"),
+    *("saved_model", "wrapper"),
+)
+#: Keys of a model's ``info`` holding a list, or a mapping, when present.
+_INFO_LISTS = ("items", "boosters", "providers", "components", "custom_names")
+_INFO_DICTS = ("session_options", "provider_options")
+
+
+def _check_info(info: dict[str, Any], where: str, path: Path) -> None:
+    """A model's ``info`` (flavor-specific): the keys loaders build paths and loops from."""
+    for key in _INFO_PATHS:
+        if key in info and not _safe_relative(info[key]):
+            raise _damaged(path, f"{where}'s info {key!r} is {info[key]!r}, not a path inside it")
+    for key in _INFO_LISTS:
+        if key in info and not isinstance(info[key], list):
+            raise _damaged(path, f"{where}'s info {key!r} is not a list")
+    for key in _INFO_DICTS:
+        if key in info and not _is_str_dict(info[key]):
+            raise _damaged(path, f"{where}'s info {key!r} is not a mapping")
+    for index, item in enumerate(info.get("items") or []):
+        if not isinstance(item, dict) or not isinstance(item.get("info", {}), dict):
+            raise _damaged(path, f"element {index} of {where} is not a flavor, path and info")
+        if isinstance(item.get("info"), dict):
+            _check_info(item["info"], f"{where} element {index}", path)
+    for index, booster in enumerate(info.get("boosters") or []):
+        if not isinstance(booster, dict):
+            raise _damaged(path, f"booster {index} of {where} is not a mapping")
+
+
+def _check_sections(data: dict[str, Any], path: Path) -> None:
+    """The nested fields ``inspect``, ``list`` and the load read, each of the type they expect."""
+    fn = data.get("predict_fn") or {}
+    for key in ("name", "module", "signature"):
+        if key in fn and not isinstance(fn[key], str):
+            raise _damaged(path, f"predict_fn {key!r} is not a string")
+    for key in ("inputs", "parameters"):
+        if key in fn and not _is_str_list(fn[key]):
+            raise _damaged(path, f"predict_fn {key!r} is not a list of names")
+    for key in ("captured_modules", "requirements", "python_versions"):
+        if key in data and not _is_str_list(data[key]):
+            raise _damaged(path, f"{key!r} is not a list of strings")
+    for module, entry in (data.get("captured_globals") or {}).items():
+        if (
+            not isinstance(entry, dict)
+            or not _is_str_list(entry.get("globals", []))
+            or not _is_str_list(entry.get("left_out", []))
+            or not isinstance(entry.get("whole"), str | None)
+        ):
+            raise _damaged(path, f"the captured globals of {module!r} are not lists of names")
+    if not _is_str_dict(data.get("published") or {}, str):
+        raise _damaged(path, "'published' does not map names to strings")
+    for name, source in (data.get("flavors") or {}).items():
+        if not _is_str_dict(source, (str, type(None))):
+            raise _damaged(path, f"the source of the flavor {name!r} is not a mapping of strings")
+    for name, given in (data.get("model_metadata") or {}).items():
+        history = given.get("training_history", {}) if isinstance(given, dict) else None
+        if not _is_str_dict(given) or not _is_str_dict(history, list):
+            raise _damaged(path, f"the metadata of model {name!r} is not a mapping of values")
+    git = (data.get("provenance") or {}).get("git", [])
+    if not isinstance(git, list) or not all(
+        isinstance(c, dict)
+        and isinstance(c.get("commit", ""), str)
+        and _is_str_list(c.get("modules", []))
+        for c in git
+    ):
+        raise _damaged(path, "its provenance is not a list of git checkouts")
+    for name, entry in ((data.get("data_files") or {}).get("entries") or {}).items():
+        if not isinstance(entry.get("kind", ""), str) or not all(
+            type(entry.get(k, 0)) is int for k in ("size", "files")
+        ):
+            raise _damaged(path, f"the data file {name!r} has no kind, size and count")
+    for name, entry in (data.get("models") or {}).items():
+        _check_info(entry.get("info") or {}, f"model {name!r}", path)
+
+
 def _check_shape(data: dict[str, Any], path: Path) -> None:
     """The types every reader relies on; a damaged manifest says so instead of a TypeError."""
     for key, kind in (
@@ -217,6 +322,8 @@ def _check_shape(data: dict[str, Any], path: Path) -> None:
         ("requirements", list),
         ("files", dict),
         ("metadata", dict),
+        ("captured_globals", dict),
+        ("python_versions", list),
         ("data_files", dict),
         ("outer_files", dict),
         ("published", dict),
@@ -262,6 +369,7 @@ def _check_shape(data: dict[str, Any], path: Path) -> None:
     for dist, version in (data.get("libraries") or {}).items():
         if not isinstance(version, str):
             raise _damaged(path, f"the version of {dist!r} is not a string")
+    _check_sections(data, path)
 
 
 def read_manifest(data_dir: Path, *, signing_key: Any = None) -> Manifest:
@@ -287,12 +395,25 @@ def read_manifest(data_dir: Path, *, signing_key: Any = None) -> Manifest:
         )
     if signing_key is not None:
         _signing.check(data_dir, raw, signing_key)
+    return Manifest.from_dict(parse(raw, path))
+
+
+def parse(raw: bytes, path: Path) -> dict[str, Any]:
+    """The manifest's bytes as a checked dict: JSON, every field of the type readers expect.
+
+    Raises:
+        BundleFormatError: Of a newer format.
+        IntegrityError: Damaged or hostile (not JSON, nested too deep, a field of another type,
+            a path out of the bundle); the message names the field.
+    """
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise _damaged(path, f"it is not valid JSON ({e})") from e
     if not isinstance(data, dict):
         raise _damaged(path, "it is not a JSON object")
+    if _too_deep(data):
+        raise _damaged(path, f"it nests values deeper than {MAX_DEPTH} levels")
     version = data.get("format_version")
     if type(version) is not int or version < 1:
         raise _damaged(path, "it has no valid format_version")
@@ -307,7 +428,7 @@ def read_manifest(data_dir: Path, *, signing_key: Any = None) -> Manifest:
     if CHECKSUM_KEY in data and data[CHECKSUM_KEY] != checksum(data):
         raise _damaged(path, "its content does not match its checksum (manifest_sha256)")
     _check_shape(data, path)
-    return Manifest.from_dict(data)
+    return data
 
 
 def sign(data_dir: Path, signing_key: Any) -> None:

@@ -8,7 +8,9 @@ was; hostile manifests given to ``inspect``, ``list`` and ``load_bundle``. The b
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +95,146 @@ def test_a_fifo_where_an_empty_file_was_is_refused_and_starves_no_other_load(
     assert done.returncode == 1, done.stdout + done.stderr  # as for any unreadable manifest
     assert "Error: IntegrityError: " in done.stderr
     assert "manifest.json' is not a regular file (a FIFO)" in done.stderr
+
+
+# --- hostile manifests --------------------------------------------------------------------------
+
+#: Values put in place of each field of a manifest: every JSON type, paths out of the bundle.
+HOSTILE = [None, 7, -1, 2.5, True, "x", "../../etc/passwd", [], [3, "x"], {}, {"a": [None]}]
+
+
+def _fields(value: Any, at: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The path of every field of a JSON document (dict keys and list indexes)."""
+    out = [at] if at else []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out += _fields(item, (*at, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            out += _fields(item, (*at, index))
+    return out
+
+
+def _write_manifest(bundle: Path, data: Any) -> None:
+    from cloudflow._manifest import CHECKSUM_KEY, checksum
+
+    if isinstance(data, dict):
+        data = {**data, CHECKSUM_KEY: checksum(data)}  # so only the types can give it away
+    (bundle / "cloudflow" / "manifest.json").write_text(json.dumps(data), encoding="utf-8")
+
+
+def _clean(fn: Any) -> str:
+    """What ``fn()`` did: "ok", or the CloudflowError it raised (anything else fails the test)."""
+    from cloudflow.exceptions import CloudflowError
+
+    try:
+        fn()
+    except CloudflowError as e:
+        return type(e).__name__
+    return "ok"
+
+
+def test_hostile_manifests_get_a_clear_error_from_inspect_list_and_load(
+    app: Any,  # noqa: F811
+    in_src: None,  # noqa: F811
+    tmp_path: Path,
+    mlflow_state: None,
+) -> None:
+    """Every field of a real manifest given every JSON type (checksum made to match), and a
+    100,000-deep bracket: each answers or raises a CloudflowError naming the damage, and one bad
+    bundle leaves ``list`` listing the others."""
+    import mlflow
+
+    import cloudflow
+    from cloudflow import _inspect, _listing
+
+    store = tmp_path / "store"
+    experiment_id = cloudflow.prepare_env(str(store), "hostile")
+    with mlflow.start_run(experiment_id=experiment_id):
+        good = cloudflow.log_bundle(
+            app.predict,
+            {"scaler": app.Scaler(3), "wire": app.Tripwire(str(app.SENTINEL))},
+            files=["data"],
+            model_metadata={"scaler": {"training_history": {"loss": [1.0, 0.5]}, "owner": "a"}},
+            metadata={"team": ["x"]},
+        )
+        bad = cloudflow.log_bundle(
+            app.predict,
+            {"scaler": app.Scaler(3), "wire": app.Tripwire(str(app.SENTINEL))},
+            name="bad",
+            files=["data"],
+        )
+    location = mlflow.MlflowClient().get_logged_model(bad.model_id).artifact_location
+    bundle = Path(location.removeprefix("file://"))
+    original = json.loads((bundle / "cloudflow" / "manifest.json").read_text(encoding="utf-8"))
+    fields = [f for f in _fields(original) if f[0] != "manifest_sha256"]
+    rng = random.Random(26)
+    trials = [(f, v) for f in fields for v in rng.sample(HOSTILE, 2)]
+    trials += [
+        ((), "[" * 100_000 + "]" * 100_000),
+        (("metadata",), {"deep": [[[[[[[[0]]]]]]]] * 3}),
+    ]
+    trials += [(("metadata", "deep"), json.loads("[" * 900 + "]" * 900))]
+    outcomes: dict[str, int] = {}
+    for at, value in trials:
+        data = json.loads(json.dumps(original))
+        if not at:
+            (bundle / "cloudflow" / "manifest.json").write_text(value, encoding="utf-8")
+        else:
+            holder = data
+            for key in at[:-1]:
+                holder = holder[key]
+            holder[at[-1]] = value
+            _write_manifest(bundle, data)
+        seen = [
+            _clean(lambda: _inspect.format_text(_inspect.describe_folder(bundle))),
+            _clean(lambda: cloudflow.load_bundle(bundle, verify=False)),
+            _clean(lambda: cloudflow.load_bundle(bundle)),
+        ]
+        listing = _listing.list_store(store)
+        (run,) = listing["experiments"][-1]["runs"]
+        rows = {b["name"]: b for b in run["bundles"]}
+        assert rows["model"]["unreadable"] is None
+        assert rows["model"]["size_bytes"] > 0
+        assert "bad" in rows, (at, value)  # listed: as it is, or as unreadable
+        _listing.format_text(listing)
+        for what in seen:
+            outcomes[what] = outcomes.get(what, 0) + 1
+    print(f"{len(trials)} hostile manifests:", outcomes)
+    assert outcomes.get("IntegrityError", 0) > len(trials)  # most are refused, named
+    assert cloudflow.load_bundle(f"models:/{good.model_id}").predict(x=1) == 4
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="limits the address space with setrlimit")
+def test_inspect_of_a_sparse_huge_code_file_never_reads_it_whole(
+    app: Any,  # noqa: F811
+    in_src: None,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A 4 GiB sparse code.pkl (a few KB on the disk), its size in the manifest: inspect and
+    verify hash it as it streams, in a process that could not hold it."""
+    bundle = save(app, tmp_path / "bundle")
+    code = bundle / "cloudflow" / "code.pkl"
+    size = 4 * 1024**3
+    os.truncate(code, size)
+    data = json.loads((bundle / "cloudflow" / "manifest.json").read_text(encoding="utf-8"))
+    data["files"]["code.pkl"]["size"] = size
+    _write_manifest(bundle, data)
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (3 * 1024**3, 3 * 1024**3))"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"{limit}\nfrom cloudflow.cli import main\nmain()",
+            "inspect",
+            str(bundle),
+        ],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "'code.pkl' of the bundle" in done.stdout
+    assert "does not match" in done.stdout
