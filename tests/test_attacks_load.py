@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,66 @@ def cli(*args: str, cwd: Path, key: str | None = None) -> subprocess.CompletedPr
         text=True,
         timeout=HANG_S,
     )
+
+
+# --- rollback by URI ----------------------------------------------------------------------------
+
+
+def test_an_older_signed_release_put_in_the_newest_ones_folder_is_refused_by_every_uri(
+    app: Any,  # noqa: F811
+    in_src: None,  # noqa: F811
+    tmp_path: Path,
+    mlflow_state: None,
+) -> None:
+    """Two releases of one run, both signed with the release key and registered as versions 1
+    and 2 of ``rel`` (alias ``champion`` on 2); release 1's files copied over release 2's. The
+    signature alone cannot tell them apart: each URI's own identity must."""
+    import mlflow
+
+    import cloudflow
+    from cloudflow.exceptions import IntegrityError
+
+    key = os.urandom(32)
+    store = tmp_path / "store"
+    experiment_id = cloudflow.prepare_env(str(store), "releases")
+    infos = []
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        for k in (3, 5):
+            infos.append(
+                cloudflow.log_bundle(
+                    app.predict,
+                    {"scaler": app.Scaler(k), "wire": app.Tripwire(str(app.SENTINEL))},
+                    files=["data"],
+                    signing_key=key,
+                    registered_model_name="rel",
+                )
+            )
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias("rel", "champion", infos[1].registered_model_version)
+    run_id = run.info.run_id
+    old, new = (
+        Path(client.get_logged_model(i.model_id).artifact_location.removeprefix("file://"))
+        for i in infos
+    )
+    assert cloudflow.load_bundle(f"runs:/{run_id}/model", signing_key=key).predict(x=1) == 6
+    shutil.rmtree(new)
+    shutil.copytree(old, new)  # release 1, intact and signed, where release 2 was
+    refused = rf"with model_id '{infos[0].model_id}', not '{infos[1].model_id}'"
+    for uri in (
+        f"runs:/{run_id}/model",
+        "models:/rel/2",
+        "models:/rel@champion",
+        f"models:/{infos[1].model_id}",
+    ):
+        with pytest.raises(IntegrityError, match=refused):
+            cloudflow.load_bundle(uri, signing_key=key)
+    seed = cloudflow.cloudflow_model()
+    for asked in (run_id, "models:/rel@champion"):
+        with pytest.raises(IntegrityError, match=refused):
+            seed.load_model(str(store), "releases", asked, signing_key=key)
+    # Release 1 still loads by its own names.
+    assert cloudflow.load_bundle("models:/rel/1", signing_key=key).predict(x=1) == 4
+    assert cloudflow.load_bundle(f"models:/{infos[0].model_id}", signing_key=key).predict(x=1) == 4
 
 
 # --- a FIFO where a file was --------------------------------------------------------------------
