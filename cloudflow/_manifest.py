@@ -13,12 +13,13 @@ Three layers, each checked before anything of the bundle is unpickled:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import posixpath
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -696,9 +697,26 @@ class VerifiedBytes:
         self.data_dir = data_dir
         self.manifest = manifest
         self._bytes: dict[str, bytes] = {}
+        self._aliases: dict[str, str] = {}
 
     def _rel(self, path: Path) -> str:
-        return os.path.relpath(os.path.normpath(path), self.data_dir).replace(os.sep, "/")
+        where = os.path.normpath(path)
+        for alias, folder in list(self._aliases.items()):
+            if where == alias or where.startswith(alias + os.sep):
+                where = folder + where[len(alias) :]
+                break
+        return os.path.relpath(where, self.data_dir).replace(os.sep, "/")
+
+    @contextlib.contextmanager
+    def aliased(self, alias: Path, folder: Path) -> Iterator[None]:
+        """While the block runs, paths under ``alias`` stand for the same under ``folder`` (a
+        model's files placed in a private folder: see :mod:`cloudflow._sealed`)."""
+        key = os.path.normpath(alias)
+        self._aliases[key] = os.path.normpath(folder)
+        try:
+            yield
+        finally:
+            self._aliases.pop(key, None)
 
     def _read_checked(self, rel: str) -> bytes:
         assert self.manifest is not None

@@ -8,6 +8,7 @@ was; hostile manifests given to ``inspect``, ``list`` and ``load_bundle``. The b
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -299,3 +300,169 @@ def test_inspect_of_a_sparse_huge_code_file_never_reads_it_whole(
     assert done.returncode == 2, done.stdout + done.stderr
     assert "'code.pkl' of the bundle" in done.stdout
     assert "does not match" in done.stdout
+
+
+# --- a file reopened by name after its check -----------------------------------------------------
+
+KERAS_RACE = """
+import os, shutil, subprocess, sys, time
+from pathlib import Path
+
+os.environ["KERAS_BACKEND"] = "torch"
+import keras
+import numpy as np
+import cloudflow
+from cloudflow.exceptions import IntegrityError
+
+scratch, sentinel, loads = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+key = os.urandom(32)
+
+
+def net(fn):
+    inputs = keras.Input((3,))
+    return keras.Model(inputs, keras.layers.Lambda(fn)(inputs))
+
+
+def predict(net, x):
+    return net.predict(np.asarray(x, dtype="float32"), verbose=0).tolist()
+
+
+bundle = scratch / "bundle"
+cloudflow.save_bundle(predict, {"net": net(lambda x: x * 2.0)}, bundle, signing_key=key)
+(target,) = (bundle / "cloudflow").rglob("*.keras")
+good = scratch / "good.keras"
+shutil.copyfile(target, good)
+# The attacker's archive: its Lambda's bytecode runs when Keras rebuilds the model.
+evil = scratch / "evil.keras"
+payload = eval(f"lambda x: (__import__('os').makedirs({sentinel!r}, exist_ok=True), x)[1]")
+net(payload).save(evil)
+os.rmdir(sentinel)  # made while the attacker saved it
+swapper = subprocess.Popen([sys.executable, "-c", '''
+import os, shutil, sys
+target, good, evil = sys.argv[1:4]
+while True:
+    for source in (evil, good):
+        shutil.copyfile(source, target + ".tmp")
+        os.replace(target + ".tmp", target)
+''', str(target), str(good), str(evil)])
+answers, refused, wrong, tried = 0, 0, 0, 0
+try:
+    for tried in range(1, loads + 1):
+        try:
+            got = cloudflow.load_bundle(bundle, signing_key=key).predict(x=[[1.0, 2.0, 3.0]])
+        except IntegrityError:
+            refused += 1
+        else:
+            answers += 1
+            wrong += got != [[2.0, 4.0, 6.0]]
+        if os.path.exists(sentinel):
+            break
+finally:
+    swapper.kill()
+    swapper.wait()
+emit({"ran": os.path.exists(sentinel), "tried": tried, "answers": answers, "wrong": wrong,
+      "refused": refused})
+"""
+
+
+LOADS = 80
+
+
+@pytest.mark.slow
+def test_a_keras_archive_swapped_while_signed_loads_run_never_runs_the_attackers_code(
+    tmp_path: Path,
+) -> None:
+    """Another process swaps model.keras (a Lambda: loaded with safe_mode=False) with an
+    attacker's archive and back, in a loop, while signed loads run (the attack succeeded within
+    15 to 203 loads when the archive was reopened by name after its check)."""
+    if importlib.util.find_spec("keras") is None:
+        pytest.skip("keras is not installed")
+    sentinel = tmp_path / "ATTACKER_RAN"
+    result = run_snippet(
+        KERAS_RACE, cwd=tmp_path, args=[str(tmp_path), str(sentinel), str(LOADS)], timeout=600
+    )
+    assert not result["ran"], result
+    assert result["wrong"] == 0, result
+    assert result["answers"] + result["refused"] == LOADS
+    assert result["refused"] > 0  # the swapper did reach the checks
+    assert result["answers"] > 0
+
+
+SEALED_LOADS = """
+import json, os, sys, tempfile
+from pathlib import Path
+
+import numpy as np
+import cloudflow
+
+bundle, key = sys.argv[1], sys.argv[2]
+x = np.random.default_rng(1).random((5, 4)).astype("float32")
+
+
+def answers(loaded):
+    return json.loads(json.dumps(loaded.predict(x=x), default=str))
+
+
+before = set(os.listdir(tempfile.gettempdir()))
+plain = answers(cloudflow.load_bundle(bundle))
+signed = answers(cloudflow.load_bundle(bundle, signing_key=key))
+lazy = answers(cloudflow.load_bundle(bundle, signing_key=key, lazy=True))
+left = sorted(n for n in set(os.listdir(tempfile.gettempdir())) - before if "sealed" in n)
+emit({"plain": plain, "signed": signed, "lazy": lazy, "left": left})
+"""
+
+
+@pytest.mark.slow
+def test_every_flavor_loads_signed_from_its_checked_files_with_the_same_answers(
+    tmp_path: Path, user_modules: Any
+) -> None:
+    """Under a key each model loads from a private folder of its checked files (copies, and
+    the checked descriptors of safetensors weights): the answers are those of an unsigned load,
+    lazily too, and nothing is left in the temp dir."""
+    import models as built
+
+    import cloudflow
+
+    user_modules.write(
+        {
+            "sealed_app.py": """
+                import numpy as np
+                import torch
+                import xgboost
+
+                def predict(net, onnx, xgb, lgbm, text, ensemble, x):
+                    with torch.no_grad():
+                        torch_out = net(torch.from_numpy(x)).tolist()
+                    return {
+                        "torch": torch_out,
+                        "onnx": onnx.run(None, {"X": x})[0].tolist(),
+                        "xgb": xgb.predict(xgboost.DMatrix(
+                            x[:, :3], feature_names=["sl", "sw", "pl"])).tolist(),
+                        "lgbm": lgbm.predict(x[:, :3]).tolist(),
+                        "text": str(text("good")),
+                        "ensemble": ensemble["by_language"]["en"].predict(x).tolist(),
+                    }
+            """
+        }
+    )
+    import sealed_app
+
+    key = os.urandom(32).hex()
+    bundle = tmp_path / "bundle"
+    cloudflow.save_bundle(
+        sealed_app.predict,
+        {
+            "net": built.tiny_torch_mlp(),
+            "onnx": built.tiny_onnx_session(),
+            "xgb": built.tiny_xgb_booster(),
+            "lgbm": built.tiny_lgbm_booster(),
+            "text": built.tiny_text_pipeline(),
+            "ensemble": built.tiny_ensemble(),
+        },
+        bundle,
+        signing_key=key,
+    )
+    result = run_snippet(SEALED_LOADS, cwd=tmp_path, args=[str(bundle), key])
+    assert result["signed"] == result["plain"]
+    assert result["lazy"] == result["plain"]
+    assert result["left"] == []
