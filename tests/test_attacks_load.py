@@ -40,61 +40,90 @@ def cli(*args: str, cwd: Path, key: str | None = None) -> subprocess.CompletedPr
 # --- rollback by URI ----------------------------------------------------------------------------
 
 
-def test_an_older_signed_release_put_in_the_newest_ones_folder_is_refused_by_every_uri(
-    app: Any,  # noqa: F811
-    in_src: None,  # noqa: F811
-    tmp_path: Path,
-    mlflow_state: None,
-) -> None:
+def _roll_back(tripwire: Any, tracking_uri: str, folder_of: Any, name: str) -> None:
     """Two releases of one run, both signed with the release key and registered as versions 1
-    and 2 of ``rel`` (alias ``champion`` on 2); release 1's files copied over release 2's. The
-    signature alone cannot tell them apart: each URI's own identity must."""
+    and 2 of ``name`` (alias ``champion`` on 2); release 1's files copied over release 2's
+    (``folder_of(model_id)``: the folder on disk). The signature alone cannot tell them apart:
+    each URI's own identity must."""
     import mlflow
 
     import cloudflow
     from cloudflow.exceptions import IntegrityError
 
     key = os.urandom(32)
-    store = tmp_path / "store"
-    experiment_id = cloudflow.prepare_env(str(store), "releases")
+    experiment = f"releases-{name}"
+    experiment_id = cloudflow.prepare_env(tracking_uri, experiment)
     infos = []
     with mlflow.start_run(experiment_id=experiment_id) as run:
         for k in (3, 5):
             infos.append(
                 cloudflow.log_bundle(
-                    app.predict,
-                    {"scaler": app.Scaler(k), "wire": app.Tripwire(str(app.SENTINEL))},
+                    tripwire.predict,
+                    {
+                        "scaler": tripwire.Scaler(k),
+                        "wire": tripwire.Tripwire(str(tripwire.SENTINEL)),
+                    },
                     files=["data"],
                     signing_key=key,
-                    registered_model_name="rel",
+                    registered_model_name=name,
                 )
             )
     client = mlflow.MlflowClient()
-    client.set_registered_model_alias("rel", "champion", infos[1].registered_model_version)
+    client.set_registered_model_alias(name, "champion", infos[1].registered_model_version)
     run_id = run.info.run_id
-    old, new = (
-        Path(client.get_logged_model(i.model_id).artifact_location.removeprefix("file://"))
-        for i in infos
-    )
     assert cloudflow.load_bundle(f"runs:/{run_id}/model", signing_key=key).predict(x=1) == 6
+    old, new = (folder_of(i.model_id) for i in infos)
     shutil.rmtree(new)
     shutil.copytree(old, new)  # release 1, intact and signed, where release 2 was
     refused = rf"with model_id '{infos[0].model_id}', not '{infos[1].model_id}'"
     for uri in (
         f"runs:/{run_id}/model",
-        "models:/rel/2",
-        "models:/rel@champion",
+        f"models:/{name}/2",
+        f"models:/{name}@champion",
         f"models:/{infos[1].model_id}",
     ):
         with pytest.raises(IntegrityError, match=refused):
             cloudflow.load_bundle(uri, signing_key=key)
     seed = cloudflow.cloudflow_model()
-    for asked in (run_id, "models:/rel@champion"):
+    for asked in (run_id, f"models:/{name}@champion"):
         with pytest.raises(IntegrityError, match=refused):
-            seed.load_model(str(store), "releases", asked, signing_key=key)
+            seed.load_model(tracking_uri, experiment, asked, signing_key=key)
     # Release 1 still loads by its own names.
-    assert cloudflow.load_bundle("models:/rel/1", signing_key=key).predict(x=1) == 4
+    assert cloudflow.load_bundle(f"models:/{name}/1", signing_key=key).predict(x=1) == 4
     assert cloudflow.load_bundle(f"models:/{infos[0].model_id}", signing_key=key).predict(x=1) == 4
+
+
+def test_an_older_signed_release_put_in_the_newest_ones_folder_is_refused_by_every_uri(
+    app: Any,  # noqa: F811
+    in_src: None,  # noqa: F811
+    tmp_path: Path,
+    mlflow_state: None,
+) -> None:
+    import mlflow
+
+    def folder_of(model_id: str) -> Path:
+        location = mlflow.MlflowClient().get_logged_model(model_id).artifact_location
+        return Path(location.removeprefix("file://"))
+
+    _roll_back(app, str(tmp_path / "store"), folder_of, "rel")
+
+
+@pytest.mark.slow
+def test_an_older_signed_release_on_a_tracking_server_is_refused_by_every_uri(
+    app: Any,  # noqa: F811
+    in_src: None,  # noqa: F811
+    mlflow_server: Any,
+    mlflow_state: None,
+) -> None:
+    """The same on ``mlflow server`` (proxied artifacts): whoever can write the server's
+    artifact folder puts release 1 where release 2 is."""
+    root = mlflow_server.log.parent / "artifacts"
+
+    def folder_of(model_id: str) -> Path:
+        (folder,) = root.glob(f"*/models/{model_id}/artifacts")
+        return folder
+
+    _roll_back(app, mlflow_server.url, folder_of, f"rel-{os.urandom(4).hex()}")
 
 
 # --- a FIFO where a file was --------------------------------------------------------------------
