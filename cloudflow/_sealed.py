@@ -37,7 +37,7 @@ from cloudflow._manifest import (
     VerifiedBytes,
     file_digest,
 )
-from cloudflow.exceptions import IntegrityError
+from cloudflow.exceptions import IntegrityError, StoreError
 
 _CHUNK = 4 * 1024 * 1024
 
@@ -66,21 +66,33 @@ def sealed_folder(
         IntegrityError: A file is not a regular file, or does not match its size or digest.
     """
     proc_fd = Path(f"/proc/{os.getpid()}/fd")  # this process's, even after a fork
-    root = Path(tempfile.mkdtemp(prefix="cloudflow-sealed-"))
-    private = root / model_path
     fds: list[int] = []
+    try:
+        root = Path(tempfile.mkdtemp(prefix="cloudflow-sealed-"))
+    except OSError as e:
+        raise _no_room(model_path, e) from e
+    private = root / model_path
     try:
         private.mkdir(parents=True)
         for rel in sealed_files(manifest, model_path):
             target = root / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd = _digests.open_regular(data_dir / rel)
+            try:
+                fd = _digests.open_regular(data_dir / rel)
+            except OSError as e:
+                raise IntegrityError(
+                    f"The file {rel!r} of the bundle at {str(data_dir.parent)!r} cannot be read "
+                    f"({e.strerror}). Copy the bundle again or save it again."
+                ) from e
             fds.append(fd)
             if rel.endswith(DEFERRABLE_SUFFIXES) and proc_fd.is_dir():
                 _check_descriptor(fd, data_dir, rel, manifest)
                 os.symlink(proc_fd / str(fd), target)
             else:
-                _copy_checked(fd, target, data_dir, rel, manifest)
+                try:
+                    _copy_checked(fd, target, data_dir, rel, manifest)
+                except OSError as e:
+                    raise _no_room(model_path, e) from e
         with verified.aliased(private, data_dir / model_path):
             yield private
     finally:
@@ -88,6 +100,14 @@ def sealed_folder(
             with contextlib.suppress(OSError):
                 os.close(fd)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _no_room(model_path: str, error: OSError) -> StoreError:
+    return StoreError(
+        f"A signed load copies the checked files of {model_path!r} into a private folder of "
+        f"{tempfile.gettempdir()!r}, which failed ({error.strerror}). Give it room, or point "
+        "TMPDIR at a folder of your own with room, and load again."
+    )
 
 
 def _refuse(data_dir: Path, rel: str, algorithm: str) -> IntegrityError:
