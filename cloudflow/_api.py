@@ -649,7 +649,7 @@ def export_bundle(model_uri: str | os.PathLike[str], destination: str | os.PathL
             data = _manifest.DATA_DIR
             manifest = _manifest.read_manifest(folder / data)
             _remote.export(folder / data, manifest, partial)
-        _manifest.verify_files(partial / data, manifest, use_cache=False)
+        _manifest.verify_files(partial / data, manifest, use_cache=False, preload=False)
         with contextlib.suppress(FileNotFoundError):
             target.rmdir()
         os.rename(partial, target)

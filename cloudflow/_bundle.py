@@ -33,6 +33,7 @@ from cloudflow import (
     _portable,
     _progress,
     _runtime,
+    _sealed,
     _signature,
 )
 from cloudflow._manifest import CODE_FILE, DATA_DIR, MODELS_DIR, Manifest, ModelEntry
@@ -823,6 +824,7 @@ def _load_models(
     steps: _progress.Steps,
     options: Mapping[str, Mapping[str, str]] | None = None,
     lazy: Callable[[str], None] | None = None,
+    seal: Callable[[str], contextlib.AbstractContextManager[Path]] | None = None,
 ) -> dict[str, object]:
     """Load every model of a bundle; the result keeps the manifest's order.
 
@@ -835,7 +837,11 @@ def _load_models(
         flavor = get_flavor(entry.flavor)
         t0 = time.perf_counter()
         info = {**entry.info, **(options or {}).get(name, {})}
-        obj = flavor.load(data / entry.path, info, context)
+        if seal is None:
+            obj = flavor.load(data / entry.path, info, context)
+        else:  # under a key: from a private folder of the checked files
+            with seal(entry.path) as folder:
+                obj = flavor.load(folder, info, context)
         elapsed = time.perf_counter() - t0
         _logger.info("Loaded model %r (%s) in %.2f s", name, flavor.name, elapsed)
         return obj
@@ -1037,6 +1043,14 @@ def _read_bundle(
     # while the models load and, unsigned, while the first predict runs: its answer is given
     # only once they match (Bundle.predict). A signed bundle returns once they match.
     deferrable = set(_manifest.deferred_files(manifest)) if checked and _defer_checks else set()
+    # Under a key, a model's files (but pickles) are checked as they are put in a private
+    # folder the model loads from (cloudflow._sealed), not by name beforehand.
+    sealed = (
+        {r for e in manifest.models.values() for r in _sealed.sealed_files(manifest, e.path)}
+        if trust is not None
+        else set()
+    )
+    deferrable -= sealed
     # Lazily loaded models have their files checked when they load, not now.
     by_model = {
         name: [r for r in manifest.files if r.startswith(entry.path.rstrip("/") + "/")]
@@ -1050,7 +1064,7 @@ def _read_bundle(
     late: list[concurrent.futures.Future[None]] = []  # lazy models' weights, being hashed
 
     def check_model(name: str) -> None:
-        if not checked:
+        if not checked or trust is not None:  # under a key: checked as sealed, when it loads
             return
         rels = [r for r in by_model[name] if not r.endswith(_manifest.READ_ONCE_SUFFIXES)]
         if trust is None and _IN_PREDICT.get():
@@ -1072,7 +1086,7 @@ def _read_bundle(
             verified = _manifest.verify_files(
                 data,
                 manifest,
-                skip_digests=[*deferred, *later],
+                skip_digests=[*deferred, *later, *sealed],
                 use_cache=trust is None,
                 outer=False,
             )
@@ -1100,8 +1114,15 @@ def _read_bundle(
                 _files.place_modules(table, resolver, _capture.relative_filename)
             context = LoadContext(table, read=verified.read)
             steps.advance("code")
+            seal = functools.partial(_sealed.sealed_folder, data, manifest, verified=verified)
             models = _load_models(
-                data, manifest, context, steps, options, lazy=check_model if lazy else None
+                data,
+                manifest,
+                context,
+                steps,
+                options,
+                lazy=check_model if lazy else None,
+                seal=seal if trust is not None else None,
             )
         except BaseException:
             # A damaged weights file may be why a model failed to load: say that first.

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import errno
 import hashlib
 import mmap
 import os
@@ -212,17 +213,110 @@ def digest_bytes(data: bytes | memoryview, algorithm: str = ALGORITHM) -> str:
     return str(h.hexdigest())
 
 
+#: Flags that open a bundle's file without waiting and without following a link: a FIFO, a
+#: device or a link put where a file was is refused (by :func:`open_regular`), never waited on.
+READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+
+
+def open_regular(path: str | os.PathLike[str]) -> int:
+    """An open descriptor of the regular file ``path`` (never a FIFO, a device or a link).
+
+    Opened non-blocking (a FIFO opened for reading otherwise waits for a writer, forever) and
+    checked with ``fstat`` on that very descriptor, so nothing can be swapped in between.
+
+    Raises:
+        IntegrityError: ``path`` is not a regular file (a FIFO, a device, a folder, a link).
+        OSError: It cannot be opened (missing, no permission).
+    """
+    try:
+        fd = os.open(path, READ_FLAGS)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise IntegrityError(
+                f"{os.fspath(path)!r} is a symbolic link; a bundle holds only regular files."
+            ) from e
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise IntegrityError(
+                f"{os.fspath(path)!r} is not a regular file ({_kind(mode)}); a bundle holds only "
+                "regular files. Refusing to read it: copy the bundle again or save it again."
+            )
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a file"
+
+
+def read_regular(path: str | os.PathLike[str], limit: int, what: str) -> bytes:
+    """The content of the regular file ``path``, refused if larger than ``limit`` bytes.
+
+    Its size is taken from the open descriptor before anything is read, so a file that claims
+    to be small and is not (or a sparse file of gigabytes) is never read whole.
+
+    Raises:
+        IntegrityError: Not a regular file, or larger than ``limit``; named as ``what``.
+        OSError: It cannot be opened or read.
+    """
+    fd = open_regular(path)
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            raise IntegrityError(
+                f"{what} {os.fspath(path)!r} has {size} bytes, more than the {limit} such a file "
+                "ever holds: refusing to read it. The bundle is damaged or not a bundle."
+            )
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise IntegrityError(f"{what} {os.fspath(path)!r} grew past {limit} bytes as it was read.")
+    return data
+
+
+def _hash_descriptor(fd: int, size: int, h: Any) -> None:
+    """Feed the first ``size`` bytes of the open file ``fd`` to ``h`` (mapped in windows)."""
+    if size >= _CHUNK:
+        # Mapped, not read: no copy through a buffer, and BLAKE3 splits each window across
+        # cores. Windows, not one mapping, so the process's resident size grows by one window.
+        offset = 0
+        while offset < size:
+            length = min(_WINDOW, size - offset)
+            with mmap.mmap(fd, length, access=mmap.ACCESS_READ, offset=offset) as m:
+                h.update(m)
+            offset += length
+    else:
+        h.update(os.pread(fd, size, 0) if size else b"")
+
+
+def digest_descriptor(fd: int, algorithm: str = ALGORITHM) -> str:
+    """Digest of the regular file open as ``fd`` (its size as ``fstat`` says now)."""
+    h = new_hasher(algorithm)
+    _hash_descriptor(fd, os.fstat(fd).st_size, h)
+    return str(h.hexdigest())
+
+
 def _hash_open_file(
     path: Path, algorithm: str = ALGORITHM
 ) -> tuple[str, os.stat_result, os.stat_result]:
     """Digest of a regular file, with its identity before and after reading it."""
     h = new_hasher(algorithm)
-    with open(path, "rb") as f:
+    with os.fdopen(open_regular(path), "rb") as f:
         before = os.fstat(f.fileno())
-        if not stat.S_ISREG(before.st_mode):
-            raise IntegrityError(
-                f"{str(path)!r} is not a regular file; a bundle holds only regular files."
-            )
         if before.st_size >= _CHUNK:
             # Mapped, not read: no copy through a buffer, and BLAKE3 splits each window across
             # cores. Windows, not one mapping, so the process's resident size grows by one window.

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudflow import _digests
+from cloudflow.exceptions import IntegrityError
 
 #: Files at a bundle's root that only tell MLflow's tools how to build an environment.
 ENVIRONMENT_FILES = frozenset(
@@ -87,11 +88,15 @@ def read_mlmodel(path: Path) -> dict[str, Any]:
                 raise yaml.YAMLError("it uses YAML aliases, which MLflow never writes")
             return super().compose_node(parent, index)
 
-    if path.stat().st_size > MLMODEL_MAX:
-        raise ValueError(f"it is larger than {MLMODEL_MAX} bytes")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=NoAliases)  # noqa: S506
-    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        # A regular file only, its size taken from the open descriptor: never a FIFO, never a
+        # huge file read whole.
+        raw = _digests.read_regular(path, MLMODEL_MAX, "MLmodel")
+    except IntegrityError as e:
+        raise ValueError(str(e)) from e
+    try:
+        data = yaml.load(raw.decode("utf-8"), Loader=NoAliases)  # noqa: S506
+    except (UnicodeDecodeError, yaml.YAMLError, RecursionError) as e:
         raise ValueError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else e}") from e
     if not isinstance(data, dict):
         raise ValueError("it is not a YAML mapping")

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _environment, _manifest, _model_metadata, _store
+from cloudflow import _digests, _environment, _manifest, _model_metadata, _store
 from cloudflow._manifest import DATA_DIR as DATA_DIR_NAME
 from cloudflow.exceptions import IntegrityError
 
@@ -50,7 +50,7 @@ def _mlmodel(root: Path) -> dict[str, Any]:
     """MLmodel as a dict, safely (see :func:`cloudflow._environment.read_mlmodel`): anything
     unreadable gives ``{"unreadable": why}`` instead of a crash or a hang."""
     path = root / "MLmodel"
-    if not path.is_file():
+    if not os.path.lexists(path):
         return {}
     try:
         return _environment.read_mlmodel(path)
@@ -58,6 +58,20 @@ def _mlmodel(root: Path) -> dict[str, Any]:
         return {"unreadable": f"{type(e).__name__}: {e}"}
     except ValueError as e:
         return {"unreadable": str(e)}
+
+
+#: The largest requirements.txt read (MLflow writes a few hundred bytes).
+REQUIREMENTS_MAX = 1024 * 1024
+
+
+def _requirements(path: Path, manifest: _manifest.Manifest) -> list[str]:
+    """The lines of requirements.txt, or the manifest's list where it is missing or unreadable
+    (a FIFO, a huge file: the integrity check names it)."""
+    try:
+        text = _digests.read_regular(path, REQUIREMENTS_MAX, "requirements.txt")
+    except (OSError, IntegrityError):
+        return list(manifest.requirements)
+    return [line for line in text.decode("utf-8", "replace").splitlines() if line.strip()]
 
 
 def _signature_inputs(mlmodel: Mapping[str, Any]) -> list[dict[str, Any]] | None:
@@ -84,7 +98,7 @@ def _integrity(data: Path, manifest: _manifest.Manifest, verify: bool) -> dict[s
         present = {rel: e for rel, e in manifest.files.items() if rel not in away}
         manifest = dataclasses.replace(manifest, files=present)
     try:
-        verified = _manifest.verify_files(data, manifest)
+        verified = _manifest.verify_files(data, manifest, preload=False)
     except IntegrityError as e:
         return {"status": "FAILED", "error": str(e), **status}
     if verified.environment:
@@ -104,16 +118,7 @@ def describe_folder(path: Path, *, verify: bool = True) -> dict[str, Any]:
     saved_python = manifest.python_version
     loads_on = list(manifest.python_versions) or [".".join(saved_python.split(".")[:2])]
     here = platform.python_version()
-    requirements_file = root / "requirements.txt"
-    requirements = (
-        [
-            line
-            for line in requirements_file.read_text(encoding="utf-8", errors="replace").splitlines()
-            if line.strip()
-        ]
-        if requirements_file.is_file()
-        else list(manifest.requirements)
-    )
+    requirements = _requirements(root / "requirements.txt", manifest)
     return {
         "path": str(root),
         "requirements_here": requirements_here(requirements),

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _store
-from cloudflow.exceptions import NotFoundError
+from cloudflow import _manifest, _store
+from cloudflow.exceptions import CloudflowError, NotFoundError
 
 _STATUS = _store.LOGGED_MODEL_STATUS
 _MANIFEST = "cloudflow/manifest.json"
@@ -68,33 +67,56 @@ def _bundle_entry(
     location: str,
     status: str,
     created_ms: Any,
-    manifest: dict[str, Any],
+    manifest: dict[str, Any] | str,
     registered: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    models = manifest.get("models") or {}
-    files = manifest.get("files") or {}
+    """One bundle's row; one whose manifest is unreadable says why, with no flavors or size."""
+    unreadable = manifest if isinstance(manifest, str) else None
+    checked = manifest if isinstance(manifest, dict) else {}
+    models = checked.get("models") or {}
+    files = checked.get("files") or {}
     return {
         "name": name,
         "model_id": model_id,
         "status": status,
-        "flavors": {str(m): str((e or {}).get("flavor", "?")) for m, e in sorted(models.items())},
-        "size_bytes": sum(int((f or {}).get("size", 0)) for f in files.values()),
+        "flavors": {str(m): str(e["flavor"]) for m, e in sorted(models.items())},
+        "size_bytes": None if unreadable else sum(int(f["size"]) for f in files.values()),
         "created": _iso(created_ms),
         "registered": registered,
         "artifact_location": location,
+        "unreadable": unreadable,
     }
 
 
-def _local_manifest(location: str) -> dict[str, Any] | None:
+def _local_manifest(location: str) -> dict[str, Any] | str | None:
+    """The manifest of the bundle at ``location``; None: no bundle there (or not a local
+    folder); a str: a bundle whose manifest cannot be read, and why (listed as such)."""
     root = _store._local_path(location)
     if root is None:
         return None
+    from cloudflow._digests import read_regular
+
+    path = root / _MANIFEST
     try:
-        with open(root / _MANIFEST, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
+        # Never a FIFO waited on, a link followed or a huge file read whole.
+        raw = read_regular(path, _manifest.MANIFEST_MAX, "The manifest")
+    except FileNotFoundError:
         return None
-    return data if isinstance(data, dict) else None
+    except (OSError, CloudflowError) as e:
+        return _why(e)
+    return _parsed(raw, path)
+
+
+def _parsed(raw: bytes, path: Path) -> dict[str, Any] | str:
+    try:
+        return _manifest.parse(raw, path)
+    except CloudflowError as e:
+        return _why(e)
+
+
+def _why(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _registered(
@@ -218,16 +240,15 @@ def _from_client(uri: str) -> list[dict[str, Any]]:
     except Exception:  # a store without a registry
         versions = []
 
-    def manifest_of(location: str) -> dict[str, Any] | None:
+    def manifest_of(location: str) -> dict[str, Any] | str | None:
         local = _local_manifest(location)
-        if local is not None:
+        if local is not None or _store._local_path(location) is not None:
             return local
         try:
             text = mlflow.artifacts.load_text(f"{location.rstrip('/')}/{_MANIFEST}")
-            data = json.loads(text)
         except Exception:  # not a bundle, or no access
             return None
-        return data if isinstance(data, dict) else None
+        return _parsed(text.encode("utf-8"), Path(location) / _MANIFEST)
 
     out = []
     for experiment in experiments:
@@ -303,9 +324,10 @@ def format_text(listing: dict[str, Any]) -> str:
                 created = (b["created"] or "-").replace("T", " ").rstrip("Z")
                 registered = ", ".join(f"{r['name']} v{r['version']}" for r in b["registered"])
                 name = b["name"] if b["status"] == "READY" else f"{b['name']} ({b['status']})"
-                rows.append(
-                    (run["run_id"], name, flavors, _size(b["size_bytes"]), created, registered)
-                )
+                size = "-" if b["size_bytes"] is None else _size(b["size_bytes"])
+                if b.get("unreadable"):
+                    flavors = f"UNREADABLE: {b['unreadable']}"
+                rows.append((run["run_id"], name, flavors, size, created, registered))
         if rows:
             widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
             for row in [header, *rows]:

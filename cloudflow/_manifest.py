@@ -17,13 +17,13 @@ MLflow's own model tools make, only warns when the bundle is unsigned; signed, i
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import posixpath
-import stat
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,8 @@ CODE_FILE = "code.pkl"
 MODELS_DIR = "models"
 #: The manifest's checksum of itself (optional: bundles written before it existed have none).
 CHECKSUM_KEY = "manifest_sha256"
+#: The largest manifest read: one of a bundle with thousands of files and modules is a few MB.
+MANIFEST_MAX = 64 * 1024 * 1024
 # Files of the data folder that describe the others and are not listed in ``files``.
 _META_FILES = frozenset({MANIFEST_FILE, SIGNATURE_FILE})
 
@@ -212,6 +214,111 @@ def _check_shared(data: dict[str, Any], path: Path) -> None:
         raise _damaged(path, "its 'shared' section is not an area and files the manifest lists")
 
 
+#: The deepest nesting of JSON values a manifest holds (metadata is limited to 32 levels).
+MAX_DEPTH = 64
+
+
+def _too_deep(data: Any) -> bool:
+    """Whether ``data`` nests deeper than :data:`MAX_DEPTH` (walked without recursion)."""
+    stack = [(data, 0)]
+    while stack:
+        value, level = stack.pop()
+        if level > MAX_DEPTH:
+            return True
+        if isinstance(value, dict):
+            stack.extend((v, level + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, level + 1) for v in value)
+    return False
+
+
+def _is_str_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _is_str_dict(value: object, of: type | tuple[type, ...] = object) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, of) for k, v in value.items()
+    )
+
+
+#: Keys of a model's ``info`` that name a file or folder of the model's own folder.
+_INFO_PATHS = (
+    *("file", "weights", "module", "tree", "arrays", "archive", "custom_objects"),
+    *("saved_model", "wrapper"),
+)
+#: Keys of a model's ``info`` holding a list, or a mapping, when present.
+_INFO_LISTS = ("items", "boosters", "providers", "components", "custom_names")
+_INFO_DICTS = ("session_options", "provider_options")
+
+
+def _check_info(info: dict[str, Any], where: str, path: Path) -> None:
+    """A model's ``info`` (flavor-specific): the keys loaders build paths and loops from."""
+    for key in _INFO_PATHS:
+        if key in info and not _safe_relative(info[key]):
+            raise _damaged(path, f"{where}'s info {key!r} is {info[key]!r}, not a path inside it")
+    for key in _INFO_LISTS:
+        if key in info and not isinstance(info[key], list):
+            raise _damaged(path, f"{where}'s info {key!r} is not a list")
+    for key in _INFO_DICTS:
+        if key in info and not _is_str_dict(info[key]):
+            raise _damaged(path, f"{where}'s info {key!r} is not a mapping")
+    for index, item in enumerate(info.get("items") or []):
+        if not isinstance(item, dict) or not isinstance(item.get("info", {}), dict):
+            raise _damaged(path, f"element {index} of {where} is not a flavor, path and info")
+        if isinstance(item.get("info"), dict):
+            _check_info(item["info"], f"{where} element {index}", path)
+    for index, booster in enumerate(info.get("boosters") or []):
+        if not isinstance(booster, dict):
+            raise _damaged(path, f"booster {index} of {where} is not a mapping")
+
+
+def _check_sections(data: dict[str, Any], path: Path) -> None:
+    """The nested fields ``inspect``, ``list`` and the load read, each of the type they expect."""
+    fn = data.get("predict_fn") or {}
+    for key in ("name", "module", "signature"):
+        if key in fn and not isinstance(fn[key], str):
+            raise _damaged(path, f"predict_fn {key!r} is not a string")
+    for key in ("inputs", "parameters"):
+        if key in fn and not _is_str_list(fn[key]):
+            raise _damaged(path, f"predict_fn {key!r} is not a list of names")
+    for key in ("captured_modules", "requirements", "python_versions"):
+        if key in data and not _is_str_list(data[key]):
+            raise _damaged(path, f"{key!r} is not a list of strings")
+    for module, entry in (data.get("captured_globals") or {}).items():
+        if (
+            not isinstance(entry, dict)
+            or not _is_str_list(entry.get("globals", []))
+            or not _is_str_list(entry.get("left_out", []))
+            or not isinstance(entry.get("whole"), str | None)
+        ):
+            raise _damaged(path, f"the captured globals of {module!r} are not lists of names")
+    if not _is_str_dict(data.get("published") or {}, str):
+        raise _damaged(path, "'published' does not map names to strings")
+    for name, source in (data.get("flavors") or {}).items():
+        if not _is_str_dict(source, (str, type(None))):
+            raise _damaged(path, f"the source of the flavor {name!r} is not a mapping of strings")
+    for name, given in (data.get("model_metadata") or {}).items():
+        history = given.get("training_history", {}) if isinstance(given, dict) else None
+        if not _is_str_dict(given) or not _is_str_dict(history, list):
+            raise _damaged(path, f"the metadata of model {name!r} is not a mapping of values")
+    git = (data.get("provenance") or {}).get("git", [])
+    if not isinstance(git, list) or not all(
+        isinstance(c, dict)
+        and isinstance(c.get("commit", ""), str)
+        and _is_str_list(c.get("modules", []))
+        for c in git
+    ):
+        raise _damaged(path, "its provenance is not a list of git checkouts")
+    for name, entry in ((data.get("data_files") or {}).get("entries") or {}).items():
+        if not isinstance(entry.get("kind", ""), str) or not all(
+            type(entry.get(k, 0)) is int for k in ("size", "files")
+        ):
+            raise _damaged(path, f"the data file {name!r} has no kind, size and count")
+    for name, entry in (data.get("models") or {}).items():
+        _check_info(entry.get("info") or {}, f"model {name!r}", path)
+
+
 def _check_shape(data: dict[str, Any], path: Path) -> None:
     """The types every reader relies on; a damaged manifest says so instead of a TypeError."""
     for key, kind in (
@@ -224,6 +331,8 @@ def _check_shape(data: dict[str, Any], path: Path) -> None:
         ("requirements", list),
         ("files", dict),
         ("metadata", dict),
+        ("captured_globals", dict),
+        ("python_versions", list),
         ("data_files", dict),
         ("outer_files", dict),
         ("published", dict),
@@ -273,6 +382,7 @@ def _check_shape(data: dict[str, Any], path: Path) -> None:
     for dist, version in (data.get("libraries") or {}).items():
         if not isinstance(version, str):
             raise _damaged(path, f"the version of {dist!r} is not a string")
+    _check_sections(data, path)
 
 
 def read_manifest(data_dir: Path, *, signing_key: Any = None) -> Manifest:
@@ -285,20 +395,38 @@ def read_manifest(data_dir: Path, *, signing_key: Any = None) -> Manifest:
         IntegrityError: The manifest is damaged, or unsigned / wrongly signed under the key.
     """
     path = data_dir / MANIFEST_FILE
-    if not path.is_file():
+    try:
+        raw = _digests.read_regular(path, MANIFEST_MAX, "The manifest")
+    except FileNotFoundError:
+        raw = None
+    except OSError as e:
+        raise IntegrityError(f"The manifest {str(path)!r} cannot be read: {e.strerror}.") from e
+    if raw is None:
         raise BundleFormatError(
             f"{str(data_dir.parent)!r} is not a cloudflow bundle: {DATA_DIR}/{MANIFEST_FILE} is "
             "missing. Give the folder that holds the MLmodel file of a bundle saved by cloudflow."
         )
-    raw = path.read_bytes()
     if signing_key is not None:
         _signing.check(data_dir, raw, signing_key)
+    return Manifest.from_dict(parse(raw, path))
+
+
+def parse(raw: bytes, path: Path) -> dict[str, Any]:
+    """The manifest's bytes as a checked dict: JSON, every field of the type readers expect.
+
+    Raises:
+        BundleFormatError: Of a newer format.
+        IntegrityError: Damaged or hostile (not JSON, nested too deep, a field of another type,
+            a path out of the bundle); the message names the field.
+    """
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise _damaged(path, f"it is not valid JSON ({e})") from e
     if not isinstance(data, dict):
         raise _damaged(path, "it is not a JSON object")
+    if _too_deep(data):
+        raise _damaged(path, f"it nests values deeper than {MAX_DEPTH} levels")
     version = data.get("format_version")
     if type(version) is not int or version < 1:
         raise _damaged(path, "it has no valid format_version")
@@ -313,7 +441,7 @@ def read_manifest(data_dir: Path, *, signing_key: Any = None) -> Manifest:
     if CHECKSUM_KEY in data and data[CHECKSUM_KEY] != checksum(data):
         raise _damaged(path, "its content does not match its checksum (manifest_sha256)")
     _check_shape(data, path)
-    return Manifest.from_dict(data)
+    return data
 
 
 def sign(data_dir: Path, signing_key: Any) -> None:
@@ -442,6 +570,7 @@ def verify_files(
     require_outer: bool = False,
     outer: bool = True,
     refuse_signed_change: bool = True,
+    preload: bool = True,
 ) -> VerifiedBytes:
     """Check every file against the manifest before anything is unpickled.
 
@@ -453,6 +582,9 @@ def verify_files(
         require_outer: Refuse a bundle whose manifest does not cover MLflow's files.
         outer: Check MLflow's files too (see :func:`check_outer`); False when the caller did.
         refuse_signed_change: Refuse a signed bundle whose environment files changed.
+        preload: Read the files that run code into memory, to be loaded from there. Without
+            (a check that loads nothing: ``inspect``, ``verify``), every file is hashed as it
+            streams, so a huge (or sparse) file is never held whole in memory.
 
     Returns:
         The verified bytes of the files that run code when loaded (:data:`READ_ONCE_SUFFIXES`),
@@ -477,7 +609,7 @@ def verify_files(
             data_dir.parent, manifest, required=require_outer, refuse_signed=refuse_signed_change
         )
     skipped = set(skip_digests)
-    once = [rel for rel in manifest.files if rel.endswith(READ_ONCE_SUFFIXES)]
+    once = [rel for rel in manifest.files if preload and rel.endswith(READ_ONCE_SUFFIXES)]
     verified = VerifiedBytes(data_dir, manifest)
     verified.environment = change
     verified.preload([rel for rel in once if rel not in skipped])
@@ -600,7 +732,7 @@ def check_bundle(root: Path, trust: Any) -> dict[str, Any]:
     """
     data = root / DATA_DIR
     manifest = read_manifest(data, signing_key=trust)
-    verify_files(data, manifest, use_cache=False, require_outer=True)
+    verify_files(data, manifest, use_cache=False, require_outer=True, preload=False)
     record = _signing.read_signature(data)
     assert record is not None  # read_manifest refused an unsigned bundle
     return {
@@ -635,7 +767,9 @@ def sign_bundle(root: Path, signer: Any, review: Callable[[str], bool] | None = 
                 f"Not signing {str(root)!r}: its manifest was changed after this key signed "
                 f"it ({e}). Save the bundle again from its source."
             ) from e
-    verified = verify_files(data, manifest, use_cache=False, refuse_signed_change=False)
+    verified = verify_files(
+        data, manifest, use_cache=False, refuse_signed_change=False, preload=False
+    )
     change = verified.environment
     if change:
         shown = _environment.difference(root, manifest.environment, change)
@@ -665,9 +799,26 @@ class VerifiedBytes:
         self.manifest = manifest
         self.environment = _environment.EnvironmentChange()
         self._bytes: dict[str, bytes] = {}
+        self._aliases: dict[str, str] = {}
 
     def _rel(self, path: Path) -> str:
-        return os.path.relpath(os.path.normpath(path), self.data_dir).replace(os.sep, "/")
+        where = os.path.normpath(path)
+        for alias, folder in list(self._aliases.items()):
+            if where == alias or where.startswith(alias + os.sep):
+                where = folder + where[len(alias) :]
+                break
+        return os.path.relpath(where, self.data_dir).replace(os.sep, "/")
+
+    @contextlib.contextmanager
+    def aliased(self, alias: Path, folder: Path) -> Iterator[None]:
+        """While the block runs, paths under ``alias`` stand for the same under ``folder`` (a
+        model's files placed in a private folder: see :mod:`cloudflow._sealed`)."""
+        key = os.path.normpath(alias)
+        self._aliases[key] = os.path.normpath(folder)
+        try:
+            yield
+        finally:
+            self._aliases.pop(key, None)
 
     def _read_checked(self, rel: str) -> bytes:
         assert self.manifest is not None
@@ -681,12 +832,14 @@ class VerifiedBytes:
         algorithm, expected = file_digest(entry)
         try:
             # Non-blocking, no links: a FIFO or a link swapped in after the listing is refused,
-            # never waited on or followed.
-            flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
-            with os.fdopen(os.open(self.data_dir / rel, flags), "rb") as f:
-                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                    raise IntegrityError(f"{rel!r} of the bundle at {bundle!r} is not a file.")
-                data = f.read()
+            # never waited on or followed; never more read than the manifest's size and one byte.
+            with os.fdopen(_digests.open_regular(self.data_dir / rel), "rb") as f:
+                if os.fstat(f.fileno()).st_size != entry["size"]:
+                    raise IntegrityError(
+                        f"The file {rel!r} of the bundle at {bundle!r} is not of the size its "
+                        "manifest records: it was changed after saving. Save the bundle again."
+                    )
+                data = f.read(entry["size"] + 1)
         except OSError as e:
             raise IntegrityError(f"A file of the bundle at {bundle!r} cannot be read: {e}") from e
         if len(data) != entry["size"] or _digests.digest_bytes(data, algorithm) != expected:

@@ -350,11 +350,14 @@ def sign(data_dir: Path, manifest_bytes: bytes, key: Signer | bytes) -> None:
 
 def read_signature(data_dir: Path) -> tuple[str, str | None, str] | None:
     """``(algorithm, key id, signature)`` of a bundle, or None if it is unsigned."""
+    from cloudflow._digests import read_regular
+
     path = data_dir / SIGNATURE_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        # A few hundred bytes; never a FIFO waited on, a link followed or a huge file read.
+        record = json.loads(read_regular(path, 64 * 1024, "The signature file").decode("utf-8"))
         algorithm, signed_by, signature = (
             record["algorithm"],
             record.get("key_id"),

@@ -368,6 +368,7 @@ class RunModel:
     experiment_id: str
     experiment_name: str
     artifact_location: str
+    model_id: str = ""
 
 
 def _sqlite_file(tracking_uri: str) -> Path | None:
@@ -417,7 +418,8 @@ def fast_run_model(
                 if wanted != str(run[0]):
                     return None
             models = db_conn.execute(
-                "SELECT artifact_location, status, creation_timestamp_ms FROM logged_models "
+                "SELECT artifact_location, status, creation_timestamp_ms, model_id "
+                "FROM logged_models "
                 "WHERE experiment_id = ? AND name = ? AND source_run_id = ? "
                 "AND lifecycle_stage != 'deleted'",
                 (run[0], name, run_id),
@@ -430,14 +432,18 @@ def fast_run_model(
     if not ready:
         return None
     newest = max(ready, key=lambda m: m[2])
-    return RunModel(str(run[0]), str(run[1]), str(newest[0]))
+    return RunModel(str(run[0]), str(run[1]), str(newest[0]), str(newest[3]))
 
 
 def artifact_uri_of(model_uri: str, identity: dict[str, str] | None = None) -> str:
     """Resolve ``runs:/``, ``models:/`` and plain URIs to where the bundle's files are stored.
 
-    ``identity`` receives where the URI says the bundle was published: ``run_id`` and ``name``
-    for ``runs:/``, ``model_id`` for ``models:/`` (see :func:`check_identity`).
+    ``identity`` receives where the URI says the bundle was published, as the tracking store
+    resolves it: ``run_id``, ``name`` and the ``model_id`` of the run's newest finished model
+    for ``runs:/``; the ``model_id`` (and the ``run_id`` that logged it) of the logged model a
+    registered version or alias stands for, or that ``models:/<model_id>`` names. A signed
+    bundle must record the same (see :func:`check_identity`): another one signed with the same
+    key, put in its folder, is refused.
     """
     identity = identity if identity is not None else {}
     parsed = urllib.parse.urlparse(model_uri)
@@ -448,6 +454,7 @@ def artifact_uri_of(model_uri: str, identity: dict[str, str] | None = None) -> s
         tracking_uri = current_tracking_uri()
         fast = fast_run_model(tracking_uri, run_id, name) if tracking_uri else None
         if fast is not None:
+            identity["model_id"] = fast.model_id
             return fast.artifact_location
     elif parsed.scheme != "models":
         return model_uri
@@ -466,7 +473,9 @@ def artifact_uri_of(model_uri: str, identity: dict[str, str] | None = None) -> s
             # A save killed midway leaves a PENDING model: use the newest finished one.
             ready = [m for m in mine if str(m.status) == "READY"]
             if ready:
-                return str(max(ready, key=lambda m: m.creation_timestamp).artifact_location)
+                newest = max(ready, key=lambda m: m.creation_timestamp)
+                identity["model_id"] = str(newest.model_id)
+                return str(newest.artifact_location)
             if mine:
                 raise NotFoundError(
                     f"The model {name!r} of run {run_id!r} was never finished (status "
@@ -505,12 +514,32 @@ def _registry_artifact_uri(client: Any, model_uri: str, identity: dict[str, str]
         identity["model_id"] = str(parsed.model_id)
         return str(client.get_logged_model(parsed.model_id).artifact_location)
     name, version = get_model_name_and_version(client, model_uri)
+    # The version's own record names the logged model (and run) it stands for; its download
+    # URI is a plain path in a local store and on a proxied server, which names nothing.
+    registered = client.get_model_version(name, version)
+    logged = _model_id_of(str(registered.source or "")) or registered.model_id
+    if logged:
+        identity["model_id"] = str(logged)
+    if registered.run_id:
+        identity["run_id"] = str(registered.run_id)
     source = client.get_model_version_download_uri(name, version)
     if str(source).startswith("models:/"):
         model_id = str(source)[len("models:/") :].strip("/")
         identity["model_id"] = model_id
         return str(client.get_logged_model(model_id).artifact_location)
     return str(source)
+
+
+#: The fields of a place of publication, as a message names them.
+_IDENTITY_ORDER = ("run_id", "name", "model_id", "experiment_id")
+
+
+def _model_id_of(source: str) -> str | None:
+    """The logged model a version's source names (``models:/<model_id>``), if it names one."""
+    if not source.startswith("models:/"):
+        return None
+    ref = source[len("models:/") :].strip("/")
+    return ref if ref and "/" not in ref and "@" not in ref else None
 
 
 def check_identity(
@@ -539,7 +568,7 @@ def check_identity(
         return
     differ = [
         f"{key} {published[key]!r}, not {value!r}"
-        for key, value in sorted(expected.items())
+        for key, value in sorted(expected.items(), key=lambda kv: _IDENTITY_ORDER.index(kv[0]))
         if key in published and str(published[key]) != value
     ]
     if not differ:
