@@ -384,7 +384,9 @@ def digest_files(
         known: Absolute path -> digest of files whose digest was computed as they were written;
             they are not hashed again.
     """
-    paths = {rel: (data_dir / rel).resolve() for rel in _walk_files(data_dir)}
+    # Not resolved: a save's folder is reached through its descriptor (cloudflow._staging), and
+    # resolving would lead back through parents other users of a store may rename.
+    paths = {rel: Path(os.path.abspath(data_dir / rel)) for rel in _walk_files(data_dir)}
     digests = dict(known or {})
     todo = [path for path in paths.values() if path not in digests]
     digests.update(zip(todo, _digests.digest_files(todo), strict=True))
