@@ -518,6 +518,30 @@ def _verify_outer(root: Path, manifest: Manifest, required: bool) -> None:
     _check_digests(root, bundle, manifest.outer_files, rels, use_cache=False)
 
 
+def check_copy(root: Path, manifest: Manifest, absent: Iterable[str], source: str) -> None:
+    """Check a copy of a bundle's files, all but the ``absent`` ones, against its manifest:
+    none missing or added, each of its size and digest, no link (hashed, no digest cache).
+
+    ``source`` names where the files were copied from, in the message.
+
+    Raises:
+        IntegrityError: A file differs; the message names it.
+    """
+    data = root / DATA_DIR
+    skip = set(absent)
+    listed = {rel: entry for rel, entry in manifest.files.items() if rel not in skip}
+    _check_listing(source, set(_walk_files(data)), listed)
+    for rel in sorted(listed):
+        _check_size(data / rel, rel, source, listed[rel]["size"])
+    _check_digests(data, source, listed, sorted(listed), use_cache=False)
+    if manifest.outer_files:
+        _check_listing(source, set(_outer_rels(root)), manifest.outer_files)
+        rels = sorted(manifest.outer_files)
+        for rel in rels:
+            _check_size(root / rel, rel, source, manifest.outer_files[rel]["size"])
+        _check_digests(root, source, manifest.outer_files, rels, use_cache=False)
+
+
 def check_bundle(root: Path, trust: Any) -> dict[str, Any]:
     """Check a bundle's signature and every file, without the digest cache; unpickles nothing.
 

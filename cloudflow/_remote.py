@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _blobs, _cache, _digests
+from cloudflow import _blobs, _cache, _digests, _manifest
 from cloudflow._manifest import (
     DATA_DIR,
     MANIFEST_FILE,
@@ -419,6 +419,10 @@ def _put_together(
         targets.setdefault(digest, []).append(rel)
         sizes[digest] = int(manifest.files[rel]["size"])
     shutil.copytree(data.parent, target, dirs_exist_ok=True)
+    # The folder is named by the manifest and read by later loads, unverified ones too: what
+    # was copied must be the manifest's files before anything is fetched or the folder named
+    # (a copy with a genuine manifest and another code.pkl would otherwise stay here).
+    _manifest.check_copy(target, manifest, missing, str(data.parent))
     for rel in missing:
         (target / DATA_DIR / rel).parent.mkdir(parents=True, exist_ok=True)
 

@@ -800,3 +800,73 @@ def test_the_cache_keeps_to_its_limit_and_prunes_on_demand(
     out = cli("prune", "--max-size", "0")
     assert "the cache holds 0 file(s)" in out
     assert "files     0 (0 B)" in cli("info")
+
+
+# --- attacks through the download cache --------------------------------------------------------
+
+ONE_LOAD = r"""
+import json, os, sys
+import cloudflow
+spec = json.loads(sys.argv[1])
+try:
+    answer = cloudflow.load_bundle(spec["uri"], verify=spec["verify"]).predict(**spec["case"])
+except Exception as e:  # whatever it raised, say whether the copy's code ran
+    emit({"error": type(e).__name__, "message": str(e), "ran": os.path.exists(spec["sentinel"])})
+else:
+    emit({"error": None, "answer": answer, "ran": os.path.exists(spec["sentinel"])})
+"""
+
+
+def _bundle_folder(remote: dict[str, Any], model_uri: str) -> Path:
+    model_id = model_uri.removeprefix("models:/")
+    (folder,) = (remote["server_root"] / "artifacts").glob(f"*/models/{model_id}/artifacts")
+    return folder
+
+
+KEY = "a-team-secret-of-enough-length-0123456789"
+
+
+@pytest.fixture(scope="module")
+def signed(remote: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The project logged once more, signed with :data:`KEY`; its source then deleted."""
+    project = write_project(tmp_path_factory.mktemp("signed") / "project")
+    saved = save(project, remote["proxy"].url, signing_key=KEY)
+    shutil.rmtree(project)
+    return saved
+
+
+def test_a_refused_copy_leaves_nothing_in_the_cache_that_a_later_load_runs(
+    remote: dict[str, Any], signed: dict[str, Any], tmp_path: Path
+) -> None:
+    """A copy carrying a signed bundle's genuine manifest and signature, with another code.pkl,
+    is refused under the key; the genuine bundle's next unverified load runs its own code."""
+    import pickle
+
+    key = KEY
+    sentinel = tmp_path / "RAN-THE-COPY'S-CODE"
+
+    class Payload:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (eval, (f"__import__('os').mkdir({str(sentinel)!r}) or (lambda **kw: 0)",))
+
+    copy = tmp_path / "copy"
+    shutil.copytree(_bundle_folder(remote, signed["model_uri"]), copy)  # its small files
+    (copy / "cloudflow" / "code.pkl").write_bytes(pickle.dumps(Payload()) + pickle.dumps(None))
+    cache = tmp_path / "cache"
+    env = {"MLFLOW_TRACKING_URI": remote["proxy"].url, "CLOUDFLOW_CACHE_DIR": str(cache)}
+
+    def one_load(uri: str, verify: bool, **extra: str) -> dict[str, Any]:
+        spec = {"uri": uri, "verify": verify, "sentinel": str(sentinel), "case": CASES[0]}
+        where = tmp_path / f"load-{len(list(tmp_path.glob('load-*')))}"
+        where.mkdir()
+        return dict(run_snippet(ONE_LOAD, cwd=where, env={**env, **extra}, args=[json.dumps(spec)]))
+
+    refused = one_load(str(copy), True, CLOUDFLOW_SIGNING_KEY=key)
+    assert refused["error"] == "IntegrityError", refused
+    assert "code.pkl" in refused["message"]
+    assert not refused["ran"]
+    genuine = one_load(f"runs:/{signed['run_id']}/model", False)
+    assert not genuine["ran"], "the genuine bundle's load ran the refused copy's code"
+    assert genuine["error"] is None, genuine
+    assert_same_predictions([genuine["answer"]], CASES[:1], signed["expected"][:1])
+
