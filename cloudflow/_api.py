@@ -649,7 +649,8 @@ def export_bundle(model_uri: str | os.PathLike[str], destination: str | os.PathL
     try:
         with _store.bundle_dir(model_uri) as (folder, _):
             data = _manifest.DATA_DIR
-            manifest = _manifest.read_manifest(folder / data)
+            # Under a configured key the signature is checked before anything is fetched.
+            manifest = _manifest.read_manifest(folder / data, signing_key=resolve_trust(None, None))
             _remote.export(folder / data, manifest, partial)
         _manifest.verify_files(partial / data, manifest, use_cache=False)
         with contextlib.suppress(FileNotFoundError):

@@ -58,7 +58,7 @@ from cloudflow._manifest import (
     SIGNATURE_FILE,
     Manifest,
 )
-from cloudflow.exceptions import CloudflowError, NotFoundError, StoreError
+from cloudflow.exceptions import CloudflowError, IntegrityError, NotFoundError, StoreError
 
 _logger = logging.getLogger("cloudflow")
 
@@ -133,9 +133,14 @@ class Area:
         with _server_errors(self, f"upload {path.name[:16]}..."):
             repo.log_artifact(str(path), artifact_path)
 
-    def download(self, repo: Any, digest: str, path: Path) -> str:
-        """Write the file ``digest`` to ``path``; returns the BLAKE3 digest of what arrived."""
+    def download(self, repo: Any, digest: str, path: Path, size: int) -> str:
+        """Write the file ``digest`` to ``path``; returns the BLAKE3 digest of what arrived.
+
+        A server's stream stops once it passes ``size`` (what the manifest states): a file is
+        never written past it.
+        """
         hasher = _digests.new_hasher()
+        written = 0
         with _server_errors(self, f"download {digest[:16]}..."):
             if hasattr(repo, "_host_creds") and hasattr(repo, "_download_file"):
                 # An http repository (proxied artifacts): stream it, hashing each chunk.
@@ -145,8 +150,16 @@ class Area:
                 if resp.status_code == 404:
                     raise _gone(self, digest)
                 augmented_raise_for_status(resp)
-                with open(path, "wb") as f:
+                with contextlib.closing(resp), open(path, "wb") as f:
                     for chunk in resp.iter_content(chunk_size=1 << 20):
+                        written += len(chunk)
+                        if written > size:
+                            raise IntegrityError(
+                                f"The download of {digest[:16]}... from {self.describe()} is "
+                                f"longer than the {size} bytes the bundle's manifest states; "
+                                "stopped there, nothing was kept. The server's copy is not the "
+                                "bundle's file."
+                            )
                         hasher.update(chunk)
                         f.write(chunk)
                 return str(hasher.hexdigest())
@@ -475,11 +488,11 @@ def fetch(
     lock = threading.Lock()
     keep = set(wanted)
 
-    def download(digest: str, path: Path) -> str:
+    def download(digest: str, path: Path, size: int) -> str:
         with lock:
             if not repo:
                 repo.append(area.repository())
-        return area.download(repo[0], digest, path)
+        return area.download(repo[0], digest, path, size)
 
     def one(digest: str) -> None:
         for attempt in range(3):

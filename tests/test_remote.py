@@ -870,3 +870,66 @@ def test_a_refused_copy_leaves_nothing_in_the_cache_that_a_later_load_runs(
     assert genuine["error"] is None, genuine
     assert_same_predictions([genuine["answer"]], CASES[:1], signed["expected"][:1])
 
+
+def test_verify_checks_the_signature_before_it_fetches_prunes_or_allocates_anything(
+    remote: dict[str, Any], signed: dict[str, Any], tmp_path: Path
+) -> None:
+    """A copy of a signed bundle whose manifest names another host and claims 10 TB per file
+    (its checksum made right again): ``cloudflow verify`` refuses it (exit 2) without a request
+    to that host, without pruning the download cache, without a byte downloaded."""
+    import socket
+    import threading
+
+    from cloudflow import _manifest
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    asked: list[bytes] = []
+    stop = threading.Event()
+
+    def answer() -> None:  # the other host: records what reaches it
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                asked.append(conn.recv(4096))
+                conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    copy = tmp_path / "copy"
+    shutil.copytree(_bundle_folder(remote, signed["model_uri"]), copy)
+    path = copy / "cloudflow" / "manifest.json"
+    data = json.loads(path.read_text())
+    port = listener.getsockname()[1]
+    data["shared"]["area"] = f"http://127.0.0.1:{port}/elsewhere/.cloudflow-blobs"
+    data["shared"]["server"] = f"http://127.0.0.1:{port}"
+    for rel in data["shared"]["files"]:
+        data["files"][rel]["size"] = 10**13
+    data[_manifest.CHECKSUM_KEY] = _manifest.checksum(data)
+    path.write_text(json.dumps(data))
+    cache = tmp_path / "cache"
+    kept = cache / "files" / "blobs" / ("ab" * 32)
+    kept.parent.mkdir(parents=True)
+    cache.chmod(0o700)
+    (cache / "files").chmod(0o700)
+    kept.write_bytes(b"a file another bundle needs")
+    env = {"CLOUDFLOW_CACHE_DIR": str(cache), "CLOUDFLOW_SIGNING_KEY": KEY}
+    try:
+        done = run_cli("verify", str(copy), cwd=tmp_path, env=env)
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "FAILED" in done.stderr, done.stderr[-2000:]
+    assert "signature" in done.stderr, done.stderr[-2000:]
+    assert asked == [], "verify sent a request to the host an unchecked manifest names"
+    assert kept.read_bytes() == b"a file another bundle needs", "the cache was pruned"
+    assert [p.name for p in kept.parent.iterdir()] == [kept.name]
+
