@@ -212,8 +212,10 @@ def fetch(
                     f"The download of {digest[:16]}... from {source} is not the file the bundle's "
                     f"manifest names: {got_size} bytes with digest {got[:16]}..., expected {size} "
                     f"bytes with digest {digest[:16]}... Nothing was kept. The server's copy is "
-                    "damaged or was cut short: log the model again, or load it again if the "
-                    "connection dropped."
+                    "damaged or was cut short. Log the model again from its source: a save "
+                    "reads the area's copy back and uploads its own in place of a damaged one, "
+                    "which repairs every bundle that names it. If the connection dropped, load "
+                    "it again."
                 )
             make_room(size, folder, keep=keep)
             os.chmod(partial, stat.S_IRUSR)

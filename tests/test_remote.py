@@ -933,3 +933,35 @@ def test_verify_checks_the_signature_before_it_fetches_prunes_or_allocates_anyth
     assert kept.read_bytes() == b"a file another bundle needs", "the cache was pruned"
     assert [p.name for p in kept.parent.iterdir()] == [kept.name]
 
+
+def test_a_damaged_file_in_the_area_is_repaired_by_the_next_save(
+    remote: dict[str, Any], tmp_path: Path
+) -> None:
+    """The area's copy of the weights altered on the server (same name, same size): the next
+    log of the model reads it back, uploads its own in its place, and its bundle loads."""
+    weights = max(area_files(remote["server_root"]), key=lambda p: p.stat().st_size)
+    original = weights.read_bytes()
+    middle = len(original) // 2
+    os.chmod(weights, 0o644)
+    weights.write_bytes(original[:middle] + bytes([original[middle] ^ 1]) + original[middle + 1 :])
+    try:
+        first = f"runs:/{remote['first']['run_id']}/model"
+        got = load_fails(first, remote["proxy"].url, tmp_path / "cache", tmp_path / "a")
+        assert got["error"] == "IntegrityError", got
+        assert "a save reads the area's copy back" in got["message"]
+        project = write_project(tmp_path / "project")
+        again = save(project, remote["proxy"].url)
+        shutil.rmtree(project)
+        assert weights.read_bytes() == original, "the area's copy was not repaired"
+        answers, _ = load(
+            tmp_path / "b",
+            remote["proxy"],
+            tmp_path / "cache",
+            uri=f"runs:/{again['run_id']}/model",
+        )
+        assert_same_predictions(answers, CASES, again["expected"])
+        answers, _ = load(tmp_path / "c", remote["proxy"], tmp_path / "cache", uri=first)
+        assert_same_predictions(answers, CASES, remote["first"]["expected"])  # repaired too
+    finally:
+        if weights.read_bytes() != original:
+            weights.write_bytes(original)
