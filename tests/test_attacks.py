@@ -671,8 +671,9 @@ MEMBER = textwrap.dedent(
         time.sleep(0.0002)
     """
 )
-MEMBER_NAME = "cloudflow-member"
-TEAM = "cloudflow-team"
+#: The other member and the team, one of each per test process (xdist workers run at once).
+MEMBER_NAME = f"cf-member-{os.getpid()}"
+TEAM = f"cf-team-{os.getpid()}"
 
 
 def _predict_scaled(factor, x):
@@ -701,23 +702,25 @@ def other_member() -> Iterator[list[str] | None]:
     if os.geteuid() != 0 or not shutil.which("setpriv") or not shutil.which("useradd"):
         yield None
         return
-    made = []
-    try:
-        grp.getgrnam(TEAM)
-    except KeyError:
-        subprocess.run(["groupadd", TEAM], check=True)
-        made.append(["groupdel", TEAM])
-    try:
-        pwd.getpwnam(MEMBER_NAME)
-    except KeyError:
+    made = subprocess.run(["groupadd", TEAM], check=False).returncode == 0
+    added = made and (
         subprocess.run(
-            ["useradd", "-M", "-N", "-g", TEAM, "-s", "/usr/sbin/nologin", MEMBER_NAME], check=True
-        )
-        made.insert(0, ["userdel", MEMBER_NAME])
-    uid, gid = pwd.getpwnam(MEMBER_NAME).pw_uid, grp.getgrnam(TEAM).gr_gid
-    yield ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
-    for command in made:
-        subprocess.run(command, check=False)
+            ["useradd", "-M", "-N", "-g", TEAM, "-s", "/usr/sbin/nologin", MEMBER_NAME],
+            check=False,
+        ).returncode
+        == 0
+    )
+    try:
+        if not added:
+            yield None
+            return
+        uid, gid = pwd.getpwnam(MEMBER_NAME).pw_uid, grp.getgrnam(TEAM).gr_gid
+        yield ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
+    finally:
+        if added:
+            subprocess.run(["userdel", MEMBER_NAME], check=False)
+        if made:
+            subprocess.run(["groupdel", TEAM], check=False)
 
 
 @pytest.fixture
@@ -741,6 +744,7 @@ def team_folder(other_member: list[str] | None) -> Iterator[Path]:
         shutil.rmtree(outer, ignore_errors=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("verb", ["log_bundle", "save_bundle"])
 def test_another_member_of_a_team_store_gets_no_code_into_a_signed_release(
     team_folder: Path,
@@ -771,9 +775,12 @@ def test_another_member_of_a_team_store_gets_no_code_into_a_signed_release(
         watch = Path(artifacts.removeprefix("file://")) / ".cloudflow-staging"
         watch.mkdir(parents=True)
         # The member slows each save down between the staging folder's creation and its first
-        # use: the clean-up of the shared-file folder stats every entry it holds.
-        for i in range(20000):
-            (watch.parent / ".cloudflow-blobs" / f"x{i}").mkdir(parents=True)
+        # use: the clean-up of the shared-file folder stats every entry it holds (links, which
+        # it leaves alone).
+        blobs = watch.parent / ".cloudflow-blobs"
+        blobs.mkdir()
+        for i in range(5000):
+            (blobs / f"x{i}").symlink_to("nowhere")
     python = "/usr/bin/python3" if other_member is not None else sys.executable
     member = subprocess.Popen(
         [*(other_member or []), python, str(script), str(watch), str(payload_shared), str(stop)]
