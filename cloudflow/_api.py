@@ -14,7 +14,17 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _blobs, _digests, _files, _inspect, _model_metadata, _remote, _runtime, _store
+from cloudflow import (
+    _blobs,
+    _digests,
+    _files,
+    _inspect,
+    _model_metadata,
+    _remote,
+    _runtime,
+    _staging,
+    _store,
+)
 from cloudflow._bundle import (
     Bundle,
     check_arguments,
@@ -303,14 +313,16 @@ def save_bundle(
 _STAGING_TRIES = 200
 
 
-def _staging_in(parent: Path) -> Path:
-    """A fresh staging folder inside ``parent``, in a store other processes write to as well.
+def _staging_in(parent: Path) -> _staging.PrivateFolder:
+    """A private staging folder inside ``parent``, in a store other processes write to as well.
 
     Another save that just finished may remove ``parent`` when it is empty: between this save's
     ``mkdir`` and ``mkdtemp`` (FileNotFoundError), or inside ``mkdir`` itself, after it found the
     folder present and before it checked that it is a folder (pathlib then raises
     FileExistsError). Either way: create it again and retry; each try takes microseconds, and
-    under load five in a row were seen to lose that race, so it tries many times.
+    under load five in a row were seen to lose that race, so it tries many times. Other users of
+    a team store can rename ``parent``'s entries: the folder is reached through its descriptor
+    (see :mod:`cloudflow._staging`).
     """
     _blobs.refuse_link(parent, "staging folder")
     for attempt in range(_STAGING_TRIES):
@@ -318,9 +330,11 @@ def _staging_in(parent: Path) -> Path:
             parent.mkdir(parents=True, exist_ok=True)
             if attempt == 0:
                 remove_stale_staging(parent, "tmp*")
-            return Path(tempfile.mkdtemp(dir=parent))
+            return _staging.PrivateFolder(parent)
         except (FileNotFoundError, FileExistsError):
             continue
+        except StoreError:
+            raise
         except OSError as e:
             raise StoreError(
                 f"Cannot write to the artifact folder {str(parent.parent)!r}: {e.strerror}."
@@ -417,16 +431,16 @@ def log_bundle(
     if artifact_root is not None:
         # Large files are shared with the experiment's other bundles (see cloudflow._blobs).
         blobs = _blobs.blob_folder(artifact_root)
-        staging = _staging_in(artifact_root / ".cloudflow-staging")
+        private = _staging_in(artifact_root / ".cloudflow-staging")
         _blobs.remove_orphans(blobs)
     else:
-        staging = Path(tempfile.mkdtemp(prefix="cloudflow-"))
+        private = _staging.PrivateFolder(Path(tempfile.gettempdir()), prefix="cloudflow-")
     area = None
     if artifact_root is None and share_files:
         area = _remote.Area.of_experiment(
             str(experiment.artifact_location), _store.current_tracking_uri()
         )
-    staged = staging / name
+    staged = private.path / name
     model_id = None
     with _blobs.saving(blobs):
         try:
@@ -480,7 +494,7 @@ def log_bundle(
                 if destination.is_dir() and not any(destination.iterdir()):
                     destination.rmdir()
                 _digests.make_durable(staged)  # READY below: every byte on the disk first
-                os.rename(staged, destination)
+                private.publish(staged, destination)
                 _digests.sync_folder(destination.parent)
             elif manifest.shared:
                 _remote.publish(
@@ -501,10 +515,10 @@ def log_bundle(
                     _logger.debug("Could not delete the logged model %s", model_id, exc_info=True)
             raise
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            private.close()
             if artifact_root is not None:
                 with contextlib.suppress(OSError):  # other saves may be staging there right now
-                    staging.parent.rmdir()
+                    private.name.parent.rmdir()
 
     model_info = mlflow_model.get_model_info(logged)
     _inspect.log_metadata_tags(client, run_id, manifest, name)
@@ -647,7 +661,8 @@ def export_bundle(model_uri: str | os.PathLike[str], destination: str | os.PathL
     try:
         with _store.bundle_dir(model_uri) as (folder, _):
             data = _manifest.DATA_DIR
-            manifest = _manifest.read_manifest(folder / data)
+            # Under a configured key the signature is checked before anything is fetched.
+            manifest = _manifest.read_manifest(folder / data, signing_key=resolve_trust(None, None))
             _remote.export(folder / data, manifest, partial)
         _manifest.verify_files(partial / data, manifest, use_cache=False, preload=False)
         with contextlib.suppress(FileNotFoundError):

@@ -79,13 +79,13 @@ class SaveFiles:
             _link_blob(blob, size, target, digest)
         except OSError:
             return False
-        self.known[target.resolve()] = digest
+        self.known[Path(os.path.abspath(target))] = digest
         self.linked_bytes += size
         return True
 
     def adopt(self, path: Path, digest: str, size: int, *, min_size: int = MIN_SIZE) -> None:
         """Share a file this save wrote: enter it as a blob, or swap it for the existing one."""
-        self.known[path.resolve()] = digest
+        self.known[Path(os.path.abspath(path))] = digest
         blob = self._blob(digest)
         if blob is None or size < min_size:
             return

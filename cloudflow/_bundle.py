@@ -17,7 +17,6 @@ import stat
 import sys
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -35,6 +34,7 @@ from cloudflow import (
     _runtime,
     _sealed,
     _signature,
+    _staging,
 )
 from cloudflow._manifest import CODE_FILE, DATA_DIR, MODELS_DIR, Manifest, ModelEntry
 from cloudflow._pickler import CaptureSession, LoadContext, ModuleTable, load_code
@@ -337,12 +337,14 @@ def remove_stale_staging(folder: Path, pattern: str) -> None:
             continue
 
 
-def staging_dir_for(path: Path) -> Path:
-    """A fresh folder beside ``path`` (same file system, so publishing is one rename)."""
+def staging_dir_for(path: Path) -> _staging.PrivateFolder:
+    """A private staging folder beside ``path`` (same file system: publishing is one rename).
+
+    The bundle is written into its :data:`~cloudflow._staging.BUNDLE` folder, reached through
+    the staging folder's descriptor (see :mod:`cloudflow._staging`).
+    """
     remove_stale_staging(path.parent, f".{path.name}.cloudflow-*.tmp")
-    staging = path.parent / f".{path.name}.cloudflow-{uuid.uuid4().hex[:12]}.tmp"
-    staging.mkdir(parents=True)
-    return staging
+    return _staging.PrivateFolder(path.parent, prefix=f".{path.name}.cloudflow-", suffix=".tmp")
 
 
 def write_bundle(
@@ -435,8 +437,10 @@ def _write_and_publish(
     model_metadata: dict[str, dict[str, Any]],
     runtime_package: str | None,
 ) -> Manifest:
-    staging = staging_dir_for(path)
+    private = staging_dir_for(path)
+    staging = private.path / _staging.BUNDLE
     try:
+        staging.mkdir()
         with _progress.Steps("Saving bundle", total=len(models) + 1):
             manifest = _write_into(
                 staging,
@@ -470,7 +474,7 @@ def _write_and_publish(
             check_in_clean_process(staging, input_example, hidden)
         _digests.make_durable(staging)  # then publish: no bundle with unwritten files
         try:
-            os.rename(staging, path)
+            private.publish(staging, path)
         except OSError as e:
             if path.exists():  # another save published the same path since the check
                 raise BundleArgumentError(
@@ -480,7 +484,7 @@ def _write_and_publish(
             raise
         _digests.sync_folder(path.parent)
     except BaseException as e:
-        shutil.rmtree(staging, ignore_errors=True)
+        private.close()
         full = out_of_space(e)
         if full is not None:
             raise StoreError(
@@ -489,6 +493,7 @@ def _write_and_publish(
                 "elsewhere; nothing was kept."
             ) from e
         raise
+    private.close()
     return manifest
 
 
@@ -646,7 +651,7 @@ def _share_large_files(data: Path, files: _blobs.SaveFiles) -> dict[str, dict[st
     entries = _manifest.digest_files(data, files.known)
     if files.blobs is not None:
         for rel, entry in entries.items():
-            path = (data / rel).resolve()
+            path = Path(os.path.abspath(data / rel))
             if path not in files.known and entry["size"] >= _blobs.MIN_SIZE:
                 files.adopt(path, entry[_digests.ALGORITHM], entry["size"])
     return entries

@@ -156,8 +156,9 @@ def present(path: Path, size: int) -> bool:
     return stat.S_ISREG(info.st_mode) and info.st_size == size
 
 
-#: ``download(digest, path)`` writes a file's bytes to ``path`` and returns their BLAKE3 digest.
-Download = Callable[[str, Path], str]
+#: ``download(digest, path, size)`` writes a file's bytes to ``path`` and returns their BLAKE3
+#: digest; it stops (an IntegrityError) once more than ``size`` bytes arrive.
+Download = Callable[[str, Path, int], str]
 
 
 def fetch(
@@ -171,7 +172,9 @@ def fetch(
 ) -> tuple[Path, int]:
     """The cache's file of content ``digest``, downloaded first if the cache lacks it.
 
-    Making room for it never removes the files named in ``keep`` (those of the same load).
+    Room is made for it only once it arrived and matched its digest, by the bytes that did: a
+    size the manifest claims neither prunes the cache nor is written past. Making room never
+    removes the files named in ``keep`` (those of the same load).
     With ``check``, a file the cache holds is hashed first, and downloaded again if it is not
     that content any more.
 
@@ -200,19 +203,21 @@ def fetch(
         if present(final, size):  # another process downloaded it while this one waited
             touch(final)
             return final, 0
-        make_room(size, folder, keep=keep)
         partial = folder / "blobs" / f"{_PARTIAL}{digest[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
-            got = download(digest, partial)
+            got = download(digest, partial, size)
             got_size = partial.stat().st_size
             if got_size != size or got != digest:
                 raise IntegrityError(
                     f"The download of {digest[:16]}... from {source} is not the file the bundle's "
                     f"manifest names: {got_size} bytes with digest {got[:16]}..., expected {size} "
                     f"bytes with digest {digest[:16]}... Nothing was kept. The server's copy is "
-                    "damaged or was cut short: log the model again, or load it again if the "
-                    "connection dropped."
+                    "damaged or was cut short. Log the model again from its source: a save "
+                    "reads the area's copy back and uploads its own in place of a damaged one, "
+                    "which repairs every bundle that names it. If the connection dropped, load "
+                    "it again."
                 )
+            make_room(size, folder, keep=keep)
             os.chmod(partial, stat.S_IRUSR)
             os.replace(partial, final)
         except OSError as e:

@@ -526,7 +526,9 @@ def digest_files(
         known: Absolute path -> digest of files whose digest was computed as they were written;
             they are not hashed again.
     """
-    paths = {rel: (data_dir / rel).resolve() for rel in _walk_files(data_dir)}
+    # Not resolved: a save's folder is reached through its descriptor (cloudflow._staging), and
+    # resolving would lead back through parents other users of a store may rename.
+    paths = {rel: Path(os.path.abspath(data_dir / rel)) for rel in _walk_files(data_dir)}
     digests = dict(known or {})
     todo = [path for path in paths.values() if path not in digests]
     digests.update(zip(todo, _digests.digest_files(todo), strict=True))
@@ -720,6 +722,30 @@ def environment_change(root: Path) -> _environment.EnvironmentChange:
         return _verify_outer(root, read_manifest(root / DATA_DIR), False)
     except (IntegrityError, BundleFormatError, OSError):
         return _environment.EnvironmentChange()
+
+
+def check_copy(root: Path, manifest: Manifest, absent: Iterable[str], source: str) -> None:
+    """Check a copy of a bundle's files, all but the ``absent`` ones, against its manifest:
+    none missing or added, each of its size and digest, no link (hashed, no digest cache).
+
+    ``source`` names where the files were copied from, in the message.
+
+    Raises:
+        IntegrityError: A file differs; the message names it.
+    """
+    data = root / DATA_DIR
+    skip = set(absent)
+    listed = {rel: entry for rel, entry in manifest.files.items() if rel not in skip}
+    _check_listing(source, set(_walk_files(data)), listed)
+    for rel in sorted(listed):
+        _check_size(data / rel, rel, source, listed[rel]["size"])
+    _check_digests(data, source, listed, sorted(listed), use_cache=False)
+    if manifest.outer_files:
+        _check_listing(source, set(_outer_rels(root)), manifest.outer_files)
+        rels = sorted(manifest.outer_files)
+        for rel in rels:
+            _check_size(root / rel, rel, source, manifest.outer_files[rel]["size"])
+        _check_digests(root, source, manifest.outer_files, rels, use_cache=False)
 
 
 def check_bundle(root: Path, trust: Any) -> dict[str, Any]:

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _blobs, _cache, _digests
+from cloudflow import _blobs, _cache, _digests, _manifest
 from cloudflow._manifest import (
     DATA_DIR,
     MANIFEST_FILE,
@@ -58,7 +58,7 @@ from cloudflow._manifest import (
     SIGNATURE_FILE,
     Manifest,
 )
-from cloudflow.exceptions import CloudflowError, NotFoundError, StoreError
+from cloudflow.exceptions import CloudflowError, IntegrityError, NotFoundError, StoreError
 
 _logger = logging.getLogger("cloudflow")
 
@@ -133,9 +133,15 @@ class Area:
         with _server_errors(self, f"upload {path.name[:16]}..."):
             repo.log_artifact(str(path), artifact_path)
 
-    def download(self, repo: Any, digest: str, path: Path) -> str:
-        """Write the file ``digest`` to ``path``; returns the BLAKE3 digest of what arrived."""
+    def download(self, repo: Any, digest: str, path: Path | None, size: int) -> str:
+        """Write the file ``digest`` to ``path``; returns the BLAKE3 digest of what arrived.
+
+        A server's stream stops once it passes ``size`` (what the manifest states): a file is
+        never written past it. With ``path`` None the bytes are only hashed (a server's stream
+        is not written anywhere).
+        """
         hasher = _digests.new_hasher()
+        written = 0
         with _server_errors(self, f"download {digest[:16]}..."):
             if hasattr(repo, "_host_creds") and hasattr(repo, "_download_file"):
                 # An http repository (proxied artifacts): stream it, hashing each chunk.
@@ -145,11 +151,24 @@ class Area:
                 if resp.status_code == 404:
                     raise _gone(self, digest)
                 augmented_raise_for_status(resp)
-                with open(path, "wb") as f:
+                out = open(path, "wb") if path is not None else contextlib.nullcontext()  # noqa: SIM115
+                with contextlib.closing(resp), out as f:
                     for chunk in resp.iter_content(chunk_size=1 << 20):
+                        written += len(chunk)
+                        if written > size:
+                            raise IntegrityError(
+                                f"The download of {digest[:16]}... from {self.describe()} is "
+                                f"longer than the {size} bytes the bundle's manifest states; "
+                                "stopped there, nothing was kept. The server's copy is not the "
+                                "bundle's file."
+                            )
                         hasher.update(chunk)
-                        f.write(chunk)
+                        if f is not None:
+                            f.write(chunk)
                 return str(hasher.hexdigest())
+            if path is None:  # another store: MLflow downloads to a file, hashed, then deleted
+                with tempfile.TemporaryDirectory(prefix="cloudflow-check-") as scratch:
+                    return self.download(repo, digest, Path(scratch) / digest, size)
             # Any other store (S3, GCS, Azure...): MLflow's download, then the hash.
             try:
                 repo._download_file(digest, str(path))
@@ -161,6 +180,13 @@ class Area:
             while chunk := f.read(1 << 22):
                 hasher.update(chunk)
         return str(hasher.hexdigest())
+
+    def holds(self, repo: Any, digest: str, size: int) -> bool:
+        """Whether the area's file ``digest`` is that content: read back and hashed."""
+        try:
+            return self.download(repo, digest, None, size) == digest
+        except (IntegrityError, NotFoundError):
+            return False
 
 
 def _gone(area: Area, digest: str) -> NotFoundError:
@@ -252,6 +278,19 @@ def publish(staged: Path, manifest: Manifest, upload_rest: Callable[[], None]) -
     try:
         present = area.listing(repo)
         todo = [d for d in by_digest if present.get(d) != sizes[d]]
+        # A file of the right name and size may still be damaged (altered on the server): every
+        # bundle that reused it would never load. Each reused copy is read back and hashed;
+        # one that differs is uploaded again, which repairs it for the bundles that name it.
+        damaged = _damaged_copies(area, repo, [d for d in by_digest if d not in todo], sizes)
+        if damaged:
+            _logger.warning(
+                "%d file(s) of the shared area %s do not match their names (damaged on the "
+                "server); uploading this save's copies in their place: %s",
+                len(damaged),
+                area.describe(),
+                ", ".join(d[:16] + "..." for d in damaged),
+            )
+            todo += damaged
         for d in by_digest:
             if d not in todo:
                 report.reused_files += 1
@@ -285,6 +324,15 @@ def publish(staged: Path, manifest: Manifest, upload_rest: Callable[[], None]) -
         report.reused_bytes / 1e6,
     )
     return report
+
+
+def _damaged_copies(area: Area, repo: Any, digests: list[str], sizes: dict[str, int]) -> list[str]:
+    """Those of ``digests`` whose copy in the area is not that content (read back, in parallel)."""
+    if not digests:
+        return []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(WORKERS, len(digests))) as pool:
+        sound = list(pool.map(lambda d: area.holds(repo, d, sizes[d]), digests))
+    return [d for d, ok in zip(digests, sound, strict=True) if not ok]
 
 
 def _upload_all(area: Area, repo: Any, paths: list[Path]) -> None:
@@ -419,6 +467,10 @@ def _put_together(
         targets.setdefault(digest, []).append(rel)
         sizes[digest] = int(manifest.files[rel]["size"])
     shutil.copytree(data.parent, target, dirs_exist_ok=True)
+    # The folder is named by the manifest and read by later loads, unverified ones too: what
+    # was copied must be the manifest's files before anything is fetched or the folder named
+    # (a copy with a genuine manifest and another code.pkl would otherwise stay here).
+    _manifest.check_copy(target, manifest, missing, str(data.parent))
     for rel in missing:
         (target / DATA_DIR / rel).parent.mkdir(parents=True, exist_ok=True)
 
@@ -471,11 +523,11 @@ def fetch(
     lock = threading.Lock()
     keep = set(wanted)
 
-    def download(digest: str, path: Path) -> str:
+    def download(digest: str, path: Path, size: int) -> str:
         with lock:
             if not repo:
                 repo.append(area.repository())
-        return area.download(repo[0], digest, path)
+        return area.download(repo[0], digest, path, size)
 
     def one(digest: str) -> None:
         for attempt in range(3):

@@ -401,7 +401,10 @@ def verify(model_uri: str, key_files: tuple[str, ...], tracking_uri: str | None)
         try:
             # A server's bundle: its shared files come from the download cache first.
             data = folder / _manifest.DATA_DIR
-            complete, load_folder = _remote.complete(data, _manifest.read_manifest(data))
+            # The signature first: nothing is fetched, pruned or allocated on the word of a
+            # manifest that is not checked (it names the files, their sizes and the server).
+            manifest = _manifest.read_manifest(data, signing_key=trust)
+            complete, load_folder = _remote.complete(data, manifest)
             try:
                 report = _manifest.check_bundle(complete.parent, trust)
             finally:

@@ -16,6 +16,7 @@ import random
 import shutil
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -552,7 +553,11 @@ def test_a_save_flushes_every_file_before_it_publishes(
     bundle = save(app, tmp_path / "bundle")
     staged = {str(p).replace(str(bundle), "") for p in bundle.rglob("*")}
     (at_rename,) = published
-    flushed_rel = {p.split(".cloudflow-", 1)[-1].partition("/")[2] for p in at_rename}
+    # Written inside <staging folder>/bundle/ (cloudflow._staging.BUNDLE), renamed out whole.
+    flushed_rel = {
+        p.split(".cloudflow-", 1)[-1].partition("/")[2].removeprefix("bundle").lstrip("/")
+        for p in at_rename
+    }
     assert {s.lstrip("/") for s in staged} <= flushed_rel | {""}
     assert str(tmp_path) in flushed  # the folder that received the rename, after it
 
@@ -668,3 +673,193 @@ def test_two_saves_to_one_path_give_one_bundle_and_one_clear_error(
         save(app, target)
     assert cloudflow.load_bundle(target).predict(x=1) == 4
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".bundle")] == []
+
+
+# --- a team store: another member races the save ----------------------------------------------
+
+#: The other member of a team store, who holds no key. Stdlib only: run by the system's Python
+#: as another user. It renames every staging folder of log_bundle aside and puts an open one of
+#: the same name in its place, and replaces every model pickle it can as soon as it appears.
+MEMBER = textwrap.dedent(
+    """
+    import os, sys, time
+    watch, payload, stop = sys.argv[1], open(sys.argv[2], "rb").read(), sys.argv[3]
+    swap = os.path.basename(watch) == ".cloudflow-staging"
+    seen, replaced = set(), set()
+    while not os.path.exists(stop):
+        try:
+            names = os.listdir(watch)
+        except OSError:
+            names = []
+        for d in names:
+            full = os.path.join(watch, d)
+            if full in seen or d.endswith("-aside") or not (d.startswith("tmp") or ".tmp" in d):
+                continue
+            seen.add(full)
+            if swap:
+                try:
+                    os.rename(full, full + "-aside")
+                    os.mkdir(full)
+                    os.chmod(full, 0o2777)  # open to all, and what the save makes in it too
+                except OSError:
+                    pass
+        for folder in list(seen):
+            for here, _, files in os.walk(folder):
+                for f in files:
+                    pkl = os.path.join(here, f)
+                    if f != "model.pkl" or pkl in replaced or os.path.getsize(pkl) == 0:
+                        continue
+                    try:
+                        with open(pkl + ".new", "wb") as out:
+                            out.write(payload)
+                        os.replace(pkl + ".new", pkl)
+                        replaced.add(pkl)
+                    except OSError:
+                        pass
+        time.sleep(0.0002)
+    """
+)
+#: The other member and the team, one of each per test process (xdist workers run at once).
+MEMBER_NAME = f"cf-member-{os.getpid()}"
+TEAM = f"cf-team-{os.getpid()}"
+
+
+def _predict_scaled(factor, x):
+    return factor["k"] * x
+
+
+def _member_payload(sentinel: Path) -> bytes:
+    class Payload:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (eval, (f"__import__('os').mkdir({str(sentinel)!r}) or {{'k': 100}}",))
+
+    return pickle.dumps(Payload())
+
+
+@pytest.fixture(scope="session")
+def other_member() -> Iterator[list[str] | None]:
+    """How to run a command as another member of a team group (None: this process's user).
+
+    As root, a user and group of their own are made for the session (and removed after); the
+    command runs through setpriv as that user, in that group only.
+    """
+    import grp
+    import pwd
+    import subprocess
+
+    if os.geteuid() != 0 or not shutil.which("setpriv") or not shutil.which("useradd"):
+        yield None
+        return
+    made = subprocess.run(["groupadd", TEAM], check=False).returncode == 0
+    added = made and (
+        subprocess.run(
+            ["useradd", "-M", "-N", "-g", TEAM, "-s", "/usr/sbin/nologin", MEMBER_NAME],
+            check=False,
+        ).returncode
+        == 0
+    )
+    try:
+        if not added:
+            yield None
+            return
+        uid, gid = pwd.getpwnam(MEMBER_NAME).pw_uid, grp.getgrnam(TEAM).gr_gid
+        yield ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
+    finally:
+        if added:
+            subprocess.run(["userdel", MEMBER_NAME], check=False)
+        if made:
+            subprocess.run(["groupdel", TEAM], check=False)
+
+
+@pytest.fixture
+def team_folder(other_member: list[str] | None) -> Iterator[Path]:
+    """A shared folder as a team keeps one: setgid group, group-writable, umask 002."""
+    import grp
+    import tempfile
+
+    outer = Path(tempfile.mkdtemp(prefix="cloudflow-team-"))  # /tmp: reachable by the member
+    outer.chmod(0o755)
+    folder = outer / "shared"
+    folder.mkdir()
+    if other_member is not None:
+        os.chown(folder, -1, grp.getgrnam(TEAM).gr_gid)
+    folder.chmod(0o2777 if other_member is None else 0o2775)
+    umask = os.umask(0o002)
+    try:
+        yield folder
+    finally:
+        os.umask(umask)
+        shutil.rmtree(outer, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("verb", ["log_bundle", "save_bundle"])
+def test_another_member_of_a_team_store_gets_no_code_into_a_signed_release(
+    team_folder: Path,
+    other_member: list[str] | None,
+    mlflow_state: None,
+    verb: str,
+    tmp_path: Path,
+) -> None:
+    """The member renames the staging folder aside, puts an open one in its place and replaces
+    the model's pickle as soon as it appears; every release is still the one the save wrote."""
+    import subprocess
+    import sys
+
+    sentinel = tmp_path / "RAN-THE-MEMBERS-CODE"
+    payload = tmp_path / "payload.pkl"
+    payload.write_bytes(_member_payload(sentinel))
+    script = team_folder.parent / "member.py"
+    script.write_text(MEMBER)
+    payload_shared = team_folder.parent / "payload.pkl"
+    shutil.copy(payload, payload_shared)
+    for path in (script, payload_shared):
+        path.chmod(0o644)
+    stop = team_folder.parent / "stop"
+    watch = team_folder
+    if verb == "log_bundle":
+        experiment_id = cloudflow.prepare_env(str(team_folder / "store"), "team")
+        artifacts = mlflow.get_experiment(experiment_id).artifact_location
+        watch = Path(artifacts.removeprefix("file://")) / ".cloudflow-staging"
+        watch.mkdir(parents=True)
+        # The member slows each save down between the staging folder's creation and its first
+        # use: the clean-up of the shared-file folder stats every entry it holds (links, which
+        # it leaves alone).
+        blobs = watch.parent / ".cloudflow-blobs"
+        blobs.mkdir()
+        for i in range(5000):
+            (blobs / f"x{i}").symlink_to("nowhere")
+    python = "/usr/bin/python3" if other_member is not None else sys.executable
+    member = subprocess.Popen(
+        [*(other_member or []), python, str(script), str(watch), str(payload_shared), str(stop)]
+    )
+    key = os.urandom(32)
+    loaded = []
+    try:
+        time.sleep(0.5)  # the member is watching
+        for i in range(4):
+            try:
+                if verb == "log_bundle":
+                    experiment_id = cloudflow.prepare_env(str(team_folder / "store"), "team")
+                    with mlflow.start_run(experiment_id=experiment_id):
+                        info = cloudflow.log_bundle(
+                            _predict_scaled, {"factor": {"k": 3}}, signing_key=key
+                        )
+                    uri = info.model_uri
+                else:
+                    uri = str(team_folder / f"release-{i}")
+                    cloudflow.save_bundle(
+                        _predict_scaled, {"factor": {"k": 3}}, uri, signing_key=key
+                    )
+            except (cloudflow.CloudflowError, OSError):
+                continue  # the member broke this save: nothing was published, no harm
+            try:
+                loaded.append(cloudflow.load_bundle(uri, signing_key=key).predict(x=2))
+            except IntegrityError:
+                loaded.append("refused")  # changed after it was published: a signed load says so
+            assert not sentinel.exists(), f"release {i} ran the other member's code"
+    finally:
+        stop.touch()
+        member.wait(timeout=30)
+    assert loaded, "no save went through"
+    assert set(loaded) <= {6, "refused"}, loaded

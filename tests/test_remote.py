@@ -800,3 +800,168 @@ def test_the_cache_keeps_to_its_limit_and_prunes_on_demand(
     out = cli("prune", "--max-size", "0")
     assert "the cache holds 0 file(s)" in out
     assert "files     0 (0 B)" in cli("info")
+
+
+# --- attacks through the download cache --------------------------------------------------------
+
+ONE_LOAD = r"""
+import json, os, sys
+import cloudflow
+spec = json.loads(sys.argv[1])
+try:
+    answer = cloudflow.load_bundle(spec["uri"], verify=spec["verify"]).predict(**spec["case"])
+except Exception as e:  # whatever it raised, say whether the copy's code ran
+    emit({"error": type(e).__name__, "message": str(e), "ran": os.path.exists(spec["sentinel"])})
+else:
+    emit({"error": None, "answer": answer, "ran": os.path.exists(spec["sentinel"])})
+"""
+
+
+def _bundle_folder(remote: dict[str, Any], model_uri: str) -> Path:
+    model_id = model_uri.removeprefix("models:/")
+    (folder,) = (remote["server_root"] / "artifacts").glob(f"*/models/{model_id}/artifacts")
+    return folder
+
+
+KEY = "a-team-secret-of-enough-length-0123456789"
+
+
+@pytest.fixture(scope="module")
+def signed(remote: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The project logged once more, signed with :data:`KEY`; its source then deleted."""
+    project = write_project(tmp_path_factory.mktemp("signed") / "project")
+    saved = save(project, remote["proxy"].url, signing_key=KEY)
+    shutil.rmtree(project)
+    return saved
+
+
+def test_a_refused_copy_leaves_nothing_in_the_cache_that_a_later_load_runs(
+    remote: dict[str, Any], signed: dict[str, Any], tmp_path: Path
+) -> None:
+    """A copy carrying a signed bundle's genuine manifest and signature, with another code.pkl,
+    is refused under the key; the genuine bundle's next unverified load runs its own code."""
+    import pickle
+
+    key = KEY
+    sentinel = tmp_path / "RAN-THE-COPY'S-CODE"
+
+    class Payload:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (eval, (f"__import__('os').mkdir({str(sentinel)!r}) or (lambda **kw: 0)",))
+
+    copy = tmp_path / "copy"
+    shutil.copytree(_bundle_folder(remote, signed["model_uri"]), copy)  # its small files
+    (copy / "cloudflow" / "code.pkl").write_bytes(pickle.dumps(Payload()) + pickle.dumps(None))
+    cache = tmp_path / "cache"
+    env = {"MLFLOW_TRACKING_URI": remote["proxy"].url, "CLOUDFLOW_CACHE_DIR": str(cache)}
+
+    def one_load(uri: str, verify: bool, **extra: str) -> dict[str, Any]:
+        spec = {"uri": uri, "verify": verify, "sentinel": str(sentinel), "case": CASES[0]}
+        where = tmp_path / f"load-{len(list(tmp_path.glob('load-*')))}"
+        where.mkdir()
+        return dict(run_snippet(ONE_LOAD, cwd=where, env={**env, **extra}, args=[json.dumps(spec)]))
+
+    refused = one_load(str(copy), True, CLOUDFLOW_SIGNING_KEY=key)
+    assert refused["error"] == "IntegrityError", refused
+    assert "code.pkl" in refused["message"]
+    assert not refused["ran"]
+    genuine = one_load(f"runs:/{signed['run_id']}/model", False)
+    assert not genuine["ran"], "the genuine bundle's load ran the refused copy's code"
+    assert genuine["error"] is None, genuine
+    assert_same_predictions([genuine["answer"]], CASES[:1], signed["expected"][:1])
+
+
+def test_verify_checks_the_signature_before_it_fetches_prunes_or_allocates_anything(
+    remote: dict[str, Any], signed: dict[str, Any], tmp_path: Path
+) -> None:
+    """A copy of a signed bundle whose manifest names another host and claims 10 TB per file
+    (its checksum made right again): ``cloudflow verify`` refuses it (exit 2) without a request
+    to that host, without pruning the download cache, without a byte downloaded."""
+    import socket
+    import threading
+
+    from cloudflow import _manifest
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    asked: list[bytes] = []
+    stop = threading.Event()
+
+    def answer() -> None:  # the other host: records what reaches it
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                asked.append(conn.recv(4096))
+                conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    copy = tmp_path / "copy"
+    shutil.copytree(_bundle_folder(remote, signed["model_uri"]), copy)
+    path = copy / "cloudflow" / "manifest.json"
+    data = json.loads(path.read_text())
+    port = listener.getsockname()[1]
+    data["shared"]["area"] = f"http://127.0.0.1:{port}/elsewhere/.cloudflow-blobs"
+    data["shared"]["server"] = f"http://127.0.0.1:{port}"
+    for rel in data["shared"]["files"]:
+        data["files"][rel]["size"] = 10**13
+    data[_manifest.CHECKSUM_KEY] = _manifest.checksum(data)
+    path.write_text(json.dumps(data))
+    cache = tmp_path / "cache"
+    kept = cache / "files" / "blobs" / ("ab" * 32)
+    kept.parent.mkdir(parents=True)
+    cache.chmod(0o700)
+    (cache / "files").chmod(0o700)
+    kept.write_bytes(b"a file another bundle needs")
+    env = {"CLOUDFLOW_CACHE_DIR": str(cache), "CLOUDFLOW_SIGNING_KEY": KEY}
+    try:
+        done = run_cli("verify", str(copy), cwd=tmp_path, env=env)
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "FAILED" in done.stderr, done.stderr[-2000:]
+    assert "signature" in done.stderr, done.stderr[-2000:]
+    assert asked == [], "verify sent a request to the host an unchecked manifest names"
+    assert kept.read_bytes() == b"a file another bundle needs", "the cache was pruned"
+    assert [p.name for p in kept.parent.iterdir()] == [kept.name]
+
+
+def test_a_damaged_file_in_the_area_is_repaired_by_the_next_save(
+    remote: dict[str, Any], tmp_path: Path
+) -> None:
+    """The area's copy of the weights altered on the server (same name, same size): the next
+    log of the model reads it back, uploads its own in its place, and its bundle loads."""
+    weights = max(area_files(remote["server_root"]), key=lambda p: p.stat().st_size)
+    original = weights.read_bytes()
+    middle = len(original) // 2
+    os.chmod(weights, 0o644)
+    weights.write_bytes(original[:middle] + bytes([original[middle] ^ 1]) + original[middle + 1 :])
+    try:
+        first = f"runs:/{remote['first']['run_id']}/model"
+        got = load_fails(first, remote["proxy"].url, tmp_path / "cache", tmp_path / "a")
+        assert got["error"] == "IntegrityError", got
+        assert "a save reads the area's copy back" in got["message"]
+        project = write_project(tmp_path / "project")
+        again = save(project, remote["proxy"].url)
+        shutil.rmtree(project)
+        assert weights.read_bytes() == original, "the area's copy was not repaired"
+        answers, _ = load(
+            tmp_path / "b",
+            remote["proxy"],
+            tmp_path / "cache",
+            uri=f"runs:/{again['run_id']}/model",
+        )
+        assert_same_predictions(answers, CASES, again["expected"])
+        answers, _ = load(tmp_path / "c", remote["proxy"], tmp_path / "cache", uri=first)
+        assert_same_predictions(answers, CASES, remote["first"]["expected"])  # repaired too
+    finally:
+        if weights.read_bytes() != original:
+            weights.write_bytes(original)

@@ -62,9 +62,10 @@ def test_a_staging_folder_is_made_while_other_saves_remove_the_empty_parent(
     try:
         for _ in range(3000):
             staging = _staging_in(parent)
-            assert staging.is_dir()
-            assert staging.parent == parent
-            staging.rmdir()
+            assert staging.path.is_dir()
+            assert staging.name.parent == parent
+            staging.close()
+            assert not staging.name.exists()
     finally:
         stop.set()
         thread.join()
