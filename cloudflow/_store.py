@@ -452,13 +452,58 @@ def find_run(client: Any, run_id: str) -> Any:
         if _deleted_run(client, str(run_id)):
             raise _deleted(run_id) from e
         raise NotFoundError(
-            f"No run with id {run_id!r} in this tracking store ({e.error_code}). Check the run id "
-            "(`cloudflow list --tracking-uri STORE` lists the runs that hold a bundle, as does "
-            "the MLflow UI) and the tracking_uri."
+            f"No run with id {run_id!r} in the tracking store {_store_name(client)} "
+            f"({e.error_code}). Check the run id (`cloudflow list --tracking-uri STORE` lists the "
+            "runs that hold a bundle, as does the MLflow UI) and the tracking_uri."
         ) from e
     if getattr(run.info, "lifecycle_stage", "active") == "deleted":
         raise _deleted(run_id)
     return run
+
+
+def _store_name(client: Any) -> str:
+    """The store a client reads, as the user gave it: the folder of an embedded store."""
+    uri = str(getattr(client, "_tracking_client", client).tracking_uri)
+    db = _sqlite_file(uri)
+    if db is not None and db.name == DB_FILE:
+        return repr(str(db.parent))
+    return repr(uri)
+
+
+def check_lookup_store() -> None:
+    """Refuse a ``runs:/`` or ``models:/`` lookup in a store that does not exist.
+
+    Without a tracking URI, MLflow reads ``./mlflow.db`` of the working folder, and creates it
+    (with an ``mlruns`` folder) when it is missing; an sqlite URI naming a missing file is
+    created the same way. A read that fails must leave nothing behind, and say where it looked.
+
+    Raises:
+        NotFoundError: No tracking URI is set and the working folder has no ``mlflow.db``, or
+            the sqlite file named does not exist.
+    """
+    uri = current_tracking_uri()
+    explicit = os.environ.get("MLFLOW_TRACKING_URI")
+    import sys
+
+    if "mlflow" in sys.modules:
+        from mlflow.tracking._tracking_service import utils
+
+        explicit = explicit or (uri if utils.is_tracking_uri_set() else None)
+    if not explicit:
+        if (Path.cwd() / DB_FILE).is_file() or (Path.cwd() / "mlruns").is_dir():
+            return  # MLflow's default store, which exists here
+        raise NotFoundError(
+            "runs:/ and models:/ URIs are looked up in a tracking store, and none is set (MLflow "
+            f"would look in ./{DB_FILE} of {str(Path.cwd())!r}, which does not exist). Point "
+            "MLflow at the store the model was saved into: cloudflow.prepare_env(FOLDER, ...), "
+            "mlflow.set_tracking_uri(...) or MLFLOW_TRACKING_URI; or load the bundle's folder."
+        )
+    if explicit.startswith("sqlite:///") and _sqlite_file(explicit) is None:
+        raise NotFoundError(
+            f"The tracking store {explicit!r} does not exist (no such database file). Check the "
+            "path: for a store folder, give the folder to prepare_env or "
+            "`--tracking-uri FOLDER`."
+        )
 
 
 def _deleted(run_id: str) -> NotFoundError:
@@ -597,12 +642,15 @@ def artifact_uri_of(model_uri: str, identity: dict[str, str] | None = None) -> s
         run_id, _, name = parsed.path.lstrip("/").partition("/")
         name = name.strip("/") or "model"
         identity.update(run_id=run_id, name=name)
+        check_lookup_store()
         tracking_uri = current_tracking_uri()
         fast = fast_run_model(tracking_uri, run_id, name) if tracking_uri else None
         if fast is not None:
             return relocate(fast.artifact_location, tracking_uri)
     elif parsed.scheme != "models":
         return model_uri
+    else:
+        check_lookup_store()
     return relocate(_artifact_uri_of(model_uri, parsed, identity), current_tracking_uri())
 
 
@@ -629,7 +677,21 @@ def _artifact_uri_of(model_uri: str, parsed: Any, identity: dict[str, str]) -> s
                     f"The model {name!r} of run {run_id!r} was never finished (status "
                     f"{mine[0].status}): its save was interrupted. Save it again."
                 )
-            return f"{run.info.artifact_uri.rstrip('/')}/{name}"
+            folder = f"{run.info.artifact_uri.rstrip('/')}/{name}"
+            local = _local_path(relocate(folder, current_tracking_uri()))
+            if local is not None and not local.exists():
+                names = sorted(
+                    {
+                        m.name
+                        for m in logged_models(client, run.info.experiment_id)
+                        if m.source_run_id == run_id
+                    }
+                )
+                raise NotFoundError(
+                    f"Run {run_id!r} has no model named {name!r}; its models: {names}. Load "
+                    + (f"'runs:/{run_id}/{names[0]}'." if names else "another run.")
+                )
+            return folder
         return _registry_artifact_uri(client, model_uri, identity)
     except MlflowException as e:
         raise NotFoundError(
