@@ -14,7 +14,16 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _blobs, _digests, _files, _inspect, _model_metadata, _remote, _store
+from cloudflow import (
+    _blobs,
+    _digests,
+    _files,
+    _inspect,
+    _model_metadata,
+    _names,
+    _remote,
+    _store,
+)
 from cloudflow._bundle import (
     Bundle,
     check_arguments,
@@ -191,6 +200,7 @@ def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None
     return dict(json.loads(json.dumps(dict(metadata))))  # tuples become lists, for YAML
 
 
+@_names.suggest_names("save_bundle", _names.SAVE_BUNDLE)
 def save_bundle(
     predict_fn: Callable[..., Any],
     models: Mapping[str, object] | None,
@@ -320,6 +330,7 @@ def _staging_in(parent: Path) -> Path:
     raise StoreError(f"Cannot create a staging folder in {str(parent)!r}; try the save again.")
 
 
+@_names.suggest_names("log_bundle", _names.LOG_BUNDLE)
 @_store.translates_store_errors
 def log_bundle(
     predict_fn: Callable[..., Any],
@@ -511,6 +522,7 @@ def log_bundle(
     return model_info
 
 
+@_names.suggest_names("load_bundle", _names.LOAD_BUNDLE)
 @_store.translates_store_errors
 def load_bundle(
     model_uri: str | os.PathLike[str],

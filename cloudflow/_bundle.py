@@ -82,6 +82,11 @@ def _describe_fn(predict_fn: Callable[..., Any]) -> str:
         return str(name)
 
 
+#: The longest model name: each model is saved in a folder of that name, and file systems
+#: refuse names over 255 bytes (cloudflow's staging adds to some).
+MODEL_KEY_MAX = 200
+
+
 def check_arguments(predict_fn: object, models: object) -> dict[str, object]:
     """Validate what a save was given; return the models as a plain dict."""
     if not callable(predict_fn):
@@ -122,6 +127,12 @@ def check_arguments(predict_fn: object, models: object) -> dict[str, object]:
             raise ModelKeyError(
                 f"Model name {key!r} is not a valid Python identifier, so it cannot be a parameter "
                 f"of {_describe_fn(predict_fn)}. Rename the key."
+            )
+        if len(key.encode("utf-8")) > MODEL_KEY_MAX:
+            raise ModelKeyError(
+                f"Model name {key[:40] + '...'!r} is {len(key)} characters long; each model is "
+                f"saved in a folder named after it, and names may have at most {MODEL_KEY_MAX} "
+                "bytes. Use a shorter key (and parameter name)."
             )
         if key not in names and not has_var_kw:
             raise ModelKeyError(
@@ -1107,16 +1118,24 @@ class Bundle:
             except Exception:  # raised again, named, where the model is used
                 _logger.warning("Loading model %r in the background failed", name, exc_info=True)
 
-    def predict(self, **params: Any) -> Any:
+    def predict(self, *inputs: Any, **params: Any) -> Any:
         """Call the saved predict function with the bundle's models and ``params``.
+
+        The inputs go by name (``predict(input_type="iris", data=rows)``), or as one dict of
+        them, as ``mlflow.pyfunc`` takes them (``predict({"input_type": "iris", ...})``).
 
         Raises:
             PredictArgumentError: A parameter the function does not take, one that names a model,
-                or a required one missing. The message lists the function's parameters.
+                or a required one missing, or inputs given by position. The message lists the
+                function's parameters.
         """
+        if inputs:
+            params = self._by_name(inputs, params)
         keys = params.keys()
-        if (self._accepted is not None and not keys <= self._accepted) or not (
-            self._required <= keys
+        if (
+            (self._accepted is not None and not keys <= self._accepted)
+            or not (self._required <= keys)
+            or not keys.isdisjoint(self._models)
         ):
             self._raise_for(params)
         if self._verifying is None and not self._late and not self._lazy:
@@ -1145,6 +1164,20 @@ class Bundle:
         if not models:
             return predict_fn(**params)
         return predict_fn(**models, **params)
+
+    def _by_name(self, inputs: tuple[Any, ...], params: dict[str, Any]) -> dict[str, Any]:
+        """The inputs of a call that gave one dict of them, as pyfunc does; else refuse."""
+        if len(inputs) == 1 and not params and isinstance(inputs[0], Mapping):
+            given = dict(inputs[0])
+            if all(isinstance(k, str) for k in given):
+                return given
+        name = self.manifest.predict_fn.get("name", "predict_fn")
+        shown = ", ".join(f"{p}=..." for p in self.parameters[: max(len(inputs), 1)])
+        raise PredictArgumentError(
+            f"predict takes the inputs of {name} by name, got {len(inputs)} by position. Call "
+            f"bundle.predict({shown}), or give one dict of them: bundle.predict({{...}}). Its "
+            f"inputs are {self.parameters}."
+        )
 
     def _raise_for(self, params: Mapping[str, Any]) -> None:
         name = self.manifest.predict_fn.get("name", "predict_fn")

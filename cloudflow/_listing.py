@@ -51,7 +51,8 @@ def list_store(tracking_uri: str | os.PathLike[str]) -> dict[str, Any]:
         with contextlib.suppress(sqlite3.Error, ValueError):
             experiments = _from_sqlite(db)
     if experiments is None:
-        experiments = _from_client(_store.existing_store_uri(text))
+        with _store.store_errors():  # a damaged database named by its sqlite: URI
+            experiments = _from_client(_store.existing_store_uri(text))
     return {"tracking_uri": text, "experiments": experiments}
 
 

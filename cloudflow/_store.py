@@ -163,6 +163,17 @@ def existing_store_uri(tracking_uri: str | os.PathLike[str]) -> str:
     return sqlite_uri(folder)
 
 
+def same_store(uri: str, tracking_uri: str | os.PathLike[str]) -> bool:
+    """Whether MLflow's tracking URI ``uri`` is the store ``tracking_uri`` names."""
+    try:
+        folder = local_folder(tracking_uri)
+    except StoreError:
+        return False
+    if folder is None:
+        return uri.rstrip("/") == os.fspath(tracking_uri).rstrip("/")
+    return uri == sqlite_uri(folder)
+
+
 def sqlite_uri(folder: Path) -> str:
     """The URI MLflow is given for the database of the embedded store in ``folder``."""
     return f"sqlite:///{folder / DB_FILE}"

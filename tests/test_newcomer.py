@@ -12,11 +12,18 @@ from typing import Any
 
 import mlflow
 import pytest
+from click.testing import CliRunner
 from conftest import restored_mlflow_state
 from helpers import run_snippet, sqlite_uri
 
 import cloudflow
-from cloudflow.exceptions import NotFoundError
+from cloudflow.cli import main
+from cloudflow.exceptions import (
+    BundleArgumentError,
+    ModelKeyError,
+    NotFoundError,
+    PredictArgumentError,
+)
 
 UNKNOWN_RUN_ID = "0123456789abcdef0123456789abcdef"
 
@@ -92,3 +99,148 @@ def test_a_wrong_model_name_lists_the_runs_models(saved: dict[str, Any]) -> None
         NotFoundError, match=r"no model named 'modle'; its models: \['model', 'reviews'\]"
     ):
         cloudflow.load_bundle(f"runs:/{run_id}/modle")
+
+
+# -- 3. Names from the other API ---------------------------------------------------------------
+
+
+def _seed_save(**kwargs: Any) -> Any:
+    return cloudflow.cloudflow_model().save(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (
+            lambda: _seed_save(tracking_uri="s", experiment_id="e", run_id="r", predict_fn=len),
+            r"save\(\) takes no argument 'predict_fn'; did you mean predict_function",
+        ),
+        (
+            lambda: _seed_save(predict_function=predict_fn, model={"weights": {}}),
+            r"takes no argument 'model'; did you mean models",
+        ),
+        (
+            lambda: _seed_save(predict_function=predict_fn, python_model=predict_fn),
+            r"takes no argument 'python_model'; did you mean predict_function",
+        ),
+        (
+            lambda: _seed_save(predict_function=predict_fn, artifact_path="m"),
+            r"'artifact_path': the seed save always names the model 'model'.*log_bundle",
+        ),
+        (
+            lambda: cloudflow.prepare_env("s", experiment_name="e"),
+            r"prepare_env\(\) takes no argument 'experiment_name'; did you mean experiment_id",
+        ),
+        (
+            lambda: cloudflow.log_bundle(predict_fn, {}, artifact_path="m"),
+            r"log_bundle\(\) takes no argument 'artifact_path'; did you mean name",
+        ),
+        (
+            lambda: cloudflow.log_bundle(predict_function=predict_fn, models={}),
+            r"log_bundle\(\) takes no argument 'predict_function'; did you mean predict_fn",
+        ),
+        (
+            lambda: cloudflow.save_bundle(python_model=predict_fn, models={}, path="x"),
+            r"save_bundle\(\) takes no argument 'python_model'; did you mean predict_fn",
+        ),
+        (
+            lambda: cloudflow.save_bundle(predict_fn, model={}, path="x"),
+            r"save_bundle\(\) takes no argument 'model'; did you mean models",
+        ),
+        (
+            lambda: cloudflow.load_bundle(path="x"),
+            r"load_bundle\(\) takes no argument 'path'; did you mean model_uri",
+        ),
+        (
+            lambda: cloudflow.log_bundle(predict_fn, {}, pip_requirement=["x"]),
+            r"takes no argument 'pip_requirement'; did you mean 'pip_requirements'\?",
+        ),
+    ],
+)
+def test_a_name_from_the_other_api_says_which_is_meant(
+    call: Any, match: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BundleArgumentError, match=match) as caught:
+        call()
+    assert isinstance(caught.value, TypeError)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_takes_one_dict_as_pyfunc_does(tmp_path: Path) -> None:
+    cloudflow.save_bundle(predict_fn, {"weights": {"good": 2}}, tmp_path / "bundle")
+    bundle = cloudflow.load_bundle(tmp_path / "bundle")
+    assert bundle.predict({"text": "good bad"}) == [2, 0]
+    assert bundle.predict(text="good bad") == [2, 0]
+    with pytest.raises(
+        PredictArgumentError,
+        match=r"by name, got 2 by position\. Call bundle\.predict\(text=\.\.\.\), or give one dict",
+    ):
+        bundle.predict("wine", "good")
+
+
+# -- 4. A seed save into a mistyped store ------------------------------------------------------
+
+
+@pytest.mark.usefixtures("mlflow_state")
+def test_a_save_into_a_mistyped_store_touches_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    exp = cloudflow.prepare_env("saving_path", "experiment_name")
+    with mlflow.start_run(experiment_id=exp) as run:
+        with pytest.raises(
+            NotFoundError,
+            match=r"No tracking store at 'savng_path'.*MLflow points at .*saving_path",
+        ):
+            cloudflow.cloudflow_model().save(
+                tracking_uri="savng_path",
+                experiment_id=exp,
+                run_id=run.info.run_id,
+                predict_function=predict_fn,
+                models={"weights": {}},
+            )
+        assert mlflow.get_tracking_uri() == sqlite_uri(tmp_path / "saving_path")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saving_path"]
+    assert mlflow.MlflowClient().get_run(run.info.run_id).info.status == "FINISHED"
+
+
+# -- Leftovers: raw TypeError, OSError and DatabaseError ---------------------------------------
+
+
+def test_load_model_without_a_tracking_uri_says_what_to_give() -> None:
+    with pytest.raises(BundleArgumentError, match=r"tracking_uri must be a folder.*got None"):
+        cloudflow.cloudflow_model().load_model(None, "exp", UNKNOWN_RUN_ID)
+
+
+def test_a_model_key_too_long_for_a_file_name_is_refused(tmp_path: Path) -> None:
+    def predict(**kwargs):
+        return sorted(kwargs)
+
+    with pytest.raises(ModelKeyError, match=r"is 300 characters long.*at most 200 bytes"):
+        cloudflow.save_bundle(predict, {"k" * 300: 1}, tmp_path / "bundle")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_name_passed_to_a_kwargs_predict_function_is_named(tmp_path: Path) -> None:
+    def predict(**kwargs):
+        return sorted(kwargs)
+
+    cloudflow.save_bundle(predict, {"weights": 1}, tmp_path / "bundle")
+    bundle = cloudflow.load_bundle(tmp_path / "bundle")
+    assert bundle.predict(text="x") == ["text", "weights"]
+    with pytest.raises(PredictArgumentError, match=r"'weights' is a model of this bundle"):
+        bundle.predict(weights=2)
+
+
+def test_a_damaged_database_named_by_its_sqlite_uri_is_a_store_error(
+    saved: dict[str, Any], tmp_path: Path
+) -> None:
+    damaged = tmp_path / "damaged.db"
+    data = bytearray((saved["store"] / "mlflow.db").read_bytes())
+    data[100:4100] = b"x" * 4000
+    damaged.write_bytes(bytes(data))
+    done = CliRunner().invoke(main, ["list", "--tracking-uri", f"sqlite:///{damaged}"])
+    assert done.exit_code != 0
+    assert "StoreError: The tracking store's database is damaged" in done.output
+    assert "Traceback" not in done.output
