@@ -448,6 +448,7 @@ def log_bundle(
                 python_versions=python_versions,
                 data_files=data_files,
                 model_metadata=per_model,
+                staged=True,
             )
             logged = _create_logged_model(
                 name=name,
@@ -518,7 +519,14 @@ def log_bundle(
             await_registration_for=await_registration_for,
         )
         model_info.registered_model_version = version.version
-    _logger.info("Logged bundle %r to run %s (%d models)", name, run_id, len(manifest.models))
+    _logger.info(
+        "Logged bundle %r to run %s (%d models, %s): %s",
+        name,
+        run_id,
+        len(manifest.models),
+        _inspect.human_size(sum(int(f.get("size", 0)) for f in manifest.files.values())),
+        logged.artifact_location,
+    )
     return model_info
 
 

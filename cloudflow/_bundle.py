@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,20 @@ def _describe_fn(predict_fn: Callable[..., Any]) -> str:
 #: The longest model name: each model is saved in a folder of that name, and file systems
 #: refuse names over 255 bytes (cloudflow's staging adds to some).
 MODEL_KEY_MAX = 200
+
+
+@contextlib.contextmanager
+def _removed_on_failure(folders: list[Path]) -> Iterator[None]:
+    """Remove the folders a failed save created, innermost first, if nothing else is in them."""
+    try:
+        yield
+    except BaseException:
+        for folder in folders:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def check_arguments(predict_fn: object, models: object) -> dict[str, object]:
@@ -353,11 +367,14 @@ def write_bundle(
     python_versions: str | Iterable[str] | None = None,
     data_files: Mapping[str, Path] | None = None,
     model_metadata: Mapping[str, dict[str, Any]] | None = None,
+    staged: bool = False,
 ) -> Manifest:
     """Write a bundle into ``path``, which must not exist; publish it only when complete.
 
     With ``signing_key`` the manifest is signed; with ``verify`` the bundle is first loaded (and
-    ``input_example`` run) in a clean process, and a failure leaves nothing behind.
+    ``input_example`` run) in a clean process, and a failure leaves nothing behind, not even
+    the parent folders it created. ``staged``: ``path`` is a staging folder the caller moves
+    into place, so the log line naming where the bundle is is the caller's.
     """
     signature = _signature.resolve_signature(signature, predict_fn, models, input_example)
     interpreters = _portable.resolve_versions(python_versions)
@@ -366,8 +383,9 @@ def write_bundle(
             f"Path {str(path)!r} already exists. Give a new folder, or delete the old bundle first."
         )
     started = time.perf_counter()
+    created = [p for p in path.parents if not p.exists()]  # innermost first
     path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.ExitStack() as stack:
+    with _removed_on_failure(created), contextlib.ExitStack() as stack:
         files = _blobs.current() or stack.enter_context(_blobs.saving(None))
         manifest = _write_and_publish(
             path,
@@ -390,7 +408,8 @@ def write_bundle(
             model_metadata=dict(model_metadata or {}),
         )
     total = sum(entry["size"] for entry in manifest.files.values())
-    _logger.info(
+    _logger.log(
+        logging.DEBUG if staged else logging.INFO,
         "Saved bundle %s in %.2f s (%.1f MB written, %.1f MB shared with the store's bundles)",
         path,
         time.perf_counter() - started,

@@ -16,6 +16,7 @@ takes requests of the form ``{"inputs": {...}}`` (one call) or ``{"inputs": [{..
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import inspect
@@ -90,7 +91,19 @@ def _parameters(predict_fn: Callable[..., Any]) -> list[inspect.Parameter]:
     try:
         signature = inspect.signature(predict_fn, eval_str=True)
     except Exception:  # an annotation that names something only imported for type checking
+        # Evaluate the others one by one: one such name must not leave every input "any".
         signature = inspect.signature(predict_fn)
+        namespace = getattr(inspect.unwrap(predict_fn), "__globals__", {})
+        parameters = []
+        for p in signature.parameters.values():
+            annotation = p.annotation
+            if isinstance(annotation, str):
+                # As eval_str=True evaluates them, in the function's own globals; one that fails
+                # is left as the string (a plain type name is still read).
+                with contextlib.suppress(Exception):
+                    annotation = eval(annotation, dict(namespace))  # noqa: S307
+            parameters.append(p.replace(annotation=annotation))
+        signature = signature.replace(parameters=parameters)
     return [
         p for p in signature.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     ]

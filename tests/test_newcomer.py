@@ -7,6 +7,7 @@ looked and what was meant; a failed read leaves nothing in the working folder.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import cloudflow
 from cloudflow.cli import main
 from cloudflow.exceptions import (
     BundleArgumentError,
+    CaptureError,
     ModelKeyError,
     NotFoundError,
     PredictArgumentError,
@@ -244,3 +246,98 @@ def test_a_damaged_database_named_by_its_sqlite_uri_is_a_store_error(
     assert done.exit_code != 0
     assert "StoreError: The tracking store's database is damaged" in done.output
     assert "Traceback" not in done.output
+
+
+# -- 5. A second model of one name in a run ----------------------------------------------------
+
+
+@pytest.mark.usefixtures("mlflow_state")
+def test_list_marks_a_model_a_newer_one_of_its_name_hides(tmp_path: Path) -> None:
+    from cloudflow._listing import format_text, list_store
+
+    exp = cloudflow.prepare_env(str(tmp_path / "store"), "twice")
+    with mlflow.start_run(experiment_id=exp) as run:
+        first = cloudflow.log_bundle(predict_fn, {"weights": {"good": 1}})
+        second = cloudflow.log_bundle(predict_fn, {"weights": {"good": 2}})
+    listing = list_store(tmp_path / "store")
+    (listed,) = [r for e in listing["experiments"] for r in e["runs"]]
+    assert listed["run_id"] == run.info.run_id
+    assert [(b["model_id"], b["shadowed"]) for b in listed["bundles"]] == [
+        (first.model_id, second.model_id),
+        (second.model_id, False),
+    ]
+    text = format_text(listing)
+    assert "model (older: runs:/ loads the newer)" in text
+    assert "load the older by its model id, models:/<MODEL ID>" in text
+
+
+# -- 6. Small things -------------------------------------------------------------------------
+
+
+def test_a_failed_save_into_a_missing_parent_leaves_no_folder(tmp_path: Path) -> None:
+    import threading
+
+    def predict(weights, text):
+        return text
+
+    with pytest.raises(CaptureError, match=r"lock"):
+        cloudflow.save_bundle(predict, {"weights": threading.Lock()}, tmp_path / "a" / "b" / "c")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.usefixtures("mlflow_state")
+def test_the_log_names_where_the_bundle_is_and_sizes_agree(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cloudflow._inspect import human_size
+
+    exp = cloudflow.prepare_env(str(tmp_path / "store"), "sizes")
+    with caplog.at_level("INFO", logger="cloudflow"), mlflow.start_run(experiment_id=exp):
+        info = cloudflow.log_bundle(predict_fn, {"weights": {"good": 1}})
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Logged")]
+    (line,) = logged
+    assert line.endswith(f"{info.model_id}/artifacts")
+    assert (tmp_path / "store" / "artifacts").as_uri() in line
+    assert ".cloudflow-staging" not in caplog.text
+
+    uri = f"runs:/{info.run_id}/model"
+    store = ["--tracking-uri", str(tmp_path / "store")]
+    listed = CliRunner().invoke(main, ["list", *store])
+    inspected = CliRunner().invoke(main, ["inspect", uri, *store, "--json"])
+    exported = CliRunner().invoke(main, ["export", uri, str(tmp_path / "copy"), *store])
+    for done in (listed, inspected, exported):
+        assert done.exit_code == 0, done.output
+    size = human_size(json.loads(inspected.output)["size_bytes"])
+    assert f"  {size}  " in listed.output
+    assert exported.output.rstrip().endswith(f"files and the manifest, {size})")
+    recorded = json.loads((tmp_path / "copy" / "cloudflow" / "manifest.json").read_text())
+    count = len(recorded["files"]) + len(recorded["outer_files"])
+    assert f"({count} files and the manifest" in exported.output
+
+
+def test_annotated_inputs_are_typed_beside_one_only_imported_for_type_checking(
+    user_modules: Any,
+) -> None:
+    from cloudflow._signature import infer_signature
+
+    user_modules.write(
+        {
+            "typed_predict.py": (
+                "from __future__ import annotations\n"
+                "from typing import TYPE_CHECKING\n"
+                "if TYPE_CHECKING:\n"
+                "    import pandas as pd\n\n\n"
+                "def predict(m, input_type: str, data: list[list[float]] | None = None,\n"
+                "            frame: pd.DataFrame | None = None):\n"
+                "    return input_type\n"
+            )
+        }
+    )
+    from typed_predict import predict  # type: ignore[import-not-found]
+
+    inputs = {c.name: str(c.type) for c in infer_signature(predict, ["m"]).inputs}
+    assert inputs == {
+        "input_type": "DataType.string",
+        "data": "Array(Array(double))",
+        "frame": "Any",
+    }
