@@ -77,6 +77,7 @@ def handed_over(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {**saved, "store": store, "cwd": elsewhere}
 
 
+@pytest.mark.slow  # four fresh processes
 def test_a_moved_store_loads_every_way_and_saves_inside_itself(
     handed_over: dict[str, Any],
 ) -> None:

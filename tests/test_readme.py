@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -49,6 +51,7 @@ def _blocks(heading: str, language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
 
 
+@pytest.mark.slow  # a dozen command-line processes: about 60 s
 def test_metadata_and_command_line_blocks_run_after_the_quickstart(tmp_path: Path) -> None:
     """A reader pastes the metadata example below the quickstart, then types the command line
     block in the same folder: every line works, and each run holds one model ``model``."""
