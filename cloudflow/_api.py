@@ -20,6 +20,7 @@ from cloudflow import (
     _files,
     _inspect,
     _model_metadata,
+    _names,
     _remote,
     _runtime,
     _staging,
@@ -201,6 +202,7 @@ def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None
     return dict(json.loads(json.dumps(dict(metadata))))  # tuples become lists, for YAML
 
 
+@_names.suggest_names("save_bundle", _names.SAVE_BUNDLE)
 def save_bundle(
     predict_fn: Callable[..., Any],
     models: Mapping[str, object] | None,
@@ -342,6 +344,7 @@ def _staging_in(parent: Path) -> _staging.PrivateFolder:
     raise StoreError(f"Cannot create a staging folder in {str(parent)!r}; try the save again.")
 
 
+@_names.suggest_names("log_bundle", _names.LOG_BUNDLE)
 @_store.translates_store_errors
 def log_bundle(
     predict_fn: Callable[..., Any],
@@ -462,6 +465,7 @@ def log_bundle(
                 data_files=data_files,
                 model_metadata=per_model,
                 runtime_package=runtime,
+                staged=True,
             )
             logged = _create_logged_model(
                 name=name,
@@ -532,10 +536,18 @@ def log_bundle(
             await_registration_for=await_registration_for,
         )
         model_info.registered_model_version = version.version
-    _logger.info("Logged bundle %r to run %s (%d models)", name, run_id, len(manifest.models))
+    _logger.info(
+        "Logged bundle %r to run %s (%d models, %s): %s",
+        name,
+        run_id,
+        len(manifest.models),
+        _inspect.human_size(sum(int(f.get("size", 0)) for f in manifest.files.values())),
+        logged.artifact_location,
+    )
     return model_info
 
 
+@_names.suggest_names("load_bundle", _names.LOAD_BUNDLE)
 @_store.translates_store_errors
 def load_bundle(
     model_uri: str | os.PathLike[str],

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,25 @@ def _describe_fn(predict_fn: Callable[..., Any]) -> str:
         return str(name)
 
 
+#: The longest model name: each model is saved in a folder of that name, and file systems
+#: refuse names over 255 bytes (cloudflow's staging adds to some).
+MODEL_KEY_MAX = 200
+
+
+@contextlib.contextmanager
+def _removed_on_failure(folders: list[Path]) -> Iterator[None]:
+    """Remove the folders a failed save created, innermost first, if nothing else is in them."""
+    try:
+        yield
+    except BaseException:
+        for folder in folders:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
 def check_arguments(predict_fn: object, models: object) -> dict[str, object]:
     """Validate what a save was given; return the models as a plain dict."""
     if not callable(predict_fn):
@@ -126,6 +145,12 @@ def check_arguments(predict_fn: object, models: object) -> dict[str, object]:
             raise ModelKeyError(
                 f"Model name {key!r} is not a valid Python identifier, so it cannot be a parameter "
                 f"of {_describe_fn(predict_fn)}. Rename the key."
+            )
+        if len(key.encode("utf-8")) > MODEL_KEY_MAX:
+            raise ModelKeyError(
+                f"Model name {key[:40] + '...'!r} is {len(key)} characters long; each model is "
+                f"saved in a folder named after it, and names may have at most {MODEL_KEY_MAX} "
+                "bytes. Use a shorter key (and parameter name)."
             )
         if key not in names and not has_var_kw:
             raise ModelKeyError(
@@ -367,11 +392,14 @@ def write_bundle(
     data_files: Mapping[str, Path] | None = None,
     model_metadata: Mapping[str, dict[str, Any]] | None = None,
     runtime_package: str | None = None,
+    staged: bool = False,
 ) -> Manifest:
     """Write a bundle into ``path``, which must not exist; publish it only when complete.
 
     With ``signing_key`` the manifest is signed; with ``verify`` the bundle is first loaded (and
-    ``input_example`` run) in a clean process, and a failure leaves nothing behind.
+    ``input_example`` run) in a clean process, and a failure leaves nothing behind, not even
+    the parent folders it created. ``staged``: ``path`` is a staging folder the caller moves
+    into place, so the log line naming where the bundle is is the caller's.
     """
     signature = _signature.resolve_signature(signature, predict_fn, models, input_example)
     interpreters = _portable.resolve_versions(python_versions)
@@ -380,8 +408,9 @@ def write_bundle(
             f"Path {str(path)!r} already exists. Give a new folder, or delete the old bundle first."
         )
     started = time.perf_counter()
+    created = [p for p in path.parents if not p.exists()]  # innermost first
     path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.ExitStack() as stack:
+    with _removed_on_failure(created), contextlib.ExitStack() as stack:
         files = _blobs.current() or stack.enter_context(_blobs.saving(None))
         manifest = _write_and_publish(
             path,
@@ -405,7 +434,8 @@ def write_bundle(
             runtime_package=runtime_package,
         )
     total = sum(entry["size"] for entry in manifest.files.values())
-    _logger.info(
+    _logger.log(
+        logging.DEBUG if staged else logging.INFO,
         "Saved bundle %s in %.2f s (%.1f MB written, %.1f MB shared with the store's bundles)",
         path,
         time.perf_counter() - started,
@@ -1284,16 +1314,24 @@ class Bundle:
             except Exception:  # raised again, named, where the model is used
                 _logger.warning("Loading model %r in the background failed", name, exc_info=True)
 
-    def predict(self, **params: Any) -> Any:
+    def predict(self, *inputs: Any, **params: Any) -> Any:
         """Call the saved predict function with the bundle's models and ``params``.
+
+        The inputs go by name (``predict(input_type="iris", data=rows)``), or as one dict of
+        them, as ``mlflow.pyfunc`` takes them (``predict({"input_type": "iris", ...})``).
 
         Raises:
             PredictArgumentError: A parameter the function does not take, one that names a model,
-                or a required one missing. The message lists the function's parameters.
+                or a required one missing, or inputs given by position. The message lists the
+                function's parameters.
         """
+        if inputs:
+            params = self._by_name(inputs, params)
         keys = params.keys()
-        if (self._accepted is not None and not keys <= self._accepted) or not (
-            self._required <= keys
+        if (
+            (self._accepted is not None and not keys <= self._accepted)
+            or not (self._required <= keys)
+            or not keys.isdisjoint(self._models)
         ):
             self._raise_for(params)
         if self._verifying is None and not self._late and not self._lazy:
@@ -1322,6 +1360,20 @@ class Bundle:
         if not models:
             return predict_fn(**params)
         return predict_fn(**models, **params)
+
+    def _by_name(self, inputs: tuple[Any, ...], params: dict[str, Any]) -> dict[str, Any]:
+        """The inputs of a call that gave one dict of them, as pyfunc does; else refuse."""
+        if len(inputs) == 1 and not params and isinstance(inputs[0], Mapping):
+            given = dict(inputs[0])
+            if all(isinstance(k, str) for k in given):
+                return given
+        name = self.manifest.predict_fn.get("name", "predict_fn")
+        shown = ", ".join(f"{p}=..." for p in self.parameters[: max(len(inputs), 1)])
+        raise PredictArgumentError(
+            f"predict takes the inputs of {name} by name, got {len(inputs)} by position. Call "
+            f"bundle.predict({shown}), or give one dict of them: bundle.predict({{...}}). Its "
+            f"inputs are {self.parameters}."
+        )
 
     def _raise_for(self, params: Mapping[str, Any]) -> None:
         name = self.manifest.predict_fn.get("name", "predict_fn")

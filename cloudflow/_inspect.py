@@ -145,7 +145,7 @@ def describe_folder(path: Path, *, verify: bool = True) -> dict[str, Any]:
             }
             for name, entry in manifest.models.items()
         },
-        "size_bytes": sum(int(f.get("size", 0)) for f in manifest.files.values()),
+        "size_bytes": bundle_totals(manifest.files, manifest.outer_files)[1],
         "captured_modules": list(manifest.captured_modules),
         "captured_globals": dict(manifest.captured_globals),
         "requirements": requirements,
@@ -251,13 +251,25 @@ def log_metadata_tags(client: Any, run_id: str, manifest: _manifest.Manifest, na
 
 
 def human_size(n: int | float) -> str:
-    """1536 -> '1.5 KB' (powers of 1024)."""
+    """1536 -> '1.5 kB': powers of 1000, the one unit system of every command and log line.
+
+    ``inspect``, ``list``, ``export``, ``gc``, ``cache`` and the save log all print sizes with
+    this function (as ``du --si`` and ``ls -l --si`` do), so one bundle has one size everywhere.
+    """
     size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
+        size /= 1000
     return f"{size:.1f} TB"  # pragma: no cover - the loop returns
+
+
+def bundle_totals(files: Mapping[str, Any], outer_files: Mapping[str, Any]) -> tuple[int, int]:
+    """How many files a bundle records and their bytes: its data folder's and the files beside
+    it (``MLmodel``, the requirements), the manifest itself apart; what ``verify`` checks,
+    ``export`` copies and ``inspect`` and ``list`` report."""
+    entries = [*files.values(), *outer_files.values()]
+    return len(entries), sum(int((e or {}).get("size", 0)) for e in entries)
 
 
 def _fmt_number(value: Any) -> str:

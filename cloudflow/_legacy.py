@@ -11,18 +11,19 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from cloudflow import _model_metadata, _store
+from cloudflow import _model_metadata, _names, _store
 from cloudflow._api import load_bundle, log_bundle
 from cloudflow._bundle import Bundle, check_arguments
 from cloudflow._files import check_files
 from cloudflow._runtime import check_package
 from cloudflow._signing import resolve_key, resolve_trust
-from cloudflow.exceptions import BundleArgumentError, CloudflowError
+from cloudflow.exceptions import BundleArgumentError, CloudflowError, NotFoundError
 
 MODEL_NAME = "model"
 _LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "NOTSET")
 
 
+@_names.suggest_names("prepare_env", _names.PREPARE_ENV)
 def prepare_env(tracking_uri: str | os.PathLike[str], experiment_id: str) -> str:
     """Point MLflow at a tracking store and make an experiment active, creating it if missing.
 
@@ -40,18 +41,21 @@ def prepare_env(tracking_uri: str | os.PathLike[str], experiment_id: str) -> str
         raise BundleArgumentError(
             f"experiment_id must be the experiment's name (a non-empty str), got {experiment_id!r}."
         )
-    if not isinstance(tracking_uri, str | os.PathLike) or not str(os.fspath(tracking_uri)).strip():
-        raise BundleArgumentError(
-            f"tracking_uri must be a folder for an embedded store or a tracking server's URI (a "
-            f"non-empty str or path), got {tracking_uri!r}. Pass e.g. "
-            "prepare_env('./cloudflow_store', 'my-experiment')."
-        )
+    _check_tracking_uri(tracking_uri, "prepare_env('./cloudflow_store', 'my-experiment')")
     with _store.store_errors():
         uri = _store.resolve_tracking_uri(tracking_uri)
         mlflow.set_tracking_uri(uri)
         exp_id = _store.get_or_create_experiment(tracking_uri, experiment_id)
         mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+def _check_tracking_uri(tracking_uri: object, example: str) -> None:
+    if not isinstance(tracking_uri, str | os.PathLike) or not str(os.fspath(tracking_uri)).strip():
+        raise BundleArgumentError(
+            f"tracking_uri must be a folder for an embedded store or a tracking server's URI (a "
+            f"non-empty str or path), got {tracking_uri!r}. Pass e.g. {example}."
+        )
 
 
 class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know it
@@ -78,6 +82,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         self.log_level = level
         self.bundle: Bundle | None = None
 
+    @_names.suggest_names("cloudflow_model().save", _names.SEED_SAVE)
     @_store.translates_store_errors
     def save(
         self,
@@ -134,13 +139,27 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         """
         import mlflow
 
+        _check_tracking_uri(tracking_uri, "the folder given to prepare_env")
         _model_metadata.check(model_metadata, check_arguments(predict_function, models))
         check_files(files)
         resolve_key(signing_key)
         check_package(runtime_package)
-        uri = _store.resolve_tracking_uri(tracking_uri)
+        # The run must already be in that store (prepare_env made it, a run was started in it):
+        # look before creating a store folder or switching MLflow's process-wide tracking URI,
+        # so that a mistyped tracking_uri leaves nothing behind and the active run intact.
+        current = _store.current_tracking_uri()
+        try:
+            uri = _store.existing_store_uri(tracking_uri)
+            _store.run_in_experiment(mlflow.MlflowClient(uri), experiment_id, run_id)
+        except NotFoundError as e:
+            if current is None or _store.same_store(current, tracking_uri):
+                raise
+            raise NotFoundError(
+                f"{e} MLflow points at {current!r} (set by prepare_env or "
+                f"mlflow.set_tracking_uri): is tracking_uri={os.fspath(tracking_uri)!r} a typo "
+                "of it? Pass the tracking_uri given to prepare_env."
+            ) from e
         mlflow.set_tracking_uri(uri)
-        _store.run_in_experiment(mlflow.MlflowClient(uri), experiment_id, run_id)
 
         def log() -> Any:
             return log_bundle(
@@ -168,6 +187,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         with mlflow.start_run(run_id=run_id):
             return log()
 
+    @_names.suggest_names("cloudflow_model().load_model", _names.LOAD_MODEL)
     @_store.translates_store_errors
     def load_model(
         self,
@@ -196,6 +216,11 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         """
         import mlflow
 
+        _check_tracking_uri(
+            tracking_uri,
+            "load_model('./cloudflow_store', 'my-experiment', run_id), the folder "
+            "given to prepare_env when the model was saved",
+        )
         trust = resolve_trust(signing_key, trusted_keys)
         uri = _store.existing_store_uri(tracking_uri)  # a load creates no store
         mlflow.set_tracking_uri(uri)
@@ -220,10 +245,13 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         )
         return self.bundle
 
-    def predict(self, **params: Any) -> Any:
-        """Call the loaded predict function with its models and ``params``."""
+    def predict(self, *inputs: Any, **params: Any) -> Any:
+        """Call the loaded predict function with its models and ``params``.
+
+        The inputs go by name, or as one dict of them (as ``mlflow.pyfunc`` takes them).
+        """
         if self.bundle is None:
             raise CloudflowError(
                 "No model is loaded: call load_model(tracking_uri, experiment_id, run_id) first."
             )
-        return self.bundle.predict(**params)
+        return self.bundle.predict(*inputs, **params)

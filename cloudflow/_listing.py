@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _manifest, _store
+from cloudflow import _inspect, _manifest, _store
 from cloudflow.exceptions import CloudflowError, NotFoundError
 
 _STATUS = _store.LOGGED_MODEL_STATUS
@@ -50,8 +50,29 @@ def list_store(tracking_uri: str | os.PathLike[str]) -> dict[str, Any]:
         with contextlib.suppress(sqlite3.Error, ValueError):
             experiments = _from_sqlite(db)
     if experiments is None:
-        experiments = _from_client(_store.existing_store_uri(text))
+        with _store.store_errors():  # a damaged database named by its sqlite: URI
+            experiments = _from_client(_store.existing_store_uri(text))
+    _mark_shadowed(experiments)
     return {"tracking_uri": text, "experiments": experiments}
+
+
+def _mark_shadowed(experiments: list[dict[str, Any]]) -> None:
+    """Mark each finished bundle that a newer one of the same name in its run hides.
+
+    ``runs:/<run>/<name>`` loads the newest finished model of that name: a second ``model``
+    logged into a run (a metadata example pasted after the quickstart) silently takes the URI.
+    Each bundle gets ``shadowed``: False, or the model id of the newer one the URI now means.
+    """
+    for experiment in experiments:
+        for run in experiment["runs"]:
+            newest: dict[str, dict[str, Any]] = {}
+            for bundle in run["bundles"]:  # oldest first
+                if bundle["status"] == "READY":
+                    newest[bundle["name"]] = bundle
+            for bundle in run["bundles"]:
+                latest = newest.get(bundle["name"])
+                hidden = bundle["status"] == "READY" and latest is not None and latest is not bundle
+                bundle["shadowed"] = (latest or {}).get("model_id") or True if hidden else False
 
 
 def _iso(ms: Any) -> str | None:
@@ -79,13 +100,19 @@ def _bundle_entry(
         "name": name,
         "model_id": model_id,
         "status": status,
-        "flavors": {str(m): str(e["flavor"]) for m, e in sorted(models.items())},
-        "size_bytes": None if unreadable else sum(int(f["size"]) for f in files.values()),
+        "flavors": {str(m): str((e or {}).get("flavor", "?")) for m, e in sorted(models.items())},
+        "size_bytes": None
+        if unreadable
+        else _inspect.bundle_totals(_dict(files), _dict(checked.get("outer_files")))[1],
         "created": _iso(created_ms),
         "registered": registered,
         "artifact_location": location,
         "unreadable": unreadable,
     }
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _local_manifest(location: str) -> dict[str, Any] | str | None:
@@ -300,10 +327,7 @@ def _from_client(uri: str) -> list[dict[str, Any]]:
 
 
 def _size(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
+    return _inspect.human_size(n)
 
 
 def format_text(listing: dict[str, Any]) -> str:
@@ -327,6 +351,8 @@ def format_text(listing: dict[str, Any]) -> str:
                 size = "-" if b["size_bytes"] is None else _size(b["size_bytes"])
                 if b.get("unreadable"):
                     flavors = f"UNREADABLE: {b['unreadable']}"
+                if b.get("shadowed"):
+                    name = f"{b['name']} (older: runs:/ loads the newer)"
                 rows.append((run["run_id"], name, flavors, size, created, registered))
         if rows:
             widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -335,6 +361,13 @@ def format_text(listing: dict[str, Any]) -> str:
                 lines.append(("  " + "  ".join(cells)).rstrip())
     if not listing["experiments"]:
         lines.append("no experiments")
+    if any(
+        b.get("shadowed") for e in listing["experiments"] for r in e["runs"] for b in r["bundles"]
+    ):
+        lines.append(
+            "a run holds two models of one name: runs:/<RUN ID>/<MODEL> loads the newer; load "
+            "the older by its model id, models:/<MODEL ID> (--json lists them)"
+        )
     lines.append(
         f"look into one: cloudflow inspect runs:/<RUN ID>/<MODEL> --tracking-uri "
         f"{listing['tracking_uri']}"

@@ -21,6 +21,7 @@ and fails on a signature without.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import inspect
@@ -95,7 +96,19 @@ def _inspect(predict_fn: Callable[..., Any]) -> inspect.Signature:
     try:
         return inspect.signature(predict_fn, eval_str=True)
     except Exception:  # an annotation that names something only imported for type checking
-        return inspect.signature(predict_fn)
+        # Evaluate the others one by one: one such name must not leave every input "any".
+        signature = inspect.signature(predict_fn)
+        namespace = getattr(inspect.unwrap(predict_fn), "__globals__", {})
+        parameters = []
+        for p in signature.parameters.values():
+            annotation = p.annotation
+            if isinstance(annotation, str):
+                # As eval_str=True evaluates them, in the function's own globals; one that fails
+                # is left as the string (a plain type name is still read).
+                with contextlib.suppress(Exception):
+                    annotation = eval(annotation, dict(namespace))  # noqa: S307
+            parameters.append(p.replace(annotation=annotation))
+        return signature.replace(parameters=parameters)
 
 
 def _parameters(predict_fn: Callable[..., Any]) -> list[inspect.Parameter]:

@@ -5,6 +5,10 @@ database ``<folder>/mlflow.db`` with the artifact root ``<folder>/artifacts``. m
 accepts a plain folder as tracking URI (its file store is in maintenance mode), and this keeps
 everything of a store in the one folder the user named. Any other URI (``sqlite:``,
 ``postgresql:``, ``http(s):``, ``databricks``...) goes to MLflow as it is.
+
+A store folder can be moved, copied or zipped and unzipped elsewhere: MLflow's database records
+absolute artifact locations (``file:///old/place/artifacts/1/...``), so cloudflow finds them
+relative to the folder instead (see :func:`reroot` and :func:`relocate`).
 """
 
 from __future__ import annotations
@@ -155,7 +159,19 @@ def existing_store_uri(tracking_uri: str | os.PathLike[str]) -> str:
         )
     # Reading needs no write access (a store on a read-only disk or share loads too), and an
     # existing database needs no schema creation.
+    reroot(folder, quiet=True)
     return sqlite_uri(folder)
+
+
+def same_store(uri: str, tracking_uri: str | os.PathLike[str]) -> bool:
+    """Whether MLflow's tracking URI ``uri`` is the store ``tracking_uri`` names."""
+    try:
+        folder = local_folder(tracking_uri)
+    except StoreError:
+        return False
+    if folder is None:
+        return uri.rstrip("/") == os.fspath(tracking_uri).rstrip("/")
+    return uri == sqlite_uri(folder)
 
 
 def sqlite_uri(folder: Path) -> str:
@@ -185,8 +201,155 @@ def ensure_local_store(folder: Path) -> str:
         # (MLflow's migrations race: "table ... already exists"): one process at a time.
         with _folder_lock(folder), _quiet_schema_logs():
             _sqlite_store(folder)
+        reroot(folder)
         _initialized.add(uri)
     return uri
+
+
+#: The columns of MLflow's schema that hold artifact locations (tables or columns an older or
+#: newer schema lacks are passed by).
+_LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+)
+
+
+def _recorded_root(db: Any) -> str | None:
+    """The artifact root the database records: ``file:///<folder when created>/artifacts``.
+
+    Every store cloudflow creates gets its Default experiment (id 0) at ``<root>/0``; a database
+    made otherwise (MLflow's own ``./mlruns`` root) answers None and is left as it is.
+    """
+    row = db.execute("SELECT artifact_location FROM experiments WHERE experiment_id = 0").fetchone()
+    if row is None or not isinstance(row[0], str):
+        return None
+    root, _, last = row[0].rstrip("/").rpartition("/")
+    if last != "0" or not root.startswith("file:") or not root.endswith(f"/{ARTIFACTS_DIR}"):
+        return None
+    return root
+
+
+def _moved_from(db: Any, folder: Path) -> str | None:
+    """The recorded artifact root when the store in ``folder`` was moved there, else None."""
+    recorded = _recorded_root(db)
+    current = (folder / ARTIFACTS_DIR).as_uri()
+    if recorded is None or recorded == current:
+        return None
+    old = _local_path(recorded)
+    with contextlib.suppress(OSError):
+        if old is not None and old.exists() and old.samefile(folder / ARTIFACTS_DIR):
+            return None  # the same folder by another name (a link): not moved
+    return recorded
+
+
+def reroot(folder: Path, *, quiet: bool = False) -> None:
+    """Point the locations a moved store's database records into ``folder``, where it now is.
+
+    MLflow's database records absolute artifact locations, and MLflow computes those of new runs
+    and models from their experiment's: in a store copied elsewhere, a load would look in the old
+    place (gone, or the original's files) and a save would write there. Rewriting the recorded
+    root once, in one transaction under the folder's lock, makes the database true again for
+    MLflow itself too (``mlflow.pyfunc.load_model``, ``mlflow ui``, ``mlflow.log_artifact``).
+    A store cloudflow cannot write (a read-only disk) is left as it is: :func:`relocate` maps
+    its locations as they are read.
+
+    Args:
+        folder: The store's folder (holding ``mlflow.db``).
+        quiet: Pass over a database that cannot be rewritten (a load of a read-only store)
+            instead of raising.
+    """
+    import sqlite3
+
+    db_file = folder / DB_FILE
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{db_file.as_uri()}?mode=ro", uri=True, timeout=5.0)
+        ) as db:
+            old = _moved_from(db, folder)
+            if old is None:
+                return
+    except sqlite3.Error:
+        return  # a damaged database: the store's own error comes from MLflow's first query
+    if not os.access(db_file, os.W_OK) or not os.access(folder, os.W_OK):
+        return
+    try:
+        with _folder_lock(folder), contextlib.closing(sqlite3.connect(db_file, timeout=30.0)) as db:
+            db.execute("BEGIN IMMEDIATE")
+            old = _moved_from(db, folder)  # again: another process may have done it meanwhile
+            if old is None:
+                db.rollback()
+                return
+            new = (folder / ARTIFACTS_DIR).as_uri()
+            changed = 0
+            for old_prefix, new_prefix in (
+                (old, new),
+                (str(_local_path(old)), str(folder / ARTIFACTS_DIR)),
+            ):
+                for table, column in _LOCATION_COLUMNS:
+                    try:
+                        changed += db.execute(
+                            f"UPDATE {table} SET {column} = ? || substr({column}, ?) "  # noqa: S608
+                            f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                            (
+                                new_prefix,
+                                len(old_prefix) + 1,
+                                old_prefix,
+                                len(old_prefix) + 1,
+                                f"{old_prefix}/",
+                            ),
+                        ).rowcount
+                    except sqlite3.OperationalError:  # a schema without that table or column
+                        continue
+            db.commit()
+    except (sqlite3.Error, OSError) as e:
+        if quiet:
+            _logger.debug("Could not point the moved store %s at itself: %s", folder, e)
+            return
+        raise StoreError(
+            f"The tracking store {str(folder)!r} was moved from {old!r}, and its database cannot "
+            f"be updated to its new place ({e}). Give a folder you can write to."
+        ) from e
+    _logger.info(
+        "The tracking store %s was moved (it recorded %s): %d artifact locations now point "
+        "into it.",
+        folder,
+        old,
+        changed,
+    )
+
+
+def relocate(location: str, tracking_uri: str | None) -> str:
+    """``location`` as recorded by an embedded store, moved to where the store now is.
+
+    For a store :func:`reroot` could not rewrite (read-only): a location under the artifact root
+    the database records becomes the same path under ``<folder>/artifacts``.
+    """
+    db_file = _sqlite_file(tracking_uri) if tracking_uri else None
+    if db_file is None or db_file.name != DB_FILE:
+        return location
+    import sqlite3
+
+    folder = db_file.resolve().parent
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{db_file.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+        ) as db:
+            old = _moved_from(db, folder)
+    except sqlite3.Error:
+        return location
+    if old is None:
+        return location
+    new = (folder / ARTIFACTS_DIR).as_uri()
+    for old_prefix, new_prefix in (
+        (old, new),
+        (str(_local_path(old)), str(folder / ARTIFACTS_DIR)),
+    ):
+        if location == old_prefix or location.startswith(f"{old_prefix}/"):
+            return new_prefix + location[len(old_prefix) :]
+    return location
 
 
 @contextlib.contextmanager
@@ -300,13 +463,58 @@ def find_run(client: Any, run_id: str) -> Any:
         if _deleted_run(client, str(run_id)):
             raise _deleted(run_id) from e
         raise NotFoundError(
-            f"No run with id {run_id!r} in this tracking store ({e.error_code}). Check the run id "
-            "(`cloudflow list --tracking-uri STORE` lists the runs that hold a bundle, as does "
-            "the MLflow UI) and the tracking_uri."
+            f"No run with id {run_id!r} in the tracking store {_store_name(client)} "
+            f"({e.error_code}). Check the run id (`cloudflow list --tracking-uri STORE` lists the "
+            "runs that hold a bundle, as does the MLflow UI) and the tracking_uri."
         ) from e
     if getattr(run.info, "lifecycle_stage", "active") == "deleted":
         raise _deleted(run_id)
     return run
+
+
+def _store_name(client: Any) -> str:
+    """The store a client reads, as the user gave it: the folder of an embedded store."""
+    uri = str(getattr(client, "_tracking_client", client).tracking_uri)
+    db = _sqlite_file(uri)
+    if db is not None and db.name == DB_FILE:
+        return repr(str(db.parent))
+    return repr(uri)
+
+
+def check_lookup_store() -> None:
+    """Refuse a ``runs:/`` or ``models:/`` lookup in a store that does not exist.
+
+    Without a tracking URI, MLflow reads ``./mlflow.db`` of the working folder, and creates it
+    (with an ``mlruns`` folder) when it is missing; an sqlite URI naming a missing file is
+    created the same way. A read that fails must leave nothing behind, and say where it looked.
+
+    Raises:
+        NotFoundError: No tracking URI is set and the working folder has no ``mlflow.db``, or
+            the sqlite file named does not exist.
+    """
+    uri = current_tracking_uri()
+    explicit = os.environ.get("MLFLOW_TRACKING_URI")
+    import sys
+
+    if "mlflow" in sys.modules:
+        from mlflow.tracking._tracking_service import utils
+
+        explicit = explicit or (uri if utils.is_tracking_uri_set() else None)
+    if not explicit:
+        if (Path.cwd() / DB_FILE).is_file() or (Path.cwd() / "mlruns").is_dir():
+            return  # MLflow's default store, which exists here
+        raise NotFoundError(
+            "runs:/ and models:/ URIs are looked up in a tracking store, and none is set (MLflow "
+            f"would look in ./{DB_FILE} of {str(Path.cwd())!r}, which does not exist). Point "
+            "MLflow at the store the model was saved into: cloudflow.prepare_env(FOLDER, ...), "
+            "mlflow.set_tracking_uri(...) or MLFLOW_TRACKING_URI; or load the bundle's folder."
+        )
+    if explicit.startswith("sqlite:///") and _sqlite_file(explicit) is None:
+        raise NotFoundError(
+            f"The tracking store {explicit!r} does not exist (no such database file). Check the "
+            "path: for a store folder, give the folder to prepare_env or "
+            "`--tracking-uri FOLDER`."
+        )
 
 
 def _deleted(run_id: str) -> NotFoundError:
@@ -451,19 +659,27 @@ def artifact_uri_of(model_uri: str, identity: dict[str, str] | None = None) -> s
         run_id, _, name = parsed.path.lstrip("/").partition("/")
         name = name.strip("/") or "model"
         identity.update(run_id=run_id, name=name)
+        check_lookup_store()
         tracking_uri = current_tracking_uri()
         fast = fast_run_model(tracking_uri, run_id, name) if tracking_uri else None
         if fast is not None:
             identity["model_id"] = fast.model_id
-            return fast.artifact_location
+            return relocate(fast.artifact_location, tracking_uri)
     elif parsed.scheme != "models":
         return model_uri
+    else:
+        check_lookup_store()
+    return relocate(_artifact_uri_of(model_uri, parsed, identity), current_tracking_uri())
+
+
+def _artifact_uri_of(model_uri: str, parsed: Any, identity: dict[str, str]) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
     try:
         if parsed.scheme == "runs":
+            run_id, name = identity["run_id"], identity["name"]
             run = find_run(client, run_id)
             mine = [
                 m
@@ -481,7 +697,21 @@ def artifact_uri_of(model_uri: str, identity: dict[str, str] | None = None) -> s
                     f"The model {name!r} of run {run_id!r} was never finished (status "
                     f"{mine[0].status}): its save was interrupted. Save it again."
                 )
-            return f"{run.info.artifact_uri.rstrip('/')}/{name}"
+            folder = f"{run.info.artifact_uri.rstrip('/')}/{name}"
+            local = _local_path(relocate(folder, current_tracking_uri()))
+            if local is not None and not local.exists():
+                names = sorted(
+                    {
+                        m.name
+                        for m in logged_models(client, run.info.experiment_id)
+                        if m.source_run_id == run_id
+                    }
+                )
+                raise NotFoundError(
+                    f"Run {run_id!r} has no model named {name!r}; its models: {names}. Load "
+                    + (f"'runs:/{run_id}/{names[0]}'." if names else "another run.")
+                )
+            return folder
         return _registry_artifact_uri(client, model_uri, identity)
     except MlflowException as e:
         raise NotFoundError(
@@ -614,6 +844,33 @@ def local_bundle_dir(
 
 _DOWNLOAD_PREFIX = "cloudflow-download-"
 
+_HAND_OVER = (
+    "To hand a bundle to another machine, copy the whole store folder (mlflow.db with its "
+    "artifacts/), or export the one bundle: `cloudflow export MODEL_URI FOLDER "
+    "--tracking-uri STORE`, then load FOLDER."
+)
+
+
+def _missing(model_uri: str, folder: Path) -> NotFoundError:
+    """The error for a bundle whose folder is not there, with what the user likely meant."""
+    if "://" not in model_uri and ":/" not in model_uri:
+        name = Path(model_uri).name
+        if len(name) == 32 and all(c in "0123456789abcdef" for c in name):
+            return NotFoundError(
+                f"No bundle at {model_uri!r}: no such folder. {name!r} looks like a run id: "
+                f"load its model with 'runs:/{name}/model' (with MLflow pointed at the store: "
+                "mlflow.set_tracking_uri, MLFLOW_TRACKING_URI or prepare_env)."
+            )
+        return NotFoundError(
+            f"No bundle at {model_uri!r}: the folder does not exist. Check the path, or give a "
+            "model URI ('runs:/<run_id>/model', 'models:/<name>/<version>')."
+        )
+    return NotFoundError(
+        f"The tracking store records the bundle {model_uri!r} at {str(folder)!r}, which does "
+        "not exist: its files were deleted, or the store's artifacts/ folder was not copied "
+        f"with its mlflow.db. {_HAND_OVER}"
+    )
+
 
 def discard_download(folder: Path) -> None:
     """Delete a bundle folder ``local_bundle_dir`` downloaded, with the folder made for it."""
@@ -649,7 +906,11 @@ def bundle_dir(
         translated = store_error(e)
         if translated is not None:
             raise translated from e
-        raise NotFoundError(f"Cannot find the bundle {os.fspath(model_uri)!r}: {e}") from e
+        raise NotFoundError(
+            f"Cannot find the bundle {os.fspath(model_uri)!r}: {e}. {_HAND_OVER}"
+        ) from e
+    if not temporary and not folder.exists():
+        raise _missing(os.fspath(model_uri), folder)
     kept = False
     try:
         yield folder, temporary

@@ -420,7 +420,7 @@ def verify(model_uri: str, key_files: tuple[str, ...], tracking_uri: str | None)
                         err=True,
                     )
             sys.exit(2)
-    click.echo(f"ok: {report['files']} files as signed by {report['signed_by']}")
+    click.echo(f"ok: {report['files']} files and the manifest as signed by {report['signed_by']}")
 
 
 @main.command()
@@ -443,7 +443,7 @@ def gc(tracking_uri: str) -> None:
     import mlflow
     from mlflow.entities import ViewType
 
-    from cloudflow import _blobs, _store
+    from cloudflow import _blobs, _inspect, _store
 
     uri = _store.existing_store_uri(tracking_uri)
     mlflow.set_tracking_uri(uri)  # a server's mlflow-artifacts: URIs resolve against it
@@ -458,11 +458,11 @@ def gc(tracking_uri: str) -> None:
         if removed:
             click.echo(
                 f"experiment {experiment.name!r} ({experiment.experiment_id}): removed "
-                f"{removed} file(s), {freed / 1e6:.1f} MB"
+                f"{removed} file(s), {_inspect.human_size(freed)}"
             )
         total_files += removed
         total_bytes += freed
-    click.echo(f"freed {total_bytes / 1e6:.1f} MB ({total_files} file(s) no bundle held)")
+    click.echo(f"freed {_inspect.human_size(total_bytes)} ({total_files} file(s) no bundle held)")
 
 
 def _remote_gc(client: Any, experiment: Any, tracking_uri: str) -> tuple[int, int]:
@@ -504,10 +504,15 @@ def export(model_uri: str, destination: str, tracking_uri: str | None) -> None:
     from cloudflow import export_bundle
 
     _use_tracking_uri(tracking_uri, model_uri)
+    from cloudflow import _inspect, _manifest
+
     target = export_bundle(model_uri, destination)
-    files = [p for p in target.rglob("*") if p.is_file()]
-    size = sum(p.stat().st_size for p in files)
-    click.echo(f"exported {model_uri} to {target} ({len(files)} files, {size / 1e6:.1f} MB)")
+    manifest = _manifest.read_manifest(target / _manifest.DATA_DIR)
+    count, size = _inspect.bundle_totals(manifest.files, manifest.outer_files)
+    click.echo(
+        f"exported {model_uri} to {target} ({count} files and the manifest, "
+        f"{_inspect.human_size(size)})"
+    )
 
 
 @main.group()
@@ -540,14 +545,14 @@ def cache_prune(max_size: str | None) -> None:
 
     Bundles loaded right now keep working: each holds its own link to its files.
     """
-    from cloudflow import _cache
+    from cloudflow import _cache, _inspect
 
     limit = _cache.max_size() if max_size is None else _cache.parse_size(max_size, "--max-size")
     removed, freed = _cache.prune(limit)
     left = _cache.info()
     click.echo(
-        f"removed {removed} file(s), {freed / 1e6:.1f} MB; the cache holds {left.files} "
-        f"file(s), {left.bytes / 1e6:.1f} MB"
+        f"removed {removed} file(s), {_inspect.human_size(freed)}; the cache holds "
+        f"{left.files} file(s), {_inspect.human_size(left.bytes)}"
     )
 
 

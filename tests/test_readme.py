@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -40,3 +43,40 @@ def test_quickstart_runs_as_written(tmp_path: Path) -> None:
     assert lines[-1] == "['virginica']"
     assert (tmp_path / "saving_path" / "mlflow.db").is_file()
     assert not (tmp_path / "mlruns").exists(), "artifacts must stay inside the store folder"
+
+
+def _blocks(heading: str, language: str) -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    section = text.split(f"\n{heading}\n", 1)[1].split("\n#", 1)[0]
+    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
+
+
+@pytest.mark.slow  # a dozen command-line processes: about 60 s
+def test_metadata_and_command_line_blocks_run_after_the_quickstart(tmp_path: Path) -> None:
+    """A reader pastes the metadata example below the quickstart, then types the command line
+    block in the same folder: every line works, and each run holds one model ``model``."""
+    seed, _ = _quickstart_blocks()
+    (metadata,) = _blocks("#### Metadata of each model", "python")
+    script = tmp_path / "quickstart.py"
+    script.write_text(seed + "\n" + metadata, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    local, _server = _blocks("## Command line", "bash")
+    bin_dir = Path(sys.executable).parent
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", local],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
+    assert "experiment 'experiment_name' (id 1): 2 bundle(s) in 2 run(s)" in done.stdout
+    assert "older" not in done.stdout
+    assert '"setosa"' in done.stdout
+    assert '"virginica"' in done.stdout
+    assert (tmp_path / "bundle" / "MLmodel").is_file()
+    assert "ok: " in done.stdout
