@@ -146,12 +146,23 @@ def _prune(folder: Path) -> None:
                 os.unlink(path)
 
 
+#: The process whose BLAKE3 hashes on all cores (the first to hash); see :func:`new_hasher`.
+_POOL_OWNER: int | None = None
+
+
 def new_hasher(algorithm: str = ALGORITHM) -> Any:
     """A hash object with ``update`` and ``hexdigest``; BLAKE3 hashes large inputs on all cores."""
     if algorithm == "blake3":
         import blake3
 
-        return blake3.blake3(max_threads=blake3.blake3.AUTO)
+        global _POOL_OWNER
+        if _POOL_OWNER is None:
+            _POOL_OWNER = os.getpid()
+        # BLAKE3's worker threads (a pool started on first use) do not survive fork(): a child
+        # forked after its parent hashed on them waits forever for them on its first large
+        # input. There, hash on the calling thread.
+        threads = blake3.blake3.AUTO if os.getpid() == _POOL_OWNER else 1
+        return blake3.blake3(max_threads=threads)
     if algorithm == "sha256":
         return hashlib.sha256()
     raise ValueError(f"Unknown digest algorithm {algorithm!r}; known: {list(ALGORITHMS)}")
