@@ -11,13 +11,15 @@ the README's recipes) tell a user, each in fresh processes from other working di
 - the README's Ray recipe, run as written: a Ray Serve deployment answers over HTTP, and Ray
   Data's ``map_batches`` scores rows;
 - the README's BentoML recipe, run as written: ``bentoml.mlflow.import_model``, then
-  ``bentoml build`` with the bundle's own requirements file, and the built bento served by
-  ``bentoml serve``.
+  ``bentoml build`` with the bundle's own requirements and cloudflow wheel, the built bento
+  served by ``bentoml serve``, and the install step of its image resolved.
 Every answer must equal what the function returned before saving.
 
 The engines live in a venv of their own (MLServer needs protobuf below 7, which the project's
 stack pins at 7), built once per session with uv (tests/pythons.py) from
-requirements/constraints-serving.txt over constraints.txt, with the bundle's requirements.
+requirements/constraints-serving.txt over constraints.txt, with the bundle's requirements;
+each session then installs the bundle's own requirements.txt into it, cloudflow from the wheel
+the bundle carries (no index and no checkout offers it).
 """
 
 from __future__ import annotations
@@ -54,11 +56,6 @@ ENGINES_WARM_UP = (
     "import mlflow.pyfunc, pandas, sklearn.linear_model, skops.io, cloudpickle, "
     "mlserver, mlserver_mlflow, ray, ray.serve, ray.data, bentoml"
 )
-# The bundles' requirements pin the cloudflow that saved them, which no index has: each session
-# installs cloudflow into the shared venv from this checkout (as a wheel, not editable), and the
-# BentoML lock finds it as a wheel in a local folder. False: each session installs the bundle's
-# own requirements.txt instead, from the bundle's folder as MLflow's env managers do.
-CLOUDFLOW_FROM_CHECKOUT = True
 
 FLOWERS_SOURCE = {
     "flowers/__init__.py": "",
@@ -159,9 +156,9 @@ def flowers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _bundle_requirements(bundle: Path) -> list[str]:
-    """The lines of the bundle's requirements.txt but cloudflow's (installed each session)."""
+    """The bundle's pins but cloudflow's and the option that finds its wheel (each session's)."""
     lines = (bundle / "requirements.txt").read_text(encoding="utf-8").splitlines()
-    wanted = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    wanted = [line.strip() for line in lines if line.strip() and not line.startswith(("#", "-"))]
     return [line for line in wanted if not re.match(r"cloudflow\b", line)]
 
 
@@ -212,15 +209,19 @@ def engines(flowers: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -
         warm_up=ENGINES_WARM_UP,
         label="serving",
     )
-    # Installed anew each session (a few seconds), under the lock the venv's builds take: the
-    # venv is shared by sessions, and its key does not follow cloudflow's source.
+    # The bundle's own requirements.txt, as a deployer installs it: cloudflow comes from the
+    # wheel inside the bundle (its relative --find-links), from no index and not from this
+    # checkout. Installed anew each session (a few seconds), under the lock the venv's builds
+    # take: the venv is shared by sessions, and its key does not follow cloudflow's source.
     bundle = flowers["bundles"] / "label"
-    source = [REPO_ROOT] if CLOUDFLOW_FROM_CHECKOUT else ["-r", bundle / "requirements.txt"]
     env = {k: v for k, v in subprocess_env().items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     install = [_uv(venv), "pip", "install", "--quiet", "--python", venv.python]
     with exclusive_lock(Path(f"{venv.folder}.lock")):
         _run_checked(
-            [*install, "-c", constraints, "--reinstall-package", "cloudflow", *source], bundle, env
+            [*install, "-c", constraints, "--reinstall-package", "cloudflow"]
+            + ["-r", bundle / "requirements.txt"],
+            Path(tmp_path_factory.mktemp("install")),
+            env,
         )
     return venv
 
@@ -400,15 +401,9 @@ def bento(
     project = _with_bundle(root / "project", flowers)
     env = _engine_env(engines, {"BENTOML_HOME": str(root / "home"), "BENTOML_DO_NOT_TRACK": "1"})
     (recipe,) = re.findall(r"```bash\n(.*?)```", _readme_section("BentoML"), re.S)
-    steps, build = recipe.split("\nbentoml build\n", 1)[0], "bentoml build\n"
-    if CLOUDFLOW_FROM_CHECKOUT:  # a folder of wheels, as a team with its own index has one
-        wheels = root / "wheels"
-        _run_checked(
-            [_uv(engines), "build", "--quiet", "--wheel", "-o", wheels, REPO_ROOT], root, env
-        )
-        build = f"echo '  find_links: [\"{wheels}\"]' >> bentofile.yaml\n{build}"
+    steps = recipe.split("\nbentoml build\n", 1)[0]
     built = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", f"{steps}\n{build}"],
+        ["bash", "-euo", "pipefail", "-c", f"{steps}\nbentoml build\n"],
         cwd=project,
         env=env,
         capture_output=True,
@@ -432,9 +427,43 @@ def test_bentoml_build_locks_the_bundles_requirements(bento: dict[str, Any]) -> 
     bentos = bento["root"] / "home" / "bentos" / "flowers"
     (bento_dir,) = (p for p in bentos.iterdir() if p.is_dir())
     locked = set((bento_dir / "env" / "python" / "requirements.txt").read_text().split())
-    bundle = set((bento["bundle"] / "requirements.txt").read_text().split())
-    assert bundle <= locked, sorted(bundle - locked)  # every pin of the bundle, as it is
+    pins = set(_bundle_requirements(bento["bundle"]))
+    assert pins <= locked, sorted(pins - locked)  # every pin of the bundle, as it is
+    # cloudflow is the bundle's own wheel, carried in the bento and named by a relative path
+    # that the image's install (run from the bento's src/) resolves.
+    (wheel,) = (bento["bundle"] / "cloudflow" / "runtime").glob("*/cloudflow-*.whl")
+    assert f"./wheels/{wheel.name}" in locked
+    assert (bento_dir / "src" / "wheels" / wheel.name).read_bytes() == wheel.read_bytes()
     assert f"tag: {bento['model_tag']}" in (bento_dir / "bento.yaml").read_text()
+
+
+def test_bentoml_image_installs_cloudflow_from_the_bento(
+    engines: Venv, bento: dict[str, Any], tmp_path: Path
+) -> None:
+    """The install step of the bento's Dockerfile, run (resolved only) into an empty venv."""
+    bentos = bento["root"] / "home" / "bentos" / "flowers"
+    (bento_dir,) = (p for p in bentos.iterdir() if p.is_dir())
+    dockerfile = (bento_dir / "env" / "docker" / "Dockerfile").read_text()
+    assert "COPY --chown=bentoml:bentoml ./src/wheels ./src/wheels" in dockerfile
+    install = "uv --directory $INSTALL_ROOT pip install -r $BENTO_PATH/env/python/requirements.txt"
+    assert install in dockerfile
+    env = {k: v for k, v in bento["env"].items() if k != "VIRTUAL_ENV"}
+    _run_checked(
+        [_uv(engines), "venv", "--quiet", "--python", engines.python, tmp_path], tmp_path, env
+    )
+    done = subprocess.run(
+        [_uv(engines), "--directory", "./src", "pip", "install", "--dry-run"]
+        + ["-r", bento_dir / "env" / "python" / "requirements.txt"],
+        cwd=bento_dir,
+        env={**env, "VIRTUAL_ENV": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    (wheel,) = (bento["bundle"] / "cloudflow" / "runtime").glob("*/cloudflow-*.whl")
+    source = (bento_dir / "src" / "wheels" / wheel.name).as_uri()
+    assert f"+ cloudflow @ {source}" in done.stdout + done.stderr
 
 
 def test_bentoml_serves_the_built_bento_like_the_function(
