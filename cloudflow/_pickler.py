@@ -77,6 +77,11 @@ class ModuleTable:
         self.builtins: dict[str, Any] = dict(builtins.__dict__)
         self.builtins["__import__"] = self._import
         self.model_refs: list[ModelRef] = []
+        # What the code pickle's unpickler created (its memo less what find_class found), kept
+        # from the code's load to the models' binding when the code holds placeholders.
+        self.made: list[Any] = []
+        # Models known before the code is unpickled (lazy stand-ins): put in place at once.
+        self.known_models: Mapping[str, object] | None = None
         # A portable bundle's code objects for this Python (see cloudflow._portable).
         self.code_table: dict[str, types.CodeType] | None = None
         # The bundle's data files (cloudflow._files.Resolver), when it has any.
@@ -185,39 +190,92 @@ class ModuleTable:
 
         Placeholders sit wherever the code kept a model: module globals, closures, defaults,
         partials, and containers of those (lists, dicts, sets, tuples, objects' and classes'
-        attributes). Returns the first root, rebuilt if it was a tuple holding a placeholder.
+        attributes). Only what the bundle made is looked at: its modules, classes and
+        functions, and the objects its code pickle created (see :class:`_ModelBinder`).
+        Returns the first root, rebuilt if it was a tuple holding a placeholder.
+
+        Raises:
+            CaptureError: A placeholder is held where it cannot be replaced without changing
+                a library's object (a library's ``functools.partial`` subclass, say).
         """
         roots = list(roots)
+        made, self.made = self.made, []
         if not self.model_refs:
             return roots[0] if roots else None
-        return _ModelBinder(models).bind([*roots, *self.modules.values(), *self.namespaces])
+        binder = _ModelBinder(self, models, made)
+        first = binder.bind(roots)
+        binder.check_all_bound()
+        self.model_refs.clear()
+        return first
 
 
 class _ModelBinder:
-    """Walks loaded code and data once, putting each model where its placeholder was."""
+    """Puts each loaded model where its placeholder was, in what the bundle made, once.
+
+    Walked: the bundle's modules and their namespaces, the classes it rebuilt, the functions
+    whose globals are its namespaces, and the objects its code pickle created (the unpickler's
+    memo, less what ``find_class`` found: library classes, functions and their named objects).
+    Nothing else is entered: a library's module, class or object reached from there (``torch``,
+    ``sys``, a data pipe) is neither read nor changed. A placeholder is replaced by writing into
+    the container that holds it (a dict, a list, a set, an object's ``__dict__``, a function's
+    cell or defaults), never through the holder's own methods; an immutable holder (a tuple, a
+    frozenset) is made again and put in its own holder's place.
+    """
 
     # Leaves: nothing inside them can be a placeholder the code kept.
     _LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), range, memoryview)
 
-    def __init__(self, models: Mapping[str, object]) -> None:
+    def __init__(self, table: ModuleTable, models: Mapping[str, object], made: list[Any]) -> None:
+        self.table = table
         self.models = models
         self.done: dict[int, Any] = {}
         self.model_ids = {id(m) for m in models.values()}
+        self.made = made
+        self._made_ids = {id(obj) for obj in made}
+        self._modules = {id(m) for m in table.modules.values()}
+        self._namespaces = {id(m.__dict__) for m in table.modules.values()}
+        self._namespaces.update(id(n) for n in table.namespaces)
+        self._classes = {id(c) for c in table.classes.values()}
+        self.bound: set[int] = set()  # ids of the placeholders replaced
+        self.visited: list[Any] = []  # every object entered, in order (what tests count)
 
     def bind(self, roots: list[Any]) -> Any:
         fixed = [self.fix(root) for root in roots]
+        for module in self.table.modules.values():
+            self.fix(module)
+        for namespace in self.table.namespaces:
+            self.fix(namespace)
+        if len(self.bound) < len(self.table.model_refs):
+            # Some are held by what is not entered (a library's object that holds a list, say):
+            # the containers the pickle made, whoever holds them.
+            for obj in self.made:
+                self.fix(obj)
         return fixed[0] if fixed else None
+
+    def _own(self, obj: Any) -> bool:
+        """Whether the bundle made ``obj`` (and so may look inside it)."""
+        key = id(obj)
+        if isinstance(obj, types.ModuleType):
+            return key in self._modules
+        if isinstance(obj, type):
+            return key in self._classes
+        if isinstance(obj, types.FunctionType):
+            return id(obj.__globals__) in self._namespaces
+        return key in self._made_ids or key in self._namespaces
 
     def fix(self, obj: Any) -> Any:
         """``obj`` with its placeholders replaced (a new object only for immutable ones)."""
-        if isinstance(obj, ModelRef):
+        if type(obj) is ModelRef:
+            self.bound.add(id(obj))
             return self.models[obj.name]
         key = id(obj)
         if key in self.done:
             return self.done[key]
-        if isinstance(obj, self._LEAVES) or key in self.model_ids:
+        if isinstance(obj, self._LEAVES) or key in self.model_ids or not self._own(obj):
             return obj
         self.done[key] = obj  # breaks cycles; immutable containers are replaced below
+        at = len(self.visited)
+        self.visited.append(obj)
         if isinstance(obj, types.ModuleType):
             self._fix_dict(obj.__dict__)
         elif isinstance(obj, dict):
@@ -226,26 +284,22 @@ class _ModelBinder:
             for i, value in enumerate(obj):
                 new = self.fix(value)
                 if new is not value:
-                    obj[i] = new
+                    list.__setitem__(obj, i, new)
         elif isinstance(obj, tuple | frozenset | set):
             items = [self.fix(v) for v in obj]
             if any(a is not b for a, b in zip(items, obj, strict=True)):
                 if isinstance(obj, set):
-                    obj.clear()
-                    obj.update(items)
+                    set.clear(obj)
+                    set.update(obj, items)
                 else:
                     new_obj = type(obj)(items) if not hasattr(obj, "_make") else obj._make(items)
-                    self.done[key] = new_obj
+                    self.done[key] = self.visited[at] = new_obj  # the old one must not stay
                     return new_obj
         elif isinstance(obj, types.FunctionType):
             self._fix_function(obj)
         elif isinstance(obj, functools.partial):
-            args = tuple(self.fix(a) for a in obj.args)
-            keywords = {k: self.fix(v) for k, v in obj.keywords.items()}
-            obj.__setstate__((self.fix(obj.func), args, keywords, obj.__dict__ or None))  # type: ignore[attr-defined]
+            self._fix_partial(obj)
         elif isinstance(obj, type):
-            if obj.__module__ in ("builtins",) or not hasattr(obj, "__dict__"):
-                return obj
             for name, value in list(vars(obj).items()):
                 if name.startswith("__") and name.endswith("__"):
                     continue
@@ -259,17 +313,34 @@ class _ModelBinder:
             for accessor in (obj.fget, obj.fset, obj.fdel):
                 if accessor is not None:
                     self.fix(accessor)
-        elif (
-            isinstance(getattr(obj, "__dict__", None), dict) and type(obj).__module__ != "builtins"
-        ):
-            self._fix_dict(obj.__dict__)
+        else:
+            try:  # not getattr: a class's own __getattr__ must not run
+                attributes = object.__getattribute__(obj, "__dict__")
+            except AttributeError:
+                return obj
+            if type(attributes) is dict:
+                self._fix_dict(attributes)
         return obj
+
+    def _fix_partial(self, obj: functools.partial[Any]) -> None:
+        func = self.fix(obj.func)
+        args = tuple(self.fix(a) for a in obj.args)
+        keywords = {k: self.fix(v) for k, v in obj.keywords.items()}
+        changed = (
+            func is not obj.func
+            or any(a is not b for a, b in zip(args, obj.args, strict=True))
+            or any(keywords[k] is not v for k, v in obj.keywords.items())
+        )
+        # Only the standard library's own partial is set again (its __setstate__ is known);
+        # a subclass's placeholders stay, and the check after the walk names them.
+        if changed and type(obj) is functools.partial:
+            functools.partial.__setstate__(obj, (func, args, keywords, obj.__dict__ or None))  # type: ignore[attr-defined]
 
     def _fix_dict(self, mapping: dict[Any, Any]) -> None:
         for k, value in list(mapping.items()):
             new = self.fix(value)
             if new is not value:
-                mapping[k] = new
+                dict.__setitem__(mapping, k, new)
 
     def _fix_function(self, func: types.FunctionType) -> None:
         for cell in func.__closure__ or ():
@@ -282,6 +353,57 @@ class _ModelBinder:
         if func.__kwdefaults__:
             self._fix_dict(func.__kwdefaults__)
         self._fix_dict(func.__dict__)
+
+    def check_all_bound(self) -> None:
+        """Raise if a placeholder is still held where the walk could not replace it."""
+        # Let go of the pickle's objects: a tuple that was made again, say, must not count as
+        # a holder of its old items. What still holds a placeholder then is a real holder.
+        self.made.clear()
+        self.done.clear()
+        left = _still_held(self.table.model_refs)
+        if left:
+            ref, holder = left[0]
+            raise CaptureError(
+                f"Model {ref.name!r} is kept inside {holder}, which cloudflow does not change "
+                "when it loads a bundle (it is a library's object). Keep the model in a module "
+                "global, a dict, list or tuple, or an object of a class of your own, or make "
+                "that object inside the predict function, and save again."
+            )
+
+
+def _still_held(refs: list[ModelRef]) -> list[tuple[ModelRef, str]]:
+    """The placeholders something besides ``refs`` still holds, each with its holder named."""
+    probe = [ModelRef("")]
+    alone = [sys.getrefcount(r) for r in probe][0]  # a placeholder held by its list alone
+    suspects = [r for r in refs if sys.getrefcount(r) > alone]
+    if not suspects:
+        return []
+    import gc  # error path only: asks the collector who holds them
+
+    gc.collect()
+    found = []
+    for ref in suspects:
+        holders = [
+            h
+            for h in gc.get_referrers(ref)
+            if h is not refs and h is not suspects and not isinstance(h, types.FrameType)
+        ]
+        if holders:
+            found.append((ref, _describe_holder(holders[0])))
+    return found
+
+
+def _describe_holder(holder: object) -> str:
+    import gc
+
+    owner = holder
+    if type(holder) in (dict, tuple):  # an object's __dict__, a partial's args: name the object
+        for candidate in gc.get_referrers(holder):
+            if not isinstance(candidate, types.FrameType | types.CellType | list | dict):
+                owner = candidate
+                break
+    kind = type(owner)
+    return f"a {kind.__module__}.{kind.__qualname__} object"
 
 
 class _ModulesView(MutableMapping[str, types.ModuleType]):
@@ -568,6 +690,8 @@ class _Unpickler(pickle.Unpickler):
     ) -> None:
         super().__init__(file)
         self._persistent = persistent_load
+        # What find_class returned: objects the pickle names, not objects it made.
+        self.found: dict[int, Any] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         # A global written by name (an object whose __reduce__ returns its name) of a captured
@@ -577,13 +701,24 @@ class _Unpickler(pickle.Unpickler):
             found: Any = table.modules[module]
             for part in name.split("."):
                 found = getattr(found, part)
-            return found
-        return super().find_class(module, name)
+        else:
+            found = super().find_class(module, name)
+        self.found[id(found)] = found
+        return found
+
+    def made(self) -> list[Any]:
+        """The objects this unpickler created so far (its memo less what it found)."""
+        return [obj for obj in self.memo.copy().values() if id(obj) not in self.found]
 
     def persistent_load(self, pid: object) -> object:
         if isinstance(pid, tuple) and len(pid) == 2 and pid[0] == _MODEL_PID:
+            table = _table()
+            known = table.known_models
+            if known is not None and str(pid[1]) in known:
+                # Known already (a lazy model's stand-in): in place at once, nothing to walk.
+                return known[str(pid[1])]
             ref = ModelRef(str(pid[1]))
-            _table().model_refs.append(ref)
+            table.model_refs.append(ref)
             return ref
         if isinstance(pid, tuple) and len(pid) == 3 and pid[0] == _FILE_PID:
             files = _table().files
@@ -638,6 +773,8 @@ def read_code(file: BinaryIO, table: ModuleTable) -> Any:
         obj: Any = unpickler.load()
         while unpickler.load() is not None:
             pass
+        if table.model_refs:  # kept for bind_models, which walks only what the pickle made
+            table.made = unpickler.made()
     table.finish()
     return obj
 
