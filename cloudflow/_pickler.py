@@ -49,7 +49,12 @@ import cloudpickle
 from cloudpickle import cloudpickle as _cp
 
 from cloudflow import _capture, _portable
-from cloudflow.exceptions import CaptureError, EnvironmentMismatchError, LeftOutGlobalError
+from cloudflow.exceptions import (
+    CaptureError,
+    EnvironmentMismatchError,
+    LeftOutGlobalError,
+    ModuleNotInBundleError,
+)
 
 _logger = logging.getLogger("cloudflow")
 
@@ -101,6 +106,29 @@ class ModuleTable:
         self.importlib.import_module = self.import_module  # type: ignore[attr-defined]
         # sys.modules[__name__] (registries, dispatch by name) must find the bundle's modules.
         self.sys = _BundleSys(self)
+        # Top-level names of the user's modules where the bundle was saved, and the modules
+        # saved by reference (exclude_modules): see owns().
+        self.claimed: frozenset[str] = frozenset()
+        self.by_reference: tuple[str, ...] = ()
+
+    def owns(self, name: str) -> bool:
+        """Whether a module name belongs to the bundle: never to be found in the loading
+        program (its top-level name was a module of the user's where the bundle was saved)."""
+        top = name.partition(".")[0]
+        if top not in self.modules and top not in self.claimed:
+            return False
+        return not any(name == e or name.startswith(e + ".") for e in self.by_reference)
+
+    def not_in_bundle(self, name: str) -> ModuleNotInBundleError:
+        top = name.partition(".")[0]
+        return ModuleNotInBundleError(
+            f"No module named {name!r} in this bundle. {top!r} was a module of yours where the "
+            f"bundle was saved, so the bundle never uses a module {name!r} of the loading "
+            f"program; {name!r} was not captured (imported by a name computed at run time, or "
+            f"not imported when the bundle was saved). Save again with "
+            f"include_modules=[{top!r}].",
+            name=name,
+        )
 
     def import_module(self, name: str, package: str | None = None) -> types.ModuleType:
         """``importlib.import_module`` that finds the bundle's modules first."""
@@ -108,6 +136,8 @@ class ModuleTable:
         module = self.modules.get(absname)
         if module is not None:
             return module
+        if self.owns(absname):
+            raise self.not_in_bundle(absname)
         return importlib.import_module(name, package)
 
     def _import(
@@ -135,12 +165,8 @@ class ModuleTable:
             absname = resolved
         module = self.modules.get(absname)
         if module is None:
-            if absname.partition(".")[0] in self.modules:
-                raise ModuleNotFoundError(
-                    f"No module named {absname!r} in this bundle: it was not imported when the "
-                    "bundle was saved. Add it with include_modules=[...] when saving.",
-                    name=absname,
-                )
+            if self.owns(absname):
+                raise self.not_in_bundle(absname)
             return _real_import(name, globals, locals, fromlist or (), level)
         if fromlist:
             for item in fromlist:
@@ -414,6 +440,8 @@ class _ModulesView(MutableMapping[str, types.ModuleType]):
 
     def __getitem__(self, name: str) -> types.ModuleType:
         module = self._table.modules.get(name)
+        if module is None and self._table.owns(name):
+            raise KeyError(name)  # never the loading program's module of a name of the bundle
         return module if module is not None else sys.modules[name]
 
     def __setitem__(self, name: str, module: types.ModuleType) -> None:
@@ -630,6 +658,13 @@ def _new_type(qualname: str, supertype: Any, module: str) -> Any:
     return made
 
 
+def _own_names(tops: str, excluded: str) -> str:
+    table = _table()
+    table.claimed = frozenset(tops.split())
+    table.by_reference = tuple(excluded.split())
+    return tops
+
+
 def _bundle_module(name: str) -> types.ModuleType:
     return _table().modules[name]
 
@@ -701,6 +736,8 @@ class _Unpickler(pickle.Unpickler):
             found: Any = table.modules[module]
             for part in name.split("."):
                 found = getattr(found, part)
+        elif table is not None and table.owns(module):
+            raise table.not_in_bundle(module)
         else:
             found = super().find_class(module, name)
         self.found[id(found)] = found
@@ -1018,13 +1055,67 @@ class CaptureSession:
             for text in sorted(access.strings):
                 if text in sys.modules or _capture.spec_is_user(text):
                     self._reach_import(text)
+            followed = [
+                p for p in sorted(_capture.import_prefixes(func.__code__)) if self._follow(p, where)
+            ]
             if access.computed_import and where not in self._computed_imports:
                 self._computed_imports.add(where)
-                _logger.warning(
-                    "%s imports a module by a name computed at run time; cloudflow cannot see "
-                    "which. If it is one of your modules, name its package in include_modules.",
-                    where,
-                )
+                if followed:
+                    _logger.warning(
+                        "%s imports a module by a name computed at run time, starting with %s: "
+                        "the submodules of %s imported so far travel. To bundle every one of "
+                        "them, name the package in include_modules.",
+                        where,
+                        ", ".join(f"{p!r}." for p in followed),
+                        ", ".join(followed),
+                    )
+                else:
+                    _logger.warning(
+                        "%s imports a module by a name computed at run time; cloudflow cannot "
+                        "see which. If it is one of your modules, name its package in "
+                        "include_modules.",
+                        where,
+                    )
+
+    def _follow(self, package: str, where: str) -> bool:
+        """Capture the submodules of ``package`` this process has imported, whole.
+
+        Code that imports ``f"{package}.{name}"`` may import any of them; each travels whole
+        (its functions are found by names the bytecode does not show). Returns whether
+        ``package`` is a module of the user's.
+        """
+        module = self._lookup(package) or _capture.import_reached(package)
+        if module is None or not self.wants(module):
+            return False
+        self._reached_as_object(module)
+        why = f"{where} imports {package + '.'!r} + a name computed at run time"
+        for name in sorted(n for n in list(sys.modules) if n.startswith(package + ".")):
+            sub = sys.modules.get(name)
+            if sub is not None and self.wants(sub):
+                self._reached_as_object(sub)
+                self.capture_whole(name, why)
+        return True
+
+    def own_names(self) -> tuple[list[str], list[str]]:
+        """The top-level names of the user's modules in this process, and the excluded names.
+
+        Written into the code pickle: at load, importing a module under one of those names that
+        the bundle does not hold fails, instead of finding the loading program's module.
+        """
+        tops = {name.partition(".")[0] for name in self.captured}
+        for table in self._tables:
+            tops.update(table.claimed)
+        # Only code that imports by computed names can reach a module the capture did not see;
+        # other pickles depend on what they hold only (the same bytes for the same objects).
+        for name, module in list(sys.modules.items()) if self._computed_imports else ():
+            if "." in name or module is None or name in tops:
+                continue
+            try:
+                if _capture.is_user_module(module):
+                    tops.add(name)
+            except Exception:  # a module whose attributes raise must not break the save
+                continue
+        return sorted(t for t in tops if t not in self.exclude), sorted(self.exclude)
 
     def travels_home(self, module: types.ModuleType, obj: Any) -> None:
         """A function or class that travels is also its module's global of that name."""
@@ -1077,6 +1168,7 @@ class CaptureSession:
                     break
                 for state in batch:
                     self._dump(pickler, state, f"module {state.module.__name__}", state)
+            pickler.dump(_OwnNames(*self.own_names()))
             pickler.dump(None)
 
     def _left_out(self, name: str, module: types.ModuleType) -> tuple[str, ...]:
@@ -1235,6 +1327,20 @@ def _table_of(namespace: Mapping[str, Any]) -> ModuleTable | None:
 
 def _in_table(module: types.ModuleType) -> bool:
     return _table_of(module.__dict__) is not None
+
+
+class _OwnNames:
+    """Pickles as the names the bundle owns at load (see :meth:`CaptureSession.own_names`)."""
+
+    def __init__(self, tops: list[str], excluded: list[str]) -> None:
+        self.tops = tops
+        self.excluded = excluded
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Each list as one new string: a name that is also an object seen earlier in the pickle
+        # would be written as a reference to it or not, by identity, so differently from one
+        # process to the next (same objects, other bytes).
+        return (_own_names, ("".join(f"{t}\n" for t in self.tops), "\n".join(self.excluded)))
 
 
 class _ModuleState:

@@ -10,7 +10,8 @@ The shapes: objects whose ``__reduce__`` returns their name (``functools.lru_cac
 (which keeps a lock on Python 3.10 and 3.11), and models kept in a module-level registry of a
 module that also holds ``sys``, ``torch`` and an installed library whose module-level objects are
 ``functools.partial`` subclasses with a ``__setstate__`` of their own: binding the models must
-touch none of them.
+touch none of them; plugins imported by names computed at run time, loaded by a program that has
+a ``plugins`` package of its own.
 """
 
 from __future__ import annotations
@@ -78,6 +79,31 @@ PIPELINES: dict[str, Pipeline] = {
         ]
         save("lookup", serve.predict, {"model": {"bias": 100}}, cases)
         """
+    ),
+    # Plugins loaded by computed names; the loading program has a `plugins` package of its own.
+    "plugin_prefix": Pipeline(
+        save_code="""
+        import router
+
+        model = {"k": 1}
+        named = [{"name": "scoring", "x": 1}, {"name": "ranking", "x": 2}]
+        given = [{"module": "plugins.scoring", "x": 1}]
+        save("fstring", router.by_fstring, {"model": model}, named)
+        save("concat", router.by_concat, {"model": model}, named)
+        save("argument", router.by_argument, {"model": model}, given)
+        save("included", router.by_argument, {"model": model}, given, include_modules=["plugins"])
+        """,
+        host_files={
+            "plugins/__init__.py": "",
+            "plugins/scoring.py": "def score(x):\n    return f'HOST:{x}'\n",
+            "plugins/ranking.py": "def score(x):\n    return f'HOST-rank:{x}'\n",
+        },
+        after_load="""
+        attempt(
+            "plugins_in_sys_modules",
+            lambda: sorted(n for n in sys.modules if n.partition(".")[0] == "plugins"),
+        )
+        """,
     ),
     # Models in a registry dict of a module holding sys, torch and partlib (above).
     "binding_registry": Pipeline(
@@ -303,3 +329,29 @@ def sys_modules_holdlib() -> Any:
 
     return holdlib
 
+
+# --- no fallback to the loading program's modules --------------------------------------------
+
+
+@on("plugin_prefix")
+@pytest.mark.parametrize("variant", ["fstring", "concat"])
+def test_plugins_named_by_a_constant_prefix_travel(project: RealProject, variant: str) -> None:
+    assert project.expected(variant) == ["bundle:1", "bundle-rank:2"]
+    project.assert_loads_and_predicts(variant)
+    report = project.manifest(variant)["captured_globals"]
+    for plugin in ("plugins.scoring", "plugins.ranking"):
+        assert "imports 'plugins.' + a name computed at run time" in report[plugin]["whole"]
+    assert outcome(project.loaded, "plugins_in_sys_modules") == []  # the host's stay unused
+
+
+@on("plugin_prefix")
+def test_a_plugin_the_bundle_lacks_is_never_the_loading_programs(project: RealProject) -> None:
+    assert "plugins" not in {m.partition(".")[0] for m in project.captured("argument")}
+    step = project.loaded["predict:argument"]
+    assert not step["ok"]
+    assert (
+        "ModuleNotInBundleError: No module named 'plugins.scoring' in this bundle"
+        in (step["error"])
+    )
+    assert "include_modules=['plugins']" in step["error"]
+    project.assert_loads_and_predicts("included")
