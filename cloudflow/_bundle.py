@@ -1143,22 +1143,22 @@ def _read_bundle(
                 table.code_table = {
                     k: resolver.rewrite_code(c) for k, c in table.code_table.items()
                 }
+            context = LoadContext(table, read=verified.read)
+            seal = functools.partial(_sealed.sealed_folder, data, manifest, verified=verified)
+            sealing = seal if trust is not None else None
+            if lazy:
+                # Stand-ins known before the code is read: the unpickler puts them in place.
+                models = _load_models(
+                    data, manifest, context, steps, options, lazy=check_model, seal=sealing
+                )
+                table.known_models = models
             predict_fn = load_code(data / CODE_FILE, table, read=verified.read)
             table.mark_left_out(manifest.captured_globals)
             if resolver:
                 _files.place_modules(table, resolver, _capture.relative_filename)
-            context = LoadContext(table, read=verified.read)
             steps.advance("code")
-            seal = functools.partial(_sealed.sealed_folder, data, manifest, verified=verified)
-            models = _load_models(
-                data,
-                manifest,
-                context,
-                steps,
-                options,
-                lazy=check_model if lazy else None,
-                seal=seal if trust is not None else None,
-            )
+            if not lazy:
+                models = _load_models(data, manifest, context, steps, options, seal=sealing)
         except BaseException:
             # A damaged weights file may be why a model failed to load: say that first.
             if pending is not None:

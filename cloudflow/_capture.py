@@ -455,6 +455,24 @@ def code_access(code: types.CodeType) -> CodeAccess:
     return access
 
 
+# A string constant that starts a computed module name: "plugins." (f"plugins.{name}",
+# "plugins." + name), "plugins.{}" (.format) or "plugins.%s".
+_IMPORT_PREFIX = re.compile(r"([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\.(?:\{|%s|\Z)")
+
+
+def import_prefixes(code: types.CodeType) -> frozenset[str]:
+    """Packages whose submodules code imports by computed names: ``plugins`` of
+    ``importlib.import_module(f"plugins.{name}")`` (the constant start of the name)."""
+    found: set[str] = set()
+    for sub in _code_objects(code):
+        if _IMPORTERS & set(sub.co_names):
+            for const in sub.co_consts:
+                match = _IMPORT_PREFIX.match(const) if isinstance(const, str) else None
+                if match:
+                    found.add(match.group(1))
+    return frozenset(found)
+
+
 def walk_submodules(package: types.ModuleType) -> list[types.ModuleType]:
     """Every submodule of a user package, imported (for ``include_modules``, which asks it)."""
     found: list[types.ModuleType] = []

@@ -49,7 +49,12 @@ import cloudpickle
 from cloudpickle import cloudpickle as _cp
 
 from cloudflow import _capture, _portable
-from cloudflow.exceptions import CaptureError, EnvironmentMismatchError, LeftOutGlobalError
+from cloudflow.exceptions import (
+    CaptureError,
+    EnvironmentMismatchError,
+    LeftOutGlobalError,
+    ModuleNotInBundleError,
+)
 
 _logger = logging.getLogger("cloudflow")
 
@@ -77,6 +82,11 @@ class ModuleTable:
         self.builtins: dict[str, Any] = dict(builtins.__dict__)
         self.builtins["__import__"] = self._import
         self.model_refs: list[ModelRef] = []
+        # What the code pickle's unpickler created (its memo less what find_class found), kept
+        # from the code's load to the models' binding when the code holds placeholders.
+        self.made: list[Any] = []
+        # Models known before the code is unpickled (lazy stand-ins): put in place at once.
+        self.known_models: Mapping[str, object] | None = None
         # A portable bundle's code objects for this Python (see cloudflow._portable).
         self.code_table: dict[str, types.CodeType] | None = None
         # The bundle's data files (cloudflow._files.Resolver), when it has any.
@@ -98,6 +108,29 @@ class ModuleTable:
         self.sys = _BundleSys(self)
         # Modules a function imports at call time that failed to import at save -> the error.
         self.not_imported: dict[str, str] = {}
+        # Top-level names of the user's modules where the bundle was saved, and the modules
+        # saved by reference (exclude_modules): see owns().
+        self.claimed: frozenset[str] = frozenset()
+        self.by_reference: tuple[str, ...] = ()
+
+    def owns(self, name: str) -> bool:
+        """Whether a module name belongs to the bundle: never to be found in the loading
+        program (its top-level name was a module of the user's where the bundle was saved)."""
+        top = name.partition(".")[0]
+        if top not in self.modules and top not in self.claimed:
+            return False
+        return not any(name == e or name.startswith(e + ".") for e in self.by_reference)
+
+    def not_in_bundle(self, name: str) -> ModuleNotInBundleError:
+        top = name.partition(".")[0]
+        return ModuleNotInBundleError(
+            f"No module named {name!r} in this bundle. {top!r} was a module of yours where the "
+            f"bundle was saved, so the bundle never uses a module {name!r} of the loading "
+            f"program; {name!r} was not captured (imported by a name computed at run time, or "
+            f"not imported when the bundle was saved). Save again with "
+            f"include_modules=[{top!r}].",
+            name=name,
+        )
 
     def import_module(self, name: str, package: str | None = None) -> types.ModuleType:
         """``importlib.import_module`` that finds the bundle's modules first."""
@@ -105,6 +138,8 @@ class ModuleTable:
         module = self.modules.get(absname)
         if module is not None:
             return module
+        if self.owns(absname):
+            raise self.not_in_bundle(absname)
         return importlib.import_module(name, package)
 
     def _import(
@@ -134,12 +169,8 @@ class ModuleTable:
         if module is None and absname in self.not_imported:
             raise _not_imported_error(absname, self.not_imported[absname])
         if module is None:
-            if absname.partition(".")[0] in self.modules:
-                raise ModuleNotFoundError(
-                    f"No module named {absname!r} in this bundle: it was not imported when the "
-                    "bundle was saved. Add it with include_modules=[...] when saving.",
-                    name=absname,
-                )
+            if self.owns(absname):
+                raise self.not_in_bundle(absname)
             return _real_import(name, globals, locals, fromlist or (), level)
         if fromlist:
             for item in fromlist:
@@ -194,12 +225,23 @@ class ModuleTable:
 
         Placeholders sit wherever the code kept a model: module globals, closures, defaults,
         partials, and containers of those (lists, dicts, sets, tuples, objects' and classes'
-        attributes). Returns the first root, rebuilt if it was a tuple holding a placeholder.
+        attributes). Only what the bundle made is looked at: its modules, classes and
+        functions, and the objects its code pickle created (see :class:`_ModelBinder`).
+        Returns the first root, rebuilt if it was a tuple holding a placeholder.
+
+        Raises:
+            CaptureError: A placeholder is held where it cannot be replaced without changing
+                a library's object (a library's ``functools.partial`` subclass, say).
         """
         roots = list(roots)
+        made, self.made = self.made, []
         if not self.model_refs:
             return roots[0] if roots else None
-        return _ModelBinder(models).bind([*roots, *self.modules.values(), *self.namespaces])
+        binder = _ModelBinder(self, models, made)
+        first = binder.bind(roots)
+        binder.check_all_bound()
+        self.model_refs.clear()
+        return first
 
 
 def _not_imported_error(name: str, error: str) -> Exception:
@@ -226,30 +268,72 @@ def _not_imported_error(name: str, error: str) -> Exception:
 
 
 class _ModelBinder:
-    """Walks loaded code and data once, putting each model where its placeholder was."""
+    """Puts each loaded model where its placeholder was, in what the bundle made, once.
+
+    Walked: the bundle's modules and their namespaces, the classes it rebuilt, the functions
+    whose globals are its namespaces, and the objects its code pickle created (the unpickler's
+    memo, less what ``find_class`` found: library classes, functions and their named objects).
+    Nothing else is entered: a library's module, class or object reached from there (``torch``,
+    ``sys``, a data pipe) is neither read nor changed. A placeholder is replaced by writing into
+    the container that holds it (a dict, a list, a set, an object's ``__dict__``, a function's
+    cell or defaults), never through the holder's own methods; an immutable holder (a tuple, a
+    frozenset) is made again and put in its own holder's place.
+    """
 
     # Leaves: nothing inside them can be a placeholder the code kept.
     _LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), range, memoryview)
 
-    def __init__(self, models: Mapping[str, object]) -> None:
+    def __init__(self, table: ModuleTable, models: Mapping[str, object], made: list[Any]) -> None:
+        self.table = table
         self.models = models
         self.done: dict[int, Any] = {}
         self.model_ids = {id(m) for m in models.values()}
+        self.made = made
+        self._made_ids = {id(obj) for obj in made}
+        self._modules = {id(m) for m in table.modules.values()}
+        self._namespaces = {id(m.__dict__) for m in table.modules.values()}
+        self._namespaces.update(id(n) for n in table.namespaces)
+        self._classes = {id(c) for c in table.classes.values()}
+        self.bound: set[int] = set()  # ids of the placeholders replaced
+        self.visited: list[Any] = []  # every object entered, in order (what tests count)
 
     def bind(self, roots: list[Any]) -> Any:
         fixed = [self.fix(root) for root in roots]
+        for module in self.table.modules.values():
+            self.fix(module)
+        for namespace in self.table.namespaces:
+            self.fix(namespace)
+        if len(self.bound) < len(self.table.model_refs):
+            # Some are held by what is not entered (a library's object that holds a list, say):
+            # the containers the pickle made, whoever holds them.
+            for obj in self.made:
+                self.fix(obj)
         return fixed[0] if fixed else None
+
+    def _own(self, obj: Any) -> bool:
+        """Whether the bundle made ``obj`` (and so may look inside it)."""
+        key = id(obj)
+        if isinstance(obj, types.ModuleType):
+            return key in self._modules
+        if isinstance(obj, type):
+            return key in self._classes
+        if isinstance(obj, types.FunctionType):
+            return id(obj.__globals__) in self._namespaces
+        return key in self._made_ids or key in self._namespaces
 
     def fix(self, obj: Any) -> Any:
         """``obj`` with its placeholders replaced (a new object only for immutable ones)."""
-        if isinstance(obj, ModelRef):
+        if type(obj) is ModelRef:
+            self.bound.add(id(obj))
             return self.models[obj.name]
         key = id(obj)
         if key in self.done:
             return self.done[key]
-        if isinstance(obj, self._LEAVES) or key in self.model_ids:
+        if isinstance(obj, self._LEAVES) or key in self.model_ids or not self._own(obj):
             return obj
         self.done[key] = obj  # breaks cycles; immutable containers are replaced below
+        at = len(self.visited)
+        self.visited.append(obj)
         if isinstance(obj, types.ModuleType):
             self._fix_dict(obj.__dict__)
         elif isinstance(obj, dict):
@@ -258,26 +342,22 @@ class _ModelBinder:
             for i, value in enumerate(obj):
                 new = self.fix(value)
                 if new is not value:
-                    obj[i] = new
+                    list.__setitem__(obj, i, new)
         elif isinstance(obj, tuple | frozenset | set):
             items = [self.fix(v) for v in obj]
             if any(a is not b for a, b in zip(items, obj, strict=True)):
                 if isinstance(obj, set):
-                    obj.clear()
-                    obj.update(items)
+                    set.clear(obj)
+                    set.update(obj, items)
                 else:
                     new_obj = type(obj)(items) if not hasattr(obj, "_make") else obj._make(items)
-                    self.done[key] = new_obj
+                    self.done[key] = self.visited[at] = new_obj  # the old one must not stay
                     return new_obj
         elif isinstance(obj, types.FunctionType):
             self._fix_function(obj)
         elif isinstance(obj, functools.partial):
-            args = tuple(self.fix(a) for a in obj.args)
-            keywords = {k: self.fix(v) for k, v in obj.keywords.items()}
-            obj.__setstate__((self.fix(obj.func), args, keywords, obj.__dict__ or None))  # type: ignore[attr-defined]
+            self._fix_partial(obj)
         elif isinstance(obj, type):
-            if obj.__module__ in ("builtins",) or not hasattr(obj, "__dict__"):
-                return obj
             for name, value in list(vars(obj).items()):
                 if name.startswith("__") and name.endswith("__"):
                     continue
@@ -291,17 +371,34 @@ class _ModelBinder:
             for accessor in (obj.fget, obj.fset, obj.fdel):
                 if accessor is not None:
                     self.fix(accessor)
-        elif (
-            isinstance(getattr(obj, "__dict__", None), dict) and type(obj).__module__ != "builtins"
-        ):
-            self._fix_dict(obj.__dict__)
+        else:
+            try:  # not getattr: a class's own __getattr__ must not run
+                attributes = object.__getattribute__(obj, "__dict__")
+            except AttributeError:
+                return obj
+            if type(attributes) is dict:
+                self._fix_dict(attributes)
         return obj
+
+    def _fix_partial(self, obj: functools.partial[Any]) -> None:
+        func = self.fix(obj.func)
+        args = tuple(self.fix(a) for a in obj.args)
+        keywords = {k: self.fix(v) for k, v in obj.keywords.items()}
+        changed = (
+            func is not obj.func
+            or any(a is not b for a, b in zip(args, obj.args, strict=True))
+            or any(keywords[k] is not v for k, v in obj.keywords.items())
+        )
+        # Only the standard library's own partial is set again (its __setstate__ is known);
+        # a subclass's placeholders stay, and the check after the walk names them.
+        if changed and type(obj) is functools.partial:
+            functools.partial.__setstate__(obj, (func, args, keywords, obj.__dict__ or None))  # type: ignore[attr-defined]
 
     def _fix_dict(self, mapping: dict[Any, Any]) -> None:
         for k, value in list(mapping.items()):
             new = self.fix(value)
             if new is not value:
-                mapping[k] = new
+                dict.__setitem__(mapping, k, new)
 
     def _fix_function(self, func: types.FunctionType) -> None:
         for cell in func.__closure__ or ():
@@ -315,6 +412,57 @@ class _ModelBinder:
             self._fix_dict(func.__kwdefaults__)
         self._fix_dict(func.__dict__)
 
+    def check_all_bound(self) -> None:
+        """Raise if a placeholder is still held where the walk could not replace it."""
+        # Let go of the pickle's objects: a tuple that was made again, say, must not count as
+        # a holder of its old items. What still holds a placeholder then is a real holder.
+        self.made.clear()
+        self.done.clear()
+        left = _still_held(self.table.model_refs)
+        if left:
+            ref, holder = left[0]
+            raise CaptureError(
+                f"Model {ref.name!r} is kept inside {holder}, which cloudflow does not change "
+                "when it loads a bundle (it is a library's object). Keep the model in a module "
+                "global, a dict, list or tuple, or an object of a class of your own, or make "
+                "that object inside the predict function, and save again."
+            )
+
+
+def _still_held(refs: list[ModelRef]) -> list[tuple[ModelRef, str]]:
+    """The placeholders something besides ``refs`` still holds, each with its holder named."""
+    probe = [ModelRef("")]
+    alone = [sys.getrefcount(r) for r in probe][0]  # a placeholder held by its list alone
+    suspects = [r for r in refs if sys.getrefcount(r) > alone]
+    if not suspects:
+        return []
+    import gc  # error path only: asks the collector who holds them
+
+    gc.collect()
+    found = []
+    for ref in suspects:
+        holders = [
+            h
+            for h in gc.get_referrers(ref)
+            if h is not refs and h is not suspects and not isinstance(h, types.FrameType)
+        ]
+        if holders:
+            found.append((ref, _describe_holder(holders[0])))
+    return found
+
+
+def _describe_holder(holder: object) -> str:
+    import gc
+
+    owner = holder
+    if type(holder) in (dict, tuple):  # an object's __dict__, a partial's args: name the object
+        for candidate in gc.get_referrers(holder):
+            if not isinstance(candidate, types.FrameType | types.CellType | list | dict):
+                owner = candidate
+                break
+    kind = type(owner)
+    return f"a {kind.__module__}.{kind.__qualname__} object"
+
 
 class _ModulesView(MutableMapping[str, types.ModuleType]):
     """``sys.modules`` as a bundle's code sees it: the bundle's modules first."""
@@ -324,6 +472,8 @@ class _ModulesView(MutableMapping[str, types.ModuleType]):
 
     def __getitem__(self, name: str) -> types.ModuleType:
         module = self._table.modules.get(name)
+        if module is None and self._table.owns(name):
+            raise KeyError(name)  # never the loading program's module of a name of the bundle
         return module if module is not None else sys.modules[name]
 
     def __setitem__(self, name: str, module: types.ModuleType) -> None:
@@ -540,6 +690,13 @@ def _new_type(qualname: str, supertype: Any, module: str) -> Any:
     return made
 
 
+def _own_names(tops: str, excluded: str) -> str:
+    table = _table()
+    table.claimed = frozenset(tops.split())
+    table.by_reference = tuple(excluded.split())
+    return tops
+
+
 def _bundle_module(name: str) -> types.ModuleType:
     return _table().modules[name]
 
@@ -600,6 +757,8 @@ class _Unpickler(pickle.Unpickler):
     ) -> None:
         super().__init__(file)
         self._persistent = persistent_load
+        # What find_class returned: objects the pickle names, not objects it made.
+        self.found: dict[int, Any] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         # A global written by name (an object whose __reduce__ returns its name) of a captured
@@ -609,13 +768,26 @@ class _Unpickler(pickle.Unpickler):
             found: Any = table.modules[module]
             for part in name.split("."):
                 found = getattr(found, part)
-            return found
-        return super().find_class(module, name)
+        elif table is not None and table.owns(module):
+            raise table.not_in_bundle(module)
+        else:
+            found = super().find_class(module, name)
+        self.found[id(found)] = found
+        return found
+
+    def made(self) -> list[Any]:
+        """The objects this unpickler created so far (its memo less what it found)."""
+        return [obj for obj in self.memo.copy().values() if id(obj) not in self.found]
 
     def persistent_load(self, pid: object) -> object:
         if isinstance(pid, tuple) and len(pid) == 2 and pid[0] == _MODEL_PID:
+            table = _table()
+            known = table.known_models
+            if known is not None and str(pid[1]) in known:
+                # Known already (a lazy model's stand-in): in place at once, nothing to walk.
+                return known[str(pid[1])]
             ref = ModelRef(str(pid[1]))
-            _table().model_refs.append(ref)
+            table.model_refs.append(ref)
             return ref
         if isinstance(pid, tuple) and len(pid) == 3 and pid[0] == _FILE_PID:
             files = _table().files
@@ -670,6 +842,8 @@ def read_code(file: BinaryIO, table: ModuleTable) -> Any:
         obj: Any = unpickler.load()
         while unpickler.load() is not None:
             pass
+        if table.model_refs:  # kept for bind_models, which walks only what the pickle made
+            table.made = unpickler.made()
     table.finish()
     return obj
 
@@ -923,13 +1097,67 @@ class CaptureSession:
             for text in sorted(access.strings):
                 if text in sys.modules or _capture.spec_is_user(text):
                     self._reach_import(text)
+            followed = [
+                p for p in sorted(_capture.import_prefixes(func.__code__)) if self._follow(p, where)
+            ]
             if access.computed_import and where not in self._computed_imports:
                 self._computed_imports.add(where)
-                _logger.warning(
-                    "%s imports a module by a name computed at run time; cloudflow cannot see "
-                    "which. If it is one of your modules, name its package in include_modules.",
-                    where,
-                )
+                if followed:
+                    _logger.warning(
+                        "%s imports a module by a name computed at run time, starting with %s: "
+                        "the submodules of %s imported so far travel. To bundle every one of "
+                        "them, name the package in include_modules.",
+                        where,
+                        ", ".join(f"{p!r}." for p in followed),
+                        ", ".join(followed),
+                    )
+                else:
+                    _logger.warning(
+                        "%s imports a module by a name computed at run time; cloudflow cannot "
+                        "see which. If it is one of your modules, name its package in "
+                        "include_modules.",
+                        where,
+                    )
+
+    def _follow(self, package: str, where: str) -> bool:
+        """Capture the submodules of ``package`` this process has imported, whole.
+
+        Code that imports ``f"{package}.{name}"`` may import any of them; each travels whole
+        (its functions are found by names the bytecode does not show). Returns whether
+        ``package`` is a module of the user's.
+        """
+        module = self._lookup(package) or _capture.import_reached(package)
+        if module is None or not self.wants(module):
+            return False
+        self._reached_as_object(module)
+        why = f"{where} imports {package + '.'!r} + a name computed at run time"
+        for name in sorted(n for n in list(sys.modules) if n.startswith(package + ".")):
+            sub = sys.modules.get(name)
+            if sub is not None and self.wants(sub):
+                self._reached_as_object(sub)
+                self.capture_whole(name, why)
+        return True
+
+    def own_names(self) -> tuple[list[str], list[str]]:
+        """The top-level names of the user's modules in this process, and the excluded names.
+
+        Written into the code pickle: at load, importing a module under one of those names that
+        the bundle does not hold fails, instead of finding the loading program's module.
+        """
+        tops = {name.partition(".")[0] for name in self.captured}
+        for table in self._tables:
+            tops.update(table.claimed)
+        # Only code that imports by computed names can reach a module the capture did not see;
+        # other pickles depend on what they hold only (the same bytes for the same objects).
+        for name, module in list(sys.modules.items()) if self._computed_imports else ():
+            if "." in name or module is None or name in tops:
+                continue
+            try:
+                if _capture.is_user_module(module):
+                    tops.add(name)
+            except Exception:  # a module whose attributes raise must not break the save
+                continue
+        return sorted(t for t in tops if t not in self.exclude), sorted(self.exclude)
 
     def travels_home(self, module: types.ModuleType, obj: Any) -> None:
         """A function or class that travels is also its module's global of that name."""
@@ -989,6 +1217,7 @@ class CaptureSession:
                     break
                 for state in batch:
                     self._dump(pickler, state, f"module {state.module.__name__}", state)
+            pickler.dump(_OwnNames(*self.own_names()))
             pickler.dump(None)
 
     def _left_out(self, name: str, module: types.ModuleType) -> tuple[str, ...]:
@@ -1147,6 +1376,20 @@ def _table_of(namespace: Mapping[str, Any]) -> ModuleTable | None:
 
 def _in_table(module: types.ModuleType) -> bool:
     return _table_of(module.__dict__) is not None
+
+
+class _OwnNames:
+    """Pickles as the names the bundle owns at load (see :meth:`CaptureSession.own_names`)."""
+
+    def __init__(self, tops: list[str], excluded: list[str]) -> None:
+        self.tops = tops
+        self.excluded = excluded
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Each list as one new string: a name that is also an object seen earlier in the pickle
+        # would be written as a reference to it or not, by identity, so differently from one
+        # process to the next (same objects, other bytes).
+        return (_own_names, ("".join(f"{t}\n" for t in self.tops), "\n".join(self.excluded)))
 
 
 class _ModuleState:

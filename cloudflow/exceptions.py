@@ -9,6 +9,7 @@ also inherits the builtin exception a caller would already catch for that kind o
     ├── PredictArgumentError (TypeError)       unknown or missing parameters at predict time
     ├── CaptureError (pickle.PicklingError)    the predict function or a model cannot be saved
     ├── LeftOutGlobalError (AttributeError)    a module global no saved code reached was read
+    ├── ModuleNotInBundleError (ModuleNotFoundError)  a module of the user's the bundle lacks
     ├── StoreError (RuntimeError)              a tracking store cannot be used
     │   ├── NotFoundError (LookupError)        no such experiment, run, model or bundle
     │   └── CacheError                         the download cache cannot be used (full, shared)
@@ -68,6 +69,14 @@ class LeftOutGlobalError(CloudflowError, AttributeError):
 
     A bundle carries the globals of each captured module that the saved code reaches; one read
     in a way the bytecode does not show (a name computed at run time) was not saved.
+    """
+
+
+class ModuleNotInBundleError(CloudflowError, ModuleNotFoundError):
+    """Code of a loaded bundle imported a module of the user's that the bundle does not hold.
+
+    Names that were the user's modules where the bundle was saved belong to the bundle: the
+    loading program's module of the same name is never used in their place.
     """
 
 
