@@ -348,6 +348,7 @@ def test_processes_logging_the_same_model_at_once_share_one_file_each(
 def test_cloudflow_gc_frees_only_files_no_bundle_holds(own_store: dict[str, Any]) -> None:
     from click.testing import CliRunner
 
+    from cloudflow._inspect import human_size
     from cloudflow.cli import main
 
     store, runs = own_store["store"], own_store["runs"]
@@ -360,13 +361,13 @@ def test_cloudflow_gc_frees_only_files_no_bundle_holds(own_store: dict[str, Any]
     result = CliRunner().invoke(main, ["gc", "--tracking-uri", str(store)])
     assert result.exit_code == 0, result.output
     assert f"'dedupe' ({_experiment_id(store)}): removed 1 file(s)" in result.output
-    assert f"freed {old_mlp / 1e6:.1f} MB (1 file(s) no bundle held)" in result.output
+    assert f"freed {human_size(old_mlp)} (1 file(s) no bundle held)" in result.output
     blobs = _blobs.blob_folder(changed.parents[2])
     held = [changed / rel for rel in SHARED[1:]]
     assert sorted(p.stat().st_ino for p in blobs.iterdir()) == sorted(p.stat().st_ino for p in held)
     assert _load(own_store, "changed") == runs["changed"]["expected"]
     again_result = CliRunner().invoke(main, ["gc", "--tracking-uri", str(store)])
-    assert again_result.output.strip() == "freed 0.0 MB (0 file(s) no bundle held)"
+    assert again_result.output.strip() == "freed 0 B (0 file(s) no bundle held)"
 
 
 def test_cloudflow_gc_refuses_a_folder_that_is_no_store(tmp_path: Path) -> None:
