@@ -20,9 +20,9 @@ So a staging folder is private and reached only through its descriptor:
   published is the folder this save made, never one put in its place. The published folder has
   the store's usual mode (umask): only the staging folder around it was private.
 
-Where ``/proc/<pid>/fd`` does not exist (macOS, Windows) the folder is still private (mode 700)
-and checked, but reached by its name: a parent folder other users can write to is then not
-covered (see the README's threat table).
+Where ``/proc/<pid>/fd`` does not exist (macOS) the folder is still private (mode 700) and
+checked, but reached by its name; on Windows it is made by ``mkdtemp`` and used by its name. A
+parent folder other users can write to is then not covered (see the README's threat table).
 """
 
 from __future__ import annotations
@@ -67,6 +67,11 @@ class PrivateFolder:
         except OSError as e:
             raise StoreError(f"Cannot write to {str(parent)!r}: {e.strerror}.") from e
         self.name = Path(made)
+        self.path = self.name
+        self._fd = -1
+        self._closed = False
+        if os.name == "nt":  # folders cannot be opened as descriptors there: by name only
+            return
         flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
         try:
             self._fd = os.open(made, flags)
@@ -104,6 +109,8 @@ class PrivateFolder:
 
     def is_named(self, path: Path) -> bool:
         """Whether ``path`` (looked up by name, links not followed) is this very folder."""
+        if self._fd < 0:
+            return path == self.name
         try:
             return os.path.samestat(os.lstat(path), os.fstat(self._fd))
         except OSError:
@@ -116,6 +123,9 @@ class PrivateFolder:
         Raises:
             StoreError: Something else is at ``destination`` right after the rename.
         """
+        if self._fd < 0:
+            os.rename(inner, destination)
+            return
         flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
         fd = os.open(inner, flags)
         try:
@@ -136,7 +146,11 @@ class PrivateFolder:
 
     def close(self) -> None:
         """Delete what the folder holds, and the folder itself if its name still leads to it."""
+        if self._closed:
+            return
+        self._closed = True
         if self._fd < 0:
+            shutil.rmtree(self.name, ignore_errors=True)
             return
         if self.path != self.name:
             with contextlib.suppress(OSError):
