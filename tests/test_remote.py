@@ -24,6 +24,8 @@ import pytest
 from helpers import assert_same_predictions, run_snippet, subprocess_env
 from servers import CountingProxy, model_server, tracking_server
 
+from cloudflow._inspect import human_size
+
 pytestmark = pytest.mark.slow
 
 EXPERIMENT = "remote-shared"
@@ -231,7 +233,8 @@ def test_the_second_log_of_an_unchanged_model_uploads_kilobytes(remote: dict[str
     first, second = remote["uploads"]
     shared = area_files(remote["server_root"])
     large = sum(p.stat().st_size for p in shared)
-    assert len(shared) == 2, [p.name for p in shared]  # the net's weights and the table
+    # The net's weights, the table and cloudflow's wheel (230 KB, over the area's 128 KB).
+    assert len(shared) == 3, [p.name for p in shared]
     assert large > 3_500_000
     assert first > large, (first, large)
     assert second < SMALL, f"the second log uploaded {second} bytes"
@@ -431,8 +434,9 @@ def test_inspect_over_http_names_the_shared_files_without_downloading_them(
     proxy.reset()
     uri = f"runs:/{remote['first']['run_id']}/model"
     out = cloudflow_cli("inspect", uri, "--tracking-uri", proxy.url, cwd=tmp_path, env=env)
-    assert "the 2 shared on the server are checked as a load downloads them" in out
-    assert "shared files      2 (5.6 MB) in mlflow-artifacts:/" in out
+    large = sum(p.stat().st_size for p in area_files(remote["server_root"]))
+    assert "the 3 shared on the server are checked as a load downloads them" in out
+    assert f"shared files      3 ({human_size(large)}) in mlflow-artifacts:/" in out
     assert "format 4" in out
     assert proxy.received < SMALL
 
