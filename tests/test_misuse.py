@@ -549,7 +549,8 @@ CATALOGUE = [
     Misuse(
         "a flavor library that is not installed",
         MissingDependencyError,
-        r"'sklearn' library, which is not installed.*pip install 'cloudflow\[sklearn\]'",
+        r"needs scikit-learn \(it was saved with scikit-learn==[\d.]+\), which is not installed"
+        r".*pip install scikit-learn==[\d.]+",
         _without_sklearn,
     ),
     Misuse(

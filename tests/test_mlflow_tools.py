@@ -91,6 +91,9 @@ for name, signed in spec["bundles"].items():
             models,
             registered_model_name=name,
             signing_key=Path(spec["key"]) if signed else None,
+            # update-pip-requirements parses every line of requirements.txt as a requirement:
+            # the runtime wheel's --find-links line is not one (see the README).
+            runtime_package="cloudflow" if name.startswith("pip-") else None,
         )
     out["runs"][name] = run.info.run_id
     out["uris"][name] = info.model_uri
@@ -495,7 +498,7 @@ def changed(user_modules: UserModules, tmp_path: Path) -> Path:
     X, y = load_iris(return_X_y=True)
     bundle = tmp_path / "bundle"
     clf = LogisticRegression(max_iter=500).fit(X, y)
-    cloudflow.save_bundle(predict, {"clf": clf}, bundle, verify=False)
+    cloudflow.save_bundle(predict, {"clf": clf}, bundle, verify=False, runtime_package="cloudflow")
     update_model_requirements(str(bundle), "add", [ADDED])
     user_modules.forget()
     return bundle
@@ -561,7 +564,9 @@ def test_changed_weights_are_refused_even_where_the_environment_changed_too(
     bundle = tmp_path / "bundle"
     mlp = tiny_torch_mlp()
     expected = weightsapp.predict(mlp, **CASES[1])
-    cloudflow.save_bundle(weightsapp.predict, {"mlp": mlp}, bundle, verify=False)
+    cloudflow.save_bundle(
+        weightsapp.predict, {"mlp": mlp}, bundle, verify=False, runtime_package="cloudflow"
+    )
     update_model_requirements(str(bundle), "add", [ADDED])
     user_modules.forget()
     assert cloudflow.load_bundle(bundle).predict(**CASES[1]) == expected
