@@ -387,9 +387,19 @@ def log_bundle(
             yet; loads download it once per machine (see the README's "Tracking servers").
             ``False`` uploads the whole bundle into the model's own folder. A local store
             always shares large files by hard link.
-        pip_requirements, extra_pip_requirements, metadata, include_modules, exclude_modules,
-        strip_docstrings, signature, input_example, signing_key, verify, python_versions,
-        files, runtime_package: As in :func:`save_bundle`.
+        pip_requirements: As in :func:`save_bundle`.
+        extra_pip_requirements: As in :func:`save_bundle`.
+        metadata: As in :func:`save_bundle`.
+        include_modules: As in :func:`save_bundle`.
+        exclude_modules: As in :func:`save_bundle`.
+        strip_docstrings: As in :func:`save_bundle`.
+        signature: As in :func:`save_bundle`.
+        input_example: As in :func:`save_bundle`.
+        signing_key: As in :func:`save_bundle`.
+        verify: As in :func:`save_bundle`.
+        python_versions: As in :func:`save_bundle`.
+        files: As in :func:`save_bundle`.
+        runtime_package: As in :func:`save_bundle`.
         model_metadata: As in :func:`save_bundle`; also set on the run as short tags, and each
             ``training_history`` logged as run metrics, one step per epoch
             (``cloudflow.<name>.<model>.<metric>``).
