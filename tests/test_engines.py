@@ -338,7 +338,8 @@ def test_mlserver_unknown_input_is_named_in_the_answer(mlserver: Server) -> None
 
 
 def _readme_section(title: str) -> str:
-    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    """A section of the deployment page (docs/deploy.md), where the README links for recipes."""
+    text = (REPO_ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
     return text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
 
 

@@ -45,8 +45,12 @@ def test_quickstart_runs_as_written(tmp_path: Path) -> None:
     assert not (tmp_path / "mlruns").exists(), "artifacts must stay inside the store folder"
 
 
-def _blocks(heading: str, language: str) -> list[str]:
-    text = README.read_text(encoding="utf-8")
+DOCS = README.parent / "docs"
+
+
+def _blocks(page: str, heading: str, language: str) -> list[str]:
+    """The ``language`` code blocks of a section of a documentation page (docs/<page>)."""
+    text = "\n" + (DOCS / page).read_text(encoding="utf-8")
     section = text.split(f"\n{heading}\n", 1)[1].split("\n#", 1)[0]
     return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
 
@@ -56,14 +60,14 @@ def test_metadata_and_command_line_blocks_run_after_the_quickstart(tmp_path: Pat
     """A reader pastes the metadata example below the quickstart, then types the command line
     block in the same folder: every line works, and each run holds one model ``model``."""
     seed, _ = _quickstart_blocks()
-    (metadata,) = _blocks("#### Metadata of each model", "python")
+    (metadata,) = _blocks("api.md", "### Metadata of each model", "python")
     script = tmp_path / "quickstart.py"
     script.write_text(seed + "\n" + metadata, encoding="utf-8")
     done = subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    local, _server = _blocks("## Command line", "bash")
+    local, _server = _blocks("cli.md", "# Command line", "bash")
     bin_dir = Path(sys.executable).parent
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", local],
