@@ -27,7 +27,7 @@ from torch import nn
 
 from cloudflow._pickler import CaptureSession, LoadContext, ModuleTable, load_code
 from cloudflow.exceptions import BundleFormatError, CaptureError, MissingDependencyError
-from cloudflow.flavors import FLAVORS, Flavor, flavor_for, get_flavor
+from cloudflow.flavors import FLAVORS, Flavor, flavor_for, get_flavor, requirements_for
 from cloudflow.flavors import _sklearn as sklearn_flavor
 from cloudflow.flavors._base import require
 from cloudflow.flavors._torch import ALIGNMENT, write_safetensors
@@ -728,6 +728,7 @@ def test_sklearn_pickles_by_default(tmp_path: Path, pickle_context: BundleContex
         get_flavor("sklearn"), models.tiny_sklearn_pipeline(), tmp_path, pickle_context
     )
     assert info == {"format": "pickle", "file": "model.pkl"}
+    assert requirements_for("sklearn", info) == ["scikit-learn"], "no skops for a pickle"
 
 
 def test_sklearn_skops_format_round_trips(
@@ -741,6 +742,7 @@ def test_sklearn_skops_format_round_trips(
     loaded: Any
     loaded, info = round_trip(get_flavor("sklearn"), forest, tmp_path, pickle_context)
     assert info["format"] == "skops"
+    assert requirements_for("sklearn", info) == ["scikit-learn", "skops"]
     assert all(name.startswith("sklearn.") for name in info["trusted"])
     assert not (tmp_path / "model.pkl").exists()
     np.testing.assert_array_equal(loaded.predict_proba(X), forest.predict_proba(X))

@@ -67,7 +67,8 @@ def _save_skops(obj: object, path: Path) -> dict[str, Any] | None:
     if any(name.partition(".")[0] not in _LIBRARY_ROOTS for name in untrusted):
         target.unlink()
         return None
-    return {"format": "skops", "file": _SKOPS_FILE, "trusted": untrusted}
+    # skops is a requirement of this model only (a pickled estimator needs scikit-learn alone).
+    return {"format": "skops", "file": _SKOPS_FILE, "trusted": untrusted, "modules": ["skops"]}
 
 
 def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
@@ -145,7 +146,7 @@ FLAVOR = Flavor(
     matches=_matches,
     save=_save,
     load=_load,
-    packages=("scikit-learn", "skops"),
+    packages=("scikit-learn",),
     extra=EXTRA,
     describe=_describe,
 )
