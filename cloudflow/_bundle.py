@@ -872,11 +872,20 @@ def _load_models(
         flavor = get_flavor(entry.flavor)
         t0 = time.perf_counter()
         info = {**entry.info, **(options or {}).get(name, {})}
-        if seal is None:
-            obj = flavor.load(data / entry.path, info, context)
-        else:  # under a key: from a private folder of the checked files
-            with seal(entry.path) as folder:
-                obj = flavor.load(folder, info, context)
+        try:
+            if seal is None:
+                obj = flavor.load(data / entry.path, info, context)
+            else:  # under a key: from a private folder of the checked files
+                with seal(entry.path) as folder:
+                    obj = flavor.load(folder, info, context)
+        except FileNotFoundError as e:
+            # Only where nothing checked the files against the manifest (verify=False), or
+            # where the manifest names a file its own listing lacks.
+            raise IntegrityError(
+                f"Model {name!r} of {str(data.parent)!r} needs the file {e.filename!r}, which "
+                "the bundle does not hold: the bundle is damaged or incomplete. Load an intact "
+                "copy, or save it again."
+            ) from e
         elapsed = time.perf_counter() - t0
         _logger.info("Loaded model %r (%s) in %.2f s", name, flavor.name, elapsed)
         return obj

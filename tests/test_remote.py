@@ -744,7 +744,7 @@ def test_gc_over_http_frees_what_no_bundle_names_and_keeps_the_rest(
     experiment = client.get_experiment_by_name("remote-gc")
     root = remote["server_root"] / "artifacts" / experiment.experiment_id / ".cloudflow-blobs"
     before = {p.name: p.stat().st_size for p in root.iterdir() if p.is_file()}
-    assert len(before) == 3  # two nets, one table both share
+    assert len(before) == 4  # two nets; one table and the cloudflow wheel both share
     client.delete_logged_model(gone["model_uri"].split("/")[-1])
 
     def gc() -> str:

@@ -204,7 +204,9 @@ def test_data_files_travel_through_a_server(
     mlflow.set_tracking_uri(mlflow_server.url)
     experiment_id = mlflow.create_experiment("data-files-over-http")
     with mlflow.start_run(experiment_id=experiment_id) as run:
-        cloudflow.log_bundle(server_reader.predict, {"scale": 3}, files=["data"])
+        # Downloaded whole (no file in the shared area, not even the cloudflow wheel), so the
+        # load reads a download of its own, deleted once nothing reads it.
+        cloudflow.log_bundle(server_reader.predict, {"scale": 3}, files=["data"], share_files=False)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "p" / "data" / "labels.json").unlink()
     bundle = cloudflow.load_bundle(f"runs:/{run.info.run_id}/model")
