@@ -65,6 +65,12 @@ BUNDLES = {
 ADDED = "requests==2.32.3"
 CHANGED = "MLflow's environment files changed after it was saved"
 REFUSED = "changed after it was signed"
+#: The refusal of a signed bundle whose requirements MLflow's tool changed, and the way back.
+RESIGN = (
+    r"changed after it was signed: 'conda.yaml', 'requirements.txt' changed\. .*"
+    r"review it and sign the bundle again: `cloudflow sign .* --key KEY.pem` shows the "
+    r"difference first"
+)
 
 SAVER = r"""
 import json, sys
@@ -315,12 +321,7 @@ def test_update_pip_requirements_on_a_signed_bundle_is_refused_until_signed_agai
     mlflow.set_tracking_uri(sqlite_uri(tools["store"]))
     # Refused with or without a key configured: a signed bundle is what was signed.
     for keys in ([tools["public"]], None):
-        with pytest.raises(
-            IntegrityError,
-            match=r"changed after it was signed: 'conda.yaml', 'requirements.txt' changed\. .*"
-            r"review it and sign the bundle again: `cloudflow sign .* --key KEY.pem` shows the "
-            r"difference first",
-        ):
+        with pytest.raises(IntegrityError, match=RESIGN):
             cloudflow.load_bundle(uri, trusted_keys=keys)
     assert_refused(load_three_ways(tools, uri, run_id, signed=True), "'requirements.txt'")
     folder = Path(tools["folders"]["pip-signed"])

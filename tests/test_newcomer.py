@@ -81,9 +81,8 @@ def test_a_failed_read_names_the_store_and_creates_nothing(
 @pytest.mark.usefixtures("mlflow_state")
 def test_an_unknown_run_names_the_store_folder(saved: dict[str, Any]) -> None:
     mlflow.set_tracking_uri(sqlite_uri(saved["store"]))
-    with pytest.raises(
-        NotFoundError, match=rf"No run with id '{UNKNOWN_RUN_ID}' in the tracking store '.*store'"
-    ):
+    named = rf"No run with id '{UNKNOWN_RUN_ID}' in the tracking store '.*store'"
+    with pytest.raises(NotFoundError, match=named):
         cloudflow.load_bundle(f"runs:/{UNKNOWN_RUN_ID}/model")
 
 
@@ -97,9 +96,8 @@ def test_a_bare_run_id_suggests_its_runs_uri(saved: dict[str, Any]) -> None:
 def test_a_wrong_model_name_lists_the_runs_models(saved: dict[str, Any]) -> None:
     mlflow.set_tracking_uri(sqlite_uri(saved["store"]))
     run_id = saved["run_id"]
-    with pytest.raises(
-        NotFoundError, match=r"no model named 'modle'; its models: \['model', 'reviews'\]"
-    ):
+    listed = r"no model named 'modle'; its models: \['model', 'reviews'\]"
+    with pytest.raises(NotFoundError, match=listed):
         cloudflow.load_bundle(f"runs:/{run_id}/modle")
 
 
@@ -174,10 +172,8 @@ def test_predict_takes_one_dict_as_pyfunc_does(tmp_path: Path) -> None:
     bundle = cloudflow.load_bundle(tmp_path / "bundle")
     assert bundle.predict({"text": "good bad"}) == [2, 0]
     assert bundle.predict(text="good bad") == [2, 0]
-    with pytest.raises(
-        PredictArgumentError,
-        match=r"by name, got 2 by position\. Call bundle\.predict\(text=\.\.\.\), or give one dict",
-    ):
+    how = r"by name, got 2 by position\. Call bundle\.predict\(text=\.\.\.\), or give one dict"
+    with pytest.raises(PredictArgumentError, match=how):
         bundle.predict("wine", "good")
 
 
@@ -191,10 +187,8 @@ def test_a_save_into_a_mistyped_store_touches_nothing(
     monkeypatch.chdir(tmp_path)
     exp = cloudflow.prepare_env("saving_path", "experiment_name")
     with mlflow.start_run(experiment_id=exp) as run:
-        with pytest.raises(
-            NotFoundError,
-            match=r"No tracking store at 'savng_path'.*MLflow points at .*saving_path",
-        ):
+        typo = r"No tracking store at 'savng_path'.*MLflow points at .*saving_path"
+        with pytest.raises(NotFoundError, match=typo):
             cloudflow.cloudflow_model().save(
                 tracking_uri="savng_path",
                 experiment_id=exp,
