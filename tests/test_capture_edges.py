@@ -14,7 +14,6 @@ test_real_code.py, with projects of its own so that its session fixture stays as
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import textwrap
 from collections.abc import Callable
@@ -26,8 +25,9 @@ from test_real_code import (
     Pipeline,
     RealProject,
     child_venv,
+    on,
     outcome,
-    run_project,
+    run_projects,
     run_python,
     write_files,
 )
@@ -122,24 +122,12 @@ def edge_projects(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, Callable[[], RealProject]]:
     """Every project of PIPELINES saved and loaded, two at a time; name -> getter."""
-    roots = {name: tmp_path_factory.mktemp(name) for name in PIPELINES}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {
-            name: pool.submit(run_project, name, pipeline, roots[name])
-            for name, pipeline in PIPELINES.items()
-        }
-        concurrent.futures.wait(futures.values())
-    return {name: future.result for name, future in futures.items()}
+    return run_projects(tmp_path_factory, PIPELINES)
 
 
 @pytest.fixture
 def project(request: pytest.FixtureRequest, edge_projects: dict) -> RealProject:
     return edge_projects[request.param]()
-
-
-def on(name: str) -> pytest.MarkDecorator:
-    """Run the test with ``project`` = the fixture project ``name``."""
-    return pytest.mark.parametrize("project", [name], indirect=True)
 
 
 # --- imports on branches never taken -----------------------------------------------------------

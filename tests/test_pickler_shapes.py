@@ -16,7 +16,6 @@ a ``plugins`` package of its own.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import textwrap
 import types
@@ -27,7 +26,7 @@ from typing import Any
 import pytest
 from conftest import UserModules
 from helpers import outcome
-from test_real_code import Pipeline, RealProject, run_project
+from test_real_code import Pipeline, RealProject, on, run_projects
 
 import cloudflow
 from cloudflow import _pickler
@@ -156,24 +155,12 @@ def shape_projects(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, Callable[[], RealProject]]:
     """Every project of PIPELINES saved and loaded, two at a time; name -> getter."""
-    roots = {name: tmp_path_factory.mktemp(name) for name in PIPELINES}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {
-            name: pool.submit(run_project, name, pipeline, roots[name])
-            for name, pipeline in PIPELINES.items()
-        }
-        concurrent.futures.wait(futures.values())
-    return {name: future.result for name, future in futures.items()}
+    return run_projects(tmp_path_factory, PIPELINES)
 
 
 @pytest.fixture
 def project(request: pytest.FixtureRequest, shape_projects: dict) -> RealProject:
     return shape_projects[request.param]()
-
-
-def on(name: str) -> pytest.MarkDecorator:
-    """Run the test with ``project`` = the fixture project ``name``."""
-    return pytest.mark.parametrize("project", [name], indirect=True)
 
 
 # --- objects that pickle as a name, cached_property ------------------------------------------

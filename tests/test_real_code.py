@@ -461,22 +461,25 @@ PIPELINES: dict[str, Pipeline] = {
 def real_projects(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, Callable[[], RealProject]]:
-    """Every project of PIPELINES saved and loaded, two at a time; name -> getter.
+    """Every project of PIPELINES saved and loaded, two at a time; name -> getter."""
+    return run_projects(tmp_path_factory, PIPELINES)
+
+
+def run_projects(
+    tmp_path_factory: pytest.TempPathFactory, pipelines: Mapping[str, Pipeline]
+) -> dict[str, Callable[[], RealProject]]:
+    """Every project of ``pipelines`` saved and loaded, two at a time; name -> getter.
 
     The getter re-raises the failure of that project's pipeline, so it fails its own tests only.
     """
-    roots = {name: tmp_path_factory.mktemp(name) for name in PIPELINES}
+    roots = {name: tmp_path_factory.mktemp(name) for name in pipelines}
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         futures = {
             name: pool.submit(run_project, name, pipeline, roots[name])
-            for name, pipeline in PIPELINES.items()
+            for name, pipeline in pipelines.items()
         }
         concurrent.futures.wait(futures.values())
-
-    def getter(future: concurrent.futures.Future[RealProject]) -> Callable[[], RealProject]:
-        return future.result
-
-    return {name: getter(future) for name, future in futures.items()}
+    return {name: future.result for name, future in futures.items()}
 
 
 @pytest.fixture
