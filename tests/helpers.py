@@ -352,3 +352,23 @@ if pyfunc is not None:
     attempt("pyfunc_answers", lambda: answers(lambda **kw: pyfunc.predict(kw)))
 emit(results)
 """
+
+
+#: The start of a script that scores with Spark: a local one-core session on 127.0.0.1, quiet,
+#: with ``mlflow.pyfunc``, ``SparkSession`` and ``struct`` imported, as ``spark``.
+LOCAL_SPARK = """import mlflow.pyfunc
+from pyspark.sql import SparkSession
+from pyspark.sql.functions import struct
+
+spark = (
+    SparkSession.builder.master("local[1]")
+    .appName("cloudflow-test")
+    .config("spark.driver.memory", "1g")
+    .config("spark.ui.enabled", "false")
+    .config("spark.sql.shuffle.partitions", "1")
+    .config("spark.driver.host", "127.0.0.1")
+    .config("spark.driver.bindAddress", "127.0.0.1")
+    .getOrCreate()
+)
+spark.sparkContext.setLogLevel("ERROR")
+"""

@@ -39,7 +39,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import TESTS_DIR, assert_same_predictions, run_snippet, subprocess_env
+from helpers import (
+    LOCAL_SPARK,
+    TESTS_DIR,
+    assert_same_predictions,
+    run_snippet,
+    subprocess_env,
+)
 from servers import SHOP_CASES, running_server, save_shop
 
 pytestmark = pytest.mark.slow
@@ -255,25 +261,14 @@ def test_mlflow_models_predict_api_with_uv(
     assert_same_predictions(got, bundle["cases"], bundle["expected"])
 
 
-SPARK_SCORER = r"""
+SPARK_SCORER = (
+    r"""
 import json, os, sys
 spec = json.loads(sys.argv[1])
 os.environ["PYSPARK_PYTHON"] = os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
-import mlflow.pyfunc
-from pyspark.sql import SparkSession
-from pyspark.sql.functions import struct
-
-spark = (
-    SparkSession.builder.master("local[1]")
-    .appName("cloudflow-deploy-test")
-    .config("spark.driver.memory", "1g")
-    .config("spark.ui.enabled", "false")
-    .config("spark.sql.shuffle.partitions", "1")
-    .config("spark.driver.host", "127.0.0.1")
-    .config("spark.driver.bindAddress", "127.0.0.1")
-    .getOrCreate()
-)
-spark.sparkContext.setLogLevel("ERROR")
+"""
+    + LOCAL_SPARK
+    + r"""
 try:
     rows = [(c["data"], c.get("scale")) for c in spec["cases"]]
     df = spark.createDataFrame(rows, "data array<array<double>>, scale double").coalesce(1)
@@ -285,6 +280,7 @@ finally:
     spark.stop()
 emit(got)
 """
+)
 
 
 def test_spark_udf_with_uv(

@@ -12,31 +12,20 @@ import json
 from typing import Any
 
 import pytest
-from helpers import assert_same_predictions, outcome, run_snippet
+from helpers import LOCAL_SPARK, assert_same_predictions, outcome, run_snippet
 from servers import SHOP_CASES, save_shop
 
 pytestmark = pytest.mark.slow
 
-SCORER = r"""
+SCORER = (
+    r"""
 import json, os, sys
 spec = json.loads(sys.argv[1])
 # Spark's Python workers run this interpreter (else python3 from PATH), with this environment.
 os.environ["PYSPARK_PYTHON"] = os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
-import mlflow.pyfunc
-from pyspark.sql import SparkSession
-from pyspark.sql.functions import struct
-
-spark = (
-    SparkSession.builder.master("local[1]")
-    .appName("cloudflow-test")
-    .config("spark.driver.memory", "1g")
-    .config("spark.ui.enabled", "false")
-    .config("spark.sql.shuffle.partitions", "1")
-    .config("spark.driver.host", "127.0.0.1")
-    .config("spark.driver.bindAddress", "127.0.0.1")
-    .getOrCreate()
-)
-spark.sparkContext.setLogLevel("ERROR")
+"""
+    + LOCAL_SPARK
+    + r"""
 try:
     rows = [(c["text"], c.get("repeat"), c.get("tags")) for c in spec["cases"]]
     df = spark.createDataFrame(rows, "text string, repeat long, tags array<string>").coalesce(1)
@@ -58,6 +47,7 @@ finally:
     spark.stop()
 emit(results)
 """
+)
 
 
 @pytest.fixture(scope="module")
