@@ -354,6 +354,14 @@ emit(results)
 """
 
 
+def write_files(root: Path, files: Mapping[str, str]) -> None:
+    """Write ``files`` (relative path -> source, dedented) under ``root``: a user's project."""
+    for relative, source in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(source), encoding="utf-8")
+
+
 #: The start of a script that scores with Spark: a local one-core session on 127.0.0.1, quiet,
 #: with ``mlflow.pyfunc``, ``SparkSession`` and ``struct`` imported, as ``spark``.
 LOCAL_SPARK = """import mlflow.pyfunc

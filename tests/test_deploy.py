@@ -33,7 +33,6 @@ import re
 import shutil
 import subprocess
 import sys
-import textwrap
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from helpers import (
     assert_same_predictions,
     run_snippet,
     subprocess_env,
+    write_files,
 )
 from servers import SHOP_CASES, running_server, save_shop
 
@@ -120,10 +120,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
 
     root = tmp_path_factory.mktemp("deploy_bundles")
     source = root / "iris_source"
-    for relative, text in IRIS_SOURCE.items():
-        path = source / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text), encoding="utf-8")
+    write_files(source, IRIS_SOURCE)
     spec = {"tests_dir": str(TESTS_DIR), "cases": IRIS_CASES, "path": str(root / "sklearn")}
     try:
         iris = run_snippet(IRIS_SAVER, cwd=source, args=[json.dumps(spec)], timeout=300)

@@ -30,13 +30,12 @@ import os
 import re
 import shutil
 import subprocess
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REPO_ROOT, run_snippet, subprocess_env
+from helpers import REPO_ROOT, run_snippet, subprocess_env, write_files
 from pythons import (
     CONSTRAINTS,
     Venv,
@@ -138,10 +137,7 @@ def flowers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The five bundles, saved from a package that is deleted afterwards, and their answers."""
     root = tmp_path_factory.mktemp("flowers")
     source = root / "source"
-    for relative, text in FLOWERS_SOURCE.items():
-        path = source / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text), encoding="utf-8")
+    write_files(source, FLOWERS_SOURCE)
     spec = {
         "functions": FUNCTIONS,
         "cases": CASES,

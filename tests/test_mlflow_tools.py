@@ -19,14 +19,20 @@ import random
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from conftest import UserModules
-from helpers import REPO_ROOT, assert_same_predictions, outcome, run_snippet, sqlite_uri
+from helpers import (
+    REPO_ROOT,
+    assert_same_predictions,
+    outcome,
+    run_snippet,
+    sqlite_uri,
+    write_files,
+)
 from servers import server_env
 
 import cloudflow
@@ -169,9 +175,7 @@ def tools(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The iris project logged once per entry of :data:`BUNDLES`, its source deleted."""
     root = tmp_path_factory.mktemp("mlflow_tools")
     source, store = root / "source", root / "store"
-    for rel, text in IRIS_SOURCE.items():
-        (source / rel).parent.mkdir(parents=True, exist_ok=True)
-        (source / rel).write_text(textwrap.dedent(text), encoding="utf-8")
+    write_files(source, IRIS_SOURCE)
     key = root / "keys" / "release.pem"
     key.parent.mkdir()
     public = _signing.generate_key_pair(key)

@@ -45,6 +45,7 @@ from helpers import (
     requirement_names,
     run_snippet,
     subprocess_env,
+    write_files,
 )
 
 import cloudflow
@@ -198,13 +199,6 @@ def load_spec(saved: Mapping[str, Any], **extra: Any) -> str:
         if saved.get(f"save:{variant}", {}).get("ok")
     }
     return json.dumps({"bundles": bundles, "cases": cases, **extra})
-
-
-def write_files(root: Path, files: Mapping[str, str]) -> None:
-    for relative, source in files.items():
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(source), encoding="utf-8")
 
 
 def run_project(name: str, pipeline: Pipeline, root: Path) -> RealProject:
