@@ -15,6 +15,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,25 @@ def write_bundle(
     the parent folders it created. ``staged``: ``path`` is a staging folder the caller moves
     into place, so the log line naming where the bundle is is the caller's.
     """
-    signature = _signature.resolve_signature(signature, predict_fn, models, input_example)
-    interpreters = _portable.resolve_versions(python_versions)
+    save = _Save(
+        predict_fn=predict_fn,
+        models=models,
+        pip_requirements=pip_requirements,
+        extra_pip_requirements=extra_pip_requirements,
+        metadata=dict(metadata or {}),
+        include_modules=include_modules,
+        exclude_modules=exclude_modules,
+        strip_docstrings=strip_docstrings,
+        signature=_signature.resolve_signature(signature, predict_fn, models, input_example),
+        input_example=input_example,
+        mlflow_model=mlflow_model,
+        signing_key=signing_key,
+        verify=verify,
+        interpreters=_portable.resolve_versions(python_versions),
+        data_files=data_files or {},
+        model_metadata=dict(model_metadata or {}),
+        runtime_package=runtime_package,
+    )
     if path.exists():
         raise BundleArgumentError(
             f"Path {str(path)!r} already exists. Give a new folder, or delete the old bundle first."
@@ -69,27 +87,7 @@ def write_bundle(
     path.parent.mkdir(parents=True, exist_ok=True)
     with _removed_on_failure(created), contextlib.ExitStack() as stack:
         files = _blobs.current() or stack.enter_context(_blobs.saving(None))
-        manifest = _write_and_publish(
-            path,
-            predict_fn,
-            models,
-            files,
-            pip_requirements=pip_requirements,
-            extra_pip_requirements=extra_pip_requirements,
-            metadata=metadata,
-            include_modules=include_modules,
-            exclude_modules=exclude_modules,
-            strip_docstrings=strip_docstrings,
-            signature=signature,
-            input_example=input_example,
-            mlflow_model=mlflow_model,
-            signing_key=signing_key,
-            verify=verify,
-            interpreters=interpreters,
-            data_files=data_files or {},
-            model_metadata=dict(model_metadata or {}),
-            runtime_package=runtime_package,
-        )
+        manifest = _write_and_publish(path, save, files)
     total = sum(entry["size"] for entry in manifest.files.values())
     _logger.log(
         logging.DEBUG if staged else logging.INFO,
@@ -100,6 +98,29 @@ def write_bundle(
         files.linked_bytes / 1e6,
     )
     return manifest
+
+
+@dataclass(frozen=True)
+class _Save:
+    """What one save writes, its arguments resolved (see :func:`write_bundle`)."""
+
+    predict_fn: Callable[..., Any]
+    models: Mapping[str, object]
+    pip_requirements: Iterable[str] | None
+    extra_pip_requirements: Iterable[str] | None
+    metadata: dict[str, Any]
+    include_modules: Iterable[str]
+    exclude_modules: Iterable[str]
+    strip_docstrings: bool
+    signature: Any
+    input_example: Any
+    mlflow_model: Any
+    signing_key: Any
+    verify: bool
+    interpreters: Mapping[str, str]
+    data_files: Mapping[str, Path]
+    model_metadata: dict[str, dict[str, Any]]
+    runtime_package: str | None
 
 
 @contextlib.contextmanager
@@ -116,28 +137,7 @@ def _removed_on_failure(folders: list[Path]) -> Iterator[None]:
         raise
 
 
-def _write_and_publish(
-    path: Path,
-    predict_fn: Callable[..., Any],
-    models: Mapping[str, object],
-    files: _blobs.SaveFiles,
-    *,
-    pip_requirements: Iterable[str] | None,
-    extra_pip_requirements: Iterable[str] | None,
-    metadata: Mapping[str, Any] | None,
-    include_modules: Iterable[str],
-    exclude_modules: Iterable[str],
-    strip_docstrings: bool,
-    signature: Any,
-    input_example: Any,
-    mlflow_model: Any,
-    signing_key: Any,
-    verify: bool,
-    interpreters: Mapping[str, str],
-    data_files: Mapping[str, Path],
-    model_metadata: dict[str, dict[str, Any]],
-    runtime_package: str | None,
-) -> Manifest:
+def _write_and_publish(path: Path, save: _Save, files: _blobs.SaveFiles) -> Manifest:
     """Write the bundle into a private staging folder beside ``path``, then publish it there."""
     # transitional: cloudflow._staging (staging_dir_for, publish), cloudflow.capture.requirements
     from cloudflow._bundle import _write_mlmodel, publish, staging_dir_for
@@ -146,34 +146,21 @@ def _write_and_publish(
     staging = private.path / _staging.BUNDLE
     try:
         staging.mkdir()
-        with _progress.Steps("Saving bundle", total=len(models) + 1):
-            manifest = _write_into(
-                staging,
-                predict_fn,
-                models,
-                metadata=dict(metadata or {}),
-                include_modules=include_modules,
-                exclude_modules=exclude_modules,
-                strip_docstrings=strip_docstrings,
-                files=files,
-                interpreters=interpreters,
-                data_files=data_files,
-                model_metadata=model_metadata,
-                runtime_package=runtime_package,
-            )
+        with _progress.Steps("Saving bundle", total=len(save.models) + 1):
+            manifest = _write_into(staging, save, files)
         _write_mlmodel(
             staging,
             manifest,
-            mlflow_model,
-            pip_requirements,
-            extra_pip_requirements,
-            signature,
-            input_example,
-            runtime_package,
+            save.mlflow_model,
+            save.pip_requirements,
+            save.extra_pip_requirements,
+            save.signature,
+            save.input_example,
+            save.runtime_package,
         )
-        manifest = _manifest.seal(staging, manifest, signing_key)
-        if verify:
-            _check_in_clean_process(staging, manifest, input_example)
+        manifest = _manifest.seal(staging, manifest, save.signing_key)
+        if save.verify:
+            _check_in_clean_process(staging, manifest, save.input_example)
         publish(private, staging, path)
     except BaseException as e:
         private.close()
@@ -211,21 +198,7 @@ def out_of_space(error: BaseException) -> OSError | None:
     return None
 
 
-def _write_into(
-    root: Path,
-    predict_fn: Callable[..., Any],
-    models: Mapping[str, object],
-    *,
-    metadata: dict[str, Any],
-    include_modules: Iterable[str],
-    exclude_modules: Iterable[str],
-    strip_docstrings: bool,
-    files: _blobs.SaveFiles,
-    interpreters: Mapping[str, str],
-    data_files: Mapping[str, Path],
-    model_metadata: dict[str, dict[str, Any]],
-    runtime_package: str | None,
-) -> Manifest:
+def _write_into(root: Path, save: _Save, files: _blobs.SaveFiles) -> Manifest:
     """Write the bundle's ``cloudflow`` data folder into ``root``: data files, models, code,
     the cloudflow wheel, and the manifest that lists them."""
     # transitional: cloudflow.capture.requirements
@@ -234,30 +207,29 @@ def _write_into(
     data = root / DATA_DIR
     (data / MODELS_DIR).mkdir(parents=True)
     session = CaptureSession(
-        include=include_modules,
-        exclude=exclude_modules,
-        models=models,
-        strip_docstrings=strip_docstrings,
-        python_versions=interpreters,
+        include=save.include_modules,
+        exclude=save.exclude_modules,
+        models=save.models,
+        strip_docstrings=save.strip_docstrings,
+        python_versions=save.interpreters,
     )
-    if data_files:
-        _copy_data_files(session, data, data_files)
-    entries, packages = _save_models(session, data, models)
-    python_versions = _write_code(session, predict_fn, root)
-    requirements, libraries = _requirements(session, packages, python_versions, runtime_package)
-    if runtime_package is None:
+    if save.data_files:
+        _copy_data_files(session, data, save.data_files)
+    entries, packages = _save_models(session, data, save.models)
+    python_versions = _write_code(session, save.predict_fn, root)
+    requirements, libraries = _requirements(
+        session, packages, python_versions, save.runtime_package
+    )
+    if save.runtime_package is None:
         _write_runtime(data, files)
     manifest = _manifest_of(
         session,
-        predict_fn,
-        models,
+        save,
         entries,
-        metadata=metadata,
         libraries=libraries,
         python_versions=python_versions,
         requirements=requirements,
         files=_share_large_files(data, files),
-        model_metadata=model_metadata,
     )
     (data / _manifest.MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
     return manifest
@@ -326,20 +298,18 @@ def _write_code(session: CaptureSession, predict_fn: Callable[..., Any], root: P
 
 def _manifest_of(
     session: CaptureSession,
-    predict_fn: Callable[..., Any],
-    models: Mapping[str, object],
+    save: _Save,
     entries: dict[str, ModelEntry],
     *,
-    metadata: dict[str, Any],
     libraries: dict[str, str],
     python_versions: list[str],
     requirements: list[str],
     files: dict[str, dict[str, Any]],
-    model_metadata: dict[str, dict[str, Any]],
 ) -> Manifest:
     """The manifest of what was written (``files``: the entries of every file, with digests)."""
     from cloudflow.flavors import flavor_sources, walk
 
+    predict_fn = save.predict_fn
     signature, names, _ = parameters_of(predict_fn)
     return Manifest(
         format_version=_manifest.FORMAT_VERSION,
@@ -351,7 +321,7 @@ def _manifest_of(
             "module": getattr(predict_fn, "__module__", None),
             "signature": str(signature),
             "parameters": names,
-            "inputs": [n for n in names if n not in models],
+            "inputs": [n for n in names if n not in save.models],
         },
         models=entries,
         captured_modules=sorted(session.captured),
@@ -359,13 +329,13 @@ def _manifest_of(
         python_versions=python_versions,
         requirements=requirements,
         files=files,
-        metadata=metadata,
+        metadata=save.metadata,
         data_files=session.files.manifest_entry(session.captured) if session.files else {},
         flavors=flavor_sources(
             name for entry in entries.values() for name, _ in walk(entry.flavor, entry.info)
         ),
         provenance=_provenance_of(session.captured),
-        model_metadata=model_metadata,
+        model_metadata=save.model_metadata,
     )
 
 
