@@ -518,15 +518,14 @@ def test_update_pip_requirements_stops_on_a_default_bundle_and_changes_nothing(
     from mlflow.models.model import update_model_requirements
     from packaging.requirements import InvalidRequirement
 
-    user_modules.write(IRIS_SOURCE)
-    from irisapp.predict import predict
-    from sklearn.datasets import load_iris
-    from sklearn.linear_model import LogisticRegression
+    user_modules.write(
+        {"tableapp.py": "def predict(table, keys: list):\n    return [table[k] for k in keys]\n"}
+    )
+    from tableapp import predict
 
-    X, y = load_iris(return_X_y=True)
     bundle = tmp_path / "bundle"
-    clf = LogisticRegression(max_iter=500).fit(X, y)
-    cloudflow.save_bundle(predict, {"clf": clf}, bundle, verify=False, runtime_package="")
+    table = {"a": 1, "b": 2}
+    cloudflow.save_bundle(predict, {"table": table}, bundle, verify=False, runtime_package="")
     files = ("requirements.txt", "conda.yaml", "python_env.yaml")
     saved = {name: (bundle / name).read_bytes() for name in files}
     assert b"\n--find-links cloudflow/runtime/" in saved["requirements.txt"]
@@ -536,7 +535,7 @@ def test_update_pip_requirements_stops_on_a_default_bundle_and_changes_nothing(
     assert {name: (bundle / name).read_bytes() for name in files} == saved
     user_modules.forget()
     caplog.set_level(logging.WARNING, logger="cloudflow")
-    assert cloudflow.load_bundle(bundle).predict(**CASES[0]) == ["setosa"]
+    assert cloudflow.load_bundle(bundle).predict(keys=["b", "a"]) == [2, 1]
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
