@@ -45,7 +45,7 @@ APP = """
 """
 
 #: Whatever calls these hooks lives as long as the process: one hook, switched by a variable.
-_OPENS: list[tuple[str, int]] | None = None
+_OPENS: list[tuple[str, bool]] | None = None
 _HOOKED = False
 
 
@@ -62,7 +62,7 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
 
 
 @pytest.fixture
-def opens() -> Iterator[list[tuple[str, int]]]:
+def opens() -> Iterator[list[tuple[str, bool]]]:
     """Every file opened while the fixture is active: (path, opened for writing)."""
     global _OPENS, _HOOKED
     if not _HOOKED:
@@ -95,13 +95,13 @@ def _models(app: Any) -> dict[str, object]:
 def _in_bundle(path: str) -> str | None:
     """The bundle-relative name of a file opened inside a staging folder, if it is one."""
     marker = "/bundle/"
-    if ".cloudflow-" not in path and "/proc/" not in path or marker not in path:
+    if (".cloudflow-" not in path and "/proc/" not in path) or marker not in path:
         return None
     return path.split(marker, 1)[1]
 
 
 def test_the_seal_reads_back_none_of_the_files_cloudflow_wrote(
-    app: Any, opens: list[tuple[str, int]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    app: Any, opens: list[tuple[str, bool]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Flushing to the disk opens every file (it reads none): off, so that every open counted is
     # one that could read.
