@@ -48,7 +48,7 @@ from typing import Any, BinaryIO
 import cloudpickle
 from cloudpickle import cloudpickle as _cp
 
-from cloudflow import _capture, _portable
+from cloudflow import _capture, _digests, _portable
 from cloudflow.exceptions import (
     CaptureError,
     EnvironmentMismatchError,
@@ -1197,7 +1197,7 @@ class CaptureSession:
 
     def dump_code(self, predict_fn: Callable[..., Any], path: Path) -> None:
         """Write ``code.pkl``: the predict function, then every captured module, then ``None``."""
-        with open(path, "wb") as f:
+        with _digests.open_hashed(path) as f:  # digested as written: the seal reads nothing back
             self.write_code(predict_fn, f)
 
     def write_code(self, predict_fn: object, f: BinaryIO) -> None:
@@ -1255,7 +1255,7 @@ class CaptureSession:
         persistent_id: Callable[[object], object | None] | None = None,
     ) -> None:
         """Reference-mode pickle of (part of) a model, for a flavor."""
-        with self._lock, open(path, "wb") as f:
+        with self._lock, _digests.open_hashed(path) as f:  # digested as written
             pickler = _BundlePickler(f, self, owner=False, persistent_id=persistent_id)
             self._dump(pickler, obj, f"model file {path.name}")
 

@@ -87,6 +87,7 @@ def write_bundle(
     path.parent.mkdir(parents=True, exist_ok=True)
     with _removed_on_failure(created), contextlib.ExitStack() as stack:
         files = _blobs.current() or stack.enter_context(_blobs.saving(None))
+        stack.enter_context(_digests.recording())  # what it writes, digested as written
         manifest = _write_and_publish(path, save, files)
     total = sum(entry["size"] for entry in manifest.files.values())
     _logger.log(
@@ -291,7 +292,7 @@ def _write_code(session: CaptureSession, predict_fn: Callable[..., Any], root: P
     if session.code_tables is not None:
         tables, python_versions = session.code_tables.build()
         for version, table in tables.items():
-            (data / _portable.table_name(version)).write_bytes(table)
+            _digests.write_hashed(data / _portable.table_name(version), table)
     _progress.advance("code")
     return python_versions
 
