@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _blobs, _cache, _digests, _manifest
+from cloudflow import _blobs, _cache, _digests, _manifest, _mlflow
 from cloudflow._manifest import (
     DATA_DIR,
     MANIFEST_FILE,
@@ -143,11 +143,12 @@ class Area:
         hasher = _digests.new_hasher()
         written = 0
         with _server_errors(self, f"download {digest[:16]}..."):
-            if hasattr(repo, "_host_creds") and hasattr(repo, "_download_file"):
+            credentials = _mlflow.http_artifact_credentials(repo)
+            if credentials is not None:
                 # An http repository (proxied artifacts): stream it, hashing each chunk.
                 from mlflow.utils.rest_utils import augmented_raise_for_status, http_request
 
-                resp = http_request(repo._host_creds, f"/{digest}", "GET", stream=True)
+                resp = http_request(credentials, f"/{digest}", "GET", stream=True)
                 if resp.status_code == 404:
                     raise _gone(self, digest)
                 augmented_raise_for_status(resp)
@@ -171,7 +172,7 @@ class Area:
                     return self.download(repo, digest, Path(scratch) / digest, size)
             # Any other store (S3, GCS, Azure...): MLflow's download, then the hash.
             try:
-                repo._download_file(digest, str(path))
+                _mlflow.download_artifact_file(repo, digest, str(path))
             except Exception as e:
                 if "404" in str(e) or "NoSuchKey" in str(e) or "Not Found" in str(e):
                     raise _gone(self, digest) from e

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cloudflow import _mlflow
 from cloudflow.exceptions import CloudflowError, NotFoundError, StoreError
 
 _logger = logging.getLogger("cloudflow")
@@ -497,9 +498,7 @@ def check_lookup_store() -> None:
     import sys
 
     if "mlflow" in sys.modules:
-        from mlflow.tracking._tracking_service import utils
-
-        explicit = explicit or (uri if utils.is_tracking_uri_set() else None)
+        explicit = explicit or (uri if _mlflow.tracking_uri_is_set() else None)
     if not explicit:
         if (Path.cwd() / DB_FILE).is_file() or (Path.cwd() / "mlruns").is_dir():
             return  # MLflow's default store, which exists here
@@ -737,9 +736,9 @@ def logged_models(client: Any, experiment_id: str, name: str | None = None) -> l
 
 
 def _registry_artifact_uri(client: Any, model_uri: str, identity: dict[str, str]) -> str:
-    from mlflow.store.artifact.utils.models import _parse_model_uri, get_model_name_and_version
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
 
-    parsed = _parse_model_uri(model_uri)
+    parsed = _mlflow.parse_model_uri(model_uri)
     if parsed.model_id is not None and parsed.name is None:
         identity["model_id"] = str(parsed.model_id)
         return str(client.get_logged_model(parsed.model_id).artifact_location)
