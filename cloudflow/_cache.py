@@ -35,7 +35,6 @@ import contextlib
 import errno
 import logging
 import os
-import re
 import shutil
 import stat
 import sys
@@ -46,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _digests
+from cloudflow import _digests, _units
 from cloudflow.exceptions import CacheError, IntegrityError
 
 _logger = logging.getLogger("cloudflow")
@@ -59,8 +58,6 @@ _BUILDING = ".building-"
 _UNUSED_BUNDLE_S = 7 * 24 * 3600
 #: A partial download older than this is left over from a process that died mid-download.
 _STALE_PARTIAL_S = 6 * 3600
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
-_UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
 
 
 def parse_size(text: str, what: str = MAX_SIZE_ENV) -> int:
@@ -69,14 +66,13 @@ def parse_size(text: str, what: str = MAX_SIZE_ENV) -> int:
     Raises:
         CacheError: Not such a size.
     """
-    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
-    unit = match.group(2).upper() if match else ""
-    if match is None or unit not in _UNITS:
+    size = _units.parse_size(text)
+    if size is None:
         raise CacheError(
             f"{what}={text!r} is not a size. Write a number of bytes, or one with a unit: "
-            "500MB, 20GB, 1.5GiB (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)."
+            f"500MB, 20GB, 1.5GiB ({_units.SIZE_UNITS_TEXT})."
         )
-    return int(float(match.group(1)) * _UNITS[unit])
+    return size
 
 
 def max_size() -> int:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _inspect, _manifest, _store
+from cloudflow import _manifest, _store, _units
 from cloudflow.exceptions import CloudflowError, NotFoundError
 
 _STATUS = _store.LOGGED_MODEL_STATUS
@@ -103,7 +103,7 @@ def _bundle_entry(
         "flavors": {str(m): str((e or {}).get("flavor", "?")) for m, e in sorted(models.items())},
         "size_bytes": None
         if unreadable
-        else _inspect.bundle_totals(_dict(files), _dict(checked.get("outer_files")))[1],
+        else _units.bundle_totals(_dict(files), _dict(checked.get("outer_files")))[1],
         "created": _iso(created_ms),
         "registered": registered,
         "artifact_location": location,
@@ -326,10 +326,6 @@ def _from_client(uri: str) -> list[dict[str, Any]]:
     return out
 
 
-def _size(n: int) -> str:
-    return _inspect.human_size(n)
-
-
 def format_text(listing: dict[str, Any]) -> str:
     """The listing as aligned tables, one per experiment."""
     lines: list[str] = []
@@ -348,7 +344,7 @@ def format_text(listing: dict[str, Any]) -> str:
                 created = (b["created"] or "-").replace("T", " ").rstrip("Z")
                 registered = ", ".join(f"{r['name']} v{r['version']}" for r in b["registered"])
                 name = b["name"] if b["status"] == "READY" else f"{b['name']} ({b['status']})"
-                size = "-" if b["size_bytes"] is None else _size(b["size_bytes"])
+                size = "-" if b["size_bytes"] is None else _units.human_size(b["size_bytes"])
                 if b.get("unreadable"):
                     flavors = f"UNREADABLE: {b['unreadable']}"
                 if b.get("shadowed"):

@@ -348,7 +348,7 @@ def test_processes_logging_the_same_model_at_once_share_one_file_each(
 def test_cloudflow_gc_frees_only_files_no_bundle_holds(own_store: dict[str, Any]) -> None:
     from click.testing import CliRunner
 
-    from cloudflow._inspect import human_size
+    from cloudflow._units import human_size
     from cloudflow.cli import main
 
     store, runs = own_store["store"], own_store["runs"]
