@@ -37,16 +37,16 @@ import logging
 import os
 import shutil
 import stat
-import sys
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cloudflow import _digests, _units
 from cloudflow.exceptions import CacheError, IntegrityError
+from cloudflow.store import locks
 
 _logger = logging.getLogger("cloudflow")
 
@@ -112,27 +112,6 @@ def root() -> Path:
     return folder
 
 
-@contextlib.contextmanager
-def _locked(path: Path, shared: bool = False, wait: bool = True) -> Iterator[bool]:
-    """``flock`` on ``path`` for the block; yields False if ``wait`` is off and it is held."""
-    if sys.platform == "win32":  # pragma: no cover - no flock: downloads may repeat, still safe
-        yield True
-        return
-    import fcntl
-
-    with open(path, "a+b") as f:
-        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-        try:
-            fcntl.flock(f.fileno(), mode if wait else mode | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 def is_blob(name: str) -> bool:
     return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
@@ -188,7 +167,7 @@ def fetch(
     if present(final, size) and not check:
         touch(final)
         return final, 0
-    with _locked(folder / "locks" / f"{digest}.lock"):
+    with locks.flock(folder / "locks" / f"{digest}.lock"):
         if (
             check
             and present(final, size)
@@ -308,7 +287,7 @@ def _remove_stale(folder: Path, bundles_unused_for: float | None = None) -> None
             with contextlib.suppress(OSError):
                 if now - lock.stat().st_mtime < bundles_unused_for:
                     continue
-            with _locked(lock, wait=False) as free:
+            with locks.flock(lock, wait=False) as free:
                 if free:
                     _remove_folder(bundles / lock.stem)
                     with contextlib.suppress(OSError):
@@ -337,10 +316,7 @@ class BundleFolder:
         self.path = folder / "bundles" / key
         self._lock_path = folder / "bundles" / f"{key}.lock"
         self._lock: Any = open(self._lock_path, "a+b")  # noqa: SIM115 - held while in use
-        if sys.platform != "win32":
-            import fcntl
-
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_SH)
+        locks.hold(self._lock, shared=True)
         with contextlib.suppress(OSError):
             os.utime(self._lock_path)  # used now: pruning keeps it a week
 

@@ -118,7 +118,7 @@ def _dict(value: Any) -> dict[str, Any]:
 def _local_manifest(location: str) -> dict[str, Any] | str | None:
     """The manifest of the bundle at ``location``; None: no bundle there (or not a local
     folder); a str: a bundle whose manifest cannot be read, and why (listed as such)."""
-    root = _store._local_path(location)
+    root = _store.local_path(location)
     if root is None:
         return None
     from cloudflow._digests import read_regular
@@ -180,7 +180,7 @@ def _from_sqlite(db: Path) -> list[dict[str, Any]]:
             "SELECT name, version, source, storage_location FROM model_versions "
             "ORDER BY name, version"
         ).fetchall()
-    if any(_store._local_path(str(m[2])) is None for m in models):
+    if any(_store.local_path(str(m[2])) is None for m in models):
         raise ValueError("artifacts outside local folders: MLflow's client downloads them")
     by_run: dict[str, list[Any]] = {}
     for model in models:
@@ -269,7 +269,7 @@ def _from_client(uri: str) -> list[dict[str, Any]]:
 
     def manifest_of(location: str) -> dict[str, Any] | str | None:
         local = _local_manifest(location)
-        if local is not None or _store._local_path(location) is not None:
+        if local is not None or _store.local_path(location) is not None:
             return local
         try:
             text = mlflow.artifacts.load_text(f"{location.rstrip('/')}/{_MANIFEST}")

@@ -450,7 +450,7 @@ def gc(tracking_uri: str) -> None:
     client = mlflow.MlflowClient(uri)
     total_files = total_bytes = 0
     for experiment in client.search_experiments(view_type=ViewType.ALL):
-        root = _store._local_path(str(experiment.artifact_location))
+        root = _store.local_path(str(experiment.artifact_location))
         if root is None:
             removed, freed = _remote_gc(client, experiment, uri)
         else:

@@ -94,7 +94,7 @@ def _bundle(store: Path, run_id: str) -> Path:
     uri = _store.resolve_tracking_uri(store)
     location = _store.fast_run_model(uri, run_id, "model")
     assert location is not None
-    path = _store._local_path(location.artifact_location)
+    path = _store.local_path(location.artifact_location)
     assert path is not None
     return path
 
