@@ -5,12 +5,12 @@ A local store shares large files between bundles by hard link (:mod:`cloudflow._
 logged to a tracking server (proxied ``mlflow-artifacts:``, or an artifact store the client
 writes itself, such as S3) does the same through the store:
 
-- **The area.** Each file of the bundle's data folder of :data:`MIN_SIZE` or more is kept once in
-  the experiment's area, ``<experiment artifact location>/.cloudflow-blobs/<BLAKE3 digest>``, and
-  uploaded only when the area holds no file of that name and size yet. The bundle's own folder
-  holds everything else (code, configs, the manifest); the manifest's ``shared`` section lists the
-  files that live in the area, and where the area is. Logging an unchanged model again uploads
-  kilobytes.
+- **The area.** Each file of the bundle's data folder of :data:`AREA_MIN_SIZE` or more is kept
+  once in the experiment's area,
+  ``<experiment artifact location>/.cloudflow-blobs/<BLAKE3 digest>``, and uploaded only when
+  the area holds no file of that name and size yet. The bundle's own folder holds everything
+  else (code, configs, the manifest); the manifest's ``shared`` section lists the files that
+  live in the area, and where the area is. Logging an unchanged model again uploads kilobytes.
 - **Per experiment, not per server,** as in the local store: access rights on an MLflow server
   follow experiments (its auth plugin grants them per experiment), so a file is only ever read
   through an experiment the reader can read; deleting an experiment frees its files; and the
@@ -64,10 +64,11 @@ _logger = logging.getLogger("cloudflow")
 
 AREA_DIR = _blobs.BLOB_DIR
 PENDING_DIR = ".pending"
-#: Files smaller than this travel inside the bundle: a separate upload costs more than it saves.
-#: (Lower than the local store's 1 MB: a shared file costs no request on a repeat log or load,
-#: and a tokenizer's 0.2-0.7 MB files are then not uploaded again.)
-MIN_SIZE = 128 * 1024
+#: Files smaller than this travel inside the bundle, not in the experiment's area: a separate
+#: upload costs more than it saves. (Lower than the local store's 1 MiB,
+#: :data:`cloudflow._blobs.LINK_MIN_SIZE`: a shared file costs no request on a repeat log or
+#: load, and a tokenizer's 0.2-0.7 MB files are then not uploaded again.)
+AREA_MIN_SIZE = 128 * 1024
 #: Parallel uploads and downloads of large files.
 WORKERS = 4
 #: An announcement older than this is left over from a save that died.
@@ -228,7 +229,7 @@ def _server_errors(area: Area, doing: str) -> Any:
 
 def shared_files(manifest: Manifest) -> list[str]:
     """The files of a bundle's data folder that go to the area: the large ones."""
-    return sorted(rel for rel, entry in manifest.files.items() if entry["size"] >= MIN_SIZE)
+    return sorted(rel for rel, entry in manifest.files.items() if entry["size"] >= AREA_MIN_SIZE)
 
 
 def mark_shared(manifest: Manifest, area: Area) -> Manifest:
