@@ -587,7 +587,7 @@ def written_digests(paths: Mapping[str, Path]) -> dict[str, str]:
         ):
             out[rel] = entry.digest
             if (
-                info.st_size >= CACHE_MIN_SIZE
+                info.st_size >= DIGEST_CACHE_MIN_SIZE
                 and info.st_ctime_ns == entry.changed_ns
                 and _settled(info.st_ctime_ns)
             ):
