@@ -152,33 +152,31 @@ def _listing(root: Path) -> dict[str, tuple[int, int]]:
     }
 
 
-@pytest.mark.parametrize(
-    ("option", "pattern"),
-    [
-        ({"include_modules": ["not a module"]}, r"include_modules must list module names"),
-        ({"share_files": "yes"}, r"share_files must be True or False, got 'yes'"),
-        ({"exclude_modules": [3]}, r"exclude_modules must list module names .* 3 is not one"),
-    ],
-)
-def test_a_bad_argument_to_the_seed_save_leaves_nothing_written(
-    store: Path, option: dict[str, Any], pattern: str
-) -> None:
-    # These were checked only inside log_bundle, after the seed save had resumed the run
-    # (which MLflow then ended as FAILED) and switched MLflow's tracking URI.
+#: Bad arguments of the seed save that were checked only inside log_bundle, after the seed save
+#: had resumed the run (which MLflow then ended as FAILED) and switched MLflow's tracking URI.
+LATE_CHECKED = [
+    ({"include_modules": ["not a module"]}, r"include_modules must list module names"),
+    ({"share_files": "yes"}, r"share_files must be True or False, got 'yes'"),
+    ({"exclude_modules": [3]}, r"exclude_modules must list module names .* 3 is not one"),
+]
+
+
+def test_a_bad_argument_to_the_seed_save_leaves_nothing_written(store: Path) -> None:
     experiment_id = cloudflow.prepare_env(str(store), "checks")
     with mlflow.start_run(experiment_id=experiment_id) as run:
         pass
-    mlflow.set_tracking_uri("sqlite:///" + str(store.parent / "elsewhere.db"))
+    elsewhere = "sqlite:///" + str(store.parent / "elsewhere.db")
+    mlflow.set_tracking_uri(elsewhere)
     before = _listing(store)
-
-    with pytest.raises(BundleArgumentError, match=pattern):
-        cloudflow.cloudflow_model().save(
-            str(store), "checks", run.info.run_id, predict, {"scaler": {"k": 3}}, **option
-        )
-
-    assert _listing(store) == before
     client = mlflow.MlflowClient(sqlite_uri(store))
-    assert client.get_run(run.info.run_id).info.status == "FINISHED"
-    assert mlflow.get_tracking_uri() == "sqlite:///" + str(store.parent / "elsewhere.db")
+
+    for option, pattern in LATE_CHECKED:
+        with pytest.raises(BundleArgumentError, match=pattern):
+            cloudflow.cloudflow_model().save(
+                str(store), "checks", run.info.run_id, predict, {"scaler": {"k": 3}}, **option
+            )
+        assert _listing(store) == before, option
+        assert client.get_run(run.info.run_id).info.status == "FINISHED", option
+        assert mlflow.get_tracking_uri() == elsewhere, option
     assert list(client.search_logged_models(experiment_ids=[experiment_id])) == []
     assert not (store.parent / "elsewhere.db").exists()
