@@ -22,13 +22,16 @@ from typing import Any
 from cloudflow import (
     _blobs,
     _checks,
+    _digests,
     _inspect,
     _manifest,
+    _mlflow,
     _model_metadata,
     _names,
     _remote,
     _staging,
     _store,
+    _units,
 )
 from cloudflow._bundle import Bundle, read_bundle, write_bundle
 from cloudflow._manifest import Manifest
@@ -201,7 +204,8 @@ def log_checked(checked: _checks.LogArguments) -> Any:
         MLflow's ``ModelInfo`` of the logged model.
     """
     log = _start(checked)
-    with _blobs.saving(log.blobs):
+    # One record of what this save wrote, digested as written, for both seals.
+    with _blobs.saving(log.blobs), _digests.recording():
         try:
             manifest = _write(checked, log)
             _create_logged_model(checked, log)
@@ -258,7 +262,7 @@ def _start(checked: _checks.LogArguments) -> _Log:
     client = mlflow.MlflowClient()
     experiment = client.get_experiment(run.info.experiment_id)
     location = str(experiment.artifact_location)
-    artifact_root = _store._local_path(location)
+    artifact_root = _store.local_path(location)
     blobs = area = None
     if artifact_root is not None:
         # Large files are shared with the experiment's other bundles (see cloudflow._blobs).
@@ -281,9 +285,7 @@ def _write(checked: _checks.LogArguments, log: _Log) -> Manifest:
 
 
 def _create_logged_model(checked: _checks.LogArguments, log: _Log) -> None:
-    from mlflow.tracking.fluent import _create_logged_model
-
-    log.logged = _create_logged_model(
+    log.logged = _mlflow.create_logged_model(
         name=checked.name,
         source_run_id=log.run_id,
         experiment_id=log.experiment_id,
@@ -301,7 +303,8 @@ def _rewrite_mlmodel(log: _Log) -> Any:
     mlflow_model.run_id = log.run_id
     mlflow_model.artifact_path = log.logged.artifact_location
     mlflow_model.model_id = log.model_id
-    mlflow_model.save(mlmodel)
+    # What Model.save writes, digested as written: the second seal reads none of it back.
+    _digests.write_hashed(mlmodel, mlflow_model.to_yaml().encode("utf-8"))
     return mlflow_model
 
 
@@ -322,7 +325,7 @@ def _seal(checked: _checks.LogArguments, log: _Log, manifest: Manifest) -> Manif
 
 def _publish(log: _Log, manifest: Manifest) -> None:
     """Into a local store by one rename; to a server, the shared files first, or all of it."""
-    destination = _store._local_path(str(log.logged.artifact_location))
+    destination = _store.local_path(str(log.logged.artifact_location))
     if destination is not None:
         destination.parent.mkdir(parents=True, exist_ok=True)
         if destination.is_dir() and not any(destination.iterdir()):
@@ -361,9 +364,7 @@ def _discard_logged_model(log: _Log) -> None:
 def _register(checked: _checks.LogArguments, log: _Log, model_info: Any) -> None:
     if checked.registered_model_name is None:
         return
-    from mlflow.tracking._model_registry.fluent import _register_model
-
-    version = _register_model(
+    version = _mlflow.register_model(
         f"models:/{log.model_id}",
         checked.registered_model_name,
         await_registration_for=checked.await_registration_for,
@@ -377,7 +378,7 @@ def _report(checked: _checks.LogArguments, log: _Log, manifest: Manifest) -> Non
         checked.name,
         log.run_id,
         len(manifest.models),
-        _inspect.human_size(sum(int(f.get("size", 0)) for f in manifest.files.values())),
+        _units.human_size(sum(int(f.get("size", 0)) for f in manifest.files.values())),
         log.logged.artifact_location,
     )
 

@@ -16,10 +16,6 @@ MLFLOW_MODULE = "_mlflow.py"
 #: Private MLflow names still used outside ``_mlflow.py``, file by file. Each has its wrapper in
 #: ``cloudflow._mlflow`` already; this list must become empty once those files call them.
 NOT_YET_SWITCHED: dict[str, set[str]] = {
-    "_api.py": {
-        "mlflow.tracking.fluent._create_logged_model",
-        "mlflow.tracking._model_registry.fluent._register_model",
-    },
     "_bundle.py": {
         "mlflow.models.utils._save_example",
         "mlflow.utils.environment._CONDA_ENV_FILE_NAME",
