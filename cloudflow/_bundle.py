@@ -1,31 +1,26 @@
-"""Transitional: what still lives here until it moves, and the old names of what moved.
+"""Transitional: the old names of what moved, and what still lives here until it moves.
 
-The bundle is written by :mod:`cloudflow.capture.write`, read by :mod:`cloudflow.runtime.read`
-into a :class:`cloudflow.runtime.bundle.Bundle`. Here remain the argument checks of a save,
-the staging folder and its publication (moving to ``_checks`` and ``_staging``), and the
+The bundle is written by :mod:`cloudflow.capture.write` and read by
+:mod:`cloudflow.runtime.read` into a :class:`cloudflow.runtime.bundle.Bundle`. Here remain the
 requirements and MLflow files of a bundle (moving to :mod:`cloudflow.capture.requirements`).
 """
 
 from __future__ import annotations
 
-import inspect
 import io
 import re
-import shutil
 import sys
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _blobs, _capture, _digests, _portable, _runtime, _staging
+from cloudflow import _blobs, _capture, _digests, _portable, _runtime
 from cloudflow._manifest import DATA_DIR, Manifest
 from cloudflow._pickler import CaptureSession
 from cloudflow._version import __version__
 
 # transitional: cloudflow.capture.write
 from cloudflow.capture.write import write_bundle
-from cloudflow.exceptions import BundleArgumentError, ModelKeyError
 
 # transitional: cloudflow.runtime.bundle
 from cloudflow.runtime.bundle import Bundle
@@ -37,12 +32,10 @@ from cloudflow.runtime.read import data_dir_of, read_bundle
 
 __all__ = [
     "Bundle",
-    "check_arguments",
+    "_parameters",
     "data_dir_of",
     "pip_environment",
     "read_bundle",
-    "remove_stale_staging",
-    "staging_dir_for",
     "write_bundle",
 ]
 
@@ -50,124 +43,6 @@ FLAVOR_NAME = "cloudflow"
 LOADER_MODULE = "cloudflow._pyfunc"
 PYFUNC_FLAVOR = "python_function"  # mlflow.pyfunc.FLAVOR_NAME
 _BASE_PACKAGES = ("cloudpickle",)
-
-
-# --- checking arguments (before anything is written) ------------------------------------------
-
-
-def _describe_fn(predict_fn: Callable[..., Any]) -> str:
-    name = getattr(predict_fn, "__qualname__", None) or type(predict_fn).__name__
-    try:
-        return f"{name}{inspect.signature(predict_fn)}"
-    except (TypeError, ValueError):
-        return str(name)
-
-
-#: The longest model name: each model is saved in a folder of that name, and file systems
-#: refuse names over 255 bytes (cloudflow's staging adds to some).
-MODEL_KEY_MAX = 200
-
-
-def check_arguments(predict_fn: object, models: object) -> dict[str, object]:
-    """Validate what a save was given; return the models as a plain dict."""
-    if not callable(predict_fn):
-        raise BundleArgumentError(
-            f"predict_fn must be a function, got {type(predict_fn).__name__} {predict_fn!r}. Pass "
-            "the function itself (predict_fn=my_predict), not the result of calling it."
-        )
-    if inspect.iscoroutinefunction(predict_fn) or inspect.isasyncgenfunction(predict_fn):
-        raise BundleArgumentError(
-            f"predict_fn {getattr(predict_fn, '__qualname__', predict_fn)!r} is an async "
-            "function: MLflow, serving and Spark call predict synchronously, and would get an "
-            "unawaited coroutine. Save a plain function that runs it: def predict(**kw): return "
-            "asyncio.run(apredict(**kw))."
-        )
-    if inspect.isbuiltin(predict_fn) or isinstance(predict_fn, type):
-        kind = "a builtin" if inspect.isbuiltin(predict_fn) else "a class"
-        raise BundleArgumentError(
-            f"predict_fn {predict_fn!r} is {kind}, not a Python function. Wrap it in a function "
-            "of your own that takes the models and the inputs as parameters."
-        )
-    if models is None:
-        models = {}
-    if not isinstance(models, Mapping):
-        raise BundleArgumentError(
-            f"models must be a dict of name -> model, got {type(models).__name__}. Pass e.g. "
-            "models={'sentiment_model': sentiment_model}, the keys being parameter names of "
-            "predict_fn."
-        )
-    bad_keys = [k for k in models if not isinstance(k, str)]
-    if bad_keys:
-        raise BundleArgumentError(
-            f"models keys must be str parameter names of predict_fn; {bad_keys[0]!r} is a "
-            f"{type(bad_keys[0]).__name__}. Use the parameter names as keys."
-        )
-    _, names, has_var_kw = _parameters(predict_fn)
-    for key in models:
-        if not key.isidentifier():
-            raise ModelKeyError(
-                f"Model name {key!r} is not a valid Python identifier, so it cannot be a parameter "
-                f"of {_describe_fn(predict_fn)}. Rename the key."
-            )
-        if len(key.encode("utf-8")) > MODEL_KEY_MAX:
-            raise ModelKeyError(
-                f"Model name {key[:40] + '...'!r} is {len(key)} characters long; each model is "
-                f"saved in a folder named after it, and names may have at most {MODEL_KEY_MAX} "
-                "bytes. Use a shorter key (and parameter name)."
-            )
-        if key not in names and not has_var_kw:
-            raise ModelKeyError(
-                f"Model {key!r} is not a parameter of {_describe_fn(predict_fn)}. Its parameters "
-                f"are {names}. Rename the key or the parameter."
-            )
-    return dict(models)
-
-
-STALE_STAGING_S = 24 * 3600
-
-
-def remove_stale_staging(folder: Path, pattern: str) -> None:
-    """Delete staging folders a killed save left behind, once they are a day old.
-
-    A save in progress touches its staging folder continuously, and none takes a day; what is
-    older belongs to a process that died (SIGKILL, power loss) and was never published.
-    """
-    now = time.time()
-    try:
-        candidates = list(folder.glob(pattern))
-    except OSError:
-        return
-    for candidate in candidates:
-        try:
-            if candidate.is_dir() and now - candidate.stat().st_mtime > STALE_STAGING_S:
-                shutil.rmtree(candidate, ignore_errors=True)
-        except OSError:
-            continue
-
-
-def staging_dir_for(path: Path) -> _staging.PrivateFolder:
-    """A private staging folder beside ``path`` (same file system: publishing is one rename).
-
-    The bundle is written into its :data:`~cloudflow._staging.BUNDLE` folder, reached through
-    the staging folder's descriptor (see :mod:`cloudflow._staging`).
-    """
-    remove_stale_staging(path.parent, f".{path.name}.cloudflow-*.tmp")
-    return _staging.PrivateFolder(path.parent, prefix=f".{path.name}.cloudflow-", suffix=".tmp")
-
-
-def publish(private: _staging.PrivateFolder, staging: Path, path: Path) -> None:
-    """Publish the complete bundle written in ``staging`` at ``path``, durably."""
-    _digests.make_durable(staging)  # then publish: no bundle with unwritten files
-    try:
-        private.publish(staging, path)
-    except OSError as e:
-        if path.exists():  # another save published the same path since the check
-            raise BundleArgumentError(
-                f"Path {str(path)!r} was created by another save while this one ran. Give "
-                "each save its own folder; nothing of this one was kept."
-            ) from e
-        raise
-    _digests.sync_folder(path.parent)
 
 
 # --- requirements and MLflow's files ---------------------------------------------------------

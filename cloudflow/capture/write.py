@@ -140,10 +140,9 @@ def _removed_on_failure(folders: list[Path]) -> Iterator[None]:
 
 def _write_and_publish(path: Path, save: _Save, files: _blobs.SaveFiles) -> Manifest:
     """Write the bundle into a private staging folder beside ``path``, then publish it there."""
-    # transitional: cloudflow._staging (staging_dir_for, publish), cloudflow.capture.requirements
-    from cloudflow._bundle import _write_mlmodel, publish, staging_dir_for
+    from cloudflow._bundle import _write_mlmodel  # transitional: cloudflow.capture.requirements
 
-    private = staging_dir_for(path)
+    private = _staging.beside(path)
     staging = private.path / _staging.BUNDLE
     try:
         staging.mkdir()
@@ -162,7 +161,15 @@ def _write_and_publish(path: Path, save: _Save, files: _blobs.SaveFiles) -> Mani
         manifest = _manifest.seal(staging, manifest, save.signing_key)
         if save.verify:
             _check_in_clean_process(staging, manifest, save.input_example)
-        publish(private, staging, path)
+        try:
+            private.publish(staging, path)  # durable first: no bundle with unwritten files
+        except OSError as e:
+            if path.exists():  # another save published the same path since the check
+                raise BundleArgumentError(
+                    f"Path {str(path)!r} was created by another save while this one ran. Give "
+                    "each save its own folder; nothing of this one was kept."
+                ) from e
+            raise
     except BaseException as e:
         private.close()
         full = out_of_space(e)
