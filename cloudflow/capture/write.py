@@ -24,6 +24,7 @@ from cloudflow._manifest import CODE_FILE, DATA_DIR, MODELS_DIR, Manifest, Model
 from cloudflow._pickler import CaptureSession  # transitional: cloudflow.capture.policy
 from cloudflow._version import __version__
 from cloudflow.capture import files as _files
+from cloudflow.capture.requirements import pinned_requirements, write_mlmodel, write_runtime
 from cloudflow.exceptions import BundleArgumentError, CaptureError, StoreError
 from cloudflow.runtime.bundle import parameters_of
 
@@ -140,15 +141,13 @@ def _removed_on_failure(folders: list[Path]) -> Iterator[None]:
 
 def _write_and_publish(path: Path, save: _Save, files: _blobs.SaveFiles) -> Manifest:
     """Write the bundle into a private staging folder beside ``path``, then publish it there."""
-    from cloudflow._bundle import _write_mlmodel  # transitional: cloudflow.capture.requirements
-
     private = _staging.beside(path)
     staging = private.path / _staging.BUNDLE
     try:
         staging.mkdir()
         with _progress.Steps("Saving bundle", total=len(save.models) + 1):
             manifest = _write_into(staging, save, files)
-        _write_mlmodel(
+        write_mlmodel(
             staging,
             manifest,
             save.mlflow_model,
@@ -209,9 +208,6 @@ def out_of_space(error: BaseException) -> OSError | None:
 def _write_into(root: Path, save: _Save, files: _blobs.SaveFiles) -> Manifest:
     """Write the bundle's ``cloudflow`` data folder into ``root``: data files, models, code,
     the cloudflow wheel, and the manifest that lists them."""
-    # transitional: cloudflow.capture.requirements
-    from cloudflow._bundle import _requirements, _write_runtime
-
     data = root / DATA_DIR
     (data / MODELS_DIR).mkdir(parents=True)
     session = CaptureSession(
@@ -225,11 +221,11 @@ def _write_into(root: Path, save: _Save, files: _blobs.SaveFiles) -> Manifest:
         _copy_data_files(session, data, save.data_files)
     entries, packages = _save_models(session, data, save.models)
     python_versions = _write_code(session, save.predict_fn, root)
-    requirements, libraries = _requirements(
+    requirements, libraries = pinned_requirements(
         session, packages, python_versions, save.runtime_package
     )
     if save.runtime_package is None:
-        _write_runtime(data, files)
+        write_runtime(data, files)
     manifest = _manifest_of(
         session,
         save,
