@@ -65,12 +65,13 @@ import mlflow.pyfunc
 spec = json.loads(sys.argv[1])
 model = mlflow.pyfunc.load_model(spec["bundle"])
 answers = [model.predict(dict(case)) for case in spec["cases"]]
-pickler = sys.modules.get("cloudflow._pickler")
+# Its own names only: a name it hands out lazily (module __getattr__) is not looked up.
+pickler = vars(sys.modules.get("cloudflow._pickler") or sys)
 emit({
     "answers": answers,
     "modules": sorted(n for n in sys.modules if n.startswith("cloudflow")),
     "imported_by": imported_by,
-    "pickler": sorted(n for n in spec["pickler_save_side"] if hasattr(pickler, n)),
+    "pickler": sorted(n for n in spec["pickler_save_side"] if n in pickler),
 })
 """
 
