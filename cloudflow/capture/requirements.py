@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _blobs, _capture, _digests, _portable, _runtime
+from cloudflow import _blobs, _capture, _digests, _mlflow, _portable, _runtime
 from cloudflow._manifest import DATA_DIR, Manifest
 from cloudflow._pickler import CaptureSession  # transitional: cloudflow.capture.policy
 from cloudflow._version import __version__
@@ -83,22 +83,14 @@ def write_mlmodel(
 ) -> None:
     import yaml
     from mlflow.models import Model
-    from mlflow.utils.environment import (
-        _CONDA_ENV_FILE_NAME,
-        _CONSTRAINTS_FILE_NAME,
-        _PYTHON_ENV_FILE_NAME,
-        _REQUIREMENTS_FILE_NAME,
-        _PythonEnv,
-    )
 
+    names = _mlflow.environment_files()
     model = mlflow_model if mlflow_model is not None else Model()
     portable = len(manifest.python_versions) > 1
     if signature is not None:
         model.signature = signature
     if input_example is not None:
-        from mlflow.models.utils import _save_example
-
-        _save_example(model, input_example, str(root))
+        _mlflow.save_example(model, input_example, str(root))
     # mlflow.pyfunc.add_to_model's entry, written without importing mlflow.pyfunc (0.7 s of a
     # process's first save: its agent loaders build pydantic models on import);
     # test_first_save holds the two equal. "config" lists what mlflow.pyfunc.load_model(uri,
@@ -109,7 +101,7 @@ def write_mlmodel(
         loader_module=LOADER_MODULE,
         python_version="{}.{}.{}".format(*sys.version_info[:3]),
         data=DATA_DIR,
-        env={"conda": _CONDA_ENV_FILE_NAME, "virtualenv": _PYTHON_ENV_FILE_NAME},
+        env={"conda": names.conda, "virtualenv": names.python_env},
         config=dict(PYFUNC_CONFIG),
     )
     model.add_flavor(
@@ -138,12 +130,12 @@ def write_mlmodel(
         _runtime.add_docker_conda_location(conda_env)
     # Digested as written (cloudflow._digests.write_hashed): the seal reads none of them back.
     conda_text = yaml.safe_dump(conda_env, default_flow_style=False)
-    _digests.write_hashed(root / _CONDA_ENV_FILE_NAME, conda_text.encode("utf-8"))
+    _digests.write_hashed(root / names.conda, conda_text.encode("utf-8"))
     if constraints:
-        _digests.write_hashed(root / _CONSTRAINTS_FILE_NAME, _lines(constraints))
-    _digests.write_hashed(root / _REQUIREMENTS_FILE_NAME, _lines(pip_reqs))
-    python_env = root / _PYTHON_ENV_FILE_NAME
-    _PythonEnv.current().to_yaml(str(python_env))
+        _digests.write_hashed(root / names.constraints, _lines(constraints))
+    _digests.write_hashed(root / names.requirements, _lines(pip_reqs))
+    python_env = root / names.python_env
+    _mlflow.write_python_env(python_env)
     if portable:
         note = _portable.python_env_note(manifest.python_versions)
         python_env.write_text(note + python_env.read_text(encoding="utf-8"), encoding="utf-8")
@@ -167,34 +159,20 @@ def pip_environment(
 
     With the user's own requirements this is MLflow's ``_process_pip_requirements``, which also
     warns where they disagree with the installed versions. Without them, the requirements are
-    this environment's own pins (:func:`pinned_requirements`), which cannot disagree with it, so the
-    same steps run without that check: it maps every installed distribution's files to import
-    names, about 1 s of a process's first save. ``test_first_save`` holds the two outputs equal.
+    this environment's own pins (:func:`pinned_requirements`), which cannot disagree with it, so
+    the same steps run without that check: it maps every installed distribution's files to
+    import names, about 1 s of a process's first save. ``test_first_save`` holds the two outputs
+    equal.
     """
-    from mlflow.utils import environment as env
-
-    steps = (
-        "_contains_mlflow_requirement",
-        "_generate_mlflow_version_pinning",
-        "_remove_incompatible_requirements",
-        "_lock_requirements",
-        "_mlflow_conda_env",
-    )
     if (
         pip_requirements is not None
         or extra_pip_requirements is not None
-        or not all(hasattr(env, step) for step in steps)
+        or not _mlflow.has_requirement_steps()
     ):
-        return env._process_pip_requirements(
+        return _mlflow.process_pip_requirements(
             list(requirements), pip_requirements, extra_pip_requirements
         )
-    reqs = list(dict.fromkeys(requirements))
-    if not env._contains_mlflow_requirement(reqs):
-        reqs.insert(0, env._generate_mlflow_version_pinning())
-    reqs = env._remove_incompatible_requirements(reqs)
-    reqs = env._lock_requirements(reqs, []) or reqs
-    conda_env = env._mlflow_conda_env(additional_pip_deps=reqs, install_mlflow=False)
-    return conda_env, reqs, []
+    return _mlflow.pinned_environment(requirements)
 
 
 def write_runtime(data: Path, files: _blobs.SaveFiles) -> None:
