@@ -8,6 +8,7 @@ import contextvars
 import errno
 import functools
 import inspect
+import io
 import logging
 import os
 import platform
@@ -259,7 +260,9 @@ def _write_mlmodel(
     )
     if manifest.metadata:
         model.metadata = {**(model.metadata or {}), **manifest.metadata}
-    model.save(str(root / "MLmodel"))
+    mlmodel = io.StringIO()
+    model.to_yaml(mlmodel)  # what Model.save writes, digested as written
+    _digests.write_hashed(root / "MLmodel", mlmodel.getvalue().encode("utf-8"))
     runtime = _runtime.requirement_lines(runtime_package)
     if pip_requirements is not None and not any(_names_cloudflow(r) for r in pip_requirements):
         # The user's list replaces the inferred one, but no bundle loads without cloudflow.
@@ -271,16 +274,21 @@ def _write_mlmodel(
     )
     if runtime_package is None:
         _runtime.add_docker_conda_location(conda_env)
-    with open(root / _CONDA_ENV_FILE_NAME, "w") as f:
-        yaml.safe_dump(conda_env, stream=f, default_flow_style=False)
+    # Digested as written (cloudflow._digests.write_hashed): the seal reads none of them back.
+    conda_text = yaml.safe_dump(conda_env, default_flow_style=False)
+    _digests.write_hashed(root / _CONDA_ENV_FILE_NAME, conda_text.encode("utf-8"))
     if constraints:
-        (root / _CONSTRAINTS_FILE_NAME).write_text("\n".join(constraints) + "\n")
-    (root / _REQUIREMENTS_FILE_NAME).write_text("\n".join(pip_reqs) + "\n")
+        _digests.write_hashed(root / _CONSTRAINTS_FILE_NAME, _lines(constraints))
+    _digests.write_hashed(root / _REQUIREMENTS_FILE_NAME, _lines(pip_reqs))
     python_env = root / _PYTHON_ENV_FILE_NAME
     _PythonEnv.current().to_yaml(str(python_env))
     if portable:
         note = _portable.python_env_note(manifest.python_versions)
         python_env.write_text(note + python_env.read_text(encoding="utf-8"), encoding="utf-8")
+
+
+def _lines(lines: list[str]) -> bytes:
+    return ("\n".join(lines) + "\n").encode("utf-8")
 
 
 def _names_cloudflow(requirement: str) -> bool:
@@ -412,6 +420,7 @@ def write_bundle(
     path.parent.mkdir(parents=True, exist_ok=True)
     with _removed_on_failure(created), contextlib.ExitStack() as stack:
         files = _blobs.current() or stack.enter_context(_blobs.saving(None))
+        stack.enter_context(_digests.recording())  # what it writes, digested as written
         manifest = _write_and_publish(
             path,
             predict_fn,
@@ -593,7 +602,7 @@ def _write_into(
     if session.code_tables is not None:
         tables, python_versions = session.code_tables.build()
         for version, table in tables.items():
-            (data / _portable.table_name(version)).write_bytes(table)
+            _digests.write_hashed(data / _portable.table_name(version), table)
     _progress.advance("code")
     signature, names, _ = _parameters(predict_fn)
     requirements, libraries = _requirements(session, packages, python_versions, runtime_package)
@@ -672,7 +681,7 @@ def _write_runtime(data: Path, files: _blobs.SaveFiles) -> None:
     target = folder / wheel.name
     digest = _digests.digest_bytes(wheel.data)
     if not files.link_existing(digest, len(wheel.data), target, min_size=0):
-        target.write_bytes(wheel.data)
+        _digests.write_hashed(target, wheel.data)
         files.adopt(target, digest, len(wheel.data), min_size=0)
 
 

@@ -17,12 +17,14 @@ is hashed again. File times have a coarse granularity (a kernel tick, a second o
 systems): two writes within one tick can leave the same ``ctime``. So a digest is only remembered
 for a file whose last change is old enough when it is read (:data:`SETTLED_FINE_S`, or
 :data:`SETTLED_S` where timestamps are whole seconds): any later write then gets a later
-``ctime``. A save remembers the digests of the large files it hashes once written (pickles,
-settled); weights get their digest from memory before they are written (see
-:mod:`cloudflow._blobs`), so the first load of a new bundle hashes them once, and later loads
-find them here. Linking a file into another bundle changes its ``ctime`` too: it is hashed once
-more at its next load. On Windows ``st_ctime`` is the creation time, which a write does not
-change, so there is no cache there.
+``ctime``. A save remembers the digests of the large files it wrote (digested as they were
+written, see :func:`written_digests`) that are settled and unchanged since by the time it signs
+(a write within the same tick as the last byte would go unseen: the save's folder is private,
+see :mod:`cloudflow._staging`); weights get their digest from memory before they are written
+(see :mod:`cloudflow._blobs`), so the first load of a new bundle hashes them once, and later
+loads find them here. Linking a file into another bundle changes its ``ctime`` too: it is
+hashed once more at its next load. On Windows ``st_ctime`` is the creation time, which a write
+does not change, so there is no cache there.
 
 The cache lives in the user's own cache folder (``~/.cache/cloudflow/digests``, under
 ``$XDG_CACHE_HOME`` if set, or ``$CLOUDFLOW_CACHE_DIR/digests``); it is ignored if that folder is
@@ -34,8 +36,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import contextvars
 import errno
 import hashlib
+import io
 import mmap
 import os
 import random
@@ -44,7 +48,8 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -431,3 +436,175 @@ def digest_files(
     workers = min(4, len(paths), os.cpu_count() or 1) or 1
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(lambda p: digest_file(p, algorithm=algorithm, folder=folder), paths))
+
+
+# --- files a save writes itself, digested as they are written ---------------------------------
+#
+# A save signs the digests of its files. Those it writes itself (code.pkl, the pickles of its
+# models, code tables, the runtime wheel, copied data files, the environment files) are hashed
+# from the very bytes handed to the file as they go out, never read back from the staging folder
+# before signing. Each is recorded with the identity of the file it went into; the seal takes the
+# digest from this record (:func:`written_digests`). A file whose identity changed since it was
+# written is hashed again, and if its content is no longer what this save wrote, the save fails.
+
+
+@dataclass(frozen=True)
+class Written:
+    """A file this save wrote: the digest and size of the bytes written, and the file's identity
+    (device, inode, size, mtime_ns) just after the last of them."""
+
+    digest: str
+    size: int
+    identity: tuple[int, int, int, int]
+    #: The file's ctime just after the last byte: a digest is cached only while it stays so.
+    changed_ns: int
+
+
+_RECORD: contextvars.ContextVar[dict[str, Written] | None] = contextvars.ContextVar(
+    "cloudflow_written_files", default=None
+)
+
+
+def _file_identity(info: os.stat_result) -> tuple[int, int, int, int]:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[dict[str, Written]]:
+    """Record the files written by :func:`open_hashed`, :func:`write_hashed` and
+    :func:`copy_hashed` in this context (one save); a save inside another shares its record."""
+    record = _RECORD.get()
+    if record is not None:
+        yield record
+        return
+    record = {}
+    token = _RECORD.set(record)
+    try:
+        yield record
+    finally:
+        _RECORD.reset(token)
+
+
+class HashedWriter(io.BufferedWriter):
+    """A file open for writing that hashes every byte written, in order, as it is written.
+
+    On close the digest, the byte count and the file's identity go to the current record (see
+    :func:`recording`); outside a save nothing is recorded.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(io.FileIO(path, "wb"))
+        self._path = os.path.abspath(path)
+        self._hasher = new_hasher()
+        self._size = 0
+        self._failed = False
+
+    def write(self, data: Any) -> int:
+        written = super().write(data)
+        view = memoryview(data).cast("B")
+        self._hasher.update(view[:written] if written != len(view) else view)
+        self._size += written
+        return written
+
+    def __exit__(self, *exc: Any) -> None:
+        self._failed = exc[0] is not None
+        super().__exit__(*exc)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self.flush()
+            info = os.fstat(self.fileno())
+        finally:
+            super().close()
+        record = _RECORD.get()
+        if record is not None and not self._failed:
+            record[self._path] = Written(
+                str(self._hasher.hexdigest()), self._size, _file_identity(info), info.st_ctime_ns
+            )
+
+
+def open_hashed(path: str | os.PathLike[str]) -> HashedWriter:
+    """Open ``path`` for writing like ``open(path, "wb")``, hashing what is written (above)."""
+    return HashedWriter(path)
+
+
+def write_hashed(path: str | os.PathLike[str], data: bytes | memoryview) -> int:
+    """Write ``data`` into ``path`` (created or truncated), digested as written; its size."""
+    with open_hashed(path) as f:
+        f.write(data)
+    return len(data)
+
+
+def copy_hashed(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> int:
+    """Copy the file ``source`` to ``target``, hashing each chunk as it is written; its size.
+
+    The digest is of the bytes written to ``target``, whatever ``source`` does meanwhile.
+    """
+    buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    size = 0
+    with open(source, "rb") as src, open_hashed(target) as dst:
+        while n := src.readinto(buffer):
+            dst.write(view[:n])
+            size += n
+    return size
+
+
+def written_digests(paths: Mapping[str, Path]) -> dict[str, str]:
+    """Digests of the files among ``paths`` (relative name -> path) that this save wrote.
+
+    A file still the one that was written (same device, inode, size and mtime) is not read: its
+    digest is the one computed as it was written. One whose identity changed is hashed again (a
+    save may replace a file it wrote by a link to the store's copy of the same bytes, see
+    :mod:`cloudflow._blobs`); files this save did not write are left out.
+
+    Raises:
+        IntegrityError: A file this save wrote no longer holds what it wrote: something else
+            wrote into the staging folder, which only this process should write.
+    """
+    record = _RECORD.get()
+    out: dict[str, str] = {}
+    if not record:
+        return out
+    cache: list[Path | None] = []
+    for rel, path in paths.items():
+        entry = record.get(os.path.abspath(path))
+        if entry is None:
+            continue
+        try:
+            info = os.lstat(path)
+        except OSError:
+            info = None
+        if (
+            info is not None
+            and stat.S_ISREG(info.st_mode)
+            and _file_identity(info) == entry.identity
+            and info.st_size == entry.size
+        ):
+            out[rel] = entry.digest
+            if (
+                info.st_size >= CACHE_MIN_SIZE
+                and info.st_ctime_ns == entry.changed_ns
+                and _settled(info.st_ctime_ns)
+            ):
+                # Unchanged since it was written, and settled: as a file hashed once settled
+                # would be, it is remembered for the loads that follow (see the module docstring).
+                if not cache:
+                    cache.append(cache_dir())
+                if cache[0] is not None:
+                    _remember(cache[0], info, ALGORITHM, entry.digest)
+            continue
+        try:
+            now = digest_file(path)
+        except (OSError, IntegrityError) as e:
+            now = f"unreadable ({e})"
+        if now != entry.digest:
+            raise IntegrityError(
+                f"The file {rel!r} was changed after this save wrote it (in {str(path)!r}): "
+                "another process with this user's rights writes into the save's private "
+                "staging folder. Nothing was saved. Find what writes there and save again."
+            )
+        out[rel] = entry.digest
+    return out

@@ -31,7 +31,6 @@ import hashlib
 import os
 import pathlib
 import secrets
-import shutil
 import stat
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cloudflow import _digests
 from cloudflow.exceptions import BundleArgumentError, DataFileError
 
 FILES_DIR = "files"
@@ -293,12 +293,10 @@ def _copy(source: Path, target: Path) -> tuple[int, int]:
             for filename in sorted(filenames):
                 if filename.endswith((".py", ".pyc")):
                     continue  # the bundle holds no source
-                shutil.copyfile(os.path.join(dirpath, filename), into / filename)
-                size += (into / filename).stat().st_size
+                size += _digests.copy_hashed(os.path.join(dirpath, filename), into / filename)
                 count += 1
         return size, count
-    shutil.copyfile(source, target)
-    return target.stat().st_size, 1
+    return _digests.copy_hashed(source, target), 1  # digested as copied: never read back
 
 
 def copy_files(data: Path, files: Mapping[str, Path]) -> SavedFiles:

@@ -456,12 +456,14 @@ def _outer_rels(root: Path) -> list[str]:
 
 def outer_digests(root: Path) -> dict[str, dict[str, Any]]:
     """Digest and size of every file of a bundle outside its ``cloudflow`` folder."""
-    rels = _outer_rels(root)
-    paths = [root / rel for rel in rels]
-    digests = _digests.digest_files(paths, use_cache=False)
+    paths = {rel: root / rel for rel in _outer_rels(root)}
+    digests = _digests.written_digests(paths)  # those cloudflow wrote: not read back
+    todo = [rel for rel in paths if rel not in digests]
+    hashed = _digests.digest_files([paths[rel] for rel in todo], use_cache=False)
+    digests.update(zip(todo, hashed, strict=True))
     return {
-        rel: {_digests.ALGORITHM: digest, "size": path.stat().st_size}
-        for rel, path, digest in zip(rels, paths, digests, strict=True)
+        rel: {_digests.ALGORITHM: digests[rel], "size": path.stat().st_size}
+        for rel, path in paths.items()
     }
 
 
@@ -475,10 +477,11 @@ def seal(root: Path, manifest: Manifest, signing_key: Any = None) -> Manifest:
     sealed = dataclasses.replace(
         manifest, outer_files=outer_digests(root), environment=_environment.record(root)
     )
-    (data / MANIFEST_FILE).write_text(sealed.to_json(), encoding="utf-8")
+    raw = sealed.to_json().encode("utf-8")
+    (data / MANIFEST_FILE).write_bytes(raw)
     (data / SIGNATURE_FILE).unlink(missing_ok=True)
     if signing_key is not None:
-        sign(data, signing_key)
+        _signing.sign(data, raw, signing_key)  # the bytes just written, never read back
     return sealed
 
 
@@ -523,13 +526,21 @@ def digest_files(
     """Digest and size of every file of a data folder but the manifest (hashed in parallel).
 
     Args:
-        known: Absolute path -> digest of files whose digest was computed as they were written;
-            they are not hashed again.
+        known: Absolute path -> digest of files whose digest was computed before they were
+            written (weights, from memory) or proven as they were linked; not hashed again.
+            Files written through :func:`cloudflow._digests.open_hashed` and its kin take the
+            digest of the bytes written (:func:`cloudflow._digests.written_digests`), unread.
+    Raises:
+        IntegrityError: A file this save wrote was changed since (see ``written_digests``).
     """
     # Not resolved: a save's folder is reached through its descriptor (cloudflow._staging), and
     # resolving would lead back through parents other users of a store may rename.
     paths = {rel: Path(os.path.abspath(data_dir / rel)) for rel in _walk_files(data_dir)}
     digests = dict(known or {})
+    written = _digests.written_digests(
+        {rel: path for rel, path in paths.items() if path not in digests}
+    )
+    digests.update((paths[rel], digest) for rel, digest in written.items())
     todo = [path for path in paths.values() if path not in digests]
     digests.update(zip(todo, _digests.digest_files(todo), strict=True))
     return {

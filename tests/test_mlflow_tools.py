@@ -509,6 +509,36 @@ def changed(user_modules: UserModules, tmp_path: Path) -> Path:
     return bundle
 
 
+def test_update_pip_requirements_stops_on_a_default_bundle_and_changes_nothing(
+    user_modules: UserModules, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A default bundle names its cloudflow wheel's folder with a ``--find-links`` line, which
+    MLflow's tool reads as a requirement: it stops before writing, and the bundle stays as saved
+    (docs/deploy.md says why the line cannot be anywhere else)."""
+    from mlflow.models.model import update_model_requirements
+    from packaging.requirements import InvalidRequirement
+
+    user_modules.write(
+        {"tableapp.py": "def predict(table, keys: list):\n    return [table[k] for k in keys]\n"}
+    )
+    from tableapp import predict
+
+    bundle = tmp_path / "bundle"
+    table = {"a": 1, "b": 2}
+    cloudflow.save_bundle(predict, {"table": table}, bundle, verify=False, runtime_package="")
+    files = ("requirements.txt", "conda.yaml", "python_env.yaml")
+    saved = {name: (bundle / name).read_bytes() for name in files}
+    assert b"\n--find-links cloudflow/runtime/" in saved["requirements.txt"]
+    for operation in ("add", "remove"):
+        with pytest.raises(InvalidRequirement, match=r"--find-links cloudflow/runtime/"):
+            update_model_requirements(str(bundle), operation, [ADDED])
+    assert {name: (bundle / name).read_bytes() for name in files} == saved
+    user_modules.forget()
+    caplog.set_level(logging.WARNING, logger="cloudflow")
+    assert cloudflow.load_bundle(bundle).predict(keys=["b", "a"]) == [2, 1]
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
 def test_a_changed_environment_warns_once_unsigned_and_is_refused_signed(
     changed: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

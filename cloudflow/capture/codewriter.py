@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 
 from cloudpickle import cloudpickle as _cp
 
-from cloudflow import _blobs
+from cloudflow import _blobs, _digests
 from cloudflow.capture.pickler import BundlePickler, ModuleState, OwnNames, SaveContext
 from cloudflow.capture.policy import ALWAYS_CARRIED, CapturePolicy, carried_names
 from cloudflow.exceptions import CaptureError
@@ -31,7 +31,7 @@ class CodeWriter:
 
     def dump_code(self, predict_fn: Callable[..., Any], path: Path) -> None:
         """Write ``code.pkl``: the predict function, then every captured module, then ``None``."""
-        with open(path, "wb") as f:
+        with _digests.open_hashed(path) as f:  # digested as written: the seal reads nothing back
             self.write_code(predict_fn, f)
 
     def write_code(self, predict_fn: object, f: BinaryIO) -> None:

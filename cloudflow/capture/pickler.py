@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 import cloudpickle
 from cloudpickle import cloudpickle as _cp
 
-from cloudflow import _packages
+from cloudflow import _digests, _packages
 from cloudflow import _pickler as on_disk  # the reconstructors, by the names pickles carry
 from cloudflow.capture import scan
 from cloudflow.capture.policy import CapturePolicy
@@ -404,7 +404,7 @@ class SaveContext:
         persistent_id: Callable[[object], object | None] | None = None,
     ) -> None:
         """Reference-mode pickle of (part of) a model, for a flavor."""
-        with self.policy.lock, open(path, "wb") as f:
+        with self.policy.lock, _digests.open_hashed(path) as f:  # digested as written
             pickler = BundlePickler(f, self.policy, owner=False, persistent_id=persistent_id)
             try:
                 pickler.dump(obj)
