@@ -188,14 +188,8 @@ class CaptureSession(CapturePolicy):
         """The save's shared-weights store, as :class:`SaveContext` gives it to flavors."""
         return _blobs.current()
 
-    def dump(
-        self,
-        obj: object,
-        path: Path,
-        *,
-        persistent_id: Callable[[object], object | None] | None = None,
-    ) -> None:
-        SaveContext(self, self.shared_files).dump(obj, path, persistent_id=persistent_id)
+    def dump(self, obj: object, path: Path, **options: Any) -> None:
+        SaveContext(self, self.shared_files).dump(obj, path, **options)
 
     def dump_code(self, predict_fn: Callable[..., Any], path: Path) -> None:
         self.writer.dump_code(predict_fn, path)

@@ -89,7 +89,7 @@ class CapturePolicy:
             for name, obj in (models or {}).items()
             if not isinstance(obj, _ATOMIC_TYPES)
         }
-        # Held while a pickle of the save is written (flavors may save models in threads).
+        # Held while one of the save's pickles is written: they all record into this policy.
         self.lock = threading.Lock()
         for name in sorted(self.include):
             module = _import_included(name)
