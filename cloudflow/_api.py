@@ -1,205 +1,42 @@
-"""The public verbs: save_bundle, log_bundle, load_bundle (MLflow's names and arguments)."""
+"""The public verbs: save_bundle, log_bundle, load_bundle, export_bundle (MLflow's names).
+
+Each verb checks all it was given first (:mod:`cloudflow._checks`, one call, one order) and then
+runs its steps on the checked arguments. ``log_bundle``'s steps, in order: the run, the staging
+folder (with the store's shared large files), the bundle written into it, the logged model, the
+MLmodel rewritten to name them, the seal (digests and signature), the publishing, and after it
+the run's tags and metrics and the registration.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from cloudflow import (
     _blobs,
+    _checks,
     _digests,
-    _files,
     _inspect,
+    _manifest,
+    _mlflow,
     _model_metadata,
     _names,
     _remote,
-    _runtime,
     _staging,
     _store,
+    _units,
 )
-from cloudflow._bundle import (
-    Bundle,
-    check_arguments,
-    read_bundle,
-    remove_stale_staging,
-    write_bundle,
-)
-from cloudflow._manifest import seal
-from cloudflow._signing import resolve_key, resolve_trust
-from cloudflow.exceptions import BundleArgumentError, StoreError
+from cloudflow._bundle import Bundle, read_bundle, write_bundle
+from cloudflow._manifest import Manifest
 
 _logger = logging.getLogger("cloudflow")
-
-
-def _check_names(names: Iterable[str] | None, what: str) -> tuple[str, ...]:
-    if names is None:
-        return ()
-    if isinstance(names, str):
-        names = [names]
-    out = tuple(names)
-    bad = [
-        n for n in out if not isinstance(n, str) or not all(p.isidentifier() for p in n.split("."))
-    ]
-    if bad:
-        raise BundleArgumentError(
-            f"{what} must list module names such as 'utils' or 'pkg.sub'; {bad[0]!r} is not one."
-        )
-    return out
-
-
-def _check_requirements(value: Iterable[str] | None, what: str) -> list[str] | None:
-    """A list of requirement strings; a str is the path of a requirements file, as in MLflow."""
-    if value is None:
-        return None
-    if isinstance(value, str | os.PathLike):
-        file = Path(os.fspath(value)).expanduser()
-        if file.is_file():
-            return [f"-r {file.resolve()}"]
-        raise BundleArgumentError(
-            f"{what} is {os.fspath(value)!r}, which is not a requirements file. Pass a list of "
-            f"requirement strings, such as [{os.fspath(value)!r}], or the path of an existing "
-            "requirements file."
-        )
-    try:
-        items = list(value)
-    except TypeError:
-        raise BundleArgumentError(
-            f"{what} must be a list of requirement strings such as ['torch==2.3'], got "
-            f"{type(value).__name__}."
-        ) from None
-    bad = [r for r in items if not isinstance(r, str)]
-    if bad:
-        raise BundleArgumentError(
-            f"{what} must hold requirement strings; {bad[0]!r} is a {type(bad[0]).__name__}. "
-            "Write each as a string, such as 'torch==2.3'."
-        )
-    return items
-
-
-#: Characters MLflow refuses in a logged model's name (checked by MLflow only after the bundle
-#: is written), and the longest name that still fits a file name with cloudflow's staging.
-_NAME_FORBIDDEN = ("/", ":", ".", "%", '"', "'", "\\", "\0")
-NAME_MAX = 200
-
-
-def _check_model_name(name: object) -> str:
-    if (
-        not isinstance(name, str)
-        or not name
-        or any(c in name for c in _NAME_FORBIDDEN)
-        or len(name.encode("utf-8")) > NAME_MAX
-    ):
-        shown = name if not isinstance(name, str) or len(name) <= 60 else name[:57] + "..."
-        raise BundleArgumentError(
-            f"name must be a model name of 1 to {NAME_MAX} characters without any of "
-            f"/ : . % \" ' (MLflow's rule), such as 'model' or 'model_v2'; got {shown!r}."
-        )
-    return name
-
-
-def _check_registered_name(name: object) -> str | None:
-    if name is None:
-        return None
-    if not isinstance(name, str) or not name.strip() or "/" in name or ":" in name:
-        raise BundleArgumentError(
-            f"registered_model_name must be a non-empty name without '/' or ':' (MLflow's rule "
-            f"for registered models), such as 'iris-classifier'; got {name!r}. Nothing was "
-            "logged."
-        )
-    return name
-
-
-METADATA_DEPTH = 32
-
-
-def _depth(value: Any, level: int = 0) -> None:
-    if level > METADATA_DEPTH:
-        raise RecursionError
-    if isinstance(value, dict):
-        for item in value.values():
-            _depth(item, level + 1)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            _depth(item, level + 1)
-
-
-def check_json_value(value: Any, where: str) -> None:
-    """A metadata value is plain JSON, nested at most :data:`METADATA_DEPTH` levels.
-
-    ``where`` names it in the message (``metadata['owner']``).
-
-    Raises:
-        BundleArgumentError: It is not, named.
-    """
-    try:
-        json.dumps(value, allow_nan=False)
-        _depth(value)
-    except RecursionError:
-        raise BundleArgumentError(
-            f"{where} is nested deeper than {METADATA_DEPTH} levels. Keep metadata flat: a few "
-            "levels of dicts and lists of plain values."
-        ) from None
-    except (TypeError, ValueError) as e:
-        raise BundleArgumentError(
-            f"{where} is not JSON ({e}). Use str, numbers, bools, None, and lists and dicts of "
-            "them."
-        ) from None
-
-
-def check_path(path: object, what: str = "path") -> Path:
-    """A bundle folder to create: a str or path, whose parents are folders, names not too long.
-
-    Raises:
-        BundleArgumentError: Anything else, named.
-    """
-    if not isinstance(path, str | os.PathLike) or not os.fspath(path):
-        raise BundleArgumentError(
-            f"{what} must be the path of a folder to create (a non-empty str or pathlib.Path), "
-            f"got {path!r}. Pass e.g. {what}='bundles/sentiment'."
-        )
-    target = Path(os.fspath(path)).expanduser().resolve()
-    too_long = [p for p in target.parts if len(os.fsencode(p)) > 255]
-    if too_long:
-        raise BundleArgumentError(
-            f"{what} has a folder name of {len(os.fsencode(too_long[0]))} bytes "
-            f"({too_long[0][:40]!r}...); file systems allow 255. Give a shorter name."
-        )
-    for parent in target.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise BundleArgumentError(
-                    f"{what} {os.fspath(path)!r} is inside {str(parent)!r}, which is a file, not a "
-                    "folder. Give a path whose parents are folders."
-                )
-            break
-    return target
-
-
-def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """Metadata as plain JSON (it goes to MLmodel's YAML and the manifest's JSON)."""
-    if metadata is None:
-        return None
-    if not isinstance(metadata, Mapping):
-        raise BundleArgumentError(
-            f"metadata must be a dict of JSON values, got {type(metadata).__name__}. Pass e.g. "
-            "metadata={'owner': 'team-a', 'version': 3}."
-        )
-    for key, value in metadata.items():
-        if not isinstance(key, str):
-            raise BundleArgumentError(
-                f"metadata keys must be str; {key!r} is a {type(key).__name__}. Use str keys."
-            )
-        check_json_value(value, f"metadata[{key!r}]")
-    return dict(json.loads(json.dumps(dict(metadata))))  # tuples become lists, for YAML
 
 
 @_names.suggest_names("save_bundle", _names.SAVE_BUNDLE)
@@ -283,65 +120,9 @@ def save_bundle(
         >>> cloudflow.save_bundle(predict, {"clf": clf}, "bundle")  # doctest: +SKIP
         >>> cloudflow.load_bundle("bundle").predict(x=[[1.0, 2.0]])  # doctest: +SKIP
     """
-    checked = check_arguments(predict_fn, models)
-    per_model = _model_metadata.check(model_metadata, checked)
-    target = check_path(path)
-    data_files = _files.check_files(files)
-    key = resolve_key(signing_key)
-    runtime = _runtime.check_package(runtime_package)
-    write_bundle(
-        target,
-        predict_fn,
-        checked,
-        pip_requirements=_check_requirements(pip_requirements, "pip_requirements"),
-        extra_pip_requirements=_check_requirements(
-            extra_pip_requirements, "extra_pip_requirements"
-        ),
-        metadata=_check_metadata(metadata),
-        include_modules=_check_names(include_modules, "include_modules"),
-        exclude_modules=_check_names(exclude_modules, "exclude_modules"),
-        strip_docstrings=strip_docstrings,
-        signature=signature,
-        input_example=input_example,
-        signing_key=key,
-        verify=verify,
-        python_versions=python_versions,
-        data_files=data_files,
-        model_metadata=per_model,
-        runtime_package=runtime,
-    )
-
-
-_STAGING_TRIES = 200
-
-
-def _staging_in(parent: Path) -> _staging.PrivateFolder:
-    """A private staging folder inside ``parent``, in a store other processes write to as well.
-
-    Another save that just finished may remove ``parent`` when it is empty: between this save's
-    ``mkdir`` and ``mkdtemp`` (FileNotFoundError), or inside ``mkdir`` itself, after it found the
-    folder present and before it checked that it is a folder (pathlib then raises
-    FileExistsError). Either way: create it again and retry; each try takes microseconds, and
-    under load five in a row were seen to lose that race, so it tries many times. Other users of
-    a team store can rename ``parent``'s entries: the folder is reached through its descriptor
-    (see :mod:`cloudflow._staging`).
-    """
-    _blobs.refuse_link(parent, "staging folder")
-    for attempt in range(_STAGING_TRIES):
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-            if attempt == 0:
-                remove_stale_staging(parent, "tmp*")
-            return _staging.PrivateFolder(parent)
-        except (FileNotFoundError, FileExistsError):
-            continue
-        except StoreError:
-            raise
-        except OSError as e:
-            raise StoreError(
-                f"Cannot write to the artifact folder {str(parent.parent)!r}: {e.strerror}."
-            ) from e
-    raise StoreError(f"Cannot create a staging folder in {str(parent)!r}; try the save again.")
+    # Every parameter by its name: _checks takes the same ones, and checks them in its order.
+    checked, target = _checks.save_arguments(**locals())
+    write_bundle(target, checked.predict_fn, checked.models, **checked.writer_options())
 
 
 @_names.suggest_names("log_bundle", _names.LOG_BUNDLE)
@@ -412,149 +193,194 @@ def log_bundle(
         ...     info = cloudflow.log_bundle(predict, {"clf": clf})
         >>> cloudflow.load_bundle(f"runs:/{run.info.run_id}/model")  # doctest: +SKIP
     """
-    checked = check_arguments(predict_fn, models)
-    data_files = _files.check_files(files)
-    key = resolve_key(signing_key)
-    name = _check_model_name(name)
-    registered_model_name = _check_registered_name(registered_model_name)
-    include = _check_names(include_modules, "include_modules")
-    exclude = _check_names(exclude_modules, "exclude_modules")
-    pip_requirements = _check_requirements(pip_requirements, "pip_requirements")
-    extra_pip_requirements = _check_requirements(extra_pip_requirements, "extra_pip_requirements")
-    metadata = _check_metadata(metadata)
-    per_model = _model_metadata.check(model_metadata, checked)
-    runtime = _runtime.check_package(runtime_package)
-    if not isinstance(share_files, bool):
-        raise BundleArgumentError(
-            f"share_files must be True or False, got {share_files!r}. True (the default) keeps "
-            "large files once per experiment on a tracking server; False uploads them whole."
-        )
+    # Every parameter by its name: _checks takes the same ones, and checks them in its order.
+    return log_checked(_checks.log_arguments(**locals()))
 
+
+def log_checked(checked: _checks.LogArguments) -> Any:
+    """:func:`log_bundle` on arguments :mod:`cloudflow._checks` has checked: its steps.
+
+    Returns:
+        MLflow's ``ModelInfo`` of the logged model.
+    """
+    log = _start(checked)
+    # One record of what this save wrote, digested as written, for both seals.
+    with _blobs.saving(log.blobs), _digests.recording():
+        try:
+            manifest = _write(checked, log)
+            _create_logged_model(checked, log)
+            mlflow_model = _rewrite_mlmodel(log)
+            manifest = _seal(checked, log, manifest)
+            _publish(log, manifest)
+            _finalize(log)
+        except BaseException:
+            _discard_logged_model(log)
+            raise
+        finally:
+            log.private.close()
+    model_info = mlflow_model.get_model_info(log.logged)
+    _inspect.log_metadata_tags(log.client, log.run_id, manifest, checked.name)
+    _model_metadata.log_history_metrics(
+        log.client, log.run_id, manifest.model_metadata, checked.name
+    )
+    _register(checked, log, model_info)
+    _report(checked, log, manifest)
+    return model_info
+
+
+@dataclasses.dataclass
+class _Log:
+    """One :func:`log_checked` call, as its steps fill it in.
+
+    Attributes:
+        private: The private staging folder; ``staged`` the bundle inside it.
+        blobs: The local store's shared large files (None on a tracking server).
+        area: The experiment's shared area on a tracking server, when files are shared there.
+        logged: MLflow's logged model, once created (then finalized).
+    """
+
+    client: Any
+    run_id: str
+    experiment_id: str
+    private: _staging.PrivateFolder
+    staged: Path
+    blobs: Path | None = None
+    area: _remote.Area | None = None
+    logged: Any = None
+
+    @property
+    def model_id(self) -> str:
+        return str(self.logged.model_id)
+
+
+def _start(checked: _checks.LogArguments) -> _Log:
+    """The run (the active one, or a new one, as MLflow's ``log_model`` does) and the staging
+    folder: in a local store inside its artifact folder, so that publishing is one rename."""
     import mlflow
-    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
-    from mlflow.models import Model
-    from mlflow.tracking.fluent import _create_logged_model
 
     run = mlflow.active_run() or mlflow.start_run()
-    run_id = run.info.run_id
     client = mlflow.MlflowClient()
     experiment = client.get_experiment(run.info.experiment_id)
-    artifact_root = _store._local_path(str(experiment.artifact_location))
-    blobs = None
+    location = str(experiment.artifact_location)
+    artifact_root = _store.local_path(location)
+    blobs = area = None
     if artifact_root is not None:
         # Large files are shared with the experiment's other bundles (see cloudflow._blobs).
         blobs = _blobs.blob_folder(artifact_root)
-        private = _staging_in(artifact_root / ".cloudflow-staging")
+        private = _staging.inside(artifact_root / ".cloudflow-staging")
         _blobs.remove_orphans(blobs)
     else:
-        private = _staging.PrivateFolder(Path(tempfile.gettempdir()), prefix="cloudflow-")
-    area = None
-    if artifact_root is None and share_files:
-        area = _remote.Area.of_experiment(
-            str(experiment.artifact_location), _store.current_tracking_uri()
-        )
-    staged = private.path / name
-    model_id = None
-    with _blobs.saving(blobs):
-        try:
-            manifest = write_bundle(
-                staged,
-                predict_fn,
-                checked,
-                pip_requirements=pip_requirements,
-                extra_pip_requirements=extra_pip_requirements,
-                metadata=metadata,
-                include_modules=include,
-                exclude_modules=exclude,
-                strip_docstrings=strip_docstrings,
-                signature=signature,
-                input_example=input_example,
-                signing_key=key,
-                verify=verify,
-                python_versions=python_versions,
-                data_files=data_files,
-                model_metadata=per_model,
-                runtime_package=runtime,
-                staged=True,
-            )
-            logged = _create_logged_model(
-                name=name,
-                source_run_id=run_id,
-                experiment_id=run.info.experiment_id,
-                tags={k: str(v) for k, v in (tags or {}).items()} or None,
-                flavor="cloudflow",
-            )
-            model_id = logged.model_id
-            mlflow_model = Model.load(str(staged / "MLmodel"))
-            mlflow_model.run_id = run_id
-            mlflow_model.artifact_path = logged.artifact_location
-            mlflow_model.model_id = model_id
-            mlflow_model.save(str(staged / "MLmodel"))
-            # MLmodel now names the run and the model: cover its final bytes and where the
-            # bundle is published, then publish.
-            published = {
-                "run_id": run_id,
-                "name": name,
-                "model_id": str(model_id),
-                "experiment_id": str(run.info.experiment_id),
-            }
-            manifest = dataclasses.replace(manifest, published=published)
-            if area is not None:
-                manifest = _remote.mark_shared(manifest, area)
-            manifest = seal(staged, manifest, key)
-            destination = _store._local_path(str(logged.artifact_location))
-            if destination is not None:
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                if destination.is_dir() and not any(destination.iterdir()):
-                    destination.rmdir()
-                _digests.make_durable(staged)  # READY below: every byte on the disk first
-                private.publish(staged, destination)
-                _digests.sync_folder(destination.parent)
-            elif manifest.shared:
-                _remote.publish(
-                    staged, manifest, lambda: client.log_model_artifacts(model_id, str(staged))
-                )
-            else:
-                client.log_model_artifacts(model_id, str(staged))
-            client.log_outputs(run_id=run_id, models=[LoggedModelOutput(model_id, step=0)])
-            logged = client.finalize_logged_model(model_id, LoggedModelStatus.READY)
-        except BaseException:
-            if model_id is not None:
-                # One try, no retries: when the server died mid-upload, MLflow's retries would
-                # add minutes to the error; the model stays PENDING, which loads refuse.
-                try:
-                    with _no_http_retries():
-                        client.delete_logged_model(model_id)
-                except Exception:
-                    _logger.debug("Could not delete the logged model %s", model_id, exc_info=True)
-            raise
-        finally:
-            private.close()
-            if artifact_root is not None:
-                with contextlib.suppress(OSError):  # other saves may be staging there right now
-                    private.name.parent.rmdir()
+        if checked.share_files:
+            area = _remote.Area.of_experiment(location, _store.current_tracking_uri())
+        private = _staging.temporary()
+    staged = private.path / checked.name
+    return _Log(client, run.info.run_id, run.info.experiment_id, private, staged, blobs, area)
 
-    model_info = mlflow_model.get_model_info(logged)
-    _inspect.log_metadata_tags(client, run_id, manifest, name)
-    _model_metadata.log_history_metrics(client, run_id, manifest.model_metadata, name)
-    if registered_model_name is not None:
-        from mlflow.tracking._model_registry.fluent import _register_model
 
-        version = _register_model(
-            f"models:/{model_id}",
-            registered_model_name,
-            await_registration_for=await_registration_for,
+def _write(checked: _checks.LogArguments, log: _Log) -> Manifest:
+    save = checked.save
+    return write_bundle(
+        log.staged, save.predict_fn, save.models, **save.writer_options(), staged=True
+    )
+
+
+def _create_logged_model(checked: _checks.LogArguments, log: _Log) -> None:
+    log.logged = _mlflow.create_logged_model(
+        name=checked.name,
+        source_run_id=log.run_id,
+        experiment_id=log.experiment_id,
+        tags={k: str(v) for k, v in (checked.tags or {}).items()} or None,
+        flavor="cloudflow",
+    )
+
+
+def _rewrite_mlmodel(log: _Log) -> Any:
+    """MLmodel names the run and the logged model, as MLflow's own ``log_model`` writes it."""
+    from mlflow.models import Model
+
+    mlmodel = str(log.staged / "MLmodel")
+    mlflow_model = Model.load(mlmodel)
+    mlflow_model.run_id = log.run_id
+    mlflow_model.artifact_path = log.logged.artifact_location
+    mlflow_model.model_id = log.model_id
+    # What Model.save writes, digested as written: the second seal reads none of it back.
+    _digests.write_hashed(mlmodel, mlflow_model.to_yaml().encode("utf-8"))
+    return mlflow_model
+
+
+def _seal(checked: _checks.LogArguments, log: _Log, manifest: Manifest) -> Manifest:
+    """Seal again: MLmodel now names the run and the model; cover its final bytes and where
+    the bundle is published."""
+    published = {
+        "run_id": log.run_id,
+        "name": checked.name,
+        "model_id": log.model_id,
+        "experiment_id": str(log.experiment_id),
+    }
+    manifest = dataclasses.replace(manifest, published=published)
+    if log.area is not None:
+        manifest = _remote.mark_shared(manifest, log.area)
+    return _manifest.seal(log.staged, manifest, checked.save.signer)
+
+
+def _publish(log: _Log, manifest: Manifest) -> None:
+    """Into a local store by one rename; to a server, the shared files first, or all of it."""
+    destination = _store.local_path(str(log.logged.artifact_location))
+    if destination is not None:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if destination.is_dir() and not any(destination.iterdir()):
+            destination.rmdir()
+        log.private.publish(log.staged, destination)  # READY below: every byte on the disk
+    elif manifest.shared:
+        _remote.publish(
+            log.staged,
+            manifest,
+            lambda: log.client.log_model_artifacts(log.model_id, str(log.staged)),
         )
-        model_info.registered_model_version = version.version
+    else:
+        log.client.log_model_artifacts(log.model_id, str(log.staged))
+
+
+def _finalize(log: _Log) -> None:
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
+    log.client.log_outputs(run_id=log.run_id, models=[LoggedModelOutput(log.model_id, step=0)])
+    log.logged = log.client.finalize_logged_model(log.model_id, LoggedModelStatus.READY)
+
+
+def _discard_logged_model(log: _Log) -> None:
+    """Delete the logged model of a failed log, if it was created."""
+    if log.logged is None:
+        return
+    # One try, no retries: when the server died mid-upload, MLflow's retries would add
+    # minutes to the error; the model stays PENDING, which loads refuse.
+    try:
+        with _no_http_retries():
+            log.client.delete_logged_model(log.model_id)
+    except Exception:
+        _logger.debug("Could not delete the logged model %s", log.model_id, exc_info=True)
+
+
+def _register(checked: _checks.LogArguments, log: _Log, model_info: Any) -> None:
+    if checked.registered_model_name is None:
+        return
+    version = _mlflow.register_model(
+        f"models:/{log.model_id}",
+        checked.registered_model_name,
+        await_registration_for=checked.await_registration_for,
+    )
+    model_info.registered_model_version = version.version
+
+
+def _report(checked: _checks.LogArguments, log: _Log, manifest: Manifest) -> None:
     _logger.info(
         "Logged bundle %r to run %s (%d models, %s): %s",
-        name,
-        run_id,
+        checked.name,
+        log.run_id,
         len(manifest.models),
-        _inspect.human_size(sum(int(f.get("size", 0)) for f in manifest.files.values())),
-        logged.artifact_location,
+        _units.human_size(sum(int(f.get("size", 0)) for f in manifest.files.values())),
+        log.logged.artifact_location,
     )
-    return model_info
 
 
 @_names.suggest_names("load_bundle", _names.LOAD_BUNDLE)
@@ -608,29 +434,29 @@ def load_bundle(
             signed while a key is configured.
         EnvironmentMismatchError: The bundle was saved under another Python minor version.
     """
-    if not isinstance(model_uri, str | os.PathLike):
-        raise BundleArgumentError(
-            f"model_uri must be a str or path, got {type(model_uri).__name__}. Pass e.g. "
-            "'runs:/<run_id>/model' or a local folder."
-        )
-    trust = resolve_trust(signing_key, trusted_keys)
+    checked = _checks.load_arguments(model_uri, signing_key, trusted_keys)
+    return load_checked(
+        checked,
+        verify=verify,
+        allow_python_mismatch=allow_python_mismatch,
+        device=device,
+        dtype=dtype,
+        lazy=lazy,
+    )
+
+
+def load_checked(checked: _checks.LoadArguments, **options: Any) -> Bundle:
+    """:func:`load_bundle` on a checked ``model_uri`` and trust; ``options`` are its others."""
     # A bundle downloaded from a server is deleted once nothing reads it (its weights stay
     # mapped): after the weights hashed in the background are checked, or with the Bundle when
     # its models load lazily or its code reads data files.
     identity: dict[str, str] = {}
-    with _store.bundle_dir(model_uri, keep=True, identity=identity) as (
+    with _store.bundle_dir(checked.model_uri, keep=True, identity=identity) as (
         folder,
         temporary,
     ):
         bundle = read_bundle(
-            folder,
-            verify=verify,
-            allow_python_mismatch=allow_python_mismatch,
-            signing_key=trust,
-            expected_identity=identity,
-            device=device,
-            dtype=dtype,
-            lazy=lazy,
+            folder, signing_key=checked.trust, expected_identity=identity, **options
         )
         if temporary:
             bundle.release_when_unread(functools.partial(_store.discard_download, folder))
@@ -669,22 +495,15 @@ def export_bundle(model_uri: str | os.PathLike[str], destination: str | os.PathL
         NotFoundError: The run, model or path does not exist.
         IntegrityError: A file does not match the manifest.
     """
-    from cloudflow import _manifest
-
-    target = check_path(destination, "destination")
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise BundleArgumentError(
-            f"destination {os.fspath(destination)!r} already exists and is not an empty folder. "
-            "Give a new folder for the copy, or remove that one first."
-        )
+    source, target = _checks.export_arguments(model_uri, destination)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        with _store.bundle_dir(model_uri) as (folder, _):
+        with _store.bundle_dir(source.model_uri) as (folder, _):
             data = _manifest.DATA_DIR
             # Under a configured key the signature is checked before anything is fetched.
-            manifest = _manifest.read_manifest(folder / data, signing_key=resolve_trust(None, None))
+            manifest = _manifest.read_manifest(folder / data, signing_key=source.trust)
             _remote.export(folder / data, manifest, partial)
         _manifest.verify_files(partial / data, manifest, use_cache=False, preload=False)
         with contextlib.suppress(FileNotFoundError):
@@ -692,5 +511,5 @@ def export_bundle(model_uri: str | os.PathLike[str], destination: str | os.PathL
         os.rename(partial, target)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
-    _logger.info("Exported %s to %s", os.fspath(model_uri), target)
+    _logger.info("Exported %s to %s", os.fspath(source.model_uri), target)
     return target

@@ -43,14 +43,22 @@ from cloudflow.exceptions import StoreError
 _logger = logging.getLogger("cloudflow")
 
 BLOB_DIR = ".cloudflow-blobs"
-#: Files smaller than this are always written: a link saves less than it costs.
-MIN_SIZE = 1024 * 1024
+#: Files smaller than this are always written into the bundle, never linked to the store's
+#: shared copy: a link saves less than it costs. (Not the remote area's threshold,
+#: :data:`cloudflow._remote.AREA_MIN_SIZE`, nor the digest cache's.)
+LINK_MIN_SIZE = 1024 * 1024
+#: transitional: cloudflow._blobs.LINK_MIN_SIZE (cloudflow._bundle still names it so)
+MIN_SIZE = LINK_MIN_SIZE
 _READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
 
 
 @dataclass
-class SaveFiles:
-    """The files of one save whose digests are known, and the blob folder they may share."""
+class SharedFileLinks:
+    """One save's links to the store's shared files: the files of the save whose digests are
+    known, the blob folder they may share, and the blobs the save entered.
+
+    Not :class:`cloudflow._files.SavedFiles` (the user's data files a bundle carries).
+    """
 
     blobs: Path | None
     #: Absolute path of a file of the bundle -> its digest, computed while it was written.
@@ -66,7 +74,7 @@ class SaveFiles:
         return self.blobs / digest
 
     def link_existing(
-        self, digest: str, size: int, target: Path, *, min_size: int = MIN_SIZE
+        self, digest: str, size: int, target: Path, *, min_size: int = LINK_MIN_SIZE
     ) -> bool:
         """Make ``target`` (not yet existing) a link to the store's copy of this content.
 
@@ -83,7 +91,7 @@ class SaveFiles:
         self.linked_bytes += size
         return True
 
-    def adopt(self, path: Path, digest: str, size: int, *, min_size: int = MIN_SIZE) -> None:
+    def adopt(self, path: Path, digest: str, size: int, *, min_size: int = LINK_MIN_SIZE) -> None:
         """Share a file this save wrote: enter it as a blob, or swap it for the existing one."""
         self.known[Path(os.path.abspath(path))] = digest
         blob = self._blob(digest)
@@ -171,20 +179,23 @@ def _link_blob(blob: Path, size: int, target: Path, digest: str) -> None:
         raise
 
 
-_CURRENT: contextvars.ContextVar[SaveFiles | None] = contextvars.ContextVar(
+#: transitional: cloudflow._blobs.SharedFileLinks (cloudflow._bundle still names it so)
+SaveFiles = SharedFileLinks
+
+_CURRENT: contextvars.ContextVar[SharedFileLinks | None] = contextvars.ContextVar(
     "cloudflow_save_files", default=None
 )
 
 
-def current() -> SaveFiles | None:
+def current() -> SharedFileLinks | None:
     """The files of the save in progress in this thread, if any."""
     return _CURRENT.get()
 
 
 @contextlib.contextmanager
-def saving(blobs: Path | None) -> Iterator[SaveFiles]:
+def saving(blobs: Path | None) -> Iterator[SharedFileLinks]:
     """Track the files of one save; share large ones through ``blobs`` (None: do not share)."""
-    files = SaveFiles(blobs)
+    files = SharedFileLinks(blobs)
     token = _CURRENT.set(files)
     try:
         yield files

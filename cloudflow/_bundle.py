@@ -13,7 +13,6 @@ import logging
 import os
 import platform
 import re
-import shutil
 import stat
 import sys
 import threading
@@ -79,19 +78,6 @@ def _parameters(predict_fn: Callable[..., Any]) -> tuple[inspect.Signature, list
     return signature, names, has_var_kw
 
 
-def _describe_fn(predict_fn: Callable[..., Any]) -> str:
-    name = getattr(predict_fn, "__qualname__", None) or type(predict_fn).__name__
-    try:
-        return f"{name}{inspect.signature(predict_fn)}"
-    except (TypeError, ValueError):
-        return str(name)
-
-
-#: The longest model name: each model is saved in a folder of that name, and file systems
-#: refuse names over 255 bytes (cloudflow's staging adds to some).
-MODEL_KEY_MAX = 200
-
-
 @contextlib.contextmanager
 def _removed_on_failure(folders: list[Path]) -> Iterator[None]:
     """Remove the folders a failed save created, innermost first, if nothing else is in them."""
@@ -104,61 +90,6 @@ def _removed_on_failure(folders: list[Path]) -> Iterator[None]:
             except OSError:
                 break
         raise
-
-
-def check_arguments(predict_fn: object, models: object) -> dict[str, object]:
-    """Validate what a save was given; return the models as a plain dict."""
-    if not callable(predict_fn):
-        raise BundleArgumentError(
-            f"predict_fn must be a function, got {type(predict_fn).__name__} {predict_fn!r}. Pass "
-            "the function itself (predict_fn=my_predict), not the result of calling it."
-        )
-    if inspect.iscoroutinefunction(predict_fn) or inspect.isasyncgenfunction(predict_fn):
-        raise BundleArgumentError(
-            f"predict_fn {getattr(predict_fn, '__qualname__', predict_fn)!r} is an async "
-            "function: MLflow, serving and Spark call predict synchronously, and would get an "
-            "unawaited coroutine. Save a plain function that runs it: def predict(**kw): return "
-            "asyncio.run(apredict(**kw))."
-        )
-    if inspect.isbuiltin(predict_fn) or isinstance(predict_fn, type):
-        kind = "a builtin" if inspect.isbuiltin(predict_fn) else "a class"
-        raise BundleArgumentError(
-            f"predict_fn {predict_fn!r} is {kind}, not a Python function. Wrap it in a function "
-            "of your own that takes the models and the inputs as parameters."
-        )
-    if models is None:
-        models = {}
-    if not isinstance(models, Mapping):
-        raise BundleArgumentError(
-            f"models must be a dict of name -> model, got {type(models).__name__}. Pass e.g. "
-            "models={'sentiment_model': sentiment_model}, the keys being parameter names of "
-            "predict_fn."
-        )
-    bad_keys = [k for k in models if not isinstance(k, str)]
-    if bad_keys:
-        raise BundleArgumentError(
-            f"models keys must be str parameter names of predict_fn; {bad_keys[0]!r} is a "
-            f"{type(bad_keys[0]).__name__}. Use the parameter names as keys."
-        )
-    _, names, has_var_kw = _parameters(predict_fn)
-    for key in models:
-        if not key.isidentifier():
-            raise ModelKeyError(
-                f"Model name {key!r} is not a valid Python identifier, so it cannot be a parameter "
-                f"of {_describe_fn(predict_fn)}. Rename the key."
-            )
-        if len(key.encode("utf-8")) > MODEL_KEY_MAX:
-            raise ModelKeyError(
-                f"Model name {key[:40] + '...'!r} is {len(key)} characters long; each model is "
-                f"saved in a folder named after it, and names may have at most {MODEL_KEY_MAX} "
-                "bytes. Use a shorter key (and parameter name)."
-            )
-        if key not in names and not has_var_kw:
-            raise ModelKeyError(
-                f"Model {key!r} is not a parameter of {_describe_fn(predict_fn)}. Its parameters "
-                f"are {names}. Rename the key or the parameter."
-            )
-    return dict(models)
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -348,36 +279,8 @@ def out_of_space(error: BaseException) -> OSError | None:
     return None
 
 
-STALE_STAGING_S = 24 * 3600
-
-
-def remove_stale_staging(folder: Path, pattern: str) -> None:
-    """Delete staging folders a killed save left behind, once they are a day old.
-
-    A save in progress touches its staging folder continuously, and none takes a day; what is
-    older belongs to a process that died (SIGKILL, power loss) and was never published.
-    """
-    now = time.time()
-    try:
-        candidates = list(folder.glob(pattern))
-    except OSError:
-        return
-    for candidate in candidates:
-        try:
-            if candidate.is_dir() and now - candidate.stat().st_mtime > STALE_STAGING_S:
-                shutil.rmtree(candidate, ignore_errors=True)
-        except OSError:
-            continue
-
-
-def staging_dir_for(path: Path) -> _staging.PrivateFolder:
-    """A private staging folder beside ``path`` (same file system: publishing is one rename).
-
-    The bundle is written into its :data:`~cloudflow._staging.BUNDLE` folder, reached through
-    the staging folder's descriptor (see :mod:`cloudflow._staging`).
-    """
-    remove_stale_staging(path.parent, f".{path.name}.cloudflow-*.tmp")
-    return _staging.PrivateFolder(path.parent, prefix=f".{path.name}.cloudflow-", suffix=".tmp")
+#: A private staging folder beside a bundle's path (see :mod:`cloudflow._staging`).
+staging_dir_for = _staging.beside  # transitional: cloudflow._staging.beside
 
 
 def write_bundle(
@@ -511,9 +414,8 @@ def _write_and_publish(
 
             hidden = _capture.user_roots(manifest.captured_modules)
             check_in_clean_process(staging, input_example, hidden)
-        _digests.make_durable(staging)  # then publish: no bundle with unwritten files
         try:
-            private.publish(staging, path)
+            private.publish(staging, path)  # durable first: no bundle with unwritten files
         except OSError as e:
             if path.exists():  # another save published the same path since the check
                 raise BundleArgumentError(
@@ -521,7 +423,6 @@ def _write_and_publish(
                     "each save its own folder; nothing of this one was kept."
                 ) from e
             raise
-        _digests.sync_folder(path.parent)
     except BaseException as e:
         private.close()
         full = out_of_space(e)

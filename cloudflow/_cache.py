@@ -35,19 +35,18 @@ import contextlib
 import errno
 import logging
 import os
-import re
 import shutil
 import stat
-import sys
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _digests
+from cloudflow import _digests, _units
 from cloudflow.exceptions import CacheError, IntegrityError
+from cloudflow.store import locks
 
 _logger = logging.getLogger("cloudflow")
 
@@ -59,8 +58,6 @@ _BUILDING = ".building-"
 _UNUSED_BUNDLE_S = 7 * 24 * 3600
 #: A partial download older than this is left over from a process that died mid-download.
 _STALE_PARTIAL_S = 6 * 3600
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
-_UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
 
 
 def parse_size(text: str, what: str = MAX_SIZE_ENV) -> int:
@@ -69,14 +66,13 @@ def parse_size(text: str, what: str = MAX_SIZE_ENV) -> int:
     Raises:
         CacheError: Not such a size.
     """
-    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
-    unit = match.group(2).upper() if match else ""
-    if match is None or unit not in _UNITS:
+    size = _units.parse_size(text)
+    if size is None:
         raise CacheError(
             f"{what}={text!r} is not a size. Write a number of bytes, or one with a unit: "
-            "500MB, 20GB, 1.5GiB (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)."
+            f"500MB, 20GB, 1.5GiB ({_units.SIZE_UNITS_TEXT})."
         )
-    return int(float(match.group(1)) * _UNITS[unit])
+    return size
 
 
 def max_size() -> int:
@@ -114,27 +110,6 @@ def root() -> Path:
             f"{_digests.CACHE_DIR_ENV} to a private folder."
         )
     return folder
-
-
-@contextlib.contextmanager
-def _locked(path: Path, shared: bool = False, wait: bool = True) -> Iterator[bool]:
-    """``flock`` on ``path`` for the block; yields False if ``wait`` is off and it is held."""
-    if sys.platform == "win32":  # pragma: no cover - no flock: downloads may repeat, still safe
-        yield True
-        return
-    import fcntl
-
-    with open(path, "a+b") as f:
-        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-        try:
-            fcntl.flock(f.fileno(), mode if wait else mode | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def is_blob(name: str) -> bool:
@@ -192,7 +167,7 @@ def fetch(
     if present(final, size) and not check:
         touch(final)
         return final, 0
-    with _locked(folder / "locks" / f"{digest}.lock"):
+    with locks.flock(folder / "locks" / f"{digest}.lock"):
         if (
             check
             and present(final, size)
@@ -312,7 +287,7 @@ def _remove_stale(folder: Path, bundles_unused_for: float | None = None) -> None
             with contextlib.suppress(OSError):
                 if now - lock.stat().st_mtime < bundles_unused_for:
                     continue
-            with _locked(lock, wait=False) as free:
+            with locks.flock(lock, wait=False) as free:
                 if free:
                     _remove_folder(bundles / lock.stem)
                     with contextlib.suppress(OSError):
@@ -341,10 +316,7 @@ class BundleFolder:
         self.path = folder / "bundles" / key
         self._lock_path = folder / "bundles" / f"{key}.lock"
         self._lock: Any = open(self._lock_path, "a+b")  # noqa: SIM115 - held while in use
-        if sys.platform != "win32":
-            import fcntl
-
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_SH)
+        locks.hold(self._lock, shared=True)
         with contextlib.suppress(OSError):
             os.utime(self._lock_path)  # used now: pruning keeps it a week
 

@@ -29,7 +29,7 @@ does not change, so there is no cache there.
 The cache lives in the user's own cache folder (``~/.cache/cloudflow/digests``, under
 ``$XDG_CACHE_HOME`` if set, or ``$CLOUDFLOW_CACHE_DIR/digests``); it is ignored if that folder is
 writable by anyone else. ``CLOUDFLOW_DIGEST_CACHE=0`` turns it off. Files under
-:data:`CACHE_MIN_SIZE` are always hashed: that is faster than a look-up.
+:data:`DIGEST_CACHE_MIN_SIZE` are always hashed: that is faster than a look-up.
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ ALGORITHMS = ("blake3", "sha256")
 
 CACHE_ENV = "CLOUDFLOW_DIGEST_CACHE"
 CACHE_DIR_ENV = "CLOUDFLOW_CACHE_DIR"
-CACHE_MIN_SIZE = 4 * 1024 * 1024
+#: Files smaller than this are always hashed, never looked up in the digest cache: hashing them
+#: is faster than a look-up.
+DIGEST_CACHE_MIN_SIZE = 4 * 1024 * 1024
 SETTLED_S = 2.0
 #: How old a change must be on a file system whose timestamps carry sub-second parts: well above
 #: the kernel's timestamp tick (1-10 ms), so a later write gets a later ctime.
@@ -358,7 +360,7 @@ def known_digest(path: Path, algorithm: str = ALGORITHM) -> str | None:
         info = os.stat(path)
     except OSError:
         return None
-    if not stat.S_ISREG(info.st_mode) or info.st_size < CACHE_MIN_SIZE:
+    if not stat.S_ISREG(info.st_mode) or info.st_size < DIGEST_CACHE_MIN_SIZE:
         return None
     return _lookup(folder, info, algorithm)
 
@@ -377,7 +379,7 @@ def remember_proven(paths: Mapping[Path, str], algorithm: str = ALGORITHM) -> No
     for path, digest in paths.items():
         with contextlib.suppress(OSError):
             info = os.stat(path)
-            if stat.S_ISREG(info.st_mode) and info.st_size >= CACHE_MIN_SIZE:
+            if stat.S_ISREG(info.st_mode) and info.st_size >= DIGEST_CACHE_MIN_SIZE:
                 infos[path] = (info, digest)
     if not infos or any(i.st_ctime_ns % 1_000_000_000 == 0 for i, _ in infos.values()):
         return
@@ -397,7 +399,7 @@ def digest_file(path: Path, *, algorithm: str = ALGORITHM, folder: Path | None =
     if folder is not None:
         with contextlib.suppress(OSError):
             info = os.stat(path)
-            if stat.S_ISREG(info.st_mode) and info.st_size >= CACHE_MIN_SIZE:
+            if stat.S_ISREG(info.st_mode) and info.st_size >= DIGEST_CACHE_MIN_SIZE:
                 cached = _lookup(folder, info, algorithm)
                 if cached is not None:
                     return cached
@@ -406,7 +408,7 @@ def digest_file(path: Path, *, algorithm: str = ALGORITHM, folder: Path | None =
     # gets an entry (see the module docstring).
     if (
         folder is not None
-        and before.st_size >= CACHE_MIN_SIZE
+        and before.st_size >= DIGEST_CACHE_MIN_SIZE
         and _same_file(before, after)
         and _settled(after.st_ctime_ns)
     ):
@@ -585,7 +587,7 @@ def written_digests(paths: Mapping[str, Path]) -> dict[str, str]:
         ):
             out[rel] = entry.digest
             if (
-                info.st_size >= CACHE_MIN_SIZE
+                info.st_size >= DIGEST_CACHE_MIN_SIZE
                 and info.st_ctime_ns == entry.changed_ns
                 and _settled(info.st_ctime_ns)
             ):

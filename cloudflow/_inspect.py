@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _digests, _environment, _manifest, _model_metadata, _store
+from cloudflow import _digests, _environment, _manifest, _model_metadata, _store, _units
 from cloudflow._manifest import DATA_DIR as DATA_DIR_NAME
 from cloudflow.exceptions import IntegrityError
 
@@ -145,7 +145,7 @@ def describe_folder(path: Path, *, verify: bool = True) -> dict[str, Any]:
             }
             for name, entry in manifest.models.items()
         },
-        "size_bytes": bundle_totals(manifest.files, manifest.outer_files)[1],
+        "size_bytes": _units.bundle_totals(manifest.files, manifest.outer_files)[1],
         "captured_modules": list(manifest.captured_modules),
         "captured_globals": dict(manifest.captured_globals),
         "requirements": requirements,
@@ -247,29 +247,11 @@ def log_metadata_tags(client: Any, run_id: str, manifest: _manifest.Manifest, na
         _logger.warning("Could not tag run %s with the models' metadata: %s", run_id, e)
 
 
+#: transitional: cloudflow._units.human_size (the save log of cloudflow._api still names it here)
+human_size = _units.human_size
+
+
 # --- text output of ``cloudflow inspect`` ----------------------------------------------------
-
-
-def human_size(n: int | float) -> str:
-    """1536 -> '1.5 kB': powers of 1000, the one unit system of every command and log line.
-
-    ``inspect``, ``list``, ``export``, ``gc``, ``cache`` and the save log all print sizes with
-    this function (as ``du --si`` and ``ls -l --si`` do), so one bundle has one size everywhere.
-    """
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"  # pragma: no cover - the loop returns
-
-
-def bundle_totals(files: Mapping[str, Any], outer_files: Mapping[str, Any]) -> tuple[int, int]:
-    """How many files a bundle records and their bytes: its data folder's and the files beside
-    it (``MLmodel``, the requirements), the manifest itself apart; what ``verify`` checks,
-    ``export`` copies and ``inspect`` and ``list`` report."""
-    entries = [*files.values(), *outer_files.values()]
-    return len(entries), sum(int((e or {}).get("size", 0)) for e in entries)
 
 
 def _fmt_number(value: Any) -> str:
@@ -334,7 +316,21 @@ def _type_text(spec: Mapping[str, Any]) -> str:
 
 
 def format_text(info: Mapping[str, Any]) -> str:
-    """The human-readable report of ``cloudflow inspect``."""
+    """The human-readable report of ``cloudflow inspect``: one section after the other."""
+    sections = (
+        _summary_lines(info),
+        _model_lines(info),
+        _data_file_lines(info),
+        _module_lines(info),
+        _requirement_lines(info),
+        _signature_lines(info),
+        _metadata_lines(info),
+    )
+    return "\n".join(line for section in sections for line in section)
+
+
+def _summary_lines(info: Mapping[str, Any]) -> list[str]:
+    """Where the bundle is, its function, the Python and versions it needs, its integrity."""
     lines: list[str] = []
     add = lines.append
     fn = info["predict_fn"]
@@ -356,55 +352,71 @@ def format_text(info: Mapping[str, Any]) -> str:
         f"cloudflow         {info['cloudflow_version']} (format {info['format_version']}), "
         f"MLflow {info.get('mlflow_version') or '?'}"
     )
-    integrity = info["integrity"]
-    status = integrity["status"]
-    if status == "FAILED":
-        status = f"FAILED: {integrity.get('error')}"
-    elif status == "ok" and integrity.get("environment_changed"):
-        status = (
-            "ok, but MLflow's environment files changed after saving: "
-            f"{integrity['environment_changed']} (they run nothing at load)"
-        )
-    elif status == "ok" and integrity.get("on_server"):
-        status = (
-            f"ok (the files here match their digests; the {integrity['on_server']} shared on "
-            "the server are checked as a load downloads them)"
-        )
-    elif status == "ok":
-        status = f"ok (every file matches its digest; {human_size(info['size_bytes'])})"
-    add(f"integrity         {status}{', signed' if integrity.get('signed') else ''}")
+    signed = ", signed" if info["integrity"].get("signed") else ""
+    add(f"integrity         {_integrity_status(info)}{signed}")
     shared = info.get("shared") or {}
     if shared:
-        add(
-            f"shared files      {len(shared['files'])} ({human_size(shared['size_bytes'])}) in "
-            f"{shared['area']}"
-        )
+        size = _units.human_size(shared["size_bytes"])
+        add(f"shared files      {len(shared['files'])} ({size}) in {shared['area']}")
     if info.get("run_id"):
         add(f"run               {info['run_id']}")
     if info.get("mlmodel_unreadable"):
         add(f"MLmodel           UNREADABLE: {info['mlmodel_unreadable']}")
-    add("")
-    add(f"Models ({len(info['models'])})")
+    return lines
+
+
+def _integrity_status(info: Mapping[str, Any]) -> str:
+    integrity = info["integrity"]
+    status = str(integrity["status"])
+    if status == "FAILED":
+        return f"FAILED: {integrity.get('error')}"
+    if status == "ok" and integrity.get("environment_changed"):
+        return (
+            "ok, but MLflow's environment files changed after saving: "
+            f"{integrity['environment_changed']} (they run nothing at load)"
+        )
+    if status == "ok" and integrity.get("on_server"):
+        return (
+            f"ok (the files here match their digests; the {integrity['on_server']} shared on "
+            "the server are checked as a load downloads them)"
+        )
+    if status == "ok":
+        return f"ok (every file matches its digest; {_units.human_size(info['size_bytes'])})"
+    return status
+
+
+def _model_lines(info: Mapping[str, Any]) -> list[str]:
+    lines = ["", f"Models ({len(info['models'])})"]
     for name, model in info["models"].items():
         meta = model["metadata"]
-        cls = meta.get("class", "")
-        add(f"  {name}  [{model['flavor']}]  {human_size(model['size_bytes'])}  {cls}".rstrip())
+        size = _units.human_size(model["size_bytes"])
+        lines.append(f"  {name}  [{model['flavor']}]  {size}  {meta.get('class', '')}".rstrip())
         details = _model_details(meta)
         if details:
-            add("    " + " | ".join(details))
+            lines.append("    " + " | ".join(details))
         lines.extend(_user_metadata_lines(model.get("model_metadata") or {}))
+    return lines
+
+
+def _data_file_lines(info: Mapping[str, Any]) -> list[str]:
     data_files = info.get("data_files") or {}
-    if data_files:
-        add("")
-        add(f"Data files ({len(data_files)})")
-        for name, entry in data_files.items():
-            count = entry.get("files") or 0
-            what = f"folder, {count} file{'s' if count != 1 else ''}"
-            kind = what if entry.get("kind") == "folder" else "file"
-            add(f"  {name}  {human_size(entry.get('size_bytes') or 0)}  ({kind})  {entry['path']}")
-    add("")
+    if not data_files:
+        return []
+    lines = ["", f"Data files ({len(data_files)})"]
+    for name, entry in data_files.items():
+        count = entry.get("files") or 0
+        what = f"folder, {count} file{'s' if count != 1 else ''}"
+        kind = what if entry.get("kind") == "folder" else "file"
+        size = _units.human_size(entry.get("size_bytes") or 0)
+        lines.append(f"  {name}  {size}  ({kind})  {entry['path']}")
+    return lines
+
+
+def _module_lines(info: Mapping[str, Any]) -> list[str]:
+    """The captured modules: the git checkouts they came from, each one's globals."""
     modules = info["captured_modules"]
-    add(f"Captured modules ({len(modules)})")
+    lines = ["", f"Captured modules ({len(modules)})"]
+    add = lines.append
     for checkout in (info.get("provenance") or {}).get("git") or []:
         if not isinstance(checkout, dict):
             continue
@@ -430,8 +442,11 @@ def format_text(info: Mapping[str, Any]) -> str:
                 f"  not in the bundle: {module} (importing it at save raised "
                 f"{entry['not_imported']})"
             )
-    add("")
-    add(f"Requirements ({len(info['requirements'])})")
+    return lines
+
+
+def _requirement_lines(info: Mapping[str, Any]) -> list[str]:
+    lines = ["", f"Requirements ({len(info['requirements'])})"]
     here = {entry["requirement"]: entry for entry in info.get("requirements_here", [])}
     width = max((len(r) for r in info["requirements"]), default=0)
     for requirement in info["requirements"]:
@@ -441,19 +456,27 @@ def format_text(info: Mapping[str, Any]) -> str:
             note = "missing here"
         elif entry is not None and entry["status"] == "different":
             note = f"different here: {entry['installed']} installed"
-        add(f"  {requirement:<{width}}  {note}".rstrip())
-    if info.get("signature"):
-        add("")
-        add("Signature (inputs)")
-        for col in info["signature"]:
-            required = "required" if col.get("required", True) else "optional"
-            add(f"  {col.get('name')}: {_type_text(col)} ({required})")
-    if info.get("metadata"):
-        add("")
-        add("Metadata")
-        for key, value in info["metadata"].items():
-            add(f"  {key}: {json.dumps(value, default=str)}")
-    return "\n".join(lines)
+        lines.append(f"  {requirement:<{width}}  {note}".rstrip())
+    return lines
+
+
+def _signature_lines(info: Mapping[str, Any]) -> list[str]:
+    if not info.get("signature"):
+        return []
+    lines = ["", "Signature (inputs)"]
+    for col in info["signature"]:
+        required = "required" if col.get("required", True) else "optional"
+        lines.append(f"  {col.get('name')}: {_type_text(col)} ({required})")
+    return lines
+
+
+def _metadata_lines(info: Mapping[str, Any]) -> list[str]:
+    if not info.get("metadata"):
+        return []
+    lines = ["", "Metadata"]
+    for key, value in info["metadata"].items():
+        lines.append(f"  {key}: {json.dumps(value, default=str)}")
+    return lines
 
 
 def requirements_here(lines: list[str]) -> list[dict[str, Any]]:

@@ -11,16 +11,12 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from cloudflow import _model_metadata, _names, _store
-from cloudflow._api import load_bundle, log_bundle
-from cloudflow._bundle import Bundle, check_arguments
-from cloudflow._files import check_files
-from cloudflow._runtime import check_package
-from cloudflow._signing import resolve_key, resolve_trust
-from cloudflow.exceptions import BundleArgumentError, CloudflowError, NotFoundError
+from cloudflow import _checks, _names, _store
+from cloudflow._api import load_checked, log_checked
+from cloudflow._bundle import Bundle
+from cloudflow.exceptions import CloudflowError, NotFoundError
 
 MODEL_NAME = "model"
-_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "NOTSET")
 
 
 @_names.suggest_names("prepare_env", _names.PREPARE_ENV)
@@ -37,25 +33,13 @@ def prepare_env(tracking_uri: str | os.PathLike[str], experiment_id: str) -> str
     """
     import mlflow
 
-    if not isinstance(experiment_id, str) or not experiment_id:
-        raise BundleArgumentError(
-            f"experiment_id must be the experiment's name (a non-empty str), got {experiment_id!r}."
-        )
-    _check_tracking_uri(tracking_uri, "prepare_env('./cloudflow_store', 'my-experiment')")
+    experiment_id = _checks.env_arguments(tracking_uri, experiment_id)
     with _store.store_errors():
         uri = _store.resolve_tracking_uri(tracking_uri)
         mlflow.set_tracking_uri(uri)
         exp_id = _store.get_or_create_experiment(tracking_uri, experiment_id)
         mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
-
-
-def _check_tracking_uri(tracking_uri: object, example: str) -> None:
-    if not isinstance(tracking_uri, str | os.PathLike) or not str(os.fspath(tracking_uri)).strip():
-        raise BundleArgumentError(
-            f"tracking_uri must be a folder for an embedded store or a tracking server's URI (a "
-            f"non-empty str or path), got {tracking_uri!r}. Pass e.g. {example}."
-        )
 
 
 class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know it
@@ -66,11 +50,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
     """
 
     def __init__(self, log_level: str = "ERROR") -> None:
-        level = str(log_level).upper()
-        if level not in _LEVELS:
-            raise BundleArgumentError(
-                f"log_level {log_level!r} is not a logging level. Use one of {list(_LEVELS)}."
-            )
+        level = _checks.check_log_level(log_level)
         logger = logging.getLogger("cloudflow")
         logger.setLevel(level)
         if not logger.handlers:
@@ -139,53 +119,31 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         """
         import mlflow
 
-        _check_tracking_uri(tracking_uri, "the folder given to prepare_env")
-        _model_metadata.check(model_metadata, check_arguments(predict_function, models))
-        check_files(files)
-        resolve_key(signing_key)
-        check_package(runtime_package)
-        # The run must already be in that store (prepare_env made it, a run was started in it):
-        # look before creating a store folder or switching MLflow's process-wide tracking URI,
-        # so that a mistyped tracking_uri leaves nothing behind and the active run intact.
-        current = _store.current_tracking_uri()
-        try:
-            uri = _store.existing_store_uri(tracking_uri)
-            _store.run_in_experiment(mlflow.MlflowClient(uri), experiment_id, run_id)
-        except NotFoundError as e:
-            if current is None or _store.same_store(current, tracking_uri):
-                raise
-            raise NotFoundError(
-                f"{e} MLflow points at {current!r} (set by prepare_env or "
-                f"mlflow.set_tracking_uri): is tracking_uri={os.fspath(tracking_uri)!r} a typo "
-                "of it? Pass the tracking_uri given to prepare_env."
-            ) from e
-        mlflow.set_tracking_uri(uri)
-
-        def log() -> Any:
-            return log_bundle(
-                predict_function,
-                models,
-                MODEL_NAME,
-                verify=verify,
-                include_modules=include_modules,
-                exclude_modules=exclude_modules,
-                python_versions=python_versions,
-                files=files,
-                signing_key=signing_key,
-                model_metadata=model_metadata,
-                share_files=share_files,
-                runtime_package=runtime_package,
-            )
-
+        checked = _checks.seed_save_arguments(
+            tracking_uri,
+            predict_function,
+            models,
+            MODEL_NAME,
+            verify=verify,
+            include_modules=include_modules,
+            exclude_modules=exclude_modules,
+            python_versions=python_versions,
+            files=files,
+            signing_key=signing_key,
+            model_metadata=model_metadata,
+            share_files=share_files,
+            runtime_package=runtime_package,
+        )
+        mlflow.set_tracking_uri(_store_of_run(tracking_uri, experiment_id, run_id))
         active = mlflow.active_run()
         if active is not None and active.info.run_id == run_id:
-            return log()
+            return log_checked(checked)
         if active is not None:
             # Another run is active: log into run_id without disturbing it.
             with mlflow.start_run(run_id=run_id, nested=True):
-                return log()
+                return log_checked(checked)
         with mlflow.start_run(run_id=run_id):
-            return log()
+            return log_checked(checked)
 
     @_names.suggest_names("cloudflow_model().load_model", _names.LOAD_MODEL)
     @_store.translates_store_errors
@@ -216,33 +174,21 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         """
         import mlflow
 
-        _check_tracking_uri(
-            tracking_uri,
-            "load_model('./cloudflow_store', 'my-experiment', run_id), the folder "
-            "given to prepare_env when the model was saved",
-        )
-        trust = resolve_trust(signing_key, trusted_keys)
+        trust = _checks.seed_load_arguments(tracking_uri, signing_key, trusted_keys)
         uri = _store.existing_store_uri(tracking_uri)  # a load creates no store
         mlflow.set_tracking_uri(uri)
+        options = {"device": device, "dtype": dtype, "lazy": lazy}
         if str(run_id).startswith(("models:/", "runs:/")):
-            self.bundle = load_bundle(
-                str(run_id), signing_key=trust, device=device, dtype=dtype, lazy=lazy
+            model_uri = str(run_id)
+        else:
+            model_uri = f"runs:/{run_id}/{MODEL_NAME}"
+            # The run, in that experiment, with a finished model: one lookup; else look closer.
+            found = _store.fast_run_model(
+                uri, str(run_id), MODEL_NAME, experiment=str(experiment_id)
             )
-            return self.bundle
-        fast = _store.fast_run_model(uri, str(run_id), MODEL_NAME, experiment=str(experiment_id))
-        if fast is not None:  # the run, in that experiment, with a finished model: one lookup
-            self.bundle = load_bundle(
-                f"runs:/{run_id}/{MODEL_NAME}",
-                signing_key=trust,
-                device=device,
-                dtype=dtype,
-                lazy=lazy,
-            )
-            return self.bundle
-        _store.run_in_experiment(mlflow.MlflowClient(uri), experiment_id, run_id)
-        self.bundle = load_bundle(
-            f"runs:/{run_id}/{MODEL_NAME}", signing_key=trust, device=device, dtype=dtype, lazy=lazy
-        )
+            if found is None:
+                _store.run_in_experiment(mlflow.MlflowClient(uri), experiment_id, run_id)
+        self.bundle = load_checked(_checks.LoadArguments(model_uri, trust), **options)
         return self.bundle
 
     def predict(self, *inputs: Any, **params: Any) -> Any:
@@ -255,3 +201,31 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
                 "No model is loaded: call load_model(tracking_uri, experiment_id, run_id) first."
             )
         return self.bundle.predict(*inputs, **params)
+
+
+def _store_of_run(tracking_uri: str | os.PathLike[str], experiment_id: str, run_id: str) -> str:
+    """The URI of the store that holds run ``run_id`` of the experiment; nothing is created.
+
+    The run must already be in that store (prepare_env made it, a run was started in it): look
+    before creating a store folder or switching MLflow's process-wide tracking URI, so that a
+    mistyped tracking_uri leaves nothing behind and the active run intact.
+
+    Raises:
+        NotFoundError: No such run there; when MLflow points at another store, the message
+            asks whether ``tracking_uri`` is a typo of it.
+    """
+    import mlflow
+
+    current = _store.current_tracking_uri()
+    try:
+        uri = _store.existing_store_uri(tracking_uri)
+        _store.run_in_experiment(mlflow.MlflowClient(uri), experiment_id, run_id)
+    except NotFoundError as e:
+        if current is None or _store.same_store(current, tracking_uri):
+            raise
+        raise NotFoundError(
+            f"{e} MLflow points at {current!r} (set by prepare_env or "
+            f"mlflow.set_tracking_uri): is tracking_uri={os.fspath(tracking_uri)!r} a typo "
+            "of it? Pass the tracking_uri given to prepare_env."
+        ) from e
+    return uri

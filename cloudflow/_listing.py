@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _inspect, _manifest, _store
+from cloudflow import _manifest, _store, _units
 from cloudflow.exceptions import CloudflowError, NotFoundError
 
 _STATUS = _store.LOGGED_MODEL_STATUS
@@ -103,7 +103,7 @@ def _bundle_entry(
         "flavors": {str(m): str((e or {}).get("flavor", "?")) for m, e in sorted(models.items())},
         "size_bytes": None
         if unreadable
-        else _inspect.bundle_totals(_dict(files), _dict(checked.get("outer_files")))[1],
+        else _units.bundle_totals(_dict(files), _dict(checked.get("outer_files")))[1],
         "created": _iso(created_ms),
         "registered": registered,
         "artifact_location": location,
@@ -118,7 +118,7 @@ def _dict(value: Any) -> dict[str, Any]:
 def _local_manifest(location: str) -> dict[str, Any] | str | None:
     """The manifest of the bundle at ``location``; None: no bundle there (or not a local
     folder); a str: a bundle whose manifest cannot be read, and why (listed as such)."""
-    root = _store._local_path(location)
+    root = _store.local_path(location)
     if root is None:
         return None
     from cloudflow._digests import read_regular
@@ -180,7 +180,7 @@ def _from_sqlite(db: Path) -> list[dict[str, Any]]:
             "SELECT name, version, source, storage_location FROM model_versions "
             "ORDER BY name, version"
         ).fetchall()
-    if any(_store._local_path(str(m[2])) is None for m in models):
+    if any(_store.local_path(str(m[2])) is None for m in models):
         raise ValueError("artifacts outside local folders: MLflow's client downloads them")
     by_run: dict[str, list[Any]] = {}
     for model in models:
@@ -269,7 +269,7 @@ def _from_client(uri: str) -> list[dict[str, Any]]:
 
     def manifest_of(location: str) -> dict[str, Any] | str | None:
         local = _local_manifest(location)
-        if local is not None or _store._local_path(location) is not None:
+        if local is not None or _store.local_path(location) is not None:
             return local
         try:
             text = mlflow.artifacts.load_text(f"{location.rstrip('/')}/{_MANIFEST}")
@@ -326,10 +326,6 @@ def _from_client(uri: str) -> list[dict[str, Any]]:
     return out
 
 
-def _size(n: int) -> str:
-    return _inspect.human_size(n)
-
-
 def format_text(listing: dict[str, Any]) -> str:
     """The listing as aligned tables, one per experiment."""
     lines: list[str] = []
@@ -348,7 +344,7 @@ def format_text(listing: dict[str, Any]) -> str:
                 created = (b["created"] or "-").replace("T", " ").rstrip("Z")
                 registered = ", ".join(f"{r['name']} v{r['version']}" for r in b["registered"])
                 name = b["name"] if b["status"] == "READY" else f"{b['name']} ({b['status']})"
-                size = "-" if b["size_bytes"] is None else _size(b["size_bytes"])
+                size = "-" if b["size_bytes"] is None else _units.human_size(b["size_bytes"])
                 if b.get("unreadable"):
                     flavors = f"UNREADABLE: {b['unreadable']}"
                 if b.get("shadowed"):

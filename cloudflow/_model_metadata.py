@@ -17,15 +17,11 @@ collide with the metrics a training loop logs itself.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
-
-from cloudflow.exceptions import BundleArgumentError
 
 _logger = logging.getLogger("cloudflow")
 
@@ -35,87 +31,6 @@ HISTORY = "training_history"
 TAGS_PER_MODEL = 50
 _METRICS_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 _TAG_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")  # what MLflow allows in a tag or metric key
-
-
-def _check_history(model: str, history: object) -> dict[str, list[float | int]]:
-    where = f"model_metadata[{model!r}][{HISTORY!r}]"
-    example = "{'loss': [0.9, 0.5, 0.3], 'val_accuracy': [0.6, 0.7, 0.8]}"
-    if not isinstance(history, Mapping):
-        raise BundleArgumentError(
-            f"{where} must map metric names to lists of numbers, one per epoch; got "
-            f"{type(history).__name__}. Pass e.g. {example}."
-        )
-    out: dict[str, list[float | int]] = {}
-    for metric, values in history.items():
-        if not isinstance(metric, str) or not metric:
-            raise BundleArgumentError(
-                f"{where} has the metric name {metric!r}; metric names are non-empty str, such "
-                "as 'loss'."
-            )
-        if isinstance(values, str | bytes) or not isinstance(values, Sequence):
-            raise BundleArgumentError(
-                f"{where}[{metric!r}] must be a list of numbers, one per epoch; got "
-                f"{type(values).__name__}. Pass e.g. {example}."
-            )
-        for epoch, value in enumerate(values):
-            number = isinstance(value, int | float) and not isinstance(value, bool)
-            if not number or not math.isfinite(value):
-                raise BundleArgumentError(
-                    f"{where}[{metric!r}][{epoch}] is {value!r}; a training history holds "
-                    "finite numbers only (int or float; no bool, None, NaN or infinity). Leave "
-                    "out an epoch that has no value, or record it under another key."
-                )
-        out[metric] = list(values)
-    return out
-
-
-def check(
-    model_metadata: Mapping[str, Any] | None, models: Mapping[str, object]
-) -> dict[str, dict[str, Any]]:
-    """``model_metadata=`` as plain JSON, each key a model of ``models``; nothing is written.
-
-    Raises:
-        BundleArgumentError: Not a dict of dicts, a name that is not a model of ``models``
-            (named, with the valid ones), a value that is not JSON, or a ``training_history``
-            that is not metric name -> list of finite numbers.
-    """
-    from cloudflow._api import check_json_value  # the rules of metadata=, for each model
-
-    if model_metadata is None:
-        return {}
-    valid = ", ".join(repr(n) for n in models) or "(none)"
-    if not isinstance(model_metadata, Mapping):
-        raise BundleArgumentError(
-            f"model_metadata must be a dict of model name -> dict of JSON values, got "
-            f"{type(model_metadata).__name__}. Pass e.g. model_metadata={{'classifier': "
-            "{'dataset': 'iris-v3'}}."
-        )
-    out: dict[str, dict[str, Any]] = {}
-    for model, entry in model_metadata.items():
-        if model not in models:
-            raise BundleArgumentError(
-                f"model_metadata names the model {model!r}, which is not in models; the models "
-                f"are {valid}. Use one of those names, or add the model."
-            )
-        if not isinstance(entry, Mapping):
-            raise BundleArgumentError(
-                f"model_metadata[{model!r}] must be a dict of JSON values, got "
-                f"{type(entry).__name__}. Pass e.g. {{'dataset': 'iris-v3', 'epochs': 3}}."
-            )
-        checked: dict[str, Any] = {}
-        for key, value in entry.items():
-            if not isinstance(key, str):
-                raise BundleArgumentError(
-                    f"model_metadata[{model!r}] keys must be str; {key!r} is a "
-                    f"{type(key).__name__}. Use str keys."
-                )
-            if key == HISTORY:
-                checked[key] = _check_history(model, value)
-                continue
-            check_json_value(value, f"model_metadata[{model!r}][{key!r}]")
-            checked[key] = value
-        out[model] = dict(json.loads(json.dumps(checked)))  # tuples become lists
-    return out
 
 
 # --- run tags and metrics --------------------------------------------------------------------

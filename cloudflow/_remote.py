@@ -5,12 +5,12 @@ A local store shares large files between bundles by hard link (:mod:`cloudflow._
 logged to a tracking server (proxied ``mlflow-artifacts:``, or an artifact store the client
 writes itself, such as S3) does the same through the store:
 
-- **The area.** Each file of the bundle's data folder of :data:`MIN_SIZE` or more is kept once in
-  the experiment's area, ``<experiment artifact location>/.cloudflow-blobs/<BLAKE3 digest>``, and
-  uploaded only when the area holds no file of that name and size yet. The bundle's own folder
-  holds everything else (code, configs, the manifest); the manifest's ``shared`` section lists the
-  files that live in the area, and where the area is. Logging an unchanged model again uploads
-  kilobytes.
+- **The area.** Each file of the bundle's data folder of :data:`AREA_MIN_SIZE` or more is kept
+  once in the experiment's area,
+  ``<experiment artifact location>/.cloudflow-blobs/<BLAKE3 digest>``, and uploaded only when
+  the area holds no file of that name and size yet. The bundle's own folder holds everything
+  else (code, configs, the manifest); the manifest's ``shared`` section lists the files that
+  live in the area, and where the area is. Logging an unchanged model again uploads kilobytes.
 - **Per experiment, not per server,** as in the local store: access rights on an MLflow server
   follow experiments (its auth plugin grants them per experiment), so a file is only ever read
   through an experiment the reader can read; deleting an experiment frees its files; and the
@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _blobs, _cache, _digests, _manifest
+from cloudflow import _blobs, _cache, _digests, _manifest, _mlflow
 from cloudflow._manifest import (
     DATA_DIR,
     MANIFEST_FILE,
@@ -64,10 +64,11 @@ _logger = logging.getLogger("cloudflow")
 
 AREA_DIR = _blobs.BLOB_DIR
 PENDING_DIR = ".pending"
-#: Files smaller than this travel inside the bundle: a separate upload costs more than it saves.
-#: (Lower than the local store's 1 MB: a shared file costs no request on a repeat log or load,
-#: and a tokenizer's 0.2-0.7 MB files are then not uploaded again.)
-MIN_SIZE = 128 * 1024
+#: Files smaller than this travel inside the bundle, not in the experiment's area: a separate
+#: upload costs more than it saves. (Lower than the local store's 1 MiB,
+#: :data:`cloudflow._blobs.LINK_MIN_SIZE`: a shared file costs no request on a repeat log or
+#: load, and a tokenizer's 0.2-0.7 MB files are then not uploaded again.)
+AREA_MIN_SIZE = 128 * 1024
 #: Parallel uploads and downloads of large files.
 WORKERS = 4
 #: An announcement older than this is left over from a save that died.
@@ -143,11 +144,12 @@ class Area:
         hasher = _digests.new_hasher()
         written = 0
         with _server_errors(self, f"download {digest[:16]}..."):
-            if hasattr(repo, "_host_creds") and hasattr(repo, "_download_file"):
+            credentials = _mlflow.http_artifact_credentials(repo)
+            if credentials is not None:
                 # An http repository (proxied artifacts): stream it, hashing each chunk.
                 from mlflow.utils.rest_utils import augmented_raise_for_status, http_request
 
-                resp = http_request(repo._host_creds, f"/{digest}", "GET", stream=True)
+                resp = http_request(credentials, f"/{digest}", "GET", stream=True)
                 if resp.status_code == 404:
                     raise _gone(self, digest)
                 augmented_raise_for_status(resp)
@@ -171,7 +173,7 @@ class Area:
                     return self.download(repo, digest, Path(scratch) / digest, size)
             # Any other store (S3, GCS, Azure...): MLflow's download, then the hash.
             try:
-                repo._download_file(digest, str(path))
+                _mlflow.download_artifact_file(repo, digest, str(path))
             except Exception as e:
                 if "404" in str(e) or "NoSuchKey" in str(e) or "Not Found" in str(e):
                     raise _gone(self, digest) from e
@@ -227,7 +229,7 @@ def _server_errors(area: Area, doing: str) -> Any:
 
 def shared_files(manifest: Manifest) -> list[str]:
     """The files of a bundle's data folder that go to the area: the large ones."""
-    return sorted(rel for rel, entry in manifest.files.items() if entry["size"] >= MIN_SIZE)
+    return sorted(rel for rel, entry in manifest.files.items() if entry["size"] >= AREA_MIN_SIZE)
 
 
 def mark_shared(manifest: Manifest, area: Area) -> Manifest:

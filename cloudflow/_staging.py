@@ -33,12 +33,18 @@ import shutil
 import stat
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+from cloudflow import _blobs, _digests
 from cloudflow.exceptions import StoreError
 
 #: The name of the bundle inside a staging folder, renamed to its final place to publish it.
 BUNDLE = "bundle"
+#: A staging folder this old belongs to a save that died: the next save there removes it.
+STALE_STAGING_S = 24 * 3600
+#: How often :func:`inside` tries while concurrent saves remove the parent it creates.
+_TRIES = 200
 
 
 def _through_descriptor(fd: int) -> Path | None:
@@ -62,7 +68,7 @@ class PrivateFolder:
     def __init__(self, parent: Path, prefix: str = "tmp", suffix: str = "") -> None:
         try:
             made = tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent)
-        except (FileNotFoundError, FileExistsError):  # the caller retries (see _api)
+        except (FileNotFoundError, FileExistsError):  # the caller retries (see inside())
             raise
         except OSError as e:
             raise StoreError(f"Cannot write to {str(parent)!r}: {e.strerror}.") from e
@@ -70,6 +76,8 @@ class PrivateFolder:
         self.path = self.name
         self._fd = -1
         self._closed = False
+        #: Remove the parent at close if it is then empty (see :func:`inside`).
+        self.remove_empty_parent = False
         if os.name == "nt":  # folders cannot be opened as descriptors there: by name only
             return
         flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
@@ -117,12 +125,22 @@ class PrivateFolder:
             return False
 
     def publish(self, inner: Path, destination: Path) -> None:
-        """Rename ``inner`` (a folder inside this one) to ``destination``, and check that the
-        folder now there is the one this save made.
+        """Publish ``inner`` (a folder inside this one) as ``destination``: every byte of it
+        on the disk first, then one rename, then the rename itself on the disk.
+
+        A power loss at any point leaves either no bundle at ``destination`` or a whole one,
+        never one with unwritten files. After the rename the folder at ``destination`` is
+        checked to be the one this save made.
 
         Raises:
             StoreError: Something else is at ``destination`` right after the rename.
+            OSError: The rename failed (``destination`` exists, say); nothing was published.
         """
+        _digests.make_durable(inner)
+        self._rename(inner, destination)
+        _digests.sync_folder(destination.parent)
+
+    def _rename(self, inner: Path, destination: Path) -> None:
         if self._fd < 0:
             os.rename(inner, destination)
             return
@@ -149,6 +167,14 @@ class PrivateFolder:
         if self._closed:
             return
         self._closed = True
+        try:
+            self._remove()
+        finally:
+            if self.remove_empty_parent:
+                with contextlib.suppress(OSError):  # other saves may be staging there right now
+                    self.name.parent.rmdir()
+
+    def _remove(self) -> None:
         if self._fd < 0:
             shutil.rmtree(self.name, ignore_errors=True)
             return
@@ -173,3 +199,77 @@ class PrivateFolder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --- making one: beside a bundle's folder, inside a store's shared folder, or temporary ---------
+
+
+def remove_stale(folder: Path, pattern: str) -> None:
+    """Delete staging folders a killed save left behind, once they are a day old.
+
+    A save in progress touches its staging folder continuously, and none takes a day; what is
+    older belongs to a process that died (SIGKILL, power loss) and was never published.
+    """
+    now = time.time()
+    try:
+        candidates = list(folder.glob(pattern))
+    except OSError:
+        return
+    for candidate in candidates:
+        try:
+            if candidate.is_dir() and now - candidate.stat().st_mtime > STALE_STAGING_S:
+                shutil.rmtree(candidate, ignore_errors=True)
+        except OSError:
+            continue
+
+
+def beside(path: Path) -> PrivateFolder:
+    """A private staging folder beside ``path`` (same file system: publishing is one rename).
+
+    The bundle is written into its :data:`BUNDLE` folder, reached through the staging folder's
+    descriptor. Stale ones of ``path`` are removed first.
+    """
+    return _make(path.parent, prefix=f".{path.name}.cloudflow-", suffix=".tmp")
+
+
+def inside(parent: Path) -> PrivateFolder:
+    """A private staging folder inside ``parent``, in a store other processes write to as well.
+
+    Another save that just finished may remove ``parent`` when it is empty: between this save's
+    ``mkdir`` and ``mkdtemp`` (FileNotFoundError), or inside ``mkdir`` itself, after it found the
+    folder present and before it checked that it is a folder (pathlib then raises
+    FileExistsError). Either way: create it again and retry; each try takes microseconds, and
+    under load five in a row were seen to lose that race, so it tries many times. Other users of
+    a team store can rename ``parent``'s entries: the folder is reached through its descriptor.
+    At close, ``parent`` is removed too if nothing else is in it.
+    """
+    _blobs.refuse_link(parent, "staging folder")
+    for attempt in range(_TRIES):
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            return _make(parent, shared=True, clean=attempt == 0)
+        except (FileNotFoundError, FileExistsError):
+            continue
+        except StoreError:
+            raise
+        except OSError as e:
+            raise StoreError(
+                f"Cannot write to the artifact folder {str(parent.parent)!r}: {e.strerror}."
+            ) from e
+    raise StoreError(f"Cannot create a staging folder in {str(parent)!r}; try the save again.")
+
+
+def temporary() -> PrivateFolder:
+    """A private staging folder in the system's temporary folder (a bundle to upload)."""
+    return _make(Path(tempfile.gettempdir()), prefix="cloudflow-", clean=False)
+
+
+def _make(
+    parent: Path, prefix: str = "tmp", suffix: str = "", *, shared: bool = False, clean: bool = True
+) -> PrivateFolder:
+    """The one way a staging folder is made: stale ones of the same name removed, then made."""
+    if clean:
+        remove_stale(parent, f"{prefix}*{suffix}")
+    folder = PrivateFolder(parent, prefix=prefix, suffix=suffix)
+    folder.remove_empty_parent = shared
+    return folder

@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cloudflow import _mlflow
 from cloudflow.exceptions import CloudflowError, NotFoundError, StoreError
+from cloudflow.store import locks
 
 _logger = logging.getLogger("cloudflow")
 
@@ -199,7 +201,7 @@ def ensure_local_store(folder: Path) -> str:
             )
         # Creating the schema of a new database is not safe to run in two processes at once
         # (MLflow's migrations race: "table ... already exists"): one process at a time.
-        with _folder_lock(folder), _quiet_schema_logs():
+        with locks.flock(folder / LOCK_FILE), _quiet_schema_logs():
             _sqlite_store(folder)
         reroot(folder)
         _initialized.add(uri)
@@ -238,7 +240,7 @@ def _moved_from(db: Any, folder: Path) -> str | None:
     current = (folder / ARTIFACTS_DIR).as_uri()
     if recorded is None or recorded == current:
         return None
-    old = _local_path(recorded)
+    old = local_path(recorded)
     with contextlib.suppress(OSError):
         if old is not None and old.exists() and old.samefile(folder / ARTIFACTS_DIR):
             return None  # the same folder by another name (a link): not moved
@@ -276,7 +278,10 @@ def reroot(folder: Path, *, quiet: bool = False) -> None:
     if not os.access(db_file, os.W_OK) or not os.access(folder, os.W_OK):
         return
     try:
-        with _folder_lock(folder), contextlib.closing(sqlite3.connect(db_file, timeout=30.0)) as db:
+        with (
+            locks.flock(folder / LOCK_FILE),
+            contextlib.closing(sqlite3.connect(db_file, timeout=30.0)) as db,
+        ):
             db.execute("BEGIN IMMEDIATE")
             old = _moved_from(db, folder)  # again: another process may have done it meanwhile
             if old is None:
@@ -286,7 +291,7 @@ def reroot(folder: Path, *, quiet: bool = False) -> None:
             changed = 0
             for old_prefix, new_prefix in (
                 (old, new),
-                (str(_local_path(old)), str(folder / ARTIFACTS_DIR)),
+                (str(local_path(old)), str(folder / ARTIFACTS_DIR)),
             ):
                 for table, column in _LOCATION_COLUMNS:
                     try:
@@ -345,7 +350,7 @@ def relocate(location: str, tracking_uri: str | None) -> str:
     new = (folder / ARTIFACTS_DIR).as_uri()
     for old_prefix, new_prefix in (
         (old, new),
-        (str(_local_path(old)), str(folder / ARTIFACTS_DIR)),
+        (str(local_path(old)), str(folder / ARTIFACTS_DIR)),
     ):
         if location == old_prefix or location.startswith(f"{old_prefix}/"):
             return new_prefix + location[len(old_prefix) :]
@@ -370,22 +375,6 @@ def _quiet_schema_logs() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
-
-
-@contextlib.contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
-    """An exclusive lock between processes on ``<folder>/.cloudflow.lock`` (POSIX only)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock; sqlite's own locking still guards the data
-        yield
-        return
-    with open(folder / LOCK_FILE, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 _stores: dict[str, Any] = {}
@@ -497,9 +486,7 @@ def check_lookup_store() -> None:
     import sys
 
     if "mlflow" in sys.modules:
-        from mlflow.tracking._tracking_service import utils
-
-        explicit = explicit or (uri if utils.is_tracking_uri_set() else None)
+        explicit = explicit or (uri if _mlflow.tracking_uri_is_set() else None)
     if not explicit:
         if (Path.cwd() / DB_FILE).is_file() or (Path.cwd() / "mlruns").is_dir():
             return  # MLflow's default store, which exists here
@@ -541,7 +528,10 @@ def _deleted_run(client: Any, run_id: str) -> bool:
     return bool(found)
 
 
-def _local_path(uri: str) -> Path | None:
+def local_path(uri: str) -> Path | None:
+    """The folder or file a ``file:`` URI or a plain path names; None for any other scheme
+    (a server's ``http:``, ``mlflow-artifacts:``, ``s3:``...). A one-letter scheme is a Windows
+    drive."""
     parsed = urllib.parse.urlparse(uri)
     if parsed.scheme == "file":
         return Path(urllib.request.url2pathname(parsed.path))
@@ -549,6 +539,9 @@ def _local_path(uri: str) -> Path | None:
         return Path(uri)
     return None
 
+
+#: transitional: cloudflow._store.local_path (cloudflow._api still calls it by this name)
+_local_path = local_path
 
 #: ``logged_models.status`` as MLflow's ``LoggedModelStatus.from_int`` decodes it.
 LOGGED_MODEL_STATUS = {0: "UNSPECIFIED", 1: "PENDING", 2: "READY", 3: "FAILED"}
@@ -698,7 +691,7 @@ def _artifact_uri_of(model_uri: str, parsed: Any, identity: dict[str, str]) -> s
                     f"{mine[0].status}): its save was interrupted. Save it again."
                 )
             folder = f"{run.info.artifact_uri.rstrip('/')}/{name}"
-            local = _local_path(relocate(folder, current_tracking_uri()))
+            local = local_path(relocate(folder, current_tracking_uri()))
             if local is not None and not local.exists():
                 names = sorted(
                     {
@@ -737,9 +730,9 @@ def logged_models(client: Any, experiment_id: str, name: str | None = None) -> l
 
 
 def _registry_artifact_uri(client: Any, model_uri: str, identity: dict[str, str]) -> str:
-    from mlflow.store.artifact.utils.models import _parse_model_uri, get_model_name_and_version
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
 
-    parsed = _parse_model_uri(model_uri)
+    parsed = _mlflow.parse_model_uri(model_uri)
     if parsed.model_id is not None and parsed.name is None:
         identity["model_id"] = str(parsed.model_id)
         return str(client.get_logged_model(parsed.model_id).artifact_location)
@@ -822,11 +815,11 @@ def local_bundle_dir(
     A bundle in a local store is read where it is: no copy of its weights.
     """
     text = os.fspath(model_uri)
-    local = _local_path(text)
+    local = local_path(text)
     if local is not None:
         return local, False
     artifact_uri = artifact_uri_of(text, identity)
-    local = _local_path(artifact_uri)
+    local = local_path(artifact_uri)
     if local is not None:
         return local, False
     import mlflow

@@ -443,14 +443,14 @@ def gc(tracking_uri: str) -> None:
     import mlflow
     from mlflow.entities import ViewType
 
-    from cloudflow import _blobs, _inspect, _store
+    from cloudflow import _blobs, _store, _units
 
     uri = _store.existing_store_uri(tracking_uri)
     mlflow.set_tracking_uri(uri)  # a server's mlflow-artifacts: URIs resolve against it
     client = mlflow.MlflowClient(uri)
     total_files = total_bytes = 0
     for experiment in client.search_experiments(view_type=ViewType.ALL):
-        root = _store._local_path(str(experiment.artifact_location))
+        root = _store.local_path(str(experiment.artifact_location))
         if root is None:
             removed, freed = _remote_gc(client, experiment, uri)
         else:
@@ -458,11 +458,11 @@ def gc(tracking_uri: str) -> None:
         if removed:
             click.echo(
                 f"experiment {experiment.name!r} ({experiment.experiment_id}): removed "
-                f"{removed} file(s), {_inspect.human_size(freed)}"
+                f"{removed} file(s), {_units.human_size(freed)}"
             )
         total_files += removed
         total_bytes += freed
-    click.echo(f"freed {_inspect.human_size(total_bytes)} ({total_files} file(s) no bundle held)")
+    click.echo(f"freed {_units.human_size(total_bytes)} ({total_files} file(s) no bundle held)")
 
 
 def _remote_gc(client: Any, experiment: Any, tracking_uri: str) -> tuple[int, int]:
@@ -504,14 +504,14 @@ def export(model_uri: str, destination: str, tracking_uri: str | None) -> None:
     from cloudflow import export_bundle
 
     _use_tracking_uri(tracking_uri, model_uri)
-    from cloudflow import _inspect, _manifest
+    from cloudflow import _manifest, _units
 
     target = export_bundle(model_uri, destination)
     manifest = _manifest.read_manifest(target / _manifest.DATA_DIR)
-    count, size = _inspect.bundle_totals(manifest.files, manifest.outer_files)
+    count, size = _units.bundle_totals(manifest.files, manifest.outer_files)
     click.echo(
         f"exported {model_uri} to {target} ({count} files and the manifest, "
-        f"{_inspect.human_size(size)})"
+        f"{_units.human_size(size)})"
     )
 
 
@@ -523,13 +523,12 @@ def cache() -> None:
 @cache.command("info")
 def cache_info() -> None:
     """Where the cache is, what it holds and its size limit."""
-    from cloudflow import _cache
-    from cloudflow._listing import _size
+    from cloudflow import _cache, _units
 
     found = _cache.info()
     click.echo(f"path      {found.path}")
-    click.echo(f"files     {found.files} ({_size(found.bytes)})")
-    click.echo(f"limit     {_size(found.max_size)} (${_cache.MAX_SIZE_ENV})")
+    click.echo(f"files     {found.files} ({_units.human_size(found.bytes)})")
+    click.echo(f"limit     {_units.human_size(found.max_size)} (${_cache.MAX_SIZE_ENV})")
     click.echo(f"bundles   {found.bundles} put together from their files")
 
 
@@ -545,14 +544,14 @@ def cache_prune(max_size: str | None) -> None:
 
     Bundles loaded right now keep working: each holds its own link to its files.
     """
-    from cloudflow import _cache, _inspect
+    from cloudflow import _cache, _units
 
     limit = _cache.max_size() if max_size is None else _cache.parse_size(max_size, "--max-size")
     removed, freed = _cache.prune(limit)
     left = _cache.info()
     click.echo(
-        f"removed {removed} file(s), {_inspect.human_size(freed)}; the cache holds "
-        f"{left.files} file(s), {_inspect.human_size(left.bytes)}"
+        f"removed {removed} file(s), {_units.human_size(freed)}; the cache holds "
+        f"{left.files} file(s), {_units.human_size(left.bytes)}"
     )
 
 

@@ -141,7 +141,7 @@ def test_a_signed_load_trusts_no_digest_cache(
 ) -> None:
     key = _signing.HmacKey(os.urandom(32))
     table = tmp_path / "src" / "data" / "table.bin"
-    table.write_bytes(os.urandom(2 * _digests.CACHE_MIN_SIZE))
+    table.write_bytes(os.urandom(2 * _digests.DIGEST_CACHE_MIN_SIZE))
     bundle = save(app, tmp_path / "bundle", signing_key=key)
     (copy,) = (bundle / "cloudflow" / "files").rglob("table.bin")
     manifest = json.loads((bundle / "cloudflow" / "manifest.json").read_text())

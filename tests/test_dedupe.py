@@ -94,7 +94,7 @@ def _bundle(store: Path, run_id: str) -> Path:
     uri = _store.resolve_tracking_uri(store)
     location = _store.fast_run_model(uri, run_id, "model")
     assert location is not None
-    path = _store._local_path(location.artifact_location)
+    path = _store.local_path(location.artifact_location)
     assert path is not None
     return path
 
@@ -147,7 +147,7 @@ def test_an_unchanged_model_logged_again_shares_its_files(saved: dict[str, Any])
         _bundle(store, runs[k]["run_id"]) for k in ("first", "again", "changed")
     )
     for rel in SHARED:
-        assert (first / rel).stat().st_size >= _blobs.MIN_SIZE
+        assert (first / rel).stat().st_size >= _blobs.LINK_MIN_SIZE
         assert os.path.samefile(first / rel, again / rel), rel
         assert not (first / rel).stat().st_mode & 0o222, f"{rel} is shared but writable"
     # Only the changed torch model has a file of its own.
@@ -227,13 +227,13 @@ def test_a_failed_save_leaves_no_shared_file(
     from models import tiny_torch_mlp
 
     discarded: list[Path] = []
-    real_discard = _blobs.SaveFiles.discard_created
+    real_discard = _blobs.SharedFileLinks.discard_created
 
-    def recording_discard(self: _blobs.SaveFiles) -> None:
+    def recording_discard(self: _blobs.SharedFileLinks) -> None:
         discarded.extend(self.created)
         real_discard(self)
 
-    monkeypatch.setattr(_blobs.SaveFiles, "discard_created", recording_discard)
+    monkeypatch.setattr(_blobs.SharedFileLinks, "discard_created", recording_discard)
     store = tmp_path / "store"
     experiment_id = cloudflow.prepare_env(str(store), "failing")
     lock = threading.Lock()
@@ -348,7 +348,7 @@ def test_processes_logging_the_same_model_at_once_share_one_file_each(
 def test_cloudflow_gc_frees_only_files_no_bundle_holds(own_store: dict[str, Any]) -> None:
     from click.testing import CliRunner
 
-    from cloudflow._inspect import human_size
+    from cloudflow._units import human_size
     from cloudflow.cli import main
 
     store, runs = own_store["store"], own_store["runs"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from helpers import run_snippet
 
-from cloudflow import _packages
+from cloudflow import _mlflow, _packages
 from cloudflow._bundle import pip_environment
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -59,10 +59,8 @@ def test_names_no_distribution_provides_are_left_out_and_not_remembered() -> Non
     ],
 )
 def test_environment_files_are_mlflows_own(requirements: list[str]) -> None:
-    from mlflow.utils.environment import _process_pip_requirements
-
     ours = pip_environment(list(requirements), None, None)
-    assert ours == _process_pip_requirements(list(requirements))
+    assert ours == _mlflow.process_pip_requirements(list(requirements))
 
 
 def test_user_requirements_are_still_checked_against_the_environment(

@@ -455,7 +455,7 @@ def big_bundle(app: Any, path: Path) -> Path:
     """A bundle with one file above the cache's size threshold (a data file, not a pickle:
     pickles are read once and hashed in memory, never taken from the cache)."""
     table = path.parent / "blob.bin"
-    table.write_bytes(bytes(range(256)) * (_digests.CACHE_MIN_SIZE // 256 + 1))
+    table.write_bytes(bytes(range(256)) * (_digests.DIGEST_CACHE_MIN_SIZE // 256 + 1))
     cloudflow.save_bundle(app.get, {"blob": bytes(range(10))}, path, files={"blob": table})
     return path
 
@@ -483,7 +483,7 @@ def test_digest_cache_skips_rehashing_a_settled_file_and_sees_any_change(
     monkeypatch.setattr(_digests, "SETTLED_FINE_S", 3600.0)
     bundle = big_bundle(app, tmp_path / "bundle")
     weights = big_file(bundle)
-    assert weights.stat().st_size >= _digests.CACHE_MIN_SIZE
+    assert weights.stat().st_size >= _digests.DIGEST_CACHE_MIN_SIZE
     assert not cache.exists() or not any(cache.iterdir())  # just written: not settled yet
     monkeypatch.setattr(_digests, "SETTLED_S", 0.0)
     monkeypatch.setattr(_digests, "SETTLED_FINE_S", 0.0)

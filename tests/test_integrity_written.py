@@ -100,15 +100,33 @@ def _in_bundle(path: str) -> str | None:
     return path.split(marker, 1)[1]
 
 
+@pytest.mark.parametrize("verb", ["save_bundle", "log_bundle"])
 def test_the_seal_reads_back_none_of_the_files_cloudflow_wrote(
-    app: Any, opens: list[tuple[str, bool]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    app: Any,
+    opens: list[tuple[str, bool]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    verb: str,
 ) -> None:
     # Flushing to the disk opens every file (it reads none): off, so that every open counted is
     # one that could read.
     monkeypatch.setenv("CLOUDFLOW_FSYNC", "0")
     key = os.urandom(32)
-    target = tmp_path / "release"
-    cloudflow.save_bundle(app.predict, _models(app), target, files=["data"], signing_key=key)
+    env: dict[str, str] | None = None
+    if verb == "save_bundle":
+        target: Any = tmp_path / "release"
+        cloudflow.save_bundle(app.predict, _models(app), target, files=["data"], signing_key=key)
+    else:
+        # log_bundle seals twice: after writing, and once MLflow's MLmodel names the run.
+        import mlflow
+
+        store = tmp_path / "store"
+        exp_id = cloudflow.prepare_env(str(store), "written")
+        opens.clear()
+        with mlflow.start_run(experiment_id=exp_id) as run:
+            cloudflow.log_bundle(app.predict, _models(app), files=["data"], signing_key=key)
+        target = f"runs:/{run.info.run_id}/model"
+        env = {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}  # for the fresh process
     written, read_back = set(), []
     for path, writes in list(opens):
         rel = _in_bundle(path)
@@ -143,6 +161,7 @@ def test_the_seal_reads_back_none_of_the_files_cloudflow_wrote(
         emit(results)
         """,
         cwd=elsewhere,
+        env=env,
     )
     assert outcome(results, "predict") == want
 

@@ -279,11 +279,24 @@ def test_a_failed_save_into_a_missing_parent_leaves_no_folder(tmp_path: Path) ->
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [(0, "0 B"), (999, "999 B"), (1536, "1.5 kB"), (1_000_000, "1.0 MB"), (2**30, "1.1 GB")],
+)
+def test_sizes_are_in_powers_of_1000(n: int, text: str) -> None:
+    from cloudflow._units import human_size, parse_size
+
+    assert human_size(n) == text
+    assert parse_size("1.5kB") == 1500
+    assert parse_size("1GiB") == 2**30
+    assert parse_size("12 parsecs") is None
+
+
 @pytest.mark.usefixtures("mlflow_state")
 def test_the_log_names_where_the_bundle_is_and_sizes_agree(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from cloudflow._inspect import human_size
+    from cloudflow._units import human_size
 
     exp = cloudflow.prepare_env(str(tmp_path / "store"), "sizes")
     with caplog.at_level("INFO", logger="cloudflow"), mlflow.start_run(experiment_id=exp):
@@ -298,11 +311,14 @@ def test_the_log_names_where_the_bundle_is_and_sizes_agree(
     store = ["--tracking-uri", str(tmp_path / "store")]
     listed = CliRunner().invoke(main, ["list", *store])
     inspected = CliRunner().invoke(main, ["inspect", uri, *store, "--json"])
+    described = CliRunner().invoke(main, ["inspect", uri, *store])
     exported = CliRunner().invoke(main, ["export", uri, str(tmp_path / "copy"), *store])
-    for done in (listed, inspected, exported):
+    for done in (listed, inspected, described, exported):
         assert done.exit_code == 0, done.output
     size = human_size(json.loads(inspected.output)["size_bytes"])
+    assert size.endswith((" B", " kB", " MB", " GB"))  # powers of 1000, as du --si prints them
     assert f"  {size}  " in listed.output
+    assert f"every file matches its digest; {size})" in described.output
     assert exported.output.rstrip().endswith(f"files and the manifest, {size})")
     recorded = json.loads((tmp_path / "copy" / "cloudflow" / "manifest.json").read_text())
     count = len(recorded["files"]) + len(recorded["outer_files"])

@@ -24,7 +24,7 @@ import pytest
 from helpers import assert_same_predictions, run_snippet, subprocess_env
 from servers import CountingProxy, model_server, tracking_server
 
-from cloudflow._inspect import human_size
+from cloudflow._units import human_size
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import cloudflow
-from cloudflow._api import _staging_in
+from cloudflow._staging import inside
 
 
 def _predict(factor, x):
@@ -61,7 +61,7 @@ def test_a_staging_folder_is_made_while_other_saves_remove_the_empty_parent(
     thread.start()
     try:
         for _ in range(3000):
-            staging = _staging_in(parent)
+            staging = inside(parent)
             assert staging.path.is_dir()
             assert staging.name.parent == parent
             staging.close()

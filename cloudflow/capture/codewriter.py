@@ -19,6 +19,7 @@ from cloudflow import _blobs, _digests
 from cloudflow.capture.pickler import BundlePickler, ModuleState, OwnNames, SaveContext
 from cloudflow.capture.policy import ALWAYS_CARRIED, CapturePolicy, carried_names
 from cloudflow.exceptions import CaptureError
+from cloudflow.flavors._base import SharedFiles
 
 
 class CodeWriter:
@@ -184,7 +185,7 @@ class CaptureSession(CapturePolicy):
         self.writer = CodeWriter(self)
 
     @property
-    def shared_files(self) -> Any:
+    def shared_files(self) -> SharedFiles | None:
         """The save's shared-weights store, as :class:`SaveContext` gives it to flavors."""
         return _blobs.current()
 

@@ -39,6 +39,7 @@ from cloudflow import _pickler as on_disk  # the reconstructors, by the names pi
 from cloudflow.capture import scan
 from cloudflow.capture.policy import CapturePolicy
 from cloudflow.exceptions import CaptureError
+from cloudflow.flavors._base import SharedFiles
 from cloudflow.runtime.unpickler import FILE_PID, MODEL_PID, PROTOCOL, table_of_class
 
 _NEWOBJ: Any = copyreg.__newobj__  # type: ignore[attr-defined]  # pickle's NEWOBJ opcode
@@ -392,7 +393,7 @@ class SaveContext:
     :mod:`cloudflow._blobs`), or None: a flavor writing a large file asks it for a link first.
     """
 
-    def __init__(self, policy: CapturePolicy, shared_files: Any = None) -> None:
+    def __init__(self, policy: CapturePolicy, shared_files: SharedFiles | None = None) -> None:
         self.policy = policy
         self.shared_files = shared_files
 

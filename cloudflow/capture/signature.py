@@ -31,6 +31,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from cloudflow import _mlflow
 from cloudflow.exceptions import BundleArgumentError
 
 _logger = logging.getLogger("cloudflow")
@@ -162,7 +163,7 @@ def infer_signature(
     if not columns:
         return None
     signature = ModelSignature(inputs=Schema(columns), outputs=output_schema(predict_fn))
-    signature._is_signature_from_type_hint = True
+    _mlflow.mark_signature_from_type_hints(signature)
     return signature
 
 
@@ -241,7 +242,7 @@ def resolve_signature(
                     f"predict function; its inputs are {accepted}."
                 )
     signature = copy.deepcopy(signature)
-    signature._is_signature_from_type_hint = True
+    _mlflow.mark_signature_from_type_hints(signature)
     if signature.outputs is None:
         signature.outputs = output_schema(predict_fn)
     return signature

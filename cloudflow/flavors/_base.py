@@ -19,11 +19,11 @@ class SharedFiles(Protocol):
     very file already, it is linked instead of written; else it is written and adopted.
     """
 
-    def link_existing(self, digest: str, size: int, path: Path) -> bool:
+    def link_existing(self, digest: str, size: int, path: Path, /) -> bool:
         """Link the stored file of that digest and size at ``path``; False if there is none."""
         ...
 
-    def adopt(self, path: Path, digest: str, size: int) -> None:
+    def adopt(self, path: Path, digest: str, size: int, /) -> None:
         """Note a file just written at ``path``, of that digest and size, as the store's."""
         ...
 

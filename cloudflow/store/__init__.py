@@ -1,0 +1,1 @@
+"""Tracking stores, shared weights, the download cache, remote areas and listing."""
