@@ -30,7 +30,6 @@ NOT_YET_SWITCHED: dict[str, set[str]] = {
         "mlflow.utils.environment._lock_requirements",
         "mlflow.utils.environment._mlflow_conda_env",
     },
-    "_signature.py": {"._is_signature_from_type_hint"},
 }
 
 

@@ -1,0 +1,1 @@
+"""What only the saving process runs: capture of code, data files and the bundle's writing."""

@@ -1,0 +1,1 @@
+"""What loading and serving import: reading, binding and running a bundle. Never imports capture."""
