@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import cloudflow  # noqa: E402
-from cloudflow import _portable  # noqa: E402
+from cloudflow.capture import portable  # noqa: E402
 
 
 def write_package(root: Path, modules: int, functions: int) -> None:
@@ -62,8 +62,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    found = _portable.find_interpreters()
-    here = _portable.version_of()
+    found = portable.find_interpreters()
+    here = portable.version_of()
     others = [v for v in found if v != here]
     print(f"Python {here}; other CPythons found: {', '.join(others) or 'none'}")
     print(f"package: {args.modules} modules x {args.functions} functions; median of {args.repeat}")

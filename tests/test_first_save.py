@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from helpers import run_snippet
 
-from cloudflow import _capture, _mlflow
+from cloudflow import _mlflow, _packages
 from cloudflow.capture.requirements import pip_environment
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -26,8 +26,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 def test_import_names_map_to_the_distributions_importlib_names() -> None:
     everything = importlib.metadata.packages_distributions()
     names = {name for name in everything if name.isidentifier()}
-    _capture._DIST_OF.clear()
-    found = _capture.top_level_names_to_distributions(names)
+    _packages._DIST_OF.clear()
+    found = _packages.top_level_names_to_distributions(names)
     assert len(names) > 20, "too few installed distributions to compare"
     for name in sorted(names):
         providers = everything[name]
@@ -38,11 +38,11 @@ def test_import_names_map_to_the_distributions_importlib_names() -> None:
 
 
 def test_names_no_distribution_provides_are_left_out_and_not_remembered() -> None:
-    _capture._DIST_OF.clear()
-    found = _capture.top_level_names_to_distributions({"numpy", "no_such_library_here"})
+    _packages._DIST_OF.clear()
+    found = _packages.top_level_names_to_distributions({"numpy", "no_such_library_here"})
     assert found == {"numpy": "numpy"}
-    assert "no_such_library_here" not in _capture._DIST_OF
-    assert _capture.top_level_names_to_distributions(set()) == {}
+    assert "no_such_library_here" not in _packages._DIST_OF
+    assert _packages.top_level_names_to_distributions(set()) == {}
 
 
 @pytest.mark.parametrize(
@@ -134,9 +134,9 @@ def test_versions_are_importlibs_for_every_installed_distribution() -> None:
     names = {str(d.metadata["Name"]) for d in importlib.metadata.distributions()}
     assert len(names) > 20, "too few installed distributions to compare"
     for name in sorted(names):
-        assert _capture.distribution_version(name) == importlib.metadata.version(name), name
+        assert _packages.distribution_version(name) == importlib.metadata.version(name), name
         requires = importlib.metadata.metadata(name).get("Requires-Python")
         expected = str(requires).strip() or None if requires else None
-        assert _capture.distribution_field(name, "Requires-Python") == expected, name
-    assert _capture.distribution_version("no-such-distribution-here") is None
-    assert _capture.distribution_field("no-such-distribution-here", "Version") is None
+        assert _packages.distribution_field(name, "Requires-Python") == expected, name
+    assert _packages.distribution_version("no-such-distribution-here") is None
+    assert _packages.distribution_field("no-such-distribution-here", "Version") is None

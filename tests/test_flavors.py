@@ -25,12 +25,15 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from cloudflow._pickler import CaptureSession, LoadContext, ModuleTable, load_code
+from cloudflow.capture.codewriter import CodeWriter
+from cloudflow.capture.pickler import SaveContext
+from cloudflow.capture.policy import CapturePolicy
 from cloudflow.exceptions import BundleFormatError, CaptureError, MissingDependencyError
 from cloudflow.flavors import FLAVORS, Flavor, flavor_for, get_flavor, requirements_for
 from cloudflow.flavors import _sklearn as sklearn_flavor
 from cloudflow.flavors._base import require
 from cloudflow.flavors._torch import ALIGNMENT, write_safetensors
+from cloudflow.runtime.unpickler import LoadContext, ModuleTable, load_code
 
 # --- the pickling context ---------------------------------------------------------------------
 
@@ -38,14 +41,17 @@ from cloudflow.flavors._torch import ALIGNMENT, write_safetensors
 class BundleContext:
     """cloudflow's own pickling context, as a bundle uses it.
 
-    Flavors dump through the capture session, which writes classes of user modules as references
+    One object for both sides (a flavor is given a save context, then a load context): the
+    save context writes classes of user modules as references
     into the bundle's module table; the first load writes and reads the ``code.pkl`` that holds
     those modules, as loading a bundle does before its models.
     """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.session = CaptureSession()
+        self.policy = CapturePolicy()
+        self.save_context = SaveContext(self.policy)
+        self.shared_files = None
         self._load_context: LoadContext | None = None
 
     def dump(
@@ -55,12 +61,13 @@ class BundleContext:
         *,
         persistent_id: Callable[[object], object | None] | None = None,
     ) -> None:
-        self.session.dump(obj, path, persistent_id=persistent_id)
+        self.save_context.dump(obj, path, persistent_id=persistent_id)
 
     def load(self, path: Path, *, persistent_load: Callable[[object], object] | None = None) -> Any:
         if self._load_context is None:
             code = self.folder / "code.pkl"
-            self.session.dump_code(len, code)  # any function: what matters are the modules
+            # Any function: what matters are the modules.
+            CodeWriter(self.policy).dump_code(len, code)
             table = ModuleTable()
             load_code(code, table)
             self._load_context = LoadContext(table)

@@ -31,13 +31,9 @@ SAVE_SIDE = (
 #: it only re-exports the reconstructors that pickled bundles name, none of them is there.
 PICKLER_SAVE_SIDE = ("CaptureSession", "_BundlePickler")
 
-#: Old modules the load side still imports a load-side name from, until they are split:
-#: module -> what it is taken for (and the new home it moves to).
-TRANSITIONAL = {
-    "cloudflow._capture": "relative_filename, distribution_version (cloudflow._packages)",
-    "cloudflow._pickler": "ModuleTable, LoadContext, load_code (cloudflow.runtime.unpickler)",
-    "cloudflow._portable": "read_table (cloudflow.runtime.codetables)",
-}
+#: Old modules the load side may still import a load-side name from, until they are split:
+#: module -> what it is taken for (and its new home). None is left.
+TRANSITIONAL: dict[str, str] = {}
 
 # Records which module imported each cloudflow module first, then loads and predicts.
 LOADER = r"""
@@ -87,11 +83,9 @@ def _chain(name: str, imported_by: dict[str, str | None]) -> str:
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "cloudflow/__init__.py imports cloudflow._api, which imports cloudflow._bundle "
-        "(-> cloudflow.capture.write, with _signature, _portable, _capture) and cloudflow._checks "
-        "(-> cloudflow._runtime); cloudflow.flavors and cloudflow.runtime.read import "
-        "cloudflow._capture, runtime.read also _portable and _pickler (with CaptureSession), "
-        "until the pickler's split lands"
+        "cloudflow/__init__.py imports cloudflow._api at import time, which imports "
+        "cloudflow._bundle (-> cloudflow.capture.write and the whole save side) and "
+        "cloudflow._checks (-> cloudflow._runtime); nothing else brings the save side in"
     ),
 )
 def test_a_pyfunc_load_and_predict_imports_nothing_of_the_save_side(

@@ -328,7 +328,7 @@ def test_the_log_names_where_the_bundle_is_and_sizes_agree(
 def test_annotated_inputs_are_typed_beside_one_only_imported_for_type_checking(
     user_modules: Any,
 ) -> None:
-    from cloudflow._signature import infer_signature
+    from cloudflow.capture.signature import infer_signature
 
     user_modules.write(
         {

@@ -6,8 +6,9 @@ BSD-3-Clause: ``peer/cloudpickle-LICENSE``) is vendored as ``peer/cloudpickle-3.
 extracted per session into a temporary folder outside the project, and run in a subprocess with
 the plugin ``peer/peer_plugin.py``. Through ``peer/cloudflow_peer.py`` every pickle the suite makes
 or reads -- in the pytest process and in the child processes it starts -- goes through
-``cloudflow._pickler.dumps`` and ``loads``: what ``save_bundle`` writes into ``code.pkl`` and what
-``load_bundle`` reads back into a fresh module table. The suite's files are outside site-packages,
+``cloudflow.capture.codewriter.dumps`` and ``cloudflow.runtime.unpickler.loads``: what
+``save_bundle`` writes into ``code.pkl`` and what ``load_bundle`` reads back into a fresh module
+table. The suite's files are outside site-packages,
 so cloudflow captures them by value, as it would a user's modules.
 
 Run it alone with ``pytest tests/test_peer_cloudpickle.py`` (under a minute); by hand,

@@ -7,8 +7,9 @@ way and imported as a module (``peer/dill_runner.py``: each ``test_*`` function 
 that its functions and classes are also captured by value from a user module, as a bundle
 captures a project. Through ``peer/dill_peer.py`` (installed in every process by the
 ``sitecustomize`` the cloudpickle peer suite uses too), ``dill.dumps``/``loads`` and friends go to
-``cloudflow._pickler.dumps``/``loads`` -- what ``save_bundle`` and ``load_bundle`` call -- or,
-for the baseline, to ``cloudpickle.dumps``/``pickle.loads``. Every cloudflow dump that loaded in
+``cloudflow.capture.codewriter.dumps``/``cloudflow.runtime.unpickler.loads`` -- what
+``save_bundle`` and ``load_bundle`` call -- or, for the baseline, to
+``cloudpickle.dumps``/``pickle.loads``. Every cloudflow dump that loaded in
 the suite's process is loaded again by a fresh interpreter in an empty folder, where the suite's
 files cannot be imported: a case passes only if those loads pass too.
 
@@ -211,7 +212,7 @@ FRESH_LOADER = """
 import json, sys, traceback
 from pathlib import Path
 
-from cloudflow import _pickler
+from cloudflow.runtime.unpickler import loads
 
 folder = Path(sys.argv[1])
 failed, count = {}, 0
@@ -219,7 +220,7 @@ for line in (folder / "index.jsonl").read_text(encoding="utf-8").splitlines():
     entry = json.loads(line)
     count += 1
     try:
-        _pickler.loads((folder / entry["dump"]).read_bytes())
+        loads((folder / entry["dump"]).read_bytes())
     except BaseException:
         failed.setdefault(entry["case"], traceback.format_exc()[-2000:])
 emit({"failed": failed, "count": count})

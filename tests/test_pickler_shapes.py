@@ -29,7 +29,7 @@ from helpers import outcome
 from test_real_code import Pipeline, RealProject, on, run_projects
 
 import cloudflow
-from cloudflow import _pickler
+from cloudflow.runtime.binder import ModelBinder
 
 # An installed library (its folder is a site-packages on sys.path) whose module-level objects are
 # functools.partial subclasses with a __setstate__ that takes two arguments: calling it as
@@ -244,13 +244,13 @@ def test_binding_visits_nothing_of_torch_transformers_or_sys(
     user_modules.forget()
 
     binders: list[Any] = []
-    bind = _pickler._ModelBinder.bind
+    bind = ModelBinder.bind
 
     def recording(self: Any, roots: list[Any]) -> Any:
         binders.append(self)
         return bind(self, roots)
 
-    monkeypatch.setattr(_pickler._ModelBinder, "bind", recording)
+    monkeypatch.setattr(ModelBinder, "bind", recording)
     loaded = cloudflow.load_bundle(str(bundle))
     assert loaded.predict(rows=rows) == expected
     assert expected["same"] is True
@@ -265,7 +265,7 @@ def test_binding_visits_nothing_of_torch_transformers_or_sys(
 def test_a_model_inside_a_library_object_fails_the_load_naming_both(
     user_modules: UserModules, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cloudflow import _capture
+    from cloudflow.capture import scan
     from cloudflow.exceptions import CaptureError
 
     site = tmp_path / "lib" / "site-packages"  # an installed library: a site-packages folder
@@ -274,7 +274,7 @@ def test_a_model_inside_a_library_object_fails_the_load_naming_both(
         "import functools\n\n\nclass Bound(functools.partial):\n    pass\n", encoding="utf-8"
     )
     monkeypatch.syspath_prepend(str(site))
-    _capture._library_dirs.cache_clear()
+    scan.library_dirs.cache_clear()
     try:
         user_modules.write(
             {
@@ -308,7 +308,7 @@ def test_a_model_inside_a_library_object_fails_the_load_naming_both(
         with pytest.raises(CaptureError, match=r"Model 'model' is kept inside a holdlib\.Bound"):
             cloudflow.load_bundle(str(bundle))
     finally:
-        _capture._library_dirs.cache_clear()
+        scan.library_dirs.cache_clear()
 
 
 def sys_modules_holdlib() -> Any:

@@ -431,7 +431,7 @@ def test_requirements_say_where_each_pin_installs(saved_here: Saved, name: str) 
 
 
 def test_a_pin_without_requires_python_stays_a_pin() -> None:
-    from cloudflow._portable import requirement_lines
+    from cloudflow.capture.portable import requirement_lines
 
     assert requirement_lines("no-such-distribution", "1.0", ["3.10", "3.13"]) == (
         ["no-such-distribution==1.0"],

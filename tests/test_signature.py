@@ -21,7 +21,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Map, Schema
 
 import cloudflow
-from cloudflow._signature import infer_signature
+from cloudflow.capture.signature import infer_signature
 
 PROBE = {
     "probe_mod.py": """

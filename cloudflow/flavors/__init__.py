@@ -30,7 +30,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from cloudflow import _capture
+from cloudflow import _packages
 from cloudflow.exceptions import (
     BundleArgumentError,
     BundleFormatError,
@@ -51,14 +51,16 @@ from cloudflow.flavors import (
     _transformers,
     _xgboost,
 )
-from cloudflow.flavors._base import Flavor, PickleContext
+from cloudflow.flavors._base import Flavor, LoadContext, SaveContext, SharedFiles
 
 __all__ = [
     "DEVICE_FLAVORS",
     "ENTRY_POINT_GROUP",
     "FLAVORS",
     "Flavor",
-    "PickleContext",
+    "LoadContext",
+    "SaveContext",
+    "SharedFiles",
     "check_installed",
     "flavor_for",
     "flavor_sources",
@@ -167,10 +169,10 @@ def _source_of(flavor: Flavor, entry_point: str | None = None) -> dict[str, str]
     if entry_point is not None:
         source["entry_point"] = entry_point
     top = module.partition(".")[0]
-    dist = _capture.top_level_names_to_distributions({top}).get(top) if top else None
+    dist = _packages.top_level_names_to_distributions({top}).get(top) if top else None
     if dist:
         source["distribution"] = dist
-        version = _capture.distribution_version(dist)
+        version = _packages.distribution_version(dist)
         if version is not None:
             source["version"] = version
     return source
@@ -367,5 +369,5 @@ def requirements_for(name: str, info: Mapping[str, Any]) -> list[str]:
             entry = _user_entry(used)
             if entry is not None and entry[1].get("distribution"):
                 dists.append(entry[1]["distribution"])
-    dists.extend(_capture.top_level_names_to_distributions(modules).values())
+    dists.extend(_packages.top_level_names_to_distributions(modules).values())
     return list(dict.fromkeys(dists))

@@ -13,8 +13,9 @@ warn about unknown names) only the odd-sized tensors at the end, typically biase
 unaligned.
 
 In a save, the file's digest comes from the arrays in memory, before anything is written: a
-store that already holds this very file links it instead (see :mod:`cloudflow._blobs`), and the
-manifest needs no second pass over the written file.
+store that already holds this very file links it instead (the save context's ``shared_files``:
+see :class:`~cloudflow.flavors._base.SharedFiles`), and the manifest needs no second pass over
+the written file.
 
 The torch flavor hands torch tensors over; the JAX flavors hand numpy views of their arrays.
 """
@@ -28,9 +29,12 @@ import struct
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cloudflow import _blobs, _digests
+from cloudflow import _digests
+
+if TYPE_CHECKING:
+    from cloudflow.flavors._base import SharedFiles
 
 #: Every tensor's data starts on a multiple of this many bytes in the file, hence in memory once
 #: the file is memory-mapped (mappings start on a page).
@@ -66,8 +70,13 @@ def write(
     metadata: Mapping[str, str] | None = None,
     *,
     pad: bool = True,
+    shared: SharedFiles | None = None,
 ) -> None:
-    """Write ``entries`` as one aligned safetensors file (see the module docstring)."""
+    """Write ``entries`` as one aligned safetensors file (see the module docstring).
+
+    ``shared`` is the save's store of shared files (``SaveContext.shared_files``): a file it
+    holds already is linked, not written.
+    """
     header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
     layout: list[Entry | int] = []  # tensors and padding byte counts, in file order
     offset = 0
@@ -101,7 +110,7 @@ def write(
             elif item.nbytes:
                 yield item.data()
 
-    files = _blobs.current()
+    files = shared
     size = len(head) + offset
     if files is not None:
         hasher = _digests.new_hasher()

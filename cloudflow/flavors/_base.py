@@ -12,14 +12,35 @@ from typing import Any, Protocol
 from cloudflow.exceptions import MissingDependencyError
 
 
-class PickleContext(Protocol):
-    """Pickling that knows the bundle's captured user modules.
+class SharedFiles(Protocol):
+    """The save's store of large files shared between bundles (the same weights saved twice).
+
+    A flavor writing a large file computes its digest from memory first: if the store holds the
+    very file already, it is linked instead of written; else it is written and adopted.
+    """
+
+    def link_existing(self, digest: str, size: int, path: Path, /) -> bool:
+        """Link the stored file of that digest and size at ``path``; False if there is none."""
+        ...
+
+    def adopt(self, path: Path, digest: str, size: int, /) -> None:
+        """Note a file just written at ``path``, of that digest and size, as the store's."""
+        ...
+
+
+class SaveContext(Protocol):
+    """What a flavor is given to save a model: pickling that knows the bundle's user modules.
 
     Flavors that must pickle part of a model (a torch module's skeleton, an estimator with user
-    classes) go through this, never through ``pickle`` or ``cloudpickle`` directly: classes and
-    functions from the user's modules are then written as references into the bundle's own module
-    table, so the model and the predict function share one copy of each user class at load.
+    classes) go through :meth:`dump`, never through ``pickle`` or ``cloudpickle`` directly: classes
+    and functions from the user's modules are then written as references into the bundle's own
+    module table, so the model and the predict function share one copy of each user class at load.
     """
+
+    @property
+    def shared_files(self) -> SharedFiles | None:
+        """Where large files go shared between bundles, or None (write them as they are)."""
+        ...
 
     def dump(
         self,
@@ -28,6 +49,11 @@ class PickleContext(Protocol):
         *,
         persistent_id: Callable[[object], object | None] | None = None,
     ) -> None: ...
+
+
+class LoadContext(Protocol):
+    """What a flavor is given to load a model: the bundle's files as verified, and unpickling
+    into the bundle's module table (what :meth:`SaveContext.dump` wrote)."""
 
     def load(
         self,
@@ -67,8 +93,8 @@ class Flavor:
 
     name: str
     matches: Callable[[object], bool]
-    save: Callable[[object, Path, PickleContext], dict[str, Any]]
-    load: Callable[[Path, Mapping[str, Any], PickleContext], object]
+    save: Callable[[object, Path, SaveContext], dict[str, Any]]
+    load: Callable[[Path, Mapping[str, Any], LoadContext], object]
     packages: tuple[str, ...] = ()
     extra: str | None = None
     describe: Callable[[object], dict[str, Any]] | None = field(default=None)

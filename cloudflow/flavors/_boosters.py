@@ -14,10 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudflow.exceptions import BundleFormatError
-from cloudflow.flavors._base import Flavor, PickleContext, class_name, loaded_module, require
+from cloudflow.flavors._base import Flavor, class_name, loaded_module, require
+
+if TYPE_CHECKING:
+    from cloudflow.flavors._base import LoadContext, SaveContext
 
 # First item of every persistent id written for a booster; anything else is not ours.
 _PID_TAG = "cloudflow.booster"
@@ -160,7 +163,7 @@ class BoosterVerbs:
             return False
         return isinstance(obj, (module.Booster, getattr(module, self.wrapper_base)))
 
-    def save(self, obj: object, path: Path, ctx: PickleContext) -> dict[str, Any]:
+    def save(self, obj: object, path: Path, ctx: SaveContext) -> dict[str, Any]:
         if isinstance(obj, self._require().Booster):
             entry = save_booster(self.library, obj, path / self.model_file)
             return {"kind": "booster", "file": self.model_file, **entry}
@@ -182,7 +185,7 @@ class BoosterVerbs:
             describe=describe,
         )
 
-    def load(self, path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
+    def load(self, path: Path, info: Mapping[str, Any], ctx: LoadContext) -> object:
         self._require()
         kind = info.get("kind")
         if kind == "booster":

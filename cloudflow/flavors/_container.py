@@ -22,10 +22,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudflow.exceptions import BundleFormatError, CaptureError
-from cloudflow.flavors._base import Flavor, PickleContext
+from cloudflow.flavors._base import Flavor
+
+if TYPE_CHECKING:
+    from cloudflow.flavors._base import LoadContext, SaveContext
 
 FLAVOR_NAME = "container"
 _KINDS: dict[type, str] = {list: "list", tuple: "tuple", dict: "dict"}
@@ -70,14 +73,14 @@ def _matches(obj: object) -> bool:
     return holds_model(obj)
 
 
-def _save(obj: object, path: Path, ctx: PickleContext) -> dict[str, Any]:
+def _save(obj: object, path: Path, ctx: SaveContext) -> dict[str, Any]:
     return _save_into(obj, path, ctx, (), {}, "")
 
 
 def _save_into(
     obj: object,
     path: Path,
-    ctx: PickleContext,
+    ctx: SaveContext,
     outer: tuple[int, ...],
     seen: dict[int, tuple[str, str]],
     prefix: str,
@@ -123,12 +126,12 @@ def _save_into(
 _FORWARDED = ("load_device", "load_dtype")
 
 
-def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
+def _load(path: Path, info: Mapping[str, Any], ctx: LoadContext) -> object:
     return _load_into(path, info, ctx, {}, "")
 
 
 def _load_into(
-    path: Path, info: Mapping[str, Any], ctx: PickleContext, loaded: dict[str, object], prefix: str
+    path: Path, info: Mapping[str, Any], ctx: LoadContext, loaded: dict[str, object], prefix: str
 ) -> object:
     from cloudflow.flavors import DEVICE_FLAVORS, get_flavor
 

@@ -29,11 +29,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudflow.exceptions import BundleFormatError
 from cloudflow.flavors import _jax
-from cloudflow.flavors._base import Flavor, PickleContext, class_name, loaded_module, require
+from cloudflow.flavors._base import Flavor, class_name, loaded_module, require
+
+if TYPE_CHECKING:
+    from cloudflow.flavors._base import LoadContext, SaveContext
 
 FLAVOR_NAME = "flax"
 EXTRA = "flax"
@@ -58,7 +61,7 @@ def _flat(nnx: Any, state: Any) -> list[tuple[str, Any]]:
     return [(".".join(map(str, path)), leaf) for path, leaf in nnx.to_flat_state(state)]
 
 
-def _save(obj: object, path: Path, ctx: PickleContext) -> dict[str, Any]:
+def _save(obj: object, path: Path, ctx: SaveContext) -> dict[str, Any]:
     nnx = require("flax.nnx", flavor=FLAVOR_NAME, extra=EXTRA)
     graphdef, state = nnx.split(obj)
     names = {id(_value_of(v)): name for name, v in reversed(_flat(nnx, state))}  # first wins
@@ -71,11 +74,11 @@ def _save(obj: object, path: Path, ctx: PickleContext) -> dict[str, Any]:
         return (_PID_TAG, record["key"], record["array"], record.get("prng_impl", ""))
 
     ctx.dump((graphdef, state), path / _SKELETON, persistent_id=persistent_id)
-    writer.write(path / _WEIGHTS, "flax")
+    writer.write(path / _WEIGHTS, "flax", ctx.shared_files)
     return {"weights": _WEIGHTS, "module": _SKELETON, "tensors": len(writer)}
 
 
-def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
+def _load(path: Path, info: Mapping[str, Any], ctx: LoadContext) -> object:
     nnx = require("flax.nnx", flavor=FLAVOR_NAME, extra=EXTRA)
     weights = path / info.get("weights", _WEIGHTS)
     stored = _jax.read_arrays(weights, FLAVOR_NAME, EXTRA)

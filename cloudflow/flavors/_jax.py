@@ -33,11 +33,14 @@ import math
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudflow.exceptions import BundleFormatError, CaptureError
 from cloudflow.flavors import _aligned
-from cloudflow.flavors._base import Flavor, PickleContext, class_name, loaded_module, require
+from cloudflow.flavors._base import Flavor, class_name, loaded_module, require
+
+if TYPE_CHECKING:
+    from cloudflow.flavors._base import LoadContext, SaveContext, SharedFiles
 
 FLAVOR_NAME = "jax"
 EXTRA = "jax"
@@ -135,7 +138,7 @@ class ArrayWriter:
             self._records[key] = record
         return dict(self._records[key])
 
-    def write(self, path: Path, framework: str) -> None:
+    def write(self, path: Path, framework: str, shared: SharedFiles | None = None) -> None:
         entries = {}
         for key, array in self._arrays.items():
             host = _host_copy(array)
@@ -145,7 +148,7 @@ class ArrayWriter:
                 nbytes=int(host.nbytes),
                 data=_bytes_of(host),
             )
-        _aligned.write(entries, path, {"format": framework})
+        _aligned.write(entries, path, {"format": framework}, shared=shared)
 
 
 def _bytes_of(host: Any) -> Callable[[], memoryview]:
@@ -276,10 +279,10 @@ def _encode(node: Any, path: tuple[str, ...], writer: ArrayWriter) -> dict[str, 
     return {"kind": "value", "value": node}
 
 
-def _save(obj: object, path: Path, ctx: PickleContext) -> dict[str, Any]:
+def _save(obj: object, path: Path, ctx: SaveContext) -> dict[str, Any]:
     writer = ArrayWriter()
     tree = _encode(obj, (), writer)
-    writer.write(path / ARRAYS, "jax")
+    writer.write(path / ARRAYS, "jax", ctx.shared_files)
     document = {"format": _TREE_FORMAT, "tree": tree}
     (path / _TREE).write_text(json.dumps(document, allow_nan=False), encoding="utf-8")
     return {"arrays": ARRAYS, "tree": _TREE, "tensors": len(writer)}
@@ -311,7 +314,7 @@ def _decode(node: object, stored: Mapping[str, Any], where: Path, done: dict[str
     return tuple(values) if kind == "tuple" else values
 
 
-def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
+def _load(path: Path, info: Mapping[str, Any], ctx: LoadContext) -> object:
     require("jax", flavor=FLAVOR_NAME, extra=EXTRA)
     where = path / info.get("tree", _TREE)
     try:

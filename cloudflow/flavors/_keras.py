@@ -35,7 +35,7 @@ import types
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudflow.exceptions import (
     BundleFormatError,
@@ -43,7 +43,10 @@ from cloudflow.exceptions import (
     EnvironmentMismatchError,
     MissingDependencyError,
 )
-from cloudflow.flavors._base import Flavor, PickleContext, class_name, loaded_module, require
+from cloudflow.flavors._base import Flavor, class_name, loaded_module, require
+
+if TYPE_CHECKING:
+    from cloudflow.flavors._base import LoadContext, SaveContext
 
 FLAVOR_NAME = "keras"
 EXTRA = "keras"
@@ -72,7 +75,7 @@ def _matches(obj: object) -> bool:
     return isinstance(model, type) and isinstance(obj, model) and _is_keras_3(keras)
 
 
-def _save(obj: object, path: Path, ctx: PickleContext) -> dict[str, Any]:
+def _save(obj: object, path: Path, ctx: SaveContext) -> dict[str, Any]:
     keras = require("keras", flavor=FLAVOR_NAME, extra=EXTRA)
     model: Any = obj
     archive = path / _ARCHIVE
@@ -230,7 +233,7 @@ def _prepare(info: Mapping[str, Any]) -> None:
         )
 
 
-def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
+def _load(path: Path, info: Mapping[str, Any], ctx: LoadContext) -> object:
     _prepare(info)
     keras = require("keras", flavor=FLAVOR_NAME, extra=EXTRA)
     _prepare(info)  # the import chose the backend: still the saved one?

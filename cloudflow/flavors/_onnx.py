@@ -15,10 +15,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudflow.exceptions import BundleFormatError, CaptureError
-from cloudflow.flavors._base import Flavor, PickleContext, class_name, loaded_module, require
+from cloudflow.flavors._base import Flavor, class_name, loaded_module, require
+
+if TYPE_CHECKING:
+    from cloudflow.flavors._base import LoadContext, SaveContext
 
 FLAVOR_NAME = "onnx"
 EXTRA = "onnx"
@@ -53,7 +56,7 @@ def _matches(obj: object) -> bool:
     return ort is not None and isinstance(obj, ort.InferenceSession)
 
 
-def _save(obj: object, path: Path, ctx: PickleContext) -> dict[str, Any]:
+def _save(obj: object, path: Path, ctx: SaveContext) -> dict[str, Any]:
     onnx = loaded_module("onnx")
     if onnx is not None and isinstance(obj, onnx.ModelProto):
         external = obj.ByteSize() > _PROTOBUF_LIMIT
@@ -98,7 +101,7 @@ def _session_bytes(session: Any) -> bytes:
     )
 
 
-def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
+def _load(path: Path, info: Mapping[str, Any], ctx: LoadContext) -> object:
     kind = info.get("kind")
     file = path / info.get("file", _MODEL)
     if kind == "model":

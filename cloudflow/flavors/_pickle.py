@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cloudflow.flavors._base import Flavor, PickleContext, class_name
+from cloudflow.flavors._base import Flavor, class_name
+
+if TYPE_CHECKING:
+    from cloudflow.flavors._base import LoadContext, SaveContext
 
 FLAVOR_NAME = "pickle"
 _FILE = "model.pkl"
@@ -17,12 +20,12 @@ def _matches(obj: object) -> bool:
     return True
 
 
-def _save(obj: object, path: Path, ctx: PickleContext) -> dict[str, Any]:
+def _save(obj: object, path: Path, ctx: SaveContext) -> dict[str, Any]:
     ctx.dump(obj, path / _FILE)
     return {"file": _FILE}
 
 
-def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
+def _load(path: Path, info: Mapping[str, Any], ctx: LoadContext) -> object:
     return ctx.load(path / info.get("file", _FILE))
 
 

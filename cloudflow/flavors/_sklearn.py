@@ -19,11 +19,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudflow.exceptions import BundleFormatError
-from cloudflow.flavors._base import Flavor, PickleContext, class_name, loaded_module, require
+from cloudflow.flavors._base import Flavor, class_name, loaded_module, require
 from cloudflow.flavors._boosters import BoosterFiles, persistent_load
+
+if TYPE_CHECKING:
+    from cloudflow.flavors._base import LoadContext, SaveContext
 
 FLAVOR_NAME = "sklearn"
 EXTRA = "sklearn"
@@ -40,7 +43,7 @@ def _matches(obj: object) -> bool:
     return base is not None and isinstance(obj, base.BaseEstimator)
 
 
-def _save(obj: object, path: Path, ctx: PickleContext) -> dict[str, Any]:
+def _save(obj: object, path: Path, ctx: SaveContext) -> dict[str, Any]:
     if FORMAT == "skops":
         info = _save_skops(obj, path)
         if info is not None:
@@ -71,7 +74,7 @@ def _save_skops(obj: object, path: Path) -> dict[str, Any] | None:
     return {"format": "skops", "file": _SKOPS_FILE, "trusted": untrusted, "modules": ["skops"]}
 
 
-def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
+def _load(path: Path, info: Mapping[str, Any], ctx: LoadContext) -> object:
     fmt = info.get("format", "pickle")
     if fmt == "pickle":
         require("sklearn", flavor=FLAVOR_NAME, extra=EXTRA)

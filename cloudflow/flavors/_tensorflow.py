@@ -18,9 +18,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cloudflow.flavors._base import Flavor, PickleContext, class_name, loaded_module, require
+from cloudflow.flavors._base import Flavor, class_name, loaded_module, require
+
+if TYPE_CHECKING:
+    from cloudflow.flavors._base import LoadContext, SaveContext
 
 FLAVOR_NAME = "tensorflow"
 EXTRA = "tensorflow"
@@ -49,13 +52,13 @@ def _matches(obj: object) -> bool:
     return cls is not None and isinstance(obj, cls)
 
 
-def _save(obj: object, path: Path, ctx: PickleContext) -> dict[str, Any]:
+def _save(obj: object, path: Path, ctx: SaveContext) -> dict[str, Any]:
     tf = require("tensorflow", flavor=FLAVOR_NAME, extra=EXTRA)
     tf.saved_model.save(obj, str(path / _DIR))
     return {"saved_model": _DIR}
 
 
-def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
+def _load(path: Path, info: Mapping[str, Any], ctx: LoadContext) -> object:
     tf = require("tensorflow", flavor=FLAVOR_NAME, extra=EXTRA)
     return tf.saved_model.load(str(path / str(info.get("saved_model", _DIR))))
 

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudflow.exceptions import BundleFormatError, EnvironmentMismatchError
 from cloudflow.flavors import _aligned
-from cloudflow.flavors._base import Flavor, PickleContext, class_name, loaded_module, require
+from cloudflow.flavors._base import Flavor, class_name, loaded_module, require
+
+if TYPE_CHECKING:
+    from cloudflow.flavors._base import LoadContext, SaveContext, SharedFiles
 
 FLAVOR_NAME = "torch"
 EXTRA = "torch"
@@ -56,7 +59,7 @@ def _tensor_names(module: Any) -> dict[int, str]:
     return names
 
 
-def _save(obj: object, path: Path, ctx: PickleContext) -> dict[str, Any]:
+def _save(obj: object, path: Path, ctx: SaveContext) -> dict[str, Any]:
     torch = require("torch", flavor=FLAVOR_NAME, extra=EXTRA)
     module: Any = obj
     names = _tensor_names(module)
@@ -77,7 +80,7 @@ def _save(obj: object, path: Path, ctx: PickleContext) -> dict[str, Any]:
         return (_PID_TAG, key, kind, bool(value.requires_grad), str(value.device))
 
     ctx.dump(module, path / _SKELETON, persistent_id=persistent_id)
-    write_safetensors(tensors, path / _WEIGHTS, {"format": "pt"})
+    write_safetensors(tensors, path / _WEIGHTS, {"format": "pt"}, shared=ctx.shared_files)
     return {
         "weights": _WEIGHTS,
         "module": _SKELETON,
@@ -92,6 +95,7 @@ def write_safetensors(
     metadata: Mapping[str, str] | None = None,
     *,
     pad: bool = True,
+    shared: SharedFiles | None = None,
 ) -> None:
     """Write a safetensors file whose tensors start on :data:`ALIGNMENT`-byte boundaries.
 
@@ -104,6 +108,8 @@ def write_safetensors(
         filename: The file to write.
         metadata: The header's ``__metadata__`` (strings only).
         pad: Whether to insert padding tensors.
+        shared: The save's shared files (``SaveContext.shared_files``), to link a file they
+            hold already instead of writing it.
     """
     import sys
 
@@ -131,7 +137,7 @@ def write_safetensors(
         )
         for name, tensor in tensors.items()
     }
-    _aligned.write(entries, filename, metadata, pad=pad)
+    _aligned.write(entries, filename, metadata, pad=pad, shared=shared)
 
 
 def device_or_cpu(torch: Any, name: str) -> str:
@@ -167,7 +173,7 @@ def requested_device(torch: Any, name: str | None) -> str | None:
     return name
 
 
-def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
+def _load(path: Path, info: Mapping[str, Any], ctx: LoadContext) -> object:
     torch = require("torch", flavor=FLAVOR_NAME, extra=EXTRA)
     safetensors_torch = require("safetensors.torch", flavor=FLAVOR_NAME, extra=EXTRA)
     asked = requested_device(torch, info.get("load_device"))

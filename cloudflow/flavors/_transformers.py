@@ -20,16 +20,19 @@ import json
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudflow.exceptions import BundleFormatError
-from cloudflow.flavors._base import Flavor, PickleContext, class_name, loaded_module, require
+from cloudflow.flavors._base import Flavor, class_name, loaded_module, require
 from cloudflow.flavors._torch import (
     describe_module,
     device_or_cpu,
     requested_device,
     write_safetensors,
 )
+
+if TYPE_CHECKING:
+    from cloudflow.flavors._base import LoadContext, SaveContext, SharedFiles
 
 FLAVOR_NAME = "transformers"
 EXTRA = "transformers"
@@ -82,7 +85,7 @@ def _quiet(transformers: Any) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _aligned_weights() -> Iterator[None]:
+def _aligned_weights(shared: SharedFiles | None) -> Iterator[None]:
     """Have ``save_pretrained`` write 64-byte aligned safetensors files (see write_safetensors).
 
     Without it the memory-mapped weights sit 8-byte aligned and the reloaded model's outputs can
@@ -98,7 +101,9 @@ def _aligned_weights() -> Iterator[None]:
         yield
         return
     with _WRITER_LOCK:
-        modeling_utils.safe_save_file = functools.partial(write_safetensors, pad=False)
+        modeling_utils.safe_save_file = functools.partial(
+            write_safetensors, pad=False, shared=shared
+        )
         try:
             yield
         finally:
@@ -112,7 +117,7 @@ def _dtype_kwarg(transformers: Any) -> str:
     return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
 
 
-def _save_class(cls: type, path: Path, name: str, ctx: PickleContext) -> dict[str, Any]:
+def _save_class(cls: type, path: Path, name: str, ctx: SaveContext) -> dict[str, Any]:
     """How to find ``cls`` again: its name if transformers defines it, else pickled by ``ctx``."""
     if cls.__module__.partition(".")[0] == "transformers":
         return {"module": cls.__module__, "name": cls.__qualname__}
@@ -120,7 +125,7 @@ def _save_class(cls: type, path: Path, name: str, ctx: PickleContext) -> dict[st
     return {"file": f"{name}.pkl"}
 
 
-def _load_class(ref: Mapping[str, Any], path: Path, ctx: PickleContext, transformers: Any) -> Any:
+def _load_class(ref: Mapping[str, Any], path: Path, ctx: LoadContext, transformers: Any) -> Any:
     if "file" in ref:
         return ctx.load(path / ref["file"])
     # The top-level name survives transformers moving a class between its modules.
@@ -158,11 +163,11 @@ def _settings(pipe: Any) -> dict[str, Any]:
     return settings
 
 
-def _save(obj: object, path: Path, ctx: PickleContext) -> dict[str, Any]:
+def _save(obj: object, path: Path, ctx: SaveContext) -> dict[str, Any]:
     transformers = require("transformers", flavor=FLAVOR_NAME, extra=EXTRA)
     kind = _kind(obj)
     target: Any = obj
-    with _quiet(transformers), _aligned_weights():
+    with _quiet(transformers), _aligned_weights(ctx.shared_files):
         target.save_pretrained(str(path))
     info: dict[str, Any] = {"kind": kind, "class": _save_class(type(obj), path, "class", ctx)}
     if kind == "model":
@@ -186,7 +191,7 @@ def _save(obj: object, path: Path, ctx: PickleContext) -> dict[str, Any]:
     return info
 
 
-def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
+def _load(path: Path, info: Mapping[str, Any], ctx: LoadContext) -> object:
     transformers = require("transformers", flavor=FLAVOR_NAME, extra=EXTRA)
     kind = info.get("kind")
     cls = _load_class(info["class"], path, ctx, transformers)
@@ -216,7 +221,7 @@ def _load(path: Path, info: Mapping[str, Any], ctx: PickleContext) -> object:
 def _load_pipeline(
     path: Path,
     info: Mapping[str, Any],
-    ctx: PickleContext,
+    ctx: LoadContext,
     transformers: Any,
     pipeline_class: Any,
     dtype: dict[str, Any],

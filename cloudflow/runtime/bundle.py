@@ -140,13 +140,13 @@ class Bundle:
     @property
     def loaded(self) -> dict[str, bool]:
         """Model name -> whether it is loaded (always True unless loaded with ``lazy=``)."""
-        from cloudflow._lazy import is_loaded
+        from cloudflow.runtime.lazy import is_loaded
 
         return {name: is_loaded(model) for name, model in self._models.items()}
 
     def model(self, name: str) -> object:
         """The model ``name`` itself, loading it now if it was loaded lazily."""
-        from cloudflow._lazy import loaded
+        from cloudflow.runtime.lazy import loaded
 
         if name not in self._models:
             raise ModelKeyError(

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from cloudflow import _progress
 from cloudflow._manifest import Manifest, ModelEntry
-from cloudflow._pickler import LoadContext  # transitional: cloudflow.runtime.unpickler
 from cloudflow.exceptions import BundleArgumentError, IntegrityError
+from cloudflow.runtime.unpickler import LoadContext
 
 _logger = logging.getLogger("cloudflow")
 
@@ -148,7 +148,7 @@ def load_models(
 
     entries = list(manifest.models.items())
     if lazy is not None:
-        from cloudflow._lazy import LazyModel
+        from cloudflow.runtime.lazy import LazyModel
 
         def on_first_use(name: str, entry: ModelEntry) -> Callable[[], object]:
             def load_now() -> object:

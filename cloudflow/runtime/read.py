@@ -21,16 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from cloudflow import _environment, _manifest, _progress, _sealed
-
-# transitional: cloudflow._packages (relative_filename, distribution_version)
-from cloudflow._capture import distribution_version, relative_filename
 from cloudflow._manifest import CODE_FILE, DATA_DIR, Manifest
-
-# transitional: cloudflow.runtime.unpickler
-from cloudflow._pickler import LoadContext, ModuleTable, load_code
-
-# transitional: cloudflow.runtime.codetables
-from cloudflow._portable import read_table
+from cloudflow._packages import distribution_version, relative_filename
 from cloudflow.exceptions import (
     BundleArgumentError,
     EnvironmentMismatchError,
@@ -39,8 +31,10 @@ from cloudflow.exceptions import (
 )
 from cloudflow.runtime import files as _files
 from cloudflow.runtime.bundle import Bundle
+from cloudflow.runtime.codetables import read_table
 from cloudflow.runtime.missing import missing_library_error
 from cloudflow.runtime.models import load_models, load_options
+from cloudflow.runtime.unpickler import LoadContext, ModuleTable, load_code
 from cloudflow.runtime.verifying import VERIFIER, DigestPlan, prefetch, report_damage
 
 _logger = logging.getLogger("cloudflow")

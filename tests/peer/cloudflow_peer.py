@@ -2,8 +2,9 @@
 
 :func:`install` replaces, in the running process, ``cloudpickle.dumps``/``dump``/``loads``/``load``
 and ``pickle.loads``/``load`` by wrappers that send calls made *by the suite's code* (its test
-modules, ``testutils`` and the ``__main__`` scripts it starts) to ``cloudflow._pickler.dumps`` and
-``loads`` -- what ``save_bundle`` writes into ``code.pkl`` and what ``load_bundle`` reads from it.
+modules, ``testutils`` and the ``__main__`` scripts it starts) to
+``cloudflow.capture.codewriter.dumps`` and ``cloudflow.runtime.unpickler.loads`` -- what
+``save_bundle`` writes into ``code.pkl`` and what ``load_bundle`` reads from it.
 Calls from anywhere else (multiprocessing, the standard library, pytest) go to the real functions:
 multiprocessing passes its own messages through ``pickle.loads`` and must keep doing so.
 
@@ -73,13 +74,13 @@ def mark(text: str) -> None:
 
 
 def _cloudflow_dumps(obj: Any, kwargs: dict[str, Any]) -> bytes:
-    from cloudflow import _pickler
+    from cloudflow.capture.codewriter import dumps
     from cloudflow.exceptions import CaptureError
 
     kwargs.pop("protocol", None)
     _log("dumps")
     try:
-        return _pickler.dumps(obj, exclude=EXCLUDE, **kwargs)
+        return dumps(obj, exclude=EXCLUDE, **kwargs)
     except CaptureError as e:
         # cloudflow reports a failure of the pickler as a CaptureError (a PicklingError) chained
         # to the pickler's own exception; the suite expects the latter (ValueError raised by a
@@ -91,7 +92,7 @@ def _cloudflow_dumps(obj: Any, kwargs: dict[str, Any]) -> bytes:
 
 
 def _cloudflow_loads(data: Any, kwargs: dict[str, Any]) -> Any:
-    from cloudflow import _pickler
+    from cloudflow.runtime.unpickler import loads
 
     # pickle.loads' defaults, passed by nobody in the suite; anything else goes on to cloudflow.
     for key, default in (("fix_imports", True), ("encoding", "ASCII"), ("errors", "strict")):
@@ -100,7 +101,7 @@ def _cloudflow_loads(data: Any, kwargs: dict[str, Any]) -> Any:
     if not kwargs.get("buffers", True):
         kwargs.pop("buffers")
     _log("loads")
-    return _pickler.loads(bytes(data), **kwargs)
+    return loads(bytes(data), **kwargs)
 
 
 def dumps(obj: Any, protocol: int | None = None, **kwargs: Any) -> bytes:

@@ -4,8 +4,9 @@
 ``dill._dill`` (whose ``copy``, ``pickles`` and ``check`` call them by their module globals), so
 every pickle the suite makes or reads goes to the backend named by ``CLOUDFLOW_PEER_BACKEND``:
 
-- ``cloudflow``: ``cloudflow._pickler.dumps``/``loads``, what ``save_bundle`` writes into
-  ``code.pkl`` and ``load_bundle`` reads back (through :mod:`cloudflow_peer`'s own wrappers, so
+- ``cloudflow``: ``cloudflow.capture.codewriter.dumps``/``cloudflow.runtime.unpickler.loads``,
+  what ``save_bundle`` writes into ``code.pkl`` and ``load_bundle`` reads back (through
+  :mod:`cloudflow_peer`'s own wrappers, so
   both peer suites call cloudflow the same way);
 - ``cloudpickle``: ``cloudpickle.dumps`` and ``pickle.loads``, the fair baseline for a
   cloudpickle-based tool.

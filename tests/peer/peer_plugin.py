@@ -18,7 +18,10 @@ cloudflow_peer.install()
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return "cloudflow peer run: the suite pickles with cloudflow._pickler.dumps/loads"
+    return (
+        "cloudflow peer run: the suite pickles with cloudflow.capture.codewriter.dumps and "
+        "cloudflow.runtime.unpickler.loads"
+    )
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
