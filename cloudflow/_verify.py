@@ -93,7 +93,7 @@ class HideUserSource:
 
 
 def loaded_files(bundle):
-    from cloudflow._files import Resolver
+    from cloudflow.runtime.files import Resolver
 
     return Resolver(bundle.path / "cloudflow", bundle.manifest.data_files)
 
@@ -106,7 +106,7 @@ try:
     if hidden:
         sys.meta_path.insert(0, HideUserSource())
     import cloudflow
-    from cloudflow._pyfunc import CloudflowPyfunc
+    from cloudflow.runtime.pyfunc import CloudflowPyfunc
     result["stage"] = "load"
     loaded = cloudflow.load_bundle(bundle)
     if example_file:

@@ -536,8 +536,6 @@ def test_a_save_flushes_every_file_before_it_publishes(
     app: Any, in_src: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Power lost right after the rename must not leave a published bundle with empty files."""
-    from cloudflow import _bundle
-
     flushed: list[str] = []
     published: list[set[str]] = []
     real_fsync, real_rename = os.fsync, os.rename
@@ -551,7 +549,7 @@ def test_a_save_flushes_every_file_before_it_publishes(
         real_rename(src, dst)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(_bundle.os, "rename", rename)
+    monkeypatch.setattr(os, "rename", rename)
     bundle = save(app, tmp_path / "bundle")
     staged = {str(p).replace(str(bundle), "") for p in bundle.rglob("*")}
     (at_rename,) = published

@@ -33,7 +33,7 @@ from test_real_code import (
 )
 
 import cloudflow
-from cloudflow import _files
+from cloudflow.runtime import files as _files
 
 PIPELINES: dict[str, Pipeline] = {
     "optional_gpu": Pipeline(

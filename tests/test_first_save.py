@@ -18,7 +18,7 @@ import pytest
 from helpers import run_snippet
 
 from cloudflow import _mlflow, _packages
-from cloudflow._bundle import pip_environment
+from cloudflow.capture.requirements import pip_environment
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -111,7 +111,8 @@ def test_the_pyfunc_entry_is_mlflows_add_to_model(tmp_path: Path) -> None:
     from mlflow.pyfunc import add_to_model
 
     import cloudflow
-    from cloudflow._bundle import DATA_DIR, LOADER_MODULE, PYFUNC_CONFIG
+    from cloudflow._manifest import DATA_DIR
+    from cloudflow.capture.requirements import LOADER_MODULE, PYFUNC_CONFIG
 
     def predict(x):
         return np.asarray(x) * 2

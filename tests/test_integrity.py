@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import pickle
+import platform
 import random
 import re
 import shutil
@@ -375,7 +376,7 @@ def test_another_python_minor_is_refused_before_unpickling(
 ) -> None:
     """Saved (for real, digests and signature included) by a Python that reports 3.99.1."""
     with monkeypatch.context() as m:
-        m.setattr(cloudflow._bundle.platform, "python_version", lambda: "3.99.1")
+        m.setattr(platform, "python_version", lambda: "3.99.1")
         bundle = save(app, tmp_path / "bundle", signing_key=KEY)
     manifest = json.loads((bundle / "cloudflow" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["python_version"] == "3.99.1"

@@ -15,22 +15,7 @@ MLFLOW_MODULE = "_mlflow.py"
 
 #: Private MLflow names still used outside ``_mlflow.py``, file by file. Each has its wrapper in
 #: ``cloudflow._mlflow`` already; this list must become empty once those files call them.
-NOT_YET_SWITCHED: dict[str, set[str]] = {
-    "_bundle.py": {
-        "mlflow.models.utils._save_example",
-        "mlflow.utils.environment._CONDA_ENV_FILE_NAME",
-        "mlflow.utils.environment._CONSTRAINTS_FILE_NAME",
-        "mlflow.utils.environment._PYTHON_ENV_FILE_NAME",
-        "mlflow.utils.environment._REQUIREMENTS_FILE_NAME",
-        "mlflow.utils.environment._PythonEnv",
-        "mlflow.utils.environment._process_pip_requirements",
-        "mlflow.utils.environment._contains_mlflow_requirement",
-        "mlflow.utils.environment._generate_mlflow_version_pinning",
-        "mlflow.utils.environment._remove_incompatible_requirements",
-        "mlflow.utils.environment._lock_requirements",
-        "mlflow.utils.environment._mlflow_conda_env",
-    },
-}
+NOT_YET_SWITCHED: dict[str, set[str]] = {}
 
 
 def _private(dotted: str) -> bool:

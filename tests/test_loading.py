@@ -18,7 +18,7 @@ def test_with_load_workers_the_models_load_at_the_same_time(
     import threading
 
     import cloudflow.flavors as flavors
-    from cloudflow import _bundle
+    from cloudflow.runtime import models
 
     def predict(a, b, x):
         return a["k"] + b["k"] + x
@@ -39,10 +39,10 @@ def test_with_load_workers_the_models_load_at_the_same_time(
         return dataclasses.replace(flavor, load=load)
 
     monkeypatch.setattr(flavors, "get_flavor", get_flavor)
-    monkeypatch.setenv(_bundle.LOAD_WORKERS_ENV, "2")
+    monkeypatch.setenv(models.LOAD_WORKERS_ENV, "2")
     assert cloudflow.load_bundle(tmp_path / "bundle").predict(x=3) == 6
     assert len(threads) == 2
-    monkeypatch.setenv(_bundle.LOAD_WORKERS_ENV, "many")
+    monkeypatch.setenv(models.LOAD_WORKERS_ENV, "many")
     with pytest.raises(cloudflow.BundleArgumentError, match=r"'many' is not a number of threads"):
         cloudflow.load_bundle(tmp_path / "bundle")
 
@@ -308,14 +308,15 @@ def test_the_first_predict_runs_while_the_weights_are_hashed(
     import threading
     import time
 
-    from cloudflow import _bundle, _manifest
+    from cloudflow import _manifest
+    from cloudflow.runtime.bundle import Bundle
 
     bundle_dir = _weights_bundle(tmp_path / "bundle")
     x = [[0.5] * 4]
     expected = cloudflow.load_bundle(bundle_dir).predict(x=x)
     monkeypatch.setenv("CLOUDFLOW_DIGEST_CACHE", "0")
     predicting, answered, order = threading.Event(), threading.Event(), []
-    real_verify, real_call = _manifest.verify_digests, _bundle.Bundle._call
+    real_verify, real_call = _manifest.verify_digests, Bundle._call
 
     def verify_digests(data: Path, manifest: Any, rels: list[str], **kwargs: Any) -> None:
         weights = any(rel.endswith(".safetensors") for rel in rels)
@@ -335,7 +336,7 @@ def test_the_first_predict_runs_while_the_weights_are_hashed(
         return answer
 
     monkeypatch.setattr(_manifest, "verify_digests", verify_digests)
-    monkeypatch.setattr(_bundle.Bundle, "_call", call)
+    monkeypatch.setattr(Bundle, "_call", call)
     bundle = cloudflow.load_bundle(bundle_dir, lazy=lazy)
     assert bundle.predict(x=x) == expected
     assert order == ["answered", "verified"]  # computed meanwhile, returned once verified

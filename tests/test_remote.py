@@ -110,11 +110,11 @@ if spec["way"] == "load_bundle":
     if spec.get("busy_checker"):
         # As on a busy machine: the weights' check in the background starts after the load.
         import threading
-        from cloudflow import _bundle
+        from cloudflow.runtime.verifying import VERIFIER
 
         release = threading.Event()
-        for _ in range(_bundle._VERIFIER._max_workers):
-            _bundle._VERIFIER.submit(release.wait)
+        for _ in range(VERIFIER._max_workers):
+            VERIFIER.submit(release.wait)
     bundle = cloudflow.load_bundle(uri, lazy=spec.get("lazy", False))
     if release is not None:
         release.set()
