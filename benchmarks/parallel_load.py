@@ -32,7 +32,7 @@ import bench  # noqa: E402
 import workload  # noqa: E402
 
 import cloudflow  # noqa: E402
-from cloudflow import _bundle  # noqa: E402
+from cloudflow.runtime import models as _models  # noqa: E402
 
 COLD = False
 
@@ -85,9 +85,9 @@ def main() -> None:
             singles[name] = median_load(root / name, args.repeat)
         cloudflow.save_bundle(workload.predict_all, models, root / "all")
         median_load(root / "all", 1)
-        os.environ[_bundle.LOAD_WORKERS_ENV] = "1"
+        os.environ[_models.LOAD_WORKERS_ENV] = "1"
         sequential = median_load(root / "all", args.repeat)
-        os.environ[_bundle.LOAD_WORKERS_ENV] = "3"
+        os.environ[_models.LOAD_WORKERS_ENV] = "3"
         parallel = median_load(root / "all", args.repeat)
         x = bench.make_inputs(sizes)["x"]
         lazy_first = []

@@ -10,10 +10,8 @@ and load it anywhere without the source::
     bundle.predict(input_type="sentiment", data="I love it")
 """
 
-from cloudflow._api import export_bundle, load_bundle, log_bundle, save_bundle
-from cloudflow._bundle import Bundle
-from cloudflow._files import bundle_file
-from cloudflow._legacy import cloudflow_model, prepare_env
+from typing import TYPE_CHECKING, Any
+
 from cloudflow._version import __version__
 from cloudflow.exceptions import (
     BundleArgumentError,
@@ -31,6 +29,40 @@ from cloudflow.exceptions import (
     StoreError,
 )
 from cloudflow.flavors import Flavor, register_flavor
+from cloudflow.runtime.bundle import Bundle
+from cloudflow.runtime.files import bundle_file
+
+if TYPE_CHECKING:
+    from cloudflow._api import export_bundle, load_bundle, log_bundle, save_bundle
+    from cloudflow._legacy import cloudflow_model, prepare_env
+
+#: The verbs are imported on first use (PEP 562): a process that only serves bundles (MLflow
+#: imports ``cloudflow._pyfunc``, which imports this package first) never imports the save side
+#: that ``save_bundle`` and ``log_bundle`` bring.
+_VERBS = {
+    "export_bundle": "cloudflow._api",
+    "load_bundle": "cloudflow._api",
+    "log_bundle": "cloudflow._api",
+    "save_bundle": "cloudflow._api",
+    "cloudflow_model": "cloudflow._legacy",
+    "prepare_env": "cloudflow._legacy",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _VERBS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cloudflow' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_VERBS))
+
 
 __all__ = [
     "Bundle",

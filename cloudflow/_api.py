@@ -33,8 +33,10 @@ from cloudflow import (
     _store,
     _units,
 )
-from cloudflow._bundle import Bundle, read_bundle, write_bundle
 from cloudflow._manifest import Manifest
+from cloudflow.capture.write import write_bundle
+from cloudflow.runtime.bundle import Bundle
+from cloudflow.runtime.read import read_bundle
 
 _logger = logging.getLogger("cloudflow")
 

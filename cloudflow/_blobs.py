@@ -47,8 +47,6 @@ BLOB_DIR = ".cloudflow-blobs"
 #: shared copy: a link saves less than it costs. (Not the remote area's threshold,
 #: :data:`cloudflow._remote.AREA_MIN_SIZE`, nor the digest cache's.)
 LINK_MIN_SIZE = 1024 * 1024
-#: transitional: cloudflow._blobs.LINK_MIN_SIZE (cloudflow._bundle still names it so)
-MIN_SIZE = LINK_MIN_SIZE
 _READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
 
 
@@ -178,9 +176,6 @@ def _link_blob(blob: Path, size: int, target: Path, digest: str) -> None:
             os.unlink(target)
         raise
 
-
-#: transitional: cloudflow._blobs.SharedFileLinks (cloudflow._bundle still names it so)
-SaveFiles = SharedFileLinks
 
 _CURRENT: contextvars.ContextVar[SharedFileLinks | None] = contextvars.ContextVar(
     "cloudflow_save_files", default=None

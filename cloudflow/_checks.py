@@ -40,9 +40,9 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from cloudflow import _runtime, _signing
-from cloudflow._files import _fspath
 from cloudflow._model_metadata import HISTORY
 from cloudflow.exceptions import BundleArgumentError, ModelKeyError
+from cloudflow.runtime.files import path_text as _fspath
 
 _Where = TypeVar("_Where")
 
@@ -100,7 +100,7 @@ def check_arguments(predict_fn: object, models: object) -> dict[str, object]:
             f"models keys must be str parameter names of predict_fn; {bad_keys[0]!r} is a "
             f"{type(bad_keys[0]).__name__}. Use the parameter names as keys."
         )
-    from cloudflow._bundle import _parameters  # transitional: shared with the reader
+    from cloudflow.runtime.bundle import parameters_of as _parameters
 
     _, names, has_var_kw = _parameters(predict_fn)
     for key in models:
@@ -522,7 +522,7 @@ class SaveArguments:
     python_versions: str | Iterable[str] | None
 
     def writer_options(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`cloudflow._bundle.write_bundle`."""
+        """The keyword arguments of :func:`cloudflow.capture.write.write_bundle`."""
         return {
             "pip_requirements": self.pip_requirements,
             "extra_pip_requirements": self.extra_pip_requirements,

@@ -108,7 +108,7 @@ def _integrity(data: Path, manifest: _manifest.Manifest, verify: bool) -> dict[s
 
 def describe_folder(path: Path, *, verify: bool = True) -> dict[str, Any]:
     """Everything ``cloudflow inspect`` shows about the bundle in a local folder, as JSON data."""
-    from cloudflow._bundle import data_dir_of
+    from cloudflow.runtime.read import data_dir_of
 
     data = data_dir_of(Path(path))
     manifest = _manifest.read_manifest(data)
@@ -245,10 +245,6 @@ def log_metadata_tags(client: Any, run_id: str, manifest: _manifest.Manifest, na
             client.log_batch(run_id, tags=tags[start : start + _BATCH])
     except Exception as e:
         _logger.warning("Could not tag run %s with the models' metadata: %s", run_id, e)
-
-
-#: transitional: cloudflow._units.human_size (the save log of cloudflow._api still names it here)
-human_size = _units.human_size
 
 
 # --- text output of ``cloudflow inspect`` ----------------------------------------------------

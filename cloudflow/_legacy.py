@@ -13,8 +13,8 @@ from typing import Any
 
 from cloudflow import _checks, _names, _store
 from cloudflow._api import load_checked, log_checked
-from cloudflow._bundle import Bundle
 from cloudflow.exceptions import CloudflowError, NotFoundError
+from cloudflow.runtime.bundle import Bundle
 
 MODEL_NAME = "model"
 

@@ -146,7 +146,7 @@ def process_pip_requirements(
 
 
 #: The steps of :func:`process_pip_requirements` that run without its check of the user's
-#: requirements against the environment (see ``cloudflow._bundle.pip_environment``).
+#: requirements against the environment (see ``cloudflow.capture.requirements.pip_environment``).
 _REQUIREMENT_STEPS = (
     "_contains_mlflow_requirement",
     "_generate_mlflow_version_pinning",

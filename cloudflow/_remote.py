@@ -19,7 +19,7 @@ writes itself, such as S3) does the same through the store:
 - **Loads.** A load finds the shared files missing from the bundle's folder and takes them from
   the per-machine cache (:mod:`cloudflow._cache`), downloading into it, in parallel and verified
   while streaming, only the ones it lacks. The bundle is then read from a folder of the cache that
-  links them. Every load path goes through :func:`cloudflow._bundle.read_bundle`, so
+  links them. Every load path goes through :func:`cloudflow.runtime.read.read_bundle`, so
   ``load_bundle``, the seed API, ``mlflow.pyfunc.load_model``, ``mlflow models serve`` and
   ``spark_udf`` all do this.
 - **Safety.** The manifest, signed when a key is given, holds each file's digest, and every file

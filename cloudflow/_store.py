@@ -540,9 +540,6 @@ def local_path(uri: str) -> Path | None:
     return None
 
 
-#: transitional: cloudflow._store.local_path (cloudflow._api still calls it by this name)
-_local_path = local_path
-
 #: ``logged_models.status`` as MLflow's ``LoggedModelStatus.from_int`` decodes it.
 LOGGED_MODEL_STATUS = {0: "UNSPECIFIED", 1: "PENDING", 2: "READY", 3: "FAILED"}
 

@@ -99,9 +99,10 @@ def loaded_files(bundle):
 
 
 try:
-    from cloudflow import _capture
+    from cloudflow import _packages
+    from cloudflow.capture import scan as _scan
 
-    LIBRARY_DIRS = _capture._library_dirs()
+    LIBRARY_DIRS = _scan.library_dirs()
     hidden = [os.path.realpath(h) + os.sep for h in hidden]
     if hidden:
         sys.meta_path.insert(0, HideUserSource())
@@ -287,7 +288,7 @@ def outside_reads(
     Each is ``{"path": as opened, "found": the saving machine's path, "bundled": whether it is
     the original of a bundled file (read through a call the bundle does not redirect)}``.
     """
-    from cloudflow import _capture
+    from cloudflow.capture import scan as _scan
 
     scratch = os.path.realpath(result_file_dir)  # the check's own folder: example, result
     not_data = tuple(
@@ -295,7 +296,7 @@ def outside_reads(
         for p in (bundle, scratch, sys.prefix, sys.base_prefix, sys.exec_prefix)
         if p
     )
-    not_data += _capture._library_dirs() + _SYSTEM_DIRS
+    not_data += _scan.library_dirs() + _SYSTEM_DIRS
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
     for path in reads:
@@ -367,7 +368,7 @@ def library_import_failure(error: BaseException) -> dict[str, Any] | None:
     importing a module by name for the bundle, say) is not: the module may be one of the user's
     that the capture missed. Returns ``{"library", "missing", "chain", "where"}`` or None.
     """
-    from cloudflow import _capture
+    from cloudflow.capture import scan as _scan
 
     if not isinstance(error, ImportError):
         return None
@@ -384,7 +385,7 @@ def library_import_failure(error: BaseException) -> dict[str, Any] | None:
         return str(frame.f_globals.get("__name__") or "").partition(".")[0]
 
     library, filename = top(last), last.f_code.co_filename
-    in_library = _capture._under(filename, _capture._library_dirs())
+    in_library = _scan.under(filename, _scan.library_dirs())
     body = last.f_code.co_name == "<module>"
     if not library or library == "cloudflow" or not in_library:
         return None
@@ -406,10 +407,10 @@ def library_import_failure(error: BaseException) -> dict[str, Any] | None:
 
 
 def _library_relative(filename: str) -> str:
-    from cloudflow import _capture
+    from cloudflow.capture import scan as _scan
 
     real = os.path.realpath(filename)
-    for folder in sorted(_capture._library_dirs(), key=len, reverse=True):  # the deepest first
+    for folder in sorted(_scan.library_dirs(), key=len, reverse=True):  # the deepest first
         if real.startswith(folder):
             return real[len(folder) :]
     return os.path.basename(filename)
@@ -417,17 +418,17 @@ def _library_relative(filename: str) -> str:
 
 def _explain_library(result: dict[str, Any], stage: str) -> str:
     """The message for an installed library that fails to import in a fresh interpreter."""
-    from cloudflow import _capture
+    from cloudflow import _packages
 
     found = result["library"]
     library, missing = str(found["library"]), str(found.get("missing") or "")
     source = missing.partition(".")[0]
     tops = {library, source} - {""} - set(sys.stdlib_module_names)
-    dists = _capture.top_level_names_to_distributions(tops)
+    dists = _packages.top_level_names_to_distributions(tops)
 
     def named(top: str) -> str:
         dist = dists.get(top)
-        version = _capture.distribution_version(dist) if dist else None
+        version = _packages.distribution_version(dist) if dist else None
         return f"{top!r} ({dist} {version})" if dist and version else repr(top)
 
     chain = [str(c) for c in found.get("chain") or []]

@@ -422,15 +422,13 @@ def test_other_library_versions_give_exactly_one_warning_listing_them(
     )
     import versions_app
 
-    from cloudflow import _capture, _packages
+    from cloudflow import _packages
 
     real = _packages.distribution_version
     fake = {"cloudpickle": "0.0.1", "numpy": "0.0.2"}
     with monkeypatch.context() as m:
-        # The save writes these versions into the bundle; the name is patched wherever the save
-        # looks it up (_capture re-exports it while modules still import it from there).
-        for module in (_packages, _capture):
-            m.setattr(module, "distribution_version", lambda d: fake.get(d) or real(d))
+        # The save writes these versions into the bundle.
+        m.setattr(_packages, "distribution_version", lambda d: fake.get(d) or real(d))
         cloudflow.save_bundle(versions_app.predict, {"table": {"k": 2}}, tmp_path / "bundle")
     caplog.set_level(logging.WARNING, logger="cloudflow")
     assert cloudflow.load_bundle(tmp_path / "bundle").predict(x=2) == 4.0

@@ -13,16 +13,12 @@ import ast
 import json
 from pathlib import Path
 
-import pytest
 from conftest import SavedProject
 from helpers import REPO_ROOT, assert_same_predictions, run_snippet
 
 #: Modules only the saving process runs (``cloudflow.capture`` and its modules, by prefix).
 SAVE_SIDE = (
     "cloudflow.capture",
-    "cloudflow._capture",
-    "cloudflow._portable",
-    "cloudflow._signature",
     "cloudflow._verify",
     "cloudflow._provenance",
     "cloudflow._runtime",
@@ -80,14 +76,6 @@ def _chain(name: str, imported_by: dict[str, str | None]) -> str:
     return " <- ".join(chain)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "cloudflow/__init__.py imports cloudflow._api at import time, which imports "
-        "cloudflow._bundle (-> cloudflow.capture.write and the whole save side) and "
-        "cloudflow._checks (-> cloudflow._runtime); nothing else brings the save side in"
-    ),
-)
 def test_a_pyfunc_load_and_predict_imports_nothing_of_the_save_side(
     saved_project_a: SavedProject, tmp_path: Path
 ) -> None:

@@ -15,11 +15,10 @@ from typing import Any, BinaryIO
 
 from cloudpickle import cloudpickle as _cp
 
-from cloudflow import _blobs, _digests
-from cloudflow.capture.pickler import BundlePickler, ModuleState, OwnNames, SaveContext
+from cloudflow import _digests
+from cloudflow.capture.pickler import BundlePickler, ModuleState, OwnNames
 from cloudflow.capture.policy import ALWAYS_CARRIED, CapturePolicy, carried_names
 from cloudflow.exceptions import CaptureError
-from cloudflow.flavors._base import SharedFiles
 
 
 class CodeWriter:
@@ -171,32 +170,3 @@ def dumps(obj: object, **policy_options: Any) -> bytes:
     buffer = io.BytesIO()
     CodeWriter(CapturePolicy(**policy_options)).write_code(obj, buffer)
     return buffer.getvalue()
-
-
-class CaptureSession(CapturePolicy):
-    """The three objects of a save in one, as ``cloudflow._bundle`` still builds them.
-
-    transitional: cloudflow._bundle builds a CapturePolicy, hands flavors a SaveContext and
-    writes code.pkl with a CodeWriter.
-    """
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.writer = CodeWriter(self)
-
-    @property
-    def shared_files(self) -> SharedFiles | None:
-        """The save's shared-weights store, as :class:`SaveContext` gives it to flavors."""
-        return _blobs.current()
-
-    def dump(self, obj: object, path: Path, **options: Any) -> None:
-        SaveContext(self, self.shared_files).dump(obj, path, **options)
-
-    def dump_code(self, predict_fn: Callable[..., Any], path: Path) -> None:
-        self.writer.dump_code(predict_fn, path)
-
-    def write_code(self, predict_fn: object, f: BinaryIO) -> None:
-        self.writer.write_code(predict_fn, f)
-
-    def capture_report(self) -> dict[str, dict[str, Any]]:
-        return self.writer.capture_report()

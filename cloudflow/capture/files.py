@@ -32,7 +32,7 @@ from cloudflow.runtime.files import (
 def _candidate_roots(paths: Iterable[str]) -> list[str]:
     """Folders your modules are imported from, above any of ``paths``: user folders of
     ``sys.path``, and the import roots of your modules (editable installs included)."""
-    from cloudflow import _capture
+    from cloudflow.capture import scan as _scan
 
     above: set[str] = set()
     for path in paths:
@@ -40,7 +40,7 @@ def _candidate_roots(paths: Iterable[str]) -> list[str]:
         while parent not in above and parent != os.path.dirname(parent):
             above.add(parent)
             parent = os.path.dirname(parent)
-    libraries = _capture._library_dirs()
+    libraries = _scan.library_dirs()
     roots: set[str] = set()
     for entry in sys.path:
         folder = os.path.realpath(entry or os.getcwd())
@@ -53,7 +53,7 @@ def _candidate_roots(paths: Iterable[str]) -> list[str]:
         if not isinstance(file, str) or not file.startswith(prefixes):
             continue
         try:
-            root = _capture.import_root(module) if _capture.is_user_module(module) else None
+            root = _scan.import_root(module) if _scan.is_user_module(module) else None
         except Exception:
             continue
         if root is not None and root in above:
@@ -134,12 +134,12 @@ class SavedFiles:
 
     def module_trees(self, modules: Mapping[str, types.ModuleType]) -> dict[str, str]:
         """Captured module -> the tree its ``__file__`` goes into at load."""
-        from cloudflow import _capture
+        from cloudflow.capture import scan as _scan
 
         out = {}
         by_root = {root: rel for rel, root in self.trees.items()}
         for name, module in modules.items():
-            root = _capture.import_root(module)
+            root = _scan.import_root(module)
             if root is not None and root in by_root:
                 out[name] = by_root[root]
         return out
@@ -264,17 +264,17 @@ def unbundled_paths(
     package folder, the folder the project is imported from), or inside another folder kept.
     Returns ``(as written, is_folder)``.
     """
-    from cloudflow import _capture
+    from cloudflow.capture import scan as _scan
 
     not_data = {
         os.path.realpath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)
     }
-    not_data.update(_capture._library_dirs())
+    not_data.update(_scan.library_dirs())
     own = os.path.realpath(bundle)
     code_folders: set[str] = set()
     for module in modules.values():
-        root = _capture.import_root(module)
-        for location in _capture.module_locations(module):
+        root = _scan.import_root(module)
+        for location in _scan.module_locations(module):
             folder = os.path.realpath(location)
             folder = folder if os.path.isdir(folder) else os.path.dirname(folder)
             while root is not None and folder.startswith(root) and folder not in code_folders:

@@ -14,10 +14,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _blobs, _capture, _digests, _mlflow, _portable, _runtime
+from cloudflow import _blobs, _digests, _mlflow, _packages, _runtime
 from cloudflow._manifest import DATA_DIR, Manifest
-from cloudflow._pickler import CaptureSession  # transitional: cloudflow.capture.policy
 from cloudflow._version import __version__
+from cloudflow.capture import portable as _portable
+from cloudflow.capture.policy import CapturePolicy
 from cloudflow.runtime.models import PYFUNC_CONFIG
 
 FLAVOR_NAME = "cloudflow"
@@ -27,7 +28,7 @@ _BASE_PACKAGES = ("cloudpickle",)
 
 
 def pinned_requirements(
-    session: CaptureSession,
+    policy: CapturePolicy,
     flavor_packages: Iterable[str],
     python_versions: list[str],
     runtime_package: str | None,
@@ -38,16 +39,16 @@ def pinned_requirements(
     (see :mod:`cloudflow._runtime`).
 
     For a bundle that loads on several Python versions, a pinned release that does not support
-    one of them gets environment markers (see :func:`cloudflow._portable.requirement_lines`),
+    one of them gets environment markers (see :func:`cloudflow.capture.portable.requirement_lines`),
     and the save warns, naming it.
     """
     dists: dict[str, None] = dict.fromkeys(_BASE_PACKAGES)
     dists.update(dict.fromkeys(flavor_packages))
-    tops = {t for t in session.third_party if t not in ("mlflow", "cloudflow")}
-    dists.update(dict.fromkeys(_capture.top_level_names_to_distributions(tops).values()))
+    tops = {t for t in policy.third_party if t not in ("mlflow", "cloudflow")}
+    dists.update(dict.fromkeys(_packages.top_level_names_to_distributions(tops).values()))
     versions: dict[str, str] = {}
     for dist in dists:
-        version = _capture.distribution_version(dist)
+        version = _packages.distribution_version(dist)
         if version is not None:
             versions[dist] = version
     # A local version label (torch 2.13.0+cpu) names a build no index serves: pin the release.
@@ -175,7 +176,7 @@ def pip_environment(
     return _mlflow.pinned_environment(requirements)
 
 
-def write_runtime(data: Path, files: _blobs.SaveFiles) -> None:
+def write_runtime(data: Path, files: _blobs.SharedFileLinks) -> None:
     """Put the wheel of this cloudflow into the bundle: a link to the store's copy if it has one.
 
     The wheel is small (about 230 KB) but the same in every bundle a cloudflow version saves,

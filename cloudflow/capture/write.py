@@ -19,14 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _blobs, _digests, _manifest, _portable, _progress, _signature, _staging
+from cloudflow import _blobs, _digests, _manifest, _progress, _staging
 from cloudflow._manifest import CODE_FILE, DATA_DIR, MODELS_DIR, Manifest, ModelEntry
-from cloudflow._pickler import CaptureSession  # transitional: cloudflow.capture.policy
 from cloudflow._version import __version__
 from cloudflow.capture import files as _files
+from cloudflow.capture import portable as _portable
+from cloudflow.capture import scan as _scan
+from cloudflow.capture import signature as _signature
+from cloudflow.capture.codewriter import CodeWriter
+from cloudflow.capture.pickler import SaveContext
+from cloudflow.capture.policy import CapturePolicy
 from cloudflow.capture.requirements import pinned_requirements, write_mlmodel, write_runtime
 from cloudflow.exceptions import BundleArgumentError, CaptureError, StoreError
 from cloudflow.runtime.bundle import parameters_of
+from cloudflow.runtime.codetables import table_name
 
 _logger = logging.getLogger("cloudflow")
 
@@ -139,7 +145,7 @@ def _removed_on_failure(folders: list[Path]) -> Iterator[None]:
         raise
 
 
-def _write_and_publish(path: Path, save: _Save, files: _blobs.SaveFiles) -> Manifest:
+def _write_and_publish(path: Path, save: _Save, files: _blobs.SharedFileLinks) -> Manifest:
     """Write the bundle into a private staging folder beside ``path``, then publish it there."""
     private = _staging.beside(path)
     staging = private.path / _staging.BUNDLE
@@ -185,10 +191,9 @@ def _write_and_publish(path: Path, save: _Save, files: _blobs.SaveFiles) -> Mani
 
 def _check_in_clean_process(staging: Path, manifest: Manifest, input_example: Any) -> None:
     """Load the staged bundle (and run the input example) where the user's source is hidden."""
-    from cloudflow import _capture  # transitional: cloudflow.capture.scan
     from cloudflow._verify import check_in_clean_process
 
-    hidden = _capture.user_roots(manifest.captured_modules)
+    hidden = _scan.user_roots(manifest.captured_modules)
     check_in_clean_process(staging, input_example, hidden)
 
 
@@ -205,29 +210,32 @@ def out_of_space(error: BaseException) -> OSError | None:
     return None
 
 
-def _write_into(root: Path, save: _Save, files: _blobs.SaveFiles) -> Manifest:
+def _write_into(root: Path, save: _Save, files: _blobs.SharedFileLinks) -> Manifest:
     """Write the bundle's ``cloudflow`` data folder into ``root``: data files, models, code,
     the cloudflow wheel, and the manifest that lists them."""
     data = root / DATA_DIR
     (data / MODELS_DIR).mkdir(parents=True)
-    session = CaptureSession(
+    # What travels by value (the policy), the flavors' pickles (their context) and code.pkl (the
+    # writer): three objects over one policy.
+    policy = CapturePolicy(
         include=save.include_modules,
         exclude=save.exclude_modules,
         models=save.models,
         strip_docstrings=save.strip_docstrings,
         python_versions=save.interpreters,
     )
+    writer = CodeWriter(policy)
     if save.data_files:
-        _copy_data_files(session, data, save.data_files)
-    entries, packages = _save_models(session, data, save.models)
-    python_versions = _write_code(session, save.predict_fn, root)
+        _copy_data_files(policy, data, save.data_files)
+    entries, packages = _save_models(SaveContext(policy, _blobs.current()), data, save.models)
+    python_versions = _write_code(writer, save.predict_fn, root)
     requirements, libraries = pinned_requirements(
-        session, packages, python_versions, save.runtime_package
+        policy, packages, python_versions, save.runtime_package
     )
     if save.runtime_package is None:
         write_runtime(data, files)
     manifest = _manifest_of(
-        session,
+        writer,
         save,
         entries,
         libraries=libraries,
@@ -239,15 +247,15 @@ def _write_into(root: Path, save: _Save, files: _blobs.SaveFiles) -> Manifest:
     return manifest
 
 
-def _copy_data_files(session: CaptureSession, data: Path, data_files: Mapping[str, Path]) -> None:
+def _copy_data_files(policy: CapturePolicy, data: Path, data_files: Mapping[str, Path]) -> None:
     """Copy ``files=`` into the bundle; the pickler then points the code's paths at the copies."""
     t0 = time.perf_counter()
-    session.files = _files.copy_files(data, data_files)
+    policy.files = _files.copy_files(data, data_files)
     _logger.info("Copied %d data file entries in %.2f s", len(data_files), time.perf_counter() - t0)
 
 
 def _save_models(
-    session: CaptureSession, data: Path, models: Mapping[str, object]
+    context: SaveContext, data: Path, models: Mapping[str, object]
 ) -> tuple[dict[str, ModelEntry], list[str]]:
     """Save each model with its flavor into its folder; their entries and their libraries."""
     from cloudflow.flavors import flavor_for, requirements_for
@@ -260,7 +268,7 @@ def _save_models(
         folder.mkdir()
         t0 = time.perf_counter()
         try:
-            info = flavor.save(obj, folder, session)
+            info = flavor.save(obj, folder, context)
         except CaptureError as e:
             raise CaptureError(f"Cannot save model {name!r} ({flavor.name} flavor): {e}") from e
         except Exception as e:
@@ -283,25 +291,25 @@ def _save_models(
     return entries, packages
 
 
-def _write_code(session: CaptureSession, predict_fn: Callable[..., Any], root: Path) -> list[str]:
+def _write_code(writer: CodeWriter, predict_fn: Callable[..., Any], root: Path) -> list[str]:
     """Pickle the function and the modules it reaches, and the code tables of other Pythons.
 
     Returns the Python versions the bundle loads on.
     """
     data = root / DATA_DIR
-    session.dump_code(predict_fn, data / CODE_FILE)
-    _warn_unbundled(session, root)
+    writer.dump_code(predict_fn, data / CODE_FILE)
+    _warn_unbundled(writer.policy, root)
     python_versions = [".".join(platform.python_version().split(".")[:2])]
-    if session.code_tables is not None:
-        tables, python_versions = session.code_tables.build()
+    if writer.policy.code_tables is not None:
+        tables, python_versions = writer.policy.code_tables.build()
         for version, table in tables.items():
-            _digests.write_hashed(data / _portable.table_name(version), table)
+            _digests.write_hashed(data / table_name(version), table)
     _progress.advance("code")
     return python_versions
 
 
 def _manifest_of(
-    session: CaptureSession,
+    writer: CodeWriter,
     save: _Save,
     entries: dict[str, ModelEntry],
     *,
@@ -314,6 +322,7 @@ def _manifest_of(
     from cloudflow.flavors import flavor_sources, walk
 
     predict_fn = save.predict_fn
+    policy = writer.policy
     signature, names, _ = parameters_of(predict_fn)
     return Manifest(
         format_version=_manifest.FORMAT_VERSION,
@@ -328,22 +337,22 @@ def _manifest_of(
             "inputs": [n for n in names if n not in save.models],
         },
         models=entries,
-        captured_modules=sorted(session.captured),
-        captured_globals=session.capture_report(),
+        captured_modules=sorted(policy.captured),
+        captured_globals=writer.capture_report(),
         python_versions=python_versions,
         requirements=requirements,
         files=files,
         metadata=save.metadata,
-        data_files=session.files.manifest_entry(session.captured) if session.files else {},
+        data_files=policy.files.manifest_entry(policy.captured) if policy.files else {},
         flavors=flavor_sources(
             name for entry in entries.values() for name, _ in walk(entry.flavor, entry.info)
         ),
-        provenance=_provenance_of(session.captured),
+        provenance=_provenance_of(policy.captured),
         model_metadata=save.model_metadata,
     )
 
 
-def _warn_unbundled(session: CaptureSession, root: Path) -> None:
+def _warn_unbundled(policy: CapturePolicy, root: Path) -> None:
     """One warning per file or folder of this machine the saved code names but ``files=`` lacks.
 
     Without an input example the clean-process check has nothing to call, so a data file the
@@ -352,7 +361,7 @@ def _warn_unbundled(session: CaptureSession, root: Path) -> None:
     from cloudflow._verify import suggest_files
 
     found = _files.unbundled_paths(
-        session.path_values, cwd=os.getcwd(), bundle=root, modules=session.captured
+        policy.path_values, cwd=os.getcwd(), bundle=root, modules=policy.captured
     )
     for text, is_folder in found:
         where = "" if os.path.isabs(text) else ", relative to the working directory"
@@ -374,12 +383,12 @@ def _provenance_of(captured: Iterable[str]) -> dict[str, Any]:
     return {"git": checkouts} if checkouts else {}
 
 
-def _share_large_files(data: Path, files: _blobs.SaveFiles) -> dict[str, dict[str, Any]]:
+def _share_large_files(data: Path, files: _blobs.SharedFileLinks) -> dict[str, dict[str, Any]]:
     """The manifest's file entries; large files not shared yet are shared now (see _blobs)."""
     entries = _manifest.digest_files(data, files.known)
     if files.blobs is not None:
         for rel, entry in entries.items():
             path = Path(os.path.abspath(data / rel))
-            if path not in files.known and entry["size"] >= _blobs.MIN_SIZE:
+            if path not in files.known and entry["size"] >= _blobs.LINK_MIN_SIZE:
                 files.adopt(path, entry[_digests.ALGORITHM], entry["size"])
     return entries
