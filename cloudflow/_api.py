@@ -19,24 +19,18 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudflow import (
-    _blobs,
-    _checks,
-    _digests,
-    _inspect,
-    _manifest,
-    _mlflow,
-    _model_metadata,
-    _names,
-    _remote,
-    _staging,
-    _store,
-    _units,
-)
-from cloudflow._manifest import Manifest
+from cloudflow import _checks, _mlflow, _model_metadata, _names, _units
 from cloudflow.capture.write import write_bundle
+from cloudflow.integrity import digests as _digests
+from cloudflow.integrity import manifest as _manifest
+from cloudflow.integrity import staging as _staging
+from cloudflow.integrity.manifest import Manifest
+from cloudflow.runtime import inspect as _inspect
 from cloudflow.runtime.bundle import Bundle
 from cloudflow.runtime.read import read_bundle
+from cloudflow.store import blobs as _blobs
+from cloudflow.store import remote as _remote
+from cloudflow.store import tracking as _store
 
 _logger = logging.getLogger("cloudflow")
 
@@ -267,7 +261,7 @@ def _start(checked: _checks.LogArguments) -> _Log:
     artifact_root = _store.local_path(location)
     blobs = area = None
     if artifact_root is not None:
-        # Large files are shared with the experiment's other bundles (see cloudflow._blobs).
+        # Large files are shared with the experiment's other bundles (see cloudflow.store.blobs).
         blobs = _blobs.blob_folder(artifact_root)
         private = _staging.inside(artifact_root / ".cloudflow-staging")
         _blobs.remove_orphans(blobs)

@@ -19,8 +19,10 @@ The order, the same for every entry point (the first bad argument raises):
 5. what travels with it: ``metadata``, ``files``;
 6. how the store keeps it: ``share_files``;
 7. keys, last, because they read key files and the environment: the key a save signs with
-   (``signing_key``, resolved by :func:`cloudflow._signing.resolve_key`), the keys a load trusts
-   (``signing_key``, ``trusted_keys``, resolved by :func:`cloudflow._signing.resolve_trust`).
+   (``signing_key``, resolved by :func:`cloudflow.integrity.signing.resolve_key`), the keys a load
+   trusts
+   (``signing_key``, ``trusted_keys``, resolved by
+   :func:`cloudflow.integrity.signing.resolve_trust`).
 
 What only the writer can check it checks before it creates anything: ``signature`` and
 ``input_example`` against the function, ``python_versions`` against the interpreters found,
@@ -39,9 +41,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from cloudflow import _runtime, _signing
 from cloudflow._model_metadata import HISTORY
+from cloudflow.capture import wheel as _runtime
 from cloudflow.exceptions import BundleArgumentError, ModelKeyError
+from cloudflow.integrity import signing as _signing
 from cloudflow.runtime.files import path_text as _fspath
 
 _Where = TypeVar("_Where")

@@ -11,10 +11,11 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from cloudflow import _checks, _names, _store
+from cloudflow import _checks, _names
 from cloudflow._api import load_checked, log_checked
 from cloudflow.exceptions import CloudflowError, NotFoundError
 from cloudflow.runtime.bundle import Bundle
+from cloudflow.store import tracking as _store
 
 MODEL_NAME = "model"
 

@@ -39,7 +39,7 @@ def _use_tracking_uri(tracking_uri: str | None, model_uri: str) -> None:
     """
     import os
 
-    from cloudflow import _store
+    from cloudflow.store import tracking as _store
 
     if not tracking_uri:
         if model_uri.startswith(("runs:/", "models:/")):
@@ -189,7 +189,7 @@ def inspect(model_uri: str, tracking_uri: str | None, as_json: bool, no_verify: 
     captured modules, requirements, the Python it was saved with, and whether every file still
     matches its digest. Exits with 2 if the integrity check fails.
     """
-    from cloudflow._inspect import describe, format_text
+    from cloudflow.runtime.inspect import describe, format_text
 
     _use_tracking_uri(tracking_uri, model_uri)
     info = describe(model_uri, verify=not no_verify)
@@ -282,7 +282,7 @@ def list_(tracking_uri: str, as_json: bool) -> None:
     flavors, its size, when it was saved (UTC), and the registered model versions made from it.
     Only reads: a folder that holds no store is refused, not created.
     """
-    from cloudflow._listing import format_text, list_store
+    from cloudflow.store.listing import format_text, list_store
 
     listing = list_store(tracking_uri)
     click.echo(_dump(listing) if as_json else format_text(listing))
@@ -299,7 +299,7 @@ def keygen(key_file: str) -> None:
     """
     from pathlib import Path
 
-    from cloudflow import _signing
+    from cloudflow.integrity import signing as _signing
 
     private = Path(key_file)
     if private.exists():
@@ -339,7 +339,9 @@ def sign(model_uri: str, key_file: str | None, tracking_uri: str | None, yes: bo
     """
     from pathlib import Path
 
-    from cloudflow import _manifest, _signing, _store
+    from cloudflow.integrity import manifest as _manifest
+    from cloudflow.integrity import signing as _signing
+    from cloudflow.store import tracking as _store
 
     signer = _signing.resolve_key(Path(key_file) if key_file else None)
     if signer is None:
@@ -385,8 +387,10 @@ def verify(model_uri: str, key_files: tuple[str, ...], tracking_uri: str | None)
     """
     from pathlib import Path
 
-    from cloudflow import _manifest, _signing, _store
     from cloudflow.exceptions import IntegrityError
+    from cloudflow.integrity import manifest as _manifest
+    from cloudflow.integrity import signing as _signing
+    from cloudflow.store import tracking as _store
 
     trust = _signing.resolve_trust(None, [Path(k) for k in key_files] if key_files else None)
     if trust is None:
@@ -395,7 +399,7 @@ def verify(model_uri: str, key_files: tuple[str, ...], tracking_uri: str | None)
             "CLOUDFLOW_SIGNING_KEY for an HMAC secret)."
         )
     _use_tracking_uri(tracking_uri, model_uri)
-    from cloudflow import _remote
+    from cloudflow.store import remote as _remote
 
     with _store.bundle_dir(model_uri) as (folder, _):
         try:
@@ -443,7 +447,9 @@ def gc(tracking_uri: str) -> None:
     import mlflow
     from mlflow.entities import ViewType
 
-    from cloudflow import _blobs, _store, _units
+    from cloudflow import _units
+    from cloudflow.store import blobs as _blobs
+    from cloudflow.store import tracking as _store
 
     uri = _store.existing_store_uri(tracking_uri)
     mlflow.set_tracking_uri(uri)  # a server's mlflow-artifacts: URIs resolve against it
@@ -472,7 +478,8 @@ def _remote_gc(client: Any, experiment: Any, tracking_uri: str) -> tuple[int, in
 
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    from cloudflow import _remote, _store
+    from cloudflow.store import remote as _remote
+    from cloudflow.store import tracking as _store
 
     area = _remote.Area.of_experiment(str(experiment.artifact_location), tracking_uri)
 
@@ -504,7 +511,8 @@ def export(model_uri: str, destination: str, tracking_uri: str | None) -> None:
     from cloudflow import export_bundle
 
     _use_tracking_uri(tracking_uri, model_uri)
-    from cloudflow import _manifest, _units
+    from cloudflow import _units
+    from cloudflow.integrity import manifest as _manifest
 
     target = export_bundle(model_uri, destination)
     manifest = _manifest.read_manifest(target / _manifest.DATA_DIR)
@@ -523,7 +531,8 @@ def cache() -> None:
 @cache.command("info")
 def cache_info() -> None:
     """Where the cache is, what it holds and its size limit."""
-    from cloudflow import _cache, _units
+    from cloudflow import _units
+    from cloudflow.store import cache as _cache
 
     found = _cache.info()
     click.echo(f"path      {found.path}")
@@ -544,7 +553,8 @@ def cache_prune(max_size: str | None) -> None:
 
     Bundles loaded right now keep working: each holds its own link to its files.
     """
-    from cloudflow import _cache, _units
+    from cloudflow import _units
+    from cloudflow.store import cache as _cache
 
     limit = _cache.max_size() if max_size is None else _cache.parse_size(max_size, "--max-size")
     removed, freed = _cache.prune(limit)

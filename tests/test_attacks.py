@@ -29,10 +29,11 @@ from conftest import UserModules
 from helpers import TRIPWIRE_MODELS, outcome, run_snippet
 
 import cloudflow
-from cloudflow import _digests, _signing
-from cloudflow._environment import PUBLICATION_KEYS, is_environment_file
 from cloudflow.cli import main
 from cloudflow.exceptions import BundleArgumentError, BundleFormatError, IntegrityError
+from cloudflow.integrity import digests as _digests
+from cloudflow.integrity import signing as _signing
+from cloudflow.integrity.environment import PUBLICATION_KEYS, is_environment_file
 
 DEFERRED = "cloudflow/files/"
 REFUSED = r"(damaged|does not match|changed|truncated|missing|not valid|not list|signed|symbolic)"
@@ -173,7 +174,7 @@ def test_a_file_swapped_after_its_check_is_not_what_gets_loaded(
     app: Any, in_src: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
 ) -> None:
     """The race of 'hash, then reopen by name', won every time: the swap lands right after."""
-    from cloudflow import _manifest
+    from cloudflow.integrity import manifest as _manifest
 
     key = os.urandom(32)
     bundle = save(app, tmp_path / "bundle", signing_key=key)
@@ -553,7 +554,8 @@ def test_a_save_flushes_every_file_before_it_publishes(
     bundle = save(app, tmp_path / "bundle")
     staged = {str(p).replace(str(bundle), "") for p in bundle.rglob("*")}
     (at_rename,) = published
-    # Written inside <staging folder>/bundle/ (cloudflow._staging.BUNDLE), renamed out whole.
+    # Written inside <staging folder>/bundle/ (cloudflow.integrity.staging.BUNDLE), renamed out
+    # whole.
     flushed_rel = {
         p.split(".cloudflow-", 1)[-1].partition("/")[2].removeprefix("bundle").lstrip("/")
         for p in at_rename

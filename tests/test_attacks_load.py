@@ -207,7 +207,7 @@ def _fields(value: Any, at: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 
 
 def _write_manifest(bundle: Path, data: Any) -> None:
-    from cloudflow._manifest import CHECKSUM_KEY, checksum
+    from cloudflow.integrity.manifest import CHECKSUM_KEY, checksum
 
     if isinstance(data, dict):
         data = {**data, CHECKSUM_KEY: checksum(data)}  # so only the types can give it away
@@ -238,7 +238,8 @@ def test_hostile_manifests_get_a_clear_error_from_inspect_list_and_load(
     import mlflow
 
     import cloudflow
-    from cloudflow import _inspect, _listing
+    from cloudflow.runtime import inspect as _inspect
+    from cloudflow.store import listing as _listing
 
     store = tmp_path / "store"
     experiment_id = cloudflow.prepare_env(str(store), "hostile")

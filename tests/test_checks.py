@@ -18,8 +18,10 @@ from conftest import restored_mlflow_state
 from helpers import sqlite_uri
 
 import cloudflow
-from cloudflow import _checks, _runtime, _signing
+from cloudflow import _checks
+from cloudflow.capture import wheel as _runtime
 from cloudflow.exceptions import BundleArgumentError
+from cloudflow.integrity import signing as _signing
 
 #: The checks of a save, each wrapped by the counter; the entry functions of _checks too.
 SAVE_CHECKS = (

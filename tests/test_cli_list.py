@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 import cloudflow
-from cloudflow import _listing
 from cloudflow.cli import main
 from cloudflow.exceptions import NotFoundError
+from cloudflow.store import listing as _listing
 
 
 def _add(settings, x):
@@ -75,7 +75,7 @@ def test_list_json_parses_and_matches_the_manifest(store: dict[str, Any]) -> Non
     recorded = [*manifest["files"].values(), *manifest["outer_files"].values()]
     assert bundle["size_bytes"] == sum(f["size"] for f in recorded) > 0
     # The direct sqlite read and MLflow's client agree.
-    uri = cloudflow._store.existing_store_uri(store["folder"])
+    uri = cloudflow.store.tracking.existing_store_uri(store["folder"])
     from_client = _listing._from_client(uri)
     _listing._mark_shadowed(from_client)
     assert from_client == listing["experiments"]

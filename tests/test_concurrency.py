@@ -21,7 +21,7 @@ from conftest import UserModules
 from helpers import sqlite_uri, subprocess_env
 
 import cloudflow
-from cloudflow import _store
+from cloudflow.store import tracking as _store
 
 PROCESSES = 8
 SAVES = 20

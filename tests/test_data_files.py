@@ -359,7 +359,7 @@ def test_a_manifest_pointing_a_data_file_outside_the_bundle_is_refused(
     manifest = json.loads(manifest_path.read_text())
     key = next(iter(manifest["data_files"]["keys"]))
     manifest["data_files"]["keys"][key] = "files/../../../etc"
-    from cloudflow._manifest import CHECKSUM_KEY, checksum
+    from cloudflow.integrity.manifest import CHECKSUM_KEY, checksum
 
     manifest[CHECKSUM_KEY] = checksum(manifest)
     manifest_path.write_text(json.dumps(manifest))

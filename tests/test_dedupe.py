@@ -1,7 +1,7 @@
 """Logging an unchanged model again shares its files with the store's earlier bundles.
 
 Large files of bundles logged into one local store are hard links to one file each (see
-``cloudflow._blobs``). The promise, checked on real stores with saves and loads in separate
+``cloudflow.store.blobs``). The promise, checked on real stores with saves and loads in separate
 processes:
 
 - an unchanged model logged again adds no second copy of its weights: the weights files of the
@@ -30,8 +30,9 @@ import pytest
 from helpers import run_snippet
 
 import cloudflow
-from cloudflow import _blobs, _store
 from cloudflow.exceptions import CaptureError, IntegrityError
+from cloudflow.store import blobs as _blobs
+from cloudflow.store import tracking as _store
 
 SAVE = """
 import sys

@@ -116,7 +116,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
     """Both bundles, their cases and the answers before saving; the torch one also registered."""
     import mlflow
 
-    from cloudflow import _store
+    from cloudflow.store import tracking as _store
 
     root = tmp_path_factory.mktemp("deploy_bundles")
     source = root / "iris_source"

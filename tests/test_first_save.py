@@ -111,8 +111,8 @@ def test_the_pyfunc_entry_is_mlflows_add_to_model(tmp_path: Path) -> None:
     from mlflow.pyfunc import add_to_model
 
     import cloudflow
-    from cloudflow._manifest import DATA_DIR
     from cloudflow.capture.requirements import LOADER_MODULE, PYFUNC_CONFIG
+    from cloudflow.integrity.manifest import DATA_DIR
 
     def predict(x):
         return np.asarray(x) * 2

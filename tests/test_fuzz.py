@@ -23,8 +23,8 @@ import pytest
 from conftest import UserModules
 
 import cloudflow
-from cloudflow._environment import MLMODEL, is_environment_file
 from cloudflow.exceptions import CloudflowError, IntegrityError
+from cloudflow.integrity.environment import MLMODEL, is_environment_file
 
 KEY = b"fuzz signing key: 32 bytes or so."
 FLIPS = 40  # trials per file that flip 1 to 3 bits

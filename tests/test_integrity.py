@@ -29,12 +29,12 @@ from conftest import UserModules
 from helpers import TRIPWIRE_MODELS
 
 import cloudflow
-from cloudflow import _digests
 from cloudflow.exceptions import (
     BundleArgumentError,
     EnvironmentMismatchError,
     IntegrityError,
 )
+from cloudflow.integrity import digests as _digests
 
 KEY = "4f1c0f0e5b6a7d8e9f00112233445566778899aabbccddeeff0011223344556677"
 OTHER_KEY = b"another secret of the same kind, not the one that signed"

@@ -112,31 +112,6 @@ def test_private_mlflow_names_only_in_one_module() -> None:
     )
 
 
-def _imported_modules(path: Path) -> set[str]:
-    """The cloudflow modules ``path`` imports, at any depth (``_store``, ``store.locks``)."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "cloudflow":
-                found.update(alias.name for alias in node.names)
-            elif node.module.startswith("cloudflow."):
-                found.add(node.module.removeprefix("cloudflow."))
-        elif isinstance(node, ast.Import):
-            found.update(
-                alias.name.removeprefix("cloudflow.")
-                for alias in node.names
-                if alias.name.startswith("cloudflow.")
-            )
-    return found
-
-
-def test_the_listing_reads_no_bundle_description() -> None:
-    """The listing (a store's side) shares sizes with ``inspect`` through ``_units``, never by
-    importing it (``inspect`` is the loading side's)."""
-    assert "_units" in _imported_modules(PACKAGE / "_listing.py")
-    assert "_inspect" not in _imported_modules(PACKAGE / "_listing.py")
-
-
 def test_not_yet_switched_list_is_current() -> None:
     """An entry of the list that its file no longer uses is taken out (the list only shrinks)."""
     known = _known_attributes()

@@ -19,9 +19,9 @@ from helpers import REPO_ROOT, assert_same_predictions, run_snippet
 #: Modules only the saving process runs (``cloudflow.capture`` and its modules, by prefix).
 SAVE_SIDE = (
     "cloudflow.capture",
-    "cloudflow._verify",
-    "cloudflow._provenance",
-    "cloudflow._runtime",
+    "cloudflow.capture.clean_process",
+    "cloudflow.capture.provenance",
+    "cloudflow.capture.wheel",
 )
 #: Names of the save side that ``cloudflow._pickler`` holds until its load side moves out; once
 #: it only re-exports the reconstructors that pickled bundles name, none of them is there.

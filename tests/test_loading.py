@@ -308,7 +308,7 @@ def test_the_first_predict_runs_while_the_weights_are_hashed(
     import threading
     import time
 
-    from cloudflow import _manifest
+    from cloudflow.integrity import manifest as _manifest
     from cloudflow.runtime.bundle import Bundle
 
     bundle_dir = _weights_bundle(tmp_path / "bundle")

@@ -36,9 +36,10 @@ from helpers import (
 from servers import server_env
 
 import cloudflow
-from cloudflow import _manifest, _signing
 from cloudflow.cli import main
 from cloudflow.exceptions import IntegrityError
+from cloudflow.integrity import manifest as _manifest
+from cloudflow.integrity import signing as _signing
 
 IRIS_SOURCE = {
     "irisapp/__init__.py": "",

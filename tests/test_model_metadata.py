@@ -174,8 +174,8 @@ def test_the_run_gets_short_tags_and_the_history_as_metrics(logged: dict[str, An
 
 
 def test_long_values_are_shortened_in_tags_but_kept_whole(tmp_path: Path) -> None:
-    from cloudflow import _manifest
-    from cloudflow._inspect import TAG_VALUE_MAX, metadata_tags
+    from cloudflow.integrity import manifest as _manifest
+    from cloudflow.runtime.inspect import TAG_VALUE_MAX, metadata_tags
 
     note = "x" * 1000
     cloudflow.save_bundle(

@@ -247,7 +247,7 @@ def test_a_damaged_database_named_by_its_sqlite_uri_is_a_store_error(
 
 @pytest.mark.usefixtures("mlflow_state")
 def test_list_marks_a_model_a_newer_one_of_its_name_hides(tmp_path: Path) -> None:
-    from cloudflow._listing import format_text, list_store
+    from cloudflow.store.listing import format_text, list_store
 
     exp = cloudflow.prepare_env(str(tmp_path / "store"), "twice")
     with mlflow.start_run(experiment_id=exp) as run:

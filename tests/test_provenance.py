@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 import cloudflow
-from cloudflow._inspect import metadata_tags
-from cloudflow._manifest import read_manifest
+from cloudflow.integrity.manifest import read_manifest
+from cloudflow.runtime.inspect import metadata_tags
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 

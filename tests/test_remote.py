@@ -733,7 +733,7 @@ def test_gc_over_http_frees_what_no_bundle_names_and_keeps_the_rest(
 ) -> None:
     import mlflow
 
-    from cloudflow import _remote
+    from cloudflow.store import remote as _remote
 
     proxy = remote["proxy"]
     project = write_project(tmp_path / "project")
@@ -884,7 +884,7 @@ def test_verify_checks_the_signature_before_it_fetches_prunes_or_allocates_anyth
     import socket
     import threading
 
-    from cloudflow import _manifest
+    from cloudflow.integrity import manifest as _manifest
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

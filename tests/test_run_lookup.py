@@ -16,8 +16,8 @@ import mlflow
 import pytest
 
 import cloudflow
-from cloudflow import _store
 from cloudflow.exceptions import NotFoundError
+from cloudflow.store import tracking as _store
 
 
 def _predict(x):

@@ -17,8 +17,8 @@ import pytest
 from helpers import REPO_ROOT
 
 import cloudflow
-from cloudflow import _runtime
 from cloudflow._version import __version__
+from cloudflow.capture import wheel as _runtime
 from cloudflow.exceptions import BundleArgumentError
 
 FOLDER = _runtime.folder_of(_runtime.build_wheel())  # runtime/<digest prefix>
@@ -129,7 +129,7 @@ def test_user_requirements_keep_the_runtime(tmp_path: Path) -> None:
 def test_requirements_here_marks_missing_and_different() -> None:
     from importlib import metadata
 
-    from cloudflow._inspect import requirements_here
+    from cloudflow.runtime.inspect import requirements_here
 
     mlflow_pin = f"mlflow=={metadata.version('mlflow')}"
     lines = [

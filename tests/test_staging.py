@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import cloudflow
-from cloudflow._staging import inside
+from cloudflow.integrity.staging import inside
 
 
 def _predict(factor, x):

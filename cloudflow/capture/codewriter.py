@@ -15,10 +15,10 @@ from typing import Any, BinaryIO
 
 from cloudpickle import cloudpickle as _cp
 
-from cloudflow import _digests
 from cloudflow.capture.pickler import BundlePickler, ModuleState, OwnNames
 from cloudflow.capture.policy import ALWAYS_CARRIED, CapturePolicy, carried_names
 from cloudflow.exceptions import CaptureError
+from cloudflow.integrity import digests as _digests
 
 
 class CodeWriter:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _digests
+from cloudflow.integrity import digests as _digests
 from cloudflow.runtime.files import (
     FILES_DIR,
     NAMED_DIR,

@@ -34,12 +34,13 @@ from typing import Any, BinaryIO
 import cloudpickle
 from cloudpickle import cloudpickle as _cp
 
-from cloudflow import _digests, _packages
+from cloudflow import _packages
 from cloudflow import _pickler as on_disk  # the reconstructors, by the names pickles carry
 from cloudflow.capture import scan
 from cloudflow.capture.policy import CapturePolicy
 from cloudflow.exceptions import CaptureError
 from cloudflow.flavors._base import SharedFiles
+from cloudflow.integrity import digests as _digests
 from cloudflow.runtime.unpickler import FILE_PID, MODEL_PID, PROTOCOL, table_of_class
 
 _NEWOBJ: Any = copyreg.__newobj__  # type: ignore[attr-defined]  # pickle's NEWOBJ opcode
@@ -390,7 +391,7 @@ class SaveContext:
 
     Its pickles are written in reference mode (user classes and functions as references into the
     bundle's module table). ``shared_files`` is the save's shared-weights store (see
-    :mod:`cloudflow._blobs`), or None: a flavor writing a large file asks it for a link first.
+    :mod:`cloudflow.store.blobs`), or None: a flavor writing a large file asks it for a link first.
     """
 
     def __init__(self, policy: CapturePolicy, shared_files: SharedFiles | None = None) -> None:

@@ -14,12 +14,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _blobs, _digests, _mlflow, _packages, _runtime
-from cloudflow._manifest import DATA_DIR, Manifest
+from cloudflow import _mlflow, _packages
 from cloudflow._version import __version__
 from cloudflow.capture import portable as _portable
+from cloudflow.capture import wheel as _runtime
 from cloudflow.capture.policy import CapturePolicy
+from cloudflow.integrity import digests as _digests
+from cloudflow.integrity.manifest import DATA_DIR, Manifest
 from cloudflow.runtime.models import PYFUNC_CONFIG
+from cloudflow.store import blobs as _blobs
 
 FLAVOR_NAME = "cloudflow"
 LOADER_MODULE = "cloudflow._pyfunc"
@@ -36,7 +39,7 @@ def pinned_requirements(
     """Pinned requirements: cloudflow, its flavors' libraries, libraries the code imports.
 
     cloudflow is the wheel the bundle carries, or ``runtime_package`` pinned at this version
-    (see :mod:`cloudflow._runtime`).
+    (see :mod:`cloudflow.capture.wheel`).
 
     For a bundle that loads on several Python versions, a pinned release that does not support
     one of them gets environment markers (see :func:`cloudflow.capture.portable.requirement_lines`),
@@ -129,7 +132,8 @@ def write_mlmodel(
     )
     if runtime_package is None:
         _runtime.add_docker_conda_location(conda_env)
-    # Digested as written (cloudflow._digests.write_hashed): the seal reads none of them back.
+    # Digested as written (cloudflow.integrity.digests.write_hashed): the seal reads none of them
+    # back.
     conda_text = yaml.safe_dump(conda_env, default_flow_style=False)
     _digests.write_hashed(root / names.conda, conda_text.encode("utf-8"))
     if constraints:

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _blobs, _digests, _manifest, _progress, _staging
-from cloudflow._manifest import CODE_FILE, DATA_DIR, MODELS_DIR, Manifest, ModelEntry
+from cloudflow import _progress
 from cloudflow._version import __version__
 from cloudflow.capture import files as _files
 from cloudflow.capture import portable as _portable
@@ -31,8 +30,13 @@ from cloudflow.capture.pickler import SaveContext
 from cloudflow.capture.policy import CapturePolicy
 from cloudflow.capture.requirements import pinned_requirements, write_mlmodel, write_runtime
 from cloudflow.exceptions import BundleArgumentError, CaptureError, StoreError
+from cloudflow.integrity import digests as _digests
+from cloudflow.integrity import manifest as _manifest
+from cloudflow.integrity import staging as _staging
+from cloudflow.integrity.manifest import CODE_FILE, DATA_DIR, MODELS_DIR, Manifest, ModelEntry
 from cloudflow.runtime.bundle import parameters_of
 from cloudflow.runtime.codetables import table_name
+from cloudflow.store import blobs as _blobs
 
 _logger = logging.getLogger("cloudflow")
 
@@ -191,7 +195,7 @@ def _write_and_publish(path: Path, save: _Save, files: _blobs.SharedFileLinks) -
 
 def _check_in_clean_process(staging: Path, manifest: Manifest, input_example: Any) -> None:
     """Load the staged bundle (and run the input example) where the user's source is hidden."""
-    from cloudflow._verify import check_in_clean_process
+    from cloudflow.capture.clean_process import check_in_clean_process
 
     hidden = _scan.user_roots(manifest.captured_modules)
     check_in_clean_process(staging, input_example, hidden)
@@ -358,7 +362,7 @@ def _warn_unbundled(policy: CapturePolicy, root: Path) -> None:
     Without an input example the clean-process check has nothing to call, so a data file the
     function reads when it runs would otherwise only be missed where the bundle loads.
     """
-    from cloudflow._verify import suggest_files
+    from cloudflow.capture.clean_process import suggest_files
 
     found = _files.unbundled_paths(
         policy.path_values, cwd=os.getcwd(), bundle=root, modules=policy.captured
@@ -377,7 +381,7 @@ def _warn_unbundled(policy: CapturePolicy, root: Path) -> None:
 
 
 def _provenance_of(captured: Iterable[str]) -> dict[str, Any]:
-    from cloudflow._provenance import git_provenance
+    from cloudflow.capture.provenance import git_provenance
 
     checkouts = git_provenance(captured)
     return {"git": checkouts} if checkouts else {}

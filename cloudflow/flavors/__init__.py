@@ -263,6 +263,10 @@ def get_flavor(name: str) -> Flavor:
     ) from None
 
 
+# The container flavor looks its elements' flavors up here (it does not import this package).
+_container.use_registry(_container.Registry(flavor_for, get_flavor, DEVICE_FLAVORS))
+
+
 def walk(name: str, info: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
     """Every (flavor name, info) one saved model uses: its own, then a container's elements'."""
     return _container.walk(name, info)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cloudflow import _digests
+from cloudflow.integrity import digests as _digests
 
 if TYPE_CHECKING:
     from cloudflow.flavors._base import SharedFiles

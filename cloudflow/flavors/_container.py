@@ -20,7 +20,8 @@ two copies.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,32 @@ _KINDS: dict[type, str] = {list: "list", tuple: "tuple", dict: "dict"}
 MAX_DEPTH = 16
 # Never models, and fast to rule out: most elements of a list of values are one of these.
 _SCALARS = (int, float, complex, str, bytes, bool, type(None))
+
+
+@dataclass
+class Registry:
+    """The flavor registry a container asks for its elements' flavors.
+
+    Given by :mod:`cloudflow.flavors` when it is imported (:func:`use_registry`), so that this
+    module, one of the registry's built-in flavors, does not import the registry back.
+    """
+
+    flavor_for: Callable[[object], Flavor]
+    get_flavor: Callable[[str], Flavor]
+    device_flavors: tuple[str, ...]
+
+
+def _unbound(*_: object) -> Flavor:
+    raise RuntimeError("the container flavor is used before cloudflow.flavors gave it a registry")
+
+
+_REGISTRY = Registry(_unbound, _unbound, ())
+
+
+def use_registry(registry: Registry) -> None:
+    """Look elements' flavors up in ``registry`` (:mod:`cloudflow.flavors` calls it once)."""
+    global _REGISTRY
+    _REGISTRY = registry
 
 
 def elements(obj: object) -> list[tuple[str | int, object]]:
@@ -54,8 +81,7 @@ def is_container_type(obj: object) -> bool:
 
 def holds_model(obj: object, depth: int = 0) -> bool:
     """Whether ``obj`` is a container with a non-pickle-flavor model in it, at any depth."""
-    from cloudflow.flavors import flavor_for
-
+    flavor_for = _REGISTRY.flavor_for
     if depth >= MAX_DEPTH or not is_container_type(obj):
         return False
     for _, value in elements(obj):
@@ -92,8 +118,7 @@ def _save_into(
     it was saved and by which flavor, so the very same object met again is saved once and comes
     back as one object (``same_as``).
     """
-    from cloudflow.flavors import flavor_for
-
+    flavor_for = _REGISTRY.flavor_for
     inside = (*outer, id(obj))
     items: list[dict[str, Any]] = []
     for index, (key, value) in enumerate(elements(obj)):
@@ -133,8 +158,7 @@ def _load(path: Path, info: Mapping[str, Any], ctx: LoadContext) -> object:
 def _load_into(
     path: Path, info: Mapping[str, Any], ctx: LoadContext, loaded: dict[str, object], prefix: str
 ) -> object:
-    from cloudflow.flavors import DEVICE_FLAVORS, get_flavor
-
+    get_flavor, DEVICE_FLAVORS = _REGISTRY.get_flavor, _REGISTRY.device_flavors
     kind = info.get("kind")
     if kind not in _KINDS.values():
         raise BundleFormatError(
@@ -201,8 +225,7 @@ def _well_formed(item: object) -> bool:
 
 
 def _describe(obj: object) -> dict[str, Any]:
-    from cloudflow.flavors import flavor_for
-
+    flavor_for = _REGISTRY.flavor_for
     described: dict[str, Any] = {}
     for key, value in elements(obj):
         flavor = flavor_for(value)

@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudflow._manifest import Manifest
 from cloudflow.exceptions import BundleArgumentError, ModelKeyError, PredictArgumentError
+from cloudflow.integrity.manifest import Manifest
 
 _logger = logging.getLogger("cloudflow")
 

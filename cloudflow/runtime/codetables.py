@@ -35,7 +35,8 @@ def read_table(
 ) -> dict[str, types.CodeType] | None:
     """The code table of the running version, or None for a bundle that pickles code itself.
 
-    ``read`` gives the file's bytes as verified (see :class:`cloudflow._manifest.VerifiedBytes`).
+    ``read`` gives the file's bytes as verified (see
+    :class:`cloudflow.integrity.manifest.VerifiedBytes`).
     """
     here = version_of()
     path = data_dir / table_name(here)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from cloudflow._manifest import Manifest
 from cloudflow.exceptions import MissingDependencyError
+from cloudflow.integrity.manifest import Manifest
 
 # Import names whose distribution is named otherwise, for the message of a missing library.
 _DISTRIBUTION_OF = {

@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from cloudflow import _progress
-from cloudflow._manifest import Manifest, ModelEntry
 from cloudflow.exceptions import BundleArgumentError, IntegrityError
+from cloudflow.integrity.manifest import Manifest, ModelEntry
 from cloudflow.runtime.unpickler import LoadContext
 
 _logger = logging.getLogger("cloudflow")

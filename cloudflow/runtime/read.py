@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _environment, _manifest, _progress, _sealed
-from cloudflow._manifest import CODE_FILE, DATA_DIR, Manifest
+from cloudflow import _progress
 from cloudflow._packages import distribution_version, relative_filename
 from cloudflow.exceptions import (
     BundleArgumentError,
@@ -29,6 +28,10 @@ from cloudflow.exceptions import (
     IntegrityError,
     NotFoundError,
 )
+from cloudflow.integrity import environment as _environment
+from cloudflow.integrity import manifest as _manifest
+from cloudflow.integrity import sealed as _sealed
+from cloudflow.integrity.manifest import CODE_FILE, DATA_DIR, Manifest
 from cloudflow.runtime import files as _files
 from cloudflow.runtime.bundle import Bundle
 from cloudflow.runtime.codetables import read_table
@@ -111,7 +114,7 @@ def _read(
     are checked before anything is unpickled. Files whose loading runs code are read once,
     checked in memory and loaded from those bytes.
     """
-    from cloudflow._signing import resolve_trust
+    from cloudflow.integrity.signing import resolve_trust
 
     if lazy not in (False, True, "background"):
         raise BundleArgumentError(
@@ -168,7 +171,7 @@ def _open(data: Path, request: _Request) -> _Opened:
             data.parent, manifest, required=request.trust is not None
         )
     if request.expected_identity:
-        from cloudflow._store import check_identity
+        from cloudflow.store.tracking import check_identity
 
         published = environment.republished(manifest.published)
         check_identity(
@@ -185,7 +188,7 @@ def _read_completed_from_cache(opened: _Opened, request: _Request) -> Bundle | N
     found changed since an earlier load put it together is put together again at once, from
     the download and the (verified) cached files. None for a bundle that holds all its files.
     """
-    from cloudflow import _remote
+    from cloudflow.store import remote as _remote
 
     complete, folder = _remote.complete(opened.data, opened.manifest)
     if folder is None:

@@ -581,7 +581,8 @@ def load_code(
 ) -> Callable[..., Any]:
     """Read ``code.pkl``: the predict function, then the captured modules, until ``None``.
 
-    ``read`` gives the file's bytes as verified (see :class:`cloudflow._manifest.VerifiedBytes`).
+    ``read`` gives the file's bytes as verified (see
+    :class:`cloudflow.integrity.manifest.VerifiedBytes`).
     """
     if read is not None:
         return read_code(io.BytesIO(read(path)), table)

@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloudflow import _manifest, _sealed
-from cloudflow._manifest import Manifest
+from cloudflow.integrity import manifest as _manifest
+from cloudflow.integrity import sealed as _sealed
+from cloudflow.integrity.manifest import Manifest
 from cloudflow.runtime.bundle import IN_PREDICT
 
 _logger = logging.getLogger("cloudflow")
@@ -35,13 +36,14 @@ class DigestPlan:
     - **now**, before anything is unpickled: pickles (loading them runs code) and every file
       none of the rules below names;
     - **beside the load** (:attr:`deferred`): weights in a format parsed without running code
-      (safetensors: :func:`~cloudflow._manifest.deferred_files`) of models loaded at once,
+      (safetensors: :func:`~cloudflow.integrity.manifest.deferred_files`) of models loaded at once,
       hashed on another core while the models load. Unsigned, the first predict gives its
       answer only once they match (``Bundle.predict``); signed, the load returns only then. Not
       when ``defer`` is off: a folder put together in the cache is checked whole before the load
       returns, so a damaged one is put together again at once;
     - **sealed** (:attr:`sealed`), under a key: a model's files (but pickles) are checked as
-      they are copied into the private folder the model loads from (:mod:`cloudflow._sealed`),
+      they are copied into the private folder the model loads from
+      (:mod:`cloudflow.integrity.sealed`),
       not by name beforehand;
     - **at first use** (:attr:`later`), for lazily loaded models: when the model loads. Under a
       key, as sealed; unsigned and loaded by a predict call, its data-only weights are hashed

@@ -1,7 +1,8 @@
 """Large bundle files shared through a tracking server's artifact store: uploaded once per
 experiment, downloaded once per machine.
 
-A local store shares large files between bundles by hard link (:mod:`cloudflow._blobs`). A bundle
+A local store shares large files between bundles by hard link (:mod:`cloudflow.store.blobs`). A
+bundle
 logged to a tracking server (proxied ``mlflow-artifacts:``, or an artifact store the client
 writes itself, such as S3) does the same through the store:
 
@@ -17,7 +18,8 @@ writes itself, such as S3) does the same through the store:
   clean-up reads one experiment's bundles to know what its area still needs. The cost: the same
   base model logged into two experiments is uploaded twice.
 - **Loads.** A load finds the shared files missing from the bundle's folder and takes them from
-  the per-machine cache (:mod:`cloudflow._cache`), downloading into it, in parallel and verified
+  the per-machine cache (:mod:`cloudflow.store.cache`), downloading into it, in parallel and
+  verified
   while streaming, only the ones it lacks. The bundle is then read from a folder of the cache that
   links them. Every load path goes through :func:`cloudflow.runtime.read.read_bundle`, so
   ``load_bundle``, the seed API, ``mlflow.pyfunc.load_model``, ``mlflow models serve`` and
@@ -50,15 +52,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _blobs, _cache, _digests, _manifest, _mlflow
-from cloudflow._manifest import (
+from cloudflow import _mlflow
+from cloudflow.exceptions import CloudflowError, IntegrityError, NotFoundError, StoreError
+from cloudflow.integrity import digests as _digests
+from cloudflow.integrity import manifest as _manifest
+from cloudflow.integrity.manifest import (
     DATA_DIR,
     MANIFEST_FILE,
     SHARED_FORMAT_VERSION,
     SIGNATURE_FILE,
     Manifest,
 )
-from cloudflow.exceptions import CloudflowError, IntegrityError, NotFoundError, StoreError
+from cloudflow.store import blobs as _blobs
+from cloudflow.store import cache as _cache
 
 _logger = logging.getLogger("cloudflow")
 
@@ -66,7 +72,7 @@ AREA_DIR = _blobs.BLOB_DIR
 PENDING_DIR = ".pending"
 #: Files smaller than this travel inside the bundle, not in the experiment's area: a separate
 #: upload costs more than it saves. (Lower than the local store's 1 MiB,
-#: :data:`cloudflow._blobs.LINK_MIN_SIZE`: a shared file costs no request on a repeat log or
+#: :data:`cloudflow.store.blobs.LINK_MIN_SIZE`: a shared file costs no request on a repeat log or
 #: load, and a tokenizer's 0.2-0.7 MB files are then not uploaded again.)
 AREA_MIN_SIZE = 128 * 1024
 #: Parallel uploads and downloads of large files.
@@ -103,7 +109,7 @@ class Area:
         if self.uri.startswith("mlflow-artifacts:"):
             from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 
-            from cloudflow._store import current_tracking_uri
+            from cloudflow.store.tracking import current_tracking_uri
 
             current = current_tracking_uri()
             server = current if _is_http(current) else self.server

@@ -16,9 +16,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _digests, _environment, _manifest, _model_metadata, _store, _units
-from cloudflow._manifest import DATA_DIR as DATA_DIR_NAME
+from cloudflow import _model_metadata, _units
 from cloudflow.exceptions import IntegrityError
+from cloudflow.integrity import digests as _digests
+from cloudflow.integrity import environment as _environment
+from cloudflow.integrity import manifest as _manifest
+from cloudflow.integrity.manifest import DATA_DIR as DATA_DIR_NAME
+from cloudflow.store import tracking as _store
 
 #: Model metadata logged as run tags, in this order; values are shortened to TAG_VALUE_MAX.
 TAG_KEYS = (
@@ -47,7 +51,8 @@ def _model_sizes(manifest: _manifest.Manifest) -> dict[str, dict[str, int]]:
 
 
 def _mlmodel(root: Path) -> dict[str, Any]:
-    """MLmodel as a dict, safely (see :func:`cloudflow._environment.read_mlmodel`): anything
+    """MLmodel as a dict, safely (see :func:`cloudflow.integrity.environment.read_mlmodel`):
+    anything
     unreadable gives ``{"unreadable": why}`` instead of a crash or a hang."""
     path = root / "MLmodel"
     if not os.path.lexists(path):

@@ -38,14 +38,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloudflow.exceptions import StoreError
+from cloudflow.integrity.staging import refuse_link
 
 _logger = logging.getLogger("cloudflow")
 
 BLOB_DIR = ".cloudflow-blobs"
 #: Files smaller than this are always written into the bundle, never linked to the store's
 #: shared copy: a link saves less than it costs. (Not the remote area's threshold,
-#: :data:`cloudflow._remote.AREA_MIN_SIZE`, nor the digest cache's.)
+#: :data:`cloudflow.store.remote.AREA_MIN_SIZE`, nor the digest cache's.)
 LINK_MIN_SIZE = 1024 * 1024
 _READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
 
@@ -162,7 +162,7 @@ def _link_blob(blob: Path, size: int, target: Path, digest: str) -> None:
         DamagedBlobError: The blob is not that content.
         OSError: The blob is missing, not a regular file of that size, or cannot be linked.
     """
-    from cloudflow import _digests
+    from cloudflow.integrity import digests as _digests
 
     info = os.lstat(blob)
     if not stat.S_ISREG(info.st_mode) or info.st_size != size:
@@ -199,21 +199,6 @@ def saving(blobs: Path | None) -> Iterator[SharedFileLinks]:
         raise
     finally:
         _CURRENT.reset(token)
-
-
-def refuse_link(folder: Path, what: str) -> None:
-    """Refuse a store folder that is a symbolic link: never follow a link out of the store.
-
-    Raises:
-        StoreError: ``folder`` is a link.
-    """
-    if folder.is_symlink():
-        raise StoreError(
-            f"The store's {what} {str(folder)!r} is a symbolic link (to "
-            f"{os.readlink(folder)!r}): cloudflow never follows a link out of a store, where it "
-            "deletes files. Remove the link (rm, not rm -r) and save again; cloudflow makes the "
-            "folder itself."
-        )
 
 
 def blob_folder(artifact_location: Path) -> Path:

@@ -20,8 +20,9 @@ for a file whose last change is old enough when it is read (:data:`SETTLED_FINE_
 ``ctime``. A save remembers the digests of the large files it wrote (digested as they were
 written, see :func:`written_digests`) that are settled and unchanged since by the time it signs
 (a write within the same tick as the last byte would go unseen: the save's folder is private,
-see :mod:`cloudflow._staging`); weights get their digest from memory before they are written
-(see :mod:`cloudflow._blobs`), so the first load of a new bundle hashes them once, and later
+see :mod:`cloudflow.integrity.staging`); weights get their digest from memory before they are
+written
+(see :mod:`cloudflow.store.blobs`), so the first load of a new bundle hashes them once, and later
 loads find them here. Linking a file into another bundle changes its ``ctime`` too: it is
 hashed once more at its next load. On Windows ``st_ctime`` is the creation time, which a write
 does not change, so there is no cache there.
@@ -560,7 +561,7 @@ def written_digests(paths: Mapping[str, Path]) -> dict[str, str]:
     A file still the one that was written (same device, inode, size and mtime) is not read: its
     digest is the one computed as it was written. One whose identity changed is hashed again (a
     save may replace a file it wrote by a link to the store's copy of the same bytes, see
-    :mod:`cloudflow._blobs`); files this save did not write are left out.
+    :mod:`cloudflow.store.blobs`); files this save did not write are left out.
 
     Raises:
         IntegrityError: A file this save wrote no longer holds what it wrote: something else

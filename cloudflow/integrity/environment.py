@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _digests
 from cloudflow.exceptions import IntegrityError
+from cloudflow.integrity import digests as _digests
 
 #: Files at a bundle's root that only tell MLflow's tools how to build an environment.
 ENVIRONMENT_FILES = frozenset(

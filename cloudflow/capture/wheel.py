@@ -22,7 +22,7 @@ The wheel is built from the files of the imported package, whatever way it was i
 (a wheel, an sdist, editable from a checkout): cloudflow is pure Python, so no build backend
 is needed. It is built once per process and content, and byte for byte the same for the same
 files (fixed timestamps and order), so a local store shares one copy per cloudflow version by
-hard link (see :mod:`cloudflow._blobs`).
+hard link (see :mod:`cloudflow.store.blobs`).
 
 A team that publishes cloudflow on an index of its own passes ``runtime_package="name"`` (or
 sets ``CLOUDFLOW_RUNTIME_PACKAGE``): the bundle then pins ``name==<this version>`` and carries
@@ -114,13 +114,13 @@ def folder_of(wheel: Wheel) -> str:
     content in them keeps a bundle saved by a changed cloudflow of the same version (a
     checkout) from running in an environment that holds the earlier one.
     """
-    from cloudflow._digests import digest_bytes
+    from cloudflow.integrity.digests import digest_bytes
 
     return f"{RUNTIME_DIR}/{digest_bytes(wheel.data)[:16]}"
 
 
 def _find_links(wheel: Wheel) -> str:
-    from cloudflow._manifest import DATA_DIR
+    from cloudflow.integrity.manifest import DATA_DIR
 
     return f"{DATA_DIR}/{folder_of(wheel)}"
 
@@ -144,7 +144,7 @@ def wheel_name() -> str:
 
 def _package_files() -> list[tuple[str, bytes]]:
     """``(path in the wheel, content)`` of the imported cloudflow package, sorted."""
-    root = Path(__file__).resolve().parent
+    root = Path(__file__).resolve().parents[1]  # the cloudflow package
     found = []
     for path in root.rglob("*"):
         if "__pycache__" in path.parts or not path.is_file():

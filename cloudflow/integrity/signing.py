@@ -350,7 +350,7 @@ def sign(data_dir: Path, manifest_bytes: bytes, key: Signer | bytes) -> None:
 
 def read_signature(data_dir: Path) -> tuple[str, str | None, str] | None:
     """``(algorithm, key id, signature)`` of a bundle, or None if it is unsigned."""
-    from cloudflow._digests import read_regular
+    from cloudflow.integrity.digests import read_regular
 
     path = data_dir / SIGNATURE_FILE
     if not os.path.lexists(path):

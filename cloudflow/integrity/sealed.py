@@ -29,15 +29,15 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from cloudflow import _digests
-from cloudflow._manifest import (
+from cloudflow.exceptions import IntegrityError, StoreError
+from cloudflow.integrity import digests as _digests
+from cloudflow.integrity.manifest import (
     DEFERRABLE_SUFFIXES,
     READ_ONCE_SUFFIXES,
     Manifest,
     VerifiedBytes,
     file_digest,
 )
-from cloudflow.exceptions import IntegrityError, StoreError
 
 _CHUNK = 4 * 1024 * 1024
 

@@ -1,7 +1,8 @@
 """The per-machine cache of large bundle files downloaded from a tracking server.
 
 A bundle logged to a tracking server keeps its large files in the experiment's shared area of the
-artifact store (see :mod:`cloudflow._remote`). A load downloads each of them once per machine into
+artifact store (see :mod:`cloudflow.store.remote`). A load downloads each of them once per machine
+into
 this cache, named by its BLAKE3 digest, and every later load of any bundle, run or process that
 needs the same content takes it from here.
 
@@ -44,8 +45,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _digests, _units
+from cloudflow import _units
 from cloudflow.exceptions import CacheError, IntegrityError
+from cloudflow.integrity import digests as _digests
 from cloudflow.store import locks
 
 _logger = logging.getLogger("cloudflow")

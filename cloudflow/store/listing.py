@@ -17,8 +17,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _manifest, _store, _units
+from cloudflow import _units
 from cloudflow.exceptions import CloudflowError, NotFoundError
+from cloudflow.integrity import manifest as _manifest
+from cloudflow.store import tracking as _store
 
 _STATUS = _store.LOGGED_MODEL_STATUS
 _MANIFEST = "cloudflow/manifest.json"
@@ -121,7 +123,7 @@ def _local_manifest(location: str) -> dict[str, Any] | str | None:
     root = _store.local_path(location)
     if root is None:
         return None
-    from cloudflow._digests import read_regular
+    from cloudflow.integrity.digests import read_regular
 
     path = root / _MANIFEST
     try:

@@ -6,11 +6,13 @@ Three layers, each checked before anything of the bundle is unpickled:
   folder but the manifest, so a changed, truncated, missing or added file is found and named;
 - ``manifest_sha256``: a checksum of the manifest's own content, so damage to the manifest itself
   (a flipped byte in a digest, a version or a model entry) is found too;
-- optionally ``manifest.sig`` (:mod:`cloudflow._signing`): an HMAC of the manifest. Digests and
+- optionally ``manifest.sig`` (:mod:`cloudflow.integrity.signing`): an HMAC of the manifest.
+  Digests and
   checksum catch accidents; only a signature catches someone who rewrote a file *and* its digest.
 
 MLflow's environment files (``requirements.txt``, ``conda.yaml``, ``wheels/``...; see
-:mod:`cloudflow._environment`) are digested like every other file, but a change to them, which
+:mod:`cloudflow.integrity.environment`) are digested like every other file, but a change to them,
+which
 MLflow's own model tools make, only warns when the bundle is unsigned; signed, it is refused.
 """
 
@@ -28,8 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _digests, _environment, _signing
 from cloudflow.exceptions import BundleFormatError, IntegrityError
+from cloudflow.integrity import digests as _digests
+from cloudflow.integrity import environment as _environment
+from cloudflow.integrity import signing as _signing
 
 #: Version of the on-disk layout of a bundle (``cloudflow/`` folder, manifest keys, pickle
 #: reconstructors). Bump it when a bundle written by this version cannot be read by an older
@@ -41,7 +45,8 @@ from cloudflow.exceptions import BundleFormatError, IntegrityError
 #: older cloudflow does not have.
 FORMAT_VERSION = 3
 #: Format 4: a bundle logged to a tracking server keeps its large files in the experiment's
-#: shared area (the ``shared`` section, :mod:`cloudflow._remote`); an older cloudflow would find
+#: shared area (the ``shared`` section, :mod:`cloudflow.store.remote`); an older cloudflow would
+#: find
 #: them missing. Bundles without shared files are still written as format 3.
 SHARED_FORMAT_VERSION = 4
 #: The newest format this cloudflow reads.
@@ -102,16 +107,17 @@ class Manifest:
     #: without the flavor can say what to install. Empty: built-in flavors only.
     flavors: dict[str, dict[str, str]] = field(default_factory=dict)
     #: Where the captured code comes from: ``{"git": [{"commit", "dirty", "modules"}]}`` for
-    #: each git checkout holding captured modules (see :mod:`cloudflow._provenance`). Empty:
+    #: each git checkout holding captured modules (see :mod:`cloudflow.capture.provenance`). Empty:
     #: none was in a checkout, or an older bundle.
     provenance: dict[str, Any] = field(default_factory=dict)
     #: Model name -> the metadata the user gave for it (``model_metadata=``: JSON values and a
     #: ``training_history``); see :mod:`cloudflow._model_metadata`. Empty: none given.
     model_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Large files kept in the experiment's shared area of a tracking server's artifact store
-    #: (see :mod:`cloudflow._remote`): ``area`` (artifact URI), ``server``, ``files`` (paths).
+    #: (see :mod:`cloudflow.store.remote`): ``area`` (artifact URI), ``server``, ``files`` (paths).
     shared: dict[str, Any] = field(default_factory=dict)
-    #: What MLflow's environment files were when sealed (see :mod:`cloudflow._environment`):
+    #: What MLflow's environment files were when sealed (see
+    #: :mod:`cloudflow.integrity.environment`):
     #: ``texts`` (rel -> text of the small ones) and ``mlmodel`` (``core``: digest of MLmodel
     #: without its publication keys; ``publication``: those keys' values). Empty: an older bundle.
     environment: dict[str, Any] = field(default_factory=dict)
@@ -528,12 +534,15 @@ def digest_files(
     Args:
         known: Absolute path -> digest of files whose digest was computed before they were
             written (weights, from memory) or proven as they were linked; not hashed again.
-            Files written through :func:`cloudflow._digests.open_hashed` and its kin take the
-            digest of the bytes written (:func:`cloudflow._digests.written_digests`), unread.
+            Files written through :func:`cloudflow.integrity.digests.open_hashed` and its kin take
+            the
+            digest of the bytes written (:func:`cloudflow.integrity.digests.written_digests`),
+            unread.
     Raises:
         IntegrityError: A file this save wrote was changed since (see ``written_digests``).
     """
-    # Not resolved: a save's folder is reached through its descriptor (cloudflow._staging), and
+    # Not resolved: a save's folder is reached through its descriptor
+    # (cloudflow.integrity.staging), and
     # resolving would lead back through parents other users of a store may rename.
     paths = {rel: Path(os.path.abspath(data_dir / rel)) for rel in _walk_files(data_dir)}
     digests = dict(known or {})
@@ -672,7 +681,7 @@ def check_outer(
 ) -> _environment.EnvironmentChange:
     """MLflow's files against the manifest: each exactly, but the environment files.
 
-    Returns what changed in MLflow's environment files (see :mod:`cloudflow._environment`);
+    Returns what changed in MLflow's environment files (see :mod:`cloudflow.integrity.environment`);
     an unsigned bundle loads with it, a signed one (``manifest.sig``) is refused.
 
     Raises:
@@ -783,7 +792,7 @@ def sign_bundle(root: Path, signer: Any, review: Callable[[str], bool] | None = 
 
     A bundle saved before MLflow's files were covered gets their digests first. A damaged
     bundle is refused, never signed. A bundle whose MLflow environment files changed (see
-    :mod:`cloudflow._environment`) is signed as it is now only if ``review``, shown the
+    :mod:`cloudflow.integrity.environment`) is signed as it is now only if ``review``, shown the
     difference, accepts it: the manifest then records the files as they are, and where MLmodel
     now says the model is published. A bundle this key signed must still match that signature,
     so the difference shown is all that changed since.
@@ -849,7 +858,7 @@ class VerifiedBytes:
     @contextlib.contextmanager
     def aliased(self, alias: Path, folder: Path) -> Iterator[None]:
         """While the block runs, paths under ``alias`` stand for the same under ``folder`` (a
-        model's files placed in a private folder: see :mod:`cloudflow._sealed`)."""
+        model's files placed in a private folder: see :mod:`cloudflow.integrity.sealed`)."""
         key = os.path.normpath(alias)
         self._aliases[key] = os.path.normpath(folder)
         try:

@@ -36,8 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from cloudflow import _blobs, _digests
 from cloudflow.exceptions import StoreError
+from cloudflow.integrity import digests as _digests
 
 #: The name of the bundle inside a staging folder, renamed to its final place to publish it.
 BUNDLE = "bundle"
@@ -243,7 +243,7 @@ def inside(parent: Path) -> PrivateFolder:
     a team store can rename ``parent``'s entries: the folder is reached through its descriptor.
     At close, ``parent`` is removed too if nothing else is in it.
     """
-    _blobs.refuse_link(parent, "staging folder")
+    refuse_link(parent, "staging folder")
     for attempt in range(_TRIES):
         try:
             parent.mkdir(parents=True, exist_ok=True)
@@ -273,3 +273,18 @@ def _make(
     folder = PrivateFolder(parent, prefix=prefix, suffix=suffix)
     folder.remove_empty_parent = shared
     return folder
+
+
+def refuse_link(folder: Path, what: str) -> None:
+    """Refuse a store folder that is a symbolic link: never follow a link out of the store.
+
+    Raises:
+        StoreError: ``folder`` is a link.
+    """
+    if folder.is_symlink():
+        raise StoreError(
+            f"The store's {what} {str(folder)!r} is a symbolic link (to "
+            f"{os.readlink(folder)!r}): cloudflow never follows a link out of a store, where it "
+            "deletes files. Remove the link (rm, not rm -r) and save again; cloudflow makes the "
+            "folder itself."
+        )

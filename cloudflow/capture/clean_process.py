@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cloudflow import _signing
 from cloudflow.exceptions import CaptureError
+from cloudflow.integrity import signing as _signing
 
 _logger = logging.getLogger("cloudflow")
 TIMEOUT_S = 900
@@ -146,13 +146,13 @@ except BaseException as e:
     result["module"] = getattr(e, "name", None) if isinstance(e, ImportError) else None
     result["traceback"] = traceback.format_exc()[-4000:]
     try:
-        from cloudflow._verify import library_import_failure
+        from cloudflow.capture.clean_process import library_import_failure
 
         result["library"] = library_import_failure(e)
     except BaseException:
         pass
 try:
-    from cloudflow._verify import outside_reads
+    from cloudflow.capture.clean_process import outside_reads
 
     result["outside"] = outside_reads(
         reads,

@@ -1,0 +1,1 @@
+"""Digests, the manifest, signatures, private staging and sealed folders: the trust boundary."""
