@@ -11,11 +11,12 @@ import concurrent.futures
 import functools
 import logging
 import os
-import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloudflow.exceptions import IntegrityError
+from cloudflow.integrity import digests as _digests
 from cloudflow.integrity import manifest as _manifest
 from cloudflow.integrity import sealed as _sealed
 from cloudflow.integrity.manifest import Manifest
@@ -139,17 +140,15 @@ def prefetch(data: Path, rels: Iterable[str]) -> None:
     advise = getattr(os, "posix_fadvise", None)
     if advise is None:
         return
-    # Non-blocking: opening a FIFO put in a file's place must not wait for a writer (the
-    # verification that follows refuses it).
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
     for rel in rels:
         try:
-            fd = os.open(data / rel, flags)
-        except OSError:
+            # A regular file only, opened without blocking (a FIFO in a file's place must not
+            # wait for a writer; the verification that follows refuses it).
+            fd = _digests.open_regular(data / rel)
+        except (OSError, IntegrityError):
             continue
         try:
-            if stat.S_ISREG(os.fstat(fd).st_mode):
-                advise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            advise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
         except OSError:
             pass
         finally:
