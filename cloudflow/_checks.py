@@ -20,8 +20,7 @@ The order, the same for every entry point (the first bad argument raises):
 6. how the store keeps it: ``share_files``;
 7. keys, last, because they read key files and the environment: the key a save signs with
    (``signing_key``, resolved by :func:`cloudflow.integrity.signing.resolve_key`), the keys a load
-   trusts
-   (``signing_key``, ``trusted_keys``, resolved by
+   trusts (``signing_key``, ``trusted_keys``, resolved by
    :func:`cloudflow.integrity.signing.resolve_trust`).
 
 What only the writer can check it checks before it creates anything: ``signature`` and

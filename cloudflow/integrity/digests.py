@@ -17,15 +17,14 @@ is hashed again. File times have a coarse granularity (a kernel tick, a second o
 systems): two writes within one tick can leave the same ``ctime``. So a digest is only remembered
 for a file whose last change is old enough when it is read (:data:`SETTLED_FINE_S`, or
 :data:`SETTLED_S` where timestamps are whole seconds): any later write then gets a later
-``ctime``. A save remembers the digests of the large files it wrote (digested as they were
-written, see :func:`written_digests`) that are settled and unchanged since by the time it signs
-(a write within the same tick as the last byte would go unseen: the save's folder is private,
-see :mod:`cloudflow.integrity.staging`); weights get their digest from memory before they are
-written
+``ctime``. A save remembers the digests of the large files it wrote (digested as they were written,
+see :func:`written_digests`) that are settled and unchanged since by the time it signs (a write
+within the same tick as the last byte would go unseen: the save's folder is private, see
+:mod:`cloudflow.integrity.staging`); weights get their digest from memory before they are written
 (see :mod:`cloudflow.store.blobs`), so the first load of a new bundle hashes them once, and later
-loads find them here. Linking a file into another bundle changes its ``ctime`` too: it is
-hashed once more at its next load. On Windows ``st_ctime`` is the creation time, which a write
-does not change, so there is no cache there.
+loads find them here. Linking a file into another bundle changes its ``ctime`` too: it is hashed
+once more at its next load. On Windows ``st_ctime`` is the creation time, which a write does not
+change, so there is no cache there.
 
 The cache lives in the user's own cache folder (``~/.cache/cloudflow/digests``, under
 ``$XDG_CACHE_HOME`` if set, or ``$CLOUDFLOW_CACHE_DIR/digests``); it is ignored if that folder is

@@ -6,14 +6,13 @@ Three layers, each checked before anything of the bundle is unpickled:
   folder but the manifest, so a changed, truncated, missing or added file is found and named;
 - ``manifest_sha256``: a checksum of the manifest's own content, so damage to the manifest itself
   (a flipped byte in a digest, a version or a model entry) is found too;
-- optionally ``manifest.sig`` (:mod:`cloudflow.integrity.signing`): an HMAC of the manifest.
-  Digests and
-  checksum catch accidents; only a signature catches someone who rewrote a file *and* its digest.
+- optionally ``manifest.sig`` (:mod:`cloudflow.integrity.signing`): an HMAC of the manifest. Digests
+  and checksum catch accidents; only a signature catches someone who rewrote a file *and* its
+  digest.
 
 MLflow's environment files (``requirements.txt``, ``conda.yaml``, ``wheels/``...; see
 :mod:`cloudflow.integrity.environment`) are digested like every other file, but a change to them,
-which
-MLflow's own model tools make, only warns when the bundle is unsigned; signed, it is refused.
+which MLflow's own model tools make, only warns when the bundle is unsigned; signed, it is refused.
 """
 
 from __future__ import annotations
@@ -44,10 +43,9 @@ from cloudflow.integrity import signing as _signing
 #: rebuild classes through cloudflow's own reconstructors (per-bundle class identity), which an
 #: older cloudflow does not have.
 FORMAT_VERSION = 3
-#: Format 4: a bundle logged to a tracking server keeps its large files in the experiment's
-#: shared area (the ``shared`` section, :mod:`cloudflow.store.remote`); an older cloudflow would
-#: find
-#: them missing. Bundles without shared files are still written as format 3.
+#: Format 4: a bundle logged to a tracking server keeps its large files in the experiment's shared
+#: area (the ``shared`` section, :mod:`cloudflow.store.remote`); an older cloudflow would find them
+#: missing. Bundles without shared files are still written as format 3.
 SHARED_FORMAT_VERSION = 4
 #: The newest format this cloudflow reads.
 NEWEST_FORMAT_VERSION = SHARED_FORMAT_VERSION
@@ -117,9 +115,9 @@ class Manifest:
     #: (see :mod:`cloudflow.store.remote`): ``area`` (artifact URI), ``server``, ``files`` (paths).
     shared: dict[str, Any] = field(default_factory=dict)
     #: What MLflow's environment files were when sealed (see
-    #: :mod:`cloudflow.integrity.environment`):
-    #: ``texts`` (rel -> text of the small ones) and ``mlmodel`` (``core``: digest of MLmodel
-    #: without its publication keys; ``publication``: those keys' values). Empty: an older bundle.
+    #: :mod:`cloudflow.integrity.environment`): ``texts`` (rel -> text of the small ones) and
+    #: ``mlmodel`` (``core``: digest of MLmodel without its publication keys; ``publication``: those
+    #: keys' values). Empty: an older bundle.
     environment: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -535,15 +533,13 @@ def digest_files(
         known: Absolute path -> digest of files whose digest was computed before they were
             written (weights, from memory) or proven as they were linked; not hashed again.
             Files written through :func:`cloudflow.integrity.digests.open_hashed` and its kin take
-            the
-            digest of the bytes written (:func:`cloudflow.integrity.digests.written_digests`),
+            the digest of the bytes written (:func:`cloudflow.integrity.digests.written_digests`),
             unread.
     Raises:
         IntegrityError: A file this save wrote was changed since (see ``written_digests``).
     """
-    # Not resolved: a save's folder is reached through its descriptor
-    # (cloudflow.integrity.staging), and
-    # resolving would lead back through parents other users of a store may rename.
+    # Not resolved: a save's folder is reached through its descriptor (cloudflow.integrity.staging),
+    # and resolving would lead back through parents other users of a store may rename.
     paths = {rel: Path(os.path.abspath(data_dir / rel)) for rel in _walk_files(data_dir)}
     digests = dict(known or {})
     written = _digests.written_digests(

@@ -42,9 +42,8 @@ class DigestPlan:
       answer only once they match (``Bundle.predict``); signed, the load returns only then. Not
       when ``defer`` is off: a folder put together in the cache is checked whole before the load
       returns, so a damaged one is put together again at once;
-    - **sealed** (:attr:`sealed`), under a key: a model's files (but pickles) are checked as
-      they are copied into the private folder the model loads from
-      (:mod:`cloudflow.integrity.sealed`),
+    - **sealed** (:attr:`sealed`), under a key: a model's files (but pickles) are checked as they
+      are copied into the private folder the model loads from (:mod:`cloudflow.integrity.sealed`),
       not by name beforehand;
     - **at first use** (:attr:`later`), for lazily loaded models: when the model loads. Under a
       key, as sealed; unsigned and loaded by a predict call, its data-only weights are hashed

@@ -2,8 +2,7 @@
 
 A bundle logged to a tracking server keeps its large files in the experiment's shared area of the
 artifact store (see :mod:`cloudflow.store.remote`). A load downloads each of them once per machine
-into
-this cache, named by its BLAKE3 digest, and every later load of any bundle, run or process that
+into this cache, named by its BLAKE3 digest, and every later load of any bundle, run or process that
 needs the same content takes it from here.
 
 Layout, under ``$CLOUDFLOW_CACHE_DIR/files`` (default ``~/.cache/cloudflow/files``, beside the

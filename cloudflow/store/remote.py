@@ -2,8 +2,7 @@
 experiment, downloaded once per machine.
 
 A local store shares large files between bundles by hard link (:mod:`cloudflow.store.blobs`). A
-bundle
-logged to a tracking server (proxied ``mlflow-artifacts:``, or an artifact store the client
+bundle logged to a tracking server (proxied ``mlflow-artifacts:``, or an artifact store the client
 writes itself, such as S3) does the same through the store:
 
 - **The area.** Each file of the bundle's data folder of :data:`AREA_MIN_SIZE` or more is kept
@@ -17,9 +16,8 @@ writes itself, such as S3) does the same through the store:
   through an experiment the reader can read; deleting an experiment frees its files; and the
   clean-up reads one experiment's bundles to know what its area still needs. The cost: the same
   base model logged into two experiments is uploaded twice.
-- **Loads.** A load finds the shared files missing from the bundle's folder and takes them from
-  the per-machine cache (:mod:`cloudflow.store.cache`), downloading into it, in parallel and
-  verified
+- **Loads.** A load finds the shared files missing from the bundle's folder and takes them from the
+  per-machine cache (:mod:`cloudflow.store.cache`), downloading into it, in parallel and verified
   while streaming, only the ones it lacks. The bundle is then read from a folder of the cache that
   links them. Every load path goes through :func:`cloudflow.runtime.read.read_bundle`, so
   ``load_bundle``, the seed API, ``mlflow.pyfunc.load_model``, ``mlflow models serve`` and
