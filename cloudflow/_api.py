@@ -430,19 +430,15 @@ def load_bundle(
             signed while a key is configured.
         EnvironmentMismatchError: The bundle was saved under another Python minor version.
     """
-    checked = _checks.load_arguments(model_uri, signing_key, trusted_keys)
-    return load_checked(
-        checked,
-        verify=verify,
-        allow_python_mismatch=allow_python_mismatch,
-        device=device,
-        dtype=dtype,
-        lazy=lazy,
+    checked = _checks.load_arguments(
+        model_uri, signing_key, trusted_keys, device=device, dtype=dtype, lazy=lazy
     )
+    return load_checked(checked, verify=verify, allow_python_mismatch=allow_python_mismatch)
 
 
 def load_checked(checked: _checks.LoadArguments, **options: Any) -> Bundle:
-    """:func:`load_bundle` on a checked ``model_uri`` and trust; ``options`` are its others."""
+    """:func:`load_bundle` on a checked ``model_uri``, trust and load options; ``options`` are
+    ``verify`` and ``allow_python_mismatch``."""
     # A bundle downloaded from a server is deleted once nothing reads it (its weights stay
     # mapped): after the weights hashed in the background are checked, or with the Bundle when
     # its models load lazily or its code reads data files.
@@ -452,7 +448,13 @@ def load_checked(checked: _checks.LoadArguments, **options: Any) -> Bundle:
         temporary,
     ):
         bundle = read_bundle(
-            folder, signing_key=checked.trust, expected_identity=identity, **options
+            folder,
+            signing_key=checked.trust,
+            expected_identity=identity,
+            device=checked.options.device,
+            dtype=checked.options.dtype,
+            lazy=checked.options.lazy,
+            **options,
         )
         if temporary:
             bundle.release_when_unread(functools.partial(_store.discard_download, folder))

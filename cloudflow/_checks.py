@@ -8,24 +8,27 @@ the call before a folder, a run or a logged model exists.
 
 The order, the same for every entry point (the first bad argument raises):
 
-1. what is saved: ``predict_fn`` and ``models``, then ``model_metadata`` (its keys name models);
-2. where it goes: ``path`` (:func:`~cloudflow.save_bundle`), ``name`` and
-   ``registered_model_name`` (:func:`~cloudflow.log_bundle`), ``tracking_uri`` (the seed API;
-   ``prepare_env`` then ``experiment_id``); for a load ``model_uri``, for an export
+1. what is saved: ``predict_fn`` and ``models``, then ``model_metadata`` (its keys name models),
+   then ``input_example`` and ``signature``, against the function's inputs (the signature is
+   resolved: inferred, none, or the caller's own marked and completed);
+2. where it goes: ``path`` (:func:`~cloudflow.save_bundle`; a folder that does not exist yet),
+   ``name`` and ``registered_model_name`` (:func:`~cloudflow.log_bundle`), ``tracking_uri`` (the
+   seed API; ``prepare_env`` then ``experiment_id``); for a load ``model_uri``, for an export
    ``model_uri`` then ``destination``;
 3. what is captured: ``include_modules``, ``exclude_modules``;
 4. what the environment installs: ``pip_requirements``, ``extra_pip_requirements``,
-   ``runtime_package``;
+   ``runtime_package``, then ``python_versions``, resolved to the interpreters found here;
 5. what travels with it: ``metadata``, ``files``;
-6. how the store keeps it: ``share_files``;
+6. how the store keeps it: ``share_files``; how a load gives the models: ``lazy``, ``device``,
+   ``dtype`` (their values; whether a name in a ``device``/``dtype`` dict is a torch or
+   transformers model of the bundle only the reader can tell, from the manifest);
 7. keys, last, because they read key files and the environment: the key a save signs with
    (``signing_key``, resolved by :func:`cloudflow.integrity.signing.resolve_key`), the keys a load
    trusts (``signing_key``, ``trusted_keys``, resolved by
    :func:`cloudflow.integrity.signing.resolve_trust`).
 
-What only the writer can check it checks before it creates anything: ``signature`` and
-``input_example`` against the function, ``python_versions`` against the interpreters found,
-and that ``path`` is still free.
+A save that another save races to the same ``path`` after these checks still fails when it
+publishes, and keeps nothing.
 """
 
 from __future__ import annotations
@@ -35,13 +38,13 @@ import inspect
 import json
 import math
 import os
+import re
 import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from cloudflow._model_metadata import HISTORY
-from cloudflow.capture import wheel as _runtime
 from cloudflow.exceptions import BundleArgumentError, ModelKeyError
 from cloudflow.integrity import signing as _signing
 from cloudflow.runtime.files import path_text as _fspath
@@ -194,6 +197,16 @@ def _check_history(model: str, history: object) -> dict[str, list[float | int]]:
     return out
 
 
+def check_signature(
+    predict_fn: Callable[..., Any], models: Mapping[str, object], signature: Any, input_example: Any
+) -> Any:
+    """``input_example``, then ``signature``, against the function's inputs; the signature to
+    write (see :func:`cloudflow.capture.signature.resolve_signature`)."""
+    from cloudflow.capture import signature as _signature
+
+    return _signature.resolve_signature(signature, predict_fn, models, input_example)
+
+
 def check_model_metadata(
     model_metadata: Mapping[str, Any] | None, models: Mapping[str, object]
 ) -> dict[str, dict[str, Any]]:
@@ -279,6 +292,21 @@ _NAME_FORBIDDEN = ("/", ":", ".", "%", '"', "'", "\\", "\0")
 NAME_MAX = 200
 
 
+def check_free_path(path: object) -> Path:
+    """A bundle folder to create (:func:`check_path`) that does not exist yet.
+
+    Raises:
+        BundleArgumentError: Not such a path, or it exists.
+    """
+    target = check_path(path)
+    if target.exists():
+        raise BundleArgumentError(
+            f"Path {str(target)!r} already exists. Give a new folder, or delete the old bundle "
+            "first."
+        )
+    return target
+
+
 def check_model_name(name: object) -> str:
     if (
         not isinstance(name, str)
@@ -360,6 +388,14 @@ def check_requirements(value: Iterable[str] | None, what: str) -> list[str] | No
             "Write each as a string, such as 'torch==2.3'."
         )
     return items
+
+
+def check_python_versions(python_versions: object) -> dict[str, str]:
+    """The Python versions a save targets -> their interpreters found here (the saving one
+    always included; see :func:`cloudflow.capture.portable.resolve_versions`)."""
+    from cloudflow.capture import portable as _portable
+
+    return _portable.resolve_versions(cast("str | Iterable[str] | None", python_versions))
 
 
 def check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -451,6 +487,61 @@ def check_share_files(share_files: object) -> bool:
 
 # --- loading, exporting, the seed API's set-up ---------------------------------------------------
 
+#: The dtypes a load may give torch and transformers models.
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+
+
+def _check_device(value: object) -> str:
+    if not isinstance(value, str) or not _DEVICE.match(value):
+        raise BundleArgumentError(
+            f"device {value!r} is not one of 'cpu', 'cuda', 'cuda:N', 'mps'. Pass e.g. "
+            "device='cuda:1', or a dict of model name -> device."
+        )
+    return value
+
+
+def _check_dtype(value: object) -> str:
+    name = str(value).removeprefix("torch.") if value is not None else ""
+    if name not in DTYPES:
+        raise BundleArgumentError(
+            f"dtype {value!r} is not one of {list(DTYPES)} (a name or a torch.dtype). Pass e.g. "
+            "dtype='bfloat16', or a dict of model name -> dtype."
+        )
+    return name
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadOptions:
+    """How a load gives the models, checked: ``device`` and ``dtype`` are one name for every
+    torch and transformers model, a dict of model name -> name, or None (as saved)."""
+
+    device: str | dict[str, str] | None = None
+    dtype: str | dict[str, str] | None = None
+    lazy: bool | str = False
+
+
+def check_load_options(device: object, dtype: object, lazy: object) -> LoadOptions:
+    """``lazy``, ``device`` and ``dtype`` of a load (``dtype`` as its name: ``"float16"``).
+
+    Raises:
+        BundleArgumentError: A value that is not one of the valid ones, named with them.
+    """
+    if lazy not in (False, True, "background"):
+        raise BundleArgumentError(
+            f"lazy must be False, True or 'background', got {lazy!r}. True loads each model on "
+            "its first use; 'background' also starts loading them all at once."
+        )
+    checked: list[str | dict[str, str] | None] = []
+    for value, check in ((device, _check_device), (dtype, _check_dtype)):
+        if value is None:
+            checked.append(None)
+        elif isinstance(value, Mapping):
+            checked.append({name: check(item) for name, item in value.items()})
+        else:
+            checked.append(check(value))
+    return LoadOptions(device=checked[0], dtype=checked[1], lazy=cast("bool | str", lazy))
+
 
 def check_model_uri(model_uri: object) -> str | os.PathLike[str]:
     if not isinstance(model_uri, str | os.PathLike):
@@ -501,9 +592,9 @@ def check_log_level(log_level: object) -> str:
 class SaveArguments:
     """What a save was given, checked and normalised; the writer takes it as it is.
 
-    ``signer`` is the resolved key the bundle is signed with (None: unsigned).
-    ``strip_docstrings``, ``signature``, ``input_example``, ``verify`` and ``python_versions``
-    are passed on as given: the writer checks them (see the module docstring).
+    ``signer`` is the resolved key the bundle is signed with (None: unsigned); ``signature``
+    the one to write (None: none); ``interpreters`` the Python versions the bundle loads on ->
+    their interpreters here. ``strip_docstrings`` and ``verify`` are passed on as given.
     """
 
     predict_fn: Callable[..., Any]
@@ -521,7 +612,7 @@ class SaveArguments:
     signature: Any
     input_example: Any
     verify: bool
-    python_versions: str | Iterable[str] | None
+    interpreters: dict[str, str]
 
     def writer_options(self) -> dict[str, Any]:
         """The keyword arguments of :func:`cloudflow.capture.write.write_bundle`."""
@@ -536,7 +627,7 @@ class SaveArguments:
             "input_example": self.input_example,
             "signing_key": self.signer,
             "verify": self.verify,
-            "python_versions": self.python_versions,
+            "interpreters": self.interpreters,
             "data_files": self.data_files,
             "model_metadata": self.model_metadata,
             "runtime_package": self.runtime_package,
@@ -561,6 +652,7 @@ class LoadArguments:
 
     model_uri: str | os.PathLike[str]
     trust: _signing.Trust | None
+    options: LoadOptions = LoadOptions()
 
 
 def _save_arguments(
@@ -585,20 +677,25 @@ def _save_arguments(
     share_files: Any = True,
 ) -> tuple[SaveArguments, _Where]:
     """The order of the module docstring; ``where`` is step 2, the entry point's own."""
+    from cloudflow.capture import wheel as _runtime  # the save side, imported by a save only
+
     checked_models = check_arguments(predict_fn, models)
     per_model = check_model_metadata(model_metadata, checked_models)
+    fn = cast("Callable[..., Any]", predict_fn)  # callable: checked above
+    resolved_signature = check_signature(fn, checked_models, signature, input_example)
     destination = where()
     include = check_module_names(include_modules, "include_modules")
     exclude = check_module_names(exclude_modules, "exclude_modules")
     pip = check_requirements(pip_requirements, "pip_requirements")
     extra = check_requirements(extra_pip_requirements, "extra_pip_requirements")
     runtime = _runtime.check_package(runtime_package)
+    interpreters = check_python_versions(python_versions)
     plain_metadata = check_metadata(metadata)
     data_files = check_files(files)
     check_share_files(share_files)
     signer = _signing.resolve_key(signing_key)
     checked = SaveArguments(
-        predict_fn=cast("Callable[..., Any]", predict_fn),  # callable: checked above
+        predict_fn=fn,
         models=checked_models,
         model_metadata=per_model,
         include_modules=include,
@@ -610,10 +707,10 @@ def _save_arguments(
         data_files=data_files,
         signer=signer,
         strip_docstrings=strip_docstrings,
-        signature=signature,
+        signature=resolved_signature,
         input_example=input_example,
         verify=verify,
-        python_versions=python_versions,
+        interpreters=interpreters,
     )
     return checked, destination
 
@@ -625,7 +722,7 @@ def save_arguments(
 
     ``options`` are ``save_bundle``'s keyword arguments.
     """
-    return _save_arguments(predict_fn, models, lambda: check_path(path), **options)
+    return _save_arguments(predict_fn, models, lambda: check_free_path(path), **options)
 
 
 def log_arguments(
@@ -684,23 +781,42 @@ def seed_save_arguments(
     )
 
 
-def load_arguments(model_uri: object, signing_key: Any, trusted_keys: Any) -> LoadArguments:
-    """:func:`~cloudflow.load_bundle`'s ``model_uri`` and keys (``device``, ``dtype`` and
-    ``lazy`` are checked by the reader, against the bundle's models)."""
+def load_arguments(
+    model_uri: object,
+    signing_key: Any,
+    trusted_keys: Any,
+    *,
+    device: object = None,
+    dtype: object = None,
+    lazy: object = False,
+) -> LoadArguments:
+    """:func:`~cloudflow.load_bundle`'s ``model_uri``, ``lazy``, ``device``, ``dtype`` and keys.
+
+    Whether a model a ``device``/``dtype`` dict names is one of the bundle's torch or
+    transformers models the reader checks, against the manifest.
+    """
     uri = check_model_uri(model_uri)
-    return LoadArguments(uri, _signing.resolve_trust(signing_key, trusted_keys))
+    options = check_load_options(device, dtype, lazy)
+    return LoadArguments(uri, _signing.resolve_trust(signing_key, trusted_keys), options)
 
 
 def seed_load_arguments(
-    tracking_uri: object, signing_key: Any, trusted_keys: Any
-) -> _signing.Trust | None:
-    """The seed API's ``load_model``: ``tracking_uri``, then the keys; returns the trust."""
+    tracking_uri: object,
+    signing_key: Any,
+    trusted_keys: Any,
+    *,
+    device: object = None,
+    dtype: object = None,
+    lazy: object = False,
+) -> tuple[_signing.Trust | None, LoadOptions]:
+    """The seed API's ``load_model``: ``tracking_uri``, the load options, then the keys."""
     check_tracking_uri(
         tracking_uri,
         "load_model('./cloudflow_store', 'my-experiment', run_id), the folder "
         "given to prepare_env when the model was saved",
     )
-    return _signing.resolve_trust(signing_key, trusted_keys)
+    options = check_load_options(device, dtype, lazy)
+    return _signing.resolve_trust(signing_key, trusted_keys), options
 
 
 def export_arguments(model_uri: object, destination: object) -> tuple[LoadArguments, Path]:

@@ -175,10 +175,11 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
         """
         import mlflow
 
-        trust = _checks.seed_load_arguments(tracking_uri, signing_key, trusted_keys)
+        trust, options = _checks.seed_load_arguments(
+            tracking_uri, signing_key, trusted_keys, device=device, dtype=dtype, lazy=lazy
+        )
         uri = _store.existing_store_uri(tracking_uri)  # a load creates no store
         mlflow.set_tracking_uri(uri)
-        options = {"device": device, "dtype": dtype, "lazy": lazy}
         if str(run_id).startswith(("models:/", "runs:/")):
             model_uri = str(run_id)
         else:
@@ -189,7 +190,7 @@ class cloudflow_model:  # noqa: N801 - the seed API's name, kept as users know i
             )
             if found is None:
                 _store.run_in_experiment(mlflow.MlflowClient(uri), experiment_id, run_id)
-        self.bundle = load_checked(_checks.LoadArguments(model_uri, trust), **options)
+        self.bundle = load_checked(_checks.LoadArguments(model_uri, trust, options))
         return self.bundle
 
     def predict(self, *inputs: Any, **params: Any) -> Any:

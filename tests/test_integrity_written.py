@@ -221,3 +221,55 @@ def test_a_file_changed_in_the_staging_folder_after_it_was_written_fails_the_sav
     assert errors == []
     assert not target.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "user_src"]  # no staging left
+
+
+FLAVOR_APP = """
+    import numpy as np
+
+
+    def predict(session, params, x):
+        features = np.full((1, 4), float(x), dtype=np.float32)
+        (probabilities,) = session.run(None, {"X": features})
+        return round(float(probabilities.sum()) + float(params["layers"][0]["w"].sum()), 4)
+"""
+
+
+def test_an_onnx_session_and_a_jax_tree_are_digested_as_written(
+    user_modules: UserModules,
+    opens: list[tuple[str, bool]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The two files a flavor used to write in one call by path: the session's model.onnx and
+    # the JAX tree's tree.json (its arrays go through the safetensors writer, digested already).
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("jax")
+    import models
+
+    user_modules.write({"flavor_app.py": FLAVOR_APP})
+    import flavor_app
+
+    saved = {"session": models.tiny_onnx_session(), "params": models.tiny_jax_params()}
+    want = flavor_app.predict(saved["session"], saved["params"], 2)
+    key = os.urandom(32)
+    monkeypatch.setenv("CLOUDFLOW_FSYNC", "0")  # flushing opens every file: off, see above
+    cloudflow.save_bundle(flavor_app.predict, saved, tmp_path / "release", signing_key=key)
+    written, read_back = set(), []
+    for path, writes in list(opens):
+        rel = _in_bundle(path)
+        if rel is None:
+            continue
+        if writes:
+            written.add(rel)
+        elif rel in written and rel.startswith("cloudflow/"):
+            read_back.append(rel)
+    assert {
+        "cloudflow/models/session/model.onnx",
+        "cloudflow/models/params/tree.json",
+        "cloudflow/models/params/arrays.safetensors",
+    } <= written, sorted(written)
+    assert read_back == [], read_back
+
+    user_modules.forget()
+    bundle = cloudflow.load_bundle(tmp_path / "release", signing_key=key)
+    assert bundle.predict(x=2) == want

@@ -1,9 +1,10 @@
 """Writing a bundle folder, as named steps: staged privately, published only when complete.
 
-:func:`write_bundle` resolves what the save was given, then writes into a private staging
-folder beside the target: the data files, each model in its flavor's format, the code, the
-manifest, MLflow's files (MLmodel and the environment files), the seal (digests, a signature
-under a key), the clean-process check if asked, and publishes the folder with one rename.
+:func:`write_bundle` takes what the save was given as :mod:`cloudflow._checks` checked and
+resolved it, and writes into a private staging folder beside the target: the data files, each
+model in its flavor's format, the code, the manifest, MLflow's files (MLmodel and the
+environment files), the seal (digests, a signature under a key), the clean-process check if
+asked, and publishes the folder with one rename.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from cloudflow._version import __version__
 from cloudflow.capture import files as _files
 from cloudflow.capture import portable as _portable
 from cloudflow.capture import scan as _scan
-from cloudflow.capture import signature as _signature
 from cloudflow.capture.codewriter import CodeWriter
 from cloudflow.capture.pickler import SaveContext
 from cloudflow.capture.policy import CapturePolicy
@@ -57,7 +57,7 @@ def write_bundle(
     mlflow_model: Any = None,
     signing_key: Any = None,
     verify: bool = False,
-    python_versions: str | Iterable[str] | None = None,
+    interpreters: Mapping[str, str] | None = None,
     data_files: Mapping[str, Path] | None = None,
     model_metadata: Mapping[str, dict[str, Any]] | None = None,
     runtime_package: str | None = None,
@@ -65,6 +65,9 @@ def write_bundle(
 ) -> Manifest:
     """Write a bundle into ``path``, which must not exist; publish it only when complete.
 
+    The arguments are checked already (:mod:`cloudflow._checks`): ``signature`` is the one to
+    write (None: none) and ``interpreters`` the Python versions the bundle loads on -> their
+    interpreters (None: this one only).
     With ``signing_key`` the manifest is signed; with ``verify`` the bundle is first loaded (and
     ``input_example`` run) in a clean process, and a failure leaves nothing behind, not even
     the parent folders it created. ``staged``: ``path`` is a staging folder the caller moves
@@ -79,20 +82,16 @@ def write_bundle(
         include_modules=include_modules,
         exclude_modules=exclude_modules,
         strip_docstrings=strip_docstrings,
-        signature=_signature.resolve_signature(signature, predict_fn, models, input_example),
+        signature=signature,
         input_example=input_example,
         mlflow_model=mlflow_model,
         signing_key=signing_key,
         verify=verify,
-        interpreters=_portable.resolve_versions(python_versions),
+        interpreters=interpreters or _portable.resolve_versions(None),
         data_files=data_files or {},
         model_metadata=dict(model_metadata or {}),
         runtime_package=runtime_package,
     )
-    if path.exists():
-        raise BundleArgumentError(
-            f"Path {str(path)!r} already exists. Give a new folder, or delete the old bundle first."
-        )
     started = time.perf_counter()
     created = [p for p in path.parents if not p.exists()]  # innermost first
     path.parent.mkdir(parents=True, exist_ok=True)

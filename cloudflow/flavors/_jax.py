@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from cloudflow.exceptions import BundleFormatError, CaptureError
 from cloudflow.flavors import _aligned
 from cloudflow.flavors._base import Flavor, class_name, loaded_module, require
+from cloudflow.integrity import digests as _digests
 
 if TYPE_CHECKING:
     from cloudflow.flavors._base import LoadContext, SaveContext, SharedFiles
@@ -284,7 +285,8 @@ def _save(obj: object, path: Path, ctx: SaveContext) -> dict[str, Any]:
     tree = _encode(obj, (), writer)
     writer.write(path / ARRAYS, "jax", ctx.shared_files)
     document = {"format": _TREE_FORMAT, "tree": tree}
-    (path / _TREE).write_text(json.dumps(document, allow_nan=False), encoding="utf-8")
+    text = json.dumps(document, allow_nan=False)
+    _digests.write_hashed(path / _TREE, text.encode("utf-8"))  # digested as written
     return {"arrays": ARRAYS, "tree": _TREE, "tensors": len(writer)}
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloudflow.exceptions import BundleFormatError, CaptureError
 from cloudflow.flavors._base import Flavor, class_name, loaded_module, require
+from cloudflow.integrity import digests as _digests
 
 if TYPE_CHECKING:
     from cloudflow.flavors._base import LoadContext, SaveContext
@@ -69,7 +70,7 @@ def _save(obj: object, path: Path, ctx: SaveContext) -> dict[str, Any]:
         )
         return {"kind": "model", "file": _MODEL, "external_data": external}
     session: Any = obj
-    (path / _MODEL).write_bytes(_session_bytes(session))
+    _digests.write_hashed(path / _MODEL, _session_bytes(session))  # digested as written
     options = session.get_session_options()
     saved_options: dict[str, Any] = {}
     for name in _OPTIONS:

@@ -6,7 +6,6 @@ import concurrent.futures
 import contextlib
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -39,39 +38,23 @@ def load_workers() -> int:
 
 #: The keys of MLmodel's pyfunc ``model_config``: load options MLflow's loaders may pass.
 PYFUNC_CONFIG = {"device": None, "dtype": None, "lazy": None}
-DTYPES = ("float32", "float16", "bfloat16", "float64")
-_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
 
-def _check_device(value: object) -> str:
-    if not isinstance(value, str) or not _DEVICE.match(value):
-        raise BundleArgumentError(
-            f"device {value!r} is not one of 'cpu', 'cuda', 'cuda:N', 'mps'. Pass e.g. "
-            "device='cuda:1', or a dict of model name -> device."
-        )
-    return value
-
-
-def _check_dtype(value: object) -> str:
-    name = str(value).removeprefix("torch.") if value is not None else ""
-    if name not in DTYPES:
-        raise BundleArgumentError(
-            f"dtype {value!r} is not one of {list(DTYPES)} (a name or a torch.dtype). Pass e.g. "
-            "dtype='bfloat16', or a dict of model name -> dtype."
-        )
-    return name
-
-
-def load_options(device: object, dtype: object, manifest: Manifest) -> dict[str, dict[str, str]]:
+def load_options(
+    device: str | Mapping[str, str] | None,
+    dtype: str | Mapping[str, str] | None,
+    manifest: Manifest,
+) -> dict[str, dict[str, str]]:
     """Model name -> ``{"load_device": ..., "load_dtype": ...}`` from ``device=`` / ``dtype=``.
 
-    One value applies to every torch and transformers model (and container holding one: its
-    elements of those flavors get it); a dict names models (each must be one of those). Other
-    models load as they were saved.
+    The values are checked already (:func:`cloudflow._checks.check_load_options`). One value
+    applies to every torch and transformers model (and container holding one: its elements of
+    those flavors get it); a dict names models (each must be one of those). Other models load
+    as they were saved.
 
     Raises:
-        BundleArgumentError: A value that is not a device or dtype, or a dict naming a model the
-            bundle does not have or one that takes neither.
+        BundleArgumentError: A dict naming a model the bundle does not have or one that takes
+            neither.
     """
     from cloudflow.flavors import DEVICE_FLAVORS, walk
 
@@ -79,10 +62,7 @@ def load_options(device: object, dtype: object, manifest: Manifest) -> dict[str,
         return any(name in DEVICE_FLAVORS for name, _ in walk(entry.flavor, entry.info))
 
     out: dict[str, dict[str, str]] = {}
-    for key, value, check in (
-        ("load_device", device, _check_device),
-        ("load_dtype", dtype, _check_dtype),
-    ):
+    for key, value in (("load_device", device), ("load_dtype", dtype)):
         if value is None:
             continue
         what = key.removeprefix("load_")
@@ -99,12 +79,11 @@ def load_options(device: object, dtype: object, manifest: Manifest) -> dict[str,
                         f"{what}= names the model {name!r}, a {entry.flavor} model: a {what} "
                         f"applies to torch and transformers models only."
                     )
-                out.setdefault(name, {})[key] = check(item)
+                out.setdefault(name, {})[key] = item
         else:
-            checked = check(value)
             for name, entry in manifest.models.items():
                 if takes_device(entry):
-                    out.setdefault(name, {})[key] = checked
+                    out.setdefault(name, {})[key] = value
     return out
 
 

@@ -232,12 +232,12 @@ def _load_pyfunc(path: str, model_config: Any = None) -> CloudflowPyfunc:
     ``model_config`` (``mlflow.pyfunc.load_model(uri, model_config={...})``) may give
     ``device``, ``dtype`` and ``lazy``, as :func:`cloudflow.load_bundle` takes them.
     """
+    from cloudflow import _checks
+
     config = dict(model_config or {})
+    options = _checks.check_load_options(
+        config.get("device"), config.get("dtype"), config.get("lazy") or False
+    )
     return CloudflowPyfunc(
-        read_bundle(
-            Path(path),
-            device=config.get("device"),
-            dtype=config.get("dtype"),
-            lazy=config.get("lazy") or False,
-        )
+        read_bundle(Path(path), device=options.device, dtype=options.dtype, lazy=options.lazy)
     )

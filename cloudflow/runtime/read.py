@@ -23,7 +23,6 @@ from typing import Any
 from cloudflow import _progress
 from cloudflow._packages import distribution_version, relative_filename
 from cloudflow.exceptions import (
-    BundleArgumentError,
     EnvironmentMismatchError,
     IntegrityError,
     NotFoundError,
@@ -116,11 +115,6 @@ def _read(
     """
     from cloudflow.integrity.signing import resolve_trust
 
-    if lazy not in (False, True, "background"):
-        raise BundleArgumentError(
-            f"lazy must be False, True or 'background', got {lazy!r}. True loads each model on "
-            "its first use; 'background' also starts loading them all at once."
-        )
     request = _Request(
         verify=verify,
         allow_python_mismatch=allow_python_mismatch,
