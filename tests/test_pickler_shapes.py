@@ -11,7 +11,8 @@ The shapes: objects whose ``__reduce__`` returns their name (``functools.lru_cac
 module that also holds ``sys``, ``torch`` and an installed library whose module-level objects are
 ``functools.partial`` subclasses with a ``__setstate__`` of their own: binding the models must
 touch none of them; plugins imported by names computed at run time, loaded by a program that has
-a ``plugins`` package of its own.
+a ``plugins`` package of its own; modules read as attributes of an object (``KEPT.home.K``) after
+the pickle has met them as the globals of their functions.
 """
 
 from __future__ import annotations
@@ -103,6 +104,14 @@ PIPELINES: dict[str, Pipeline] = {
             lambda: sorted(n for n in sys.modules if n.partition(".")[0] == "plugins"),
         )
         """,
+    ),
+    # KEPT.home is the predict function's own module, KEPT.measures one whose helper it calls.
+    "held_modules": Pipeline(
+        save_code="""
+        from shelf import serve
+
+        save("attribute", serve.predict, {"model": {"k": 3}}, [{"x": 2}, {"x": -1}])
+        """
     ),
     # Models in a registry dict of a module holding sys, torch and partlib (above).
     "binding_registry": Pipeline(
@@ -315,6 +324,28 @@ def sys_modules_holdlib() -> Any:
     import holdlib
 
     return holdlib
+
+
+# --- modules reached as attributes of an object ----------------------------------------------
+
+
+@on("held_modules")
+def test_a_module_met_again_as_an_attribute_carries_the_names_read_off_it(
+    project: RealProject,
+) -> None:
+    """Both modules are pickled first as the globals of a function (the predict function's own,
+    ``doubled``'s), then met again as ``KEPT.home`` and ``KEPT.measures``: the names the code reads
+    off them travel; what no code reads stays out."""
+    assert project.expected("attribute") == [
+        {"doubled": 4, "own": 13, "units": 20},
+        {"doubled": -2, "own": 4, "units": -10},
+    ]
+    project.assert_loads_and_predicts("attribute")
+    report = project.manifest("attribute")["captured_globals"]
+    assert "K" in report["shelf.serve"]["globals"]
+    assert "SCALE" in report["shelf.units"]["globals"]
+    assert "UNREAD_HERE" in report["shelf.serve"]["left_out"]
+    assert "UNREAD_UNIT" in report["shelf.units"]["left_out"]
 
 
 # --- no fallback to the loading program's modules --------------------------------------------

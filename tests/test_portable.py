@@ -5,15 +5,16 @@ and lazy imports, classes with a property, a ``functools.cached_property`` (a lo
 3.10 and 3.11) and zero-argument ``super()``, dataclasses, a closure,
 lambdas, a ``functools.partial``, ``match`` statements and a custom scikit-learn transformer in a
 Pipeline) is copied, saved by a fresh process of the main venv's interpreter (3.11 in CI), and the
-copy deleted. Six bundles: ``listed`` (``python_versions`` = the other versions below), ``all``,
-``default`` (the option left out), ``generated`` (a predict function whose helper was made by
-``exec``: it has no source to recompile), ``records`` (a ``namedtuple`` and a ``typing.NamedTuple``
-with methods, made again at load) and ``seed`` (``listed`` saved through the seed API into a
-tracking store). Fresh processes of each interpreter, from an empty working directory, load them
-with ``cloudflow.load_bundle``, ``mlflow.pyfunc.load_model`` and, for ``seed``,
-``cloudflow_model().load_model``: every answer must equal *exactly* the one the saving process
-computed before saving. The reverse too: saved by the 3.13 venv for the main venv's version,
-loaded by the main venv.
+copy deleted. Seven bundles: ``listed`` (``python_versions`` = the other versions below),
+``all``, ``default`` (the option left out), ``generated`` (a predict function whose helper was
+made by ``exec``: it has no source to recompile), ``records`` (a ``namedtuple`` and a
+``typing.NamedTuple`` with methods, made again at load), ``kept`` (a module with a dataclass that
+also keeps the model in a global: the model is bound where the regenerated methods see it) and
+``seed`` (``listed`` saved through the seed API into a tracking store). Fresh processes of each
+interpreter, from an empty working directory, load them with ``cloudflow.load_bundle``,
+``mlflow.pyfunc.load_model`` and, for ``seed``, ``cloudflow_model().load_model``: every answer
+must equal *exactly* the one the saving process computed before saving. The reverse too: saved
+by the 3.13 venv for the main venv's version, loaded by the main venv.
 
 The other interpreters are CPython 3.10, 3.12 and 3.13 (pyenv), each in a venv built once and
 shared (tests/pythons.py, this checkout's cloudflow installed editable; with uv, built one after
@@ -72,9 +73,9 @@ SAVING = "{}.{}".format(*sys.version_info[:2])  # the main venv's: 3.11 in CI
 EXTRA_VERSIONS = ("3.10", "3.12", "3.13")
 TARGETS = tuple(v for v in EXTRA_VERSIONS if v != SAVING)
 REVERSE_SAVER = TARGETS[-1]  # saves the reverse bundle, for SAVING
-MAIN_BUNDLES = ("listed", "all", "default", "generated", "records", "seed")
+MAIN_BUNDLES = ("listed", "all", "default", "generated", "records", "kept", "seed")
 # The bundles that list the other versions, and so load there.
-PORTABLE_BUNDLES = ("listed", "all", "records", "seed")
+PORTABLE_BUNDLES = ("listed", "all", "records", "kept", "seed")
 
 
 def by_version(versions: Any) -> list[str]:
@@ -177,7 +178,11 @@ spec = json.loads(sys.argv[1])
 results["python"] = {"ok": True, "value": platform.python_version()}
 results["importable"] = {
     "ok": True,
-    "value": [m for m in ("portable_app", "generated", "records") if importlib.util.find_spec(m)],
+    "value": [
+        m
+        for m in ("portable_app", "generated", "records", "calibrated")
+        if importlib.util.find_spec(m)
+    ],
 }
 
 
@@ -304,6 +309,7 @@ def saved_here(
         "default=default",
         f"generated={listed}@generated",
         f"records={listed}@records",
+        f"kept={listed}@kept",
         f"seed={listed}@portable@seed",
     ]
     return save_fixture(Path(sys.executable), root, saves)
@@ -391,7 +397,7 @@ def left_behind(saved: Saved, name: str) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("name", ["listed", "all", "default", "records", "seed"])
+@pytest.mark.parametrize("name", ["listed", "all", "default", "records", "kept", "seed"])
 def test_the_project_saves_without_a_code_warning(saved_here: Saved, name: str) -> None:
     """No code keeps the bundle to one version: dataclass methods, namedtuple and NamedTuple
     classes have no source either, but cloudflow makes them again at load. The one warning a
@@ -506,6 +512,18 @@ def test_code_without_source_keeps_the_bundle_to_the_saving_python(
     assert any("exec_generated_bump" in w["message"] for w in warnings), save["warnings"]
     assert saved_here.manifest("generated")["python_versions"] == [SAVING]
     assert_loads_and_answers(saved_here, loaded_here, "generated")
+
+
+def test_a_model_in_a_module_global_is_bound_next_to_a_regenerated_dataclass(
+    saved_here: Saved, loaded_here: dict[str, Any]
+) -> None:
+    """``dataclass`` is applied again at load while the module's globals still hold the model's
+    placeholder; the methods it makes read those very globals, where the model is then bound."""
+    assert len(saved_here.manifest("kept")["python_versions"]) > 1  # a portable bundle
+    expected = saved_here.expected("kept")
+    assert [answer["same_model"] for answer in expected] == [True, True]
+    assert expected[1]["converted"] == {"amount": 1.5, "currency": "GBP", "notes": ["from USD"]}
+    assert_loads_and_answers(saved_here, loaded_here, "kept")
 
 
 # --- the venvs of the other interpreters -------------------------------------------------------

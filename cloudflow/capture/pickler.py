@@ -55,7 +55,7 @@ class _ModuleNamespaceRef:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The module is pickled next as the globals of a function, not as an object.
-        self.pickler.namespace_of = self.module
+        self.pickler.own_mention = self.module
         return (on_disk._module_namespace, (self.module,))
 
 
@@ -122,7 +122,12 @@ class BundlePickler(cloudpickle.Pickler):
         super().__init__(file, protocol=PROTOCOL)
         self._namespaces: dict[int, _FreshNamespaceRef] = {}
         self._keep: list[object] = []  # keeps rewritten code objects alive while ids are in use
-        self.namespace_of: types.ModuleType | None = None
+        # The module the pickle writes next as part of its own structure (the globals of a
+        # function, the module a state is set into, the argument of a module's state setter),
+        # not as an object saved code reached: such a module carries only the names its code
+        # uses, one reached as an object the attributes saved code reads too.
+        self.own_mention: types.ModuleType | None = None
+        self.written_modules: set[int] = set()  # ids of the captured modules written so far
         self._owners: dict[int, str] = {}  # code id -> the function's dotted name, for messages
 
     def _persistent_id(self, obj: object) -> object | None:
@@ -131,6 +136,8 @@ class BundlePickler(cloudpickle.Pickler):
             if pid is not None:
                 return pid
         if self.owner:
+            if type(obj) is types.ModuleType and id(obj) in self.written_modules:
+                self._met_again(obj)
             name = self.policy.model_name(obj)
             if name is not None:
                 return (MODEL_PID, name)
@@ -145,6 +152,19 @@ class BundlePickler(cloudpickle.Pickler):
             elif isinstance(obj, PurePath):
                 self.policy.path_values[str(obj)] = True
         return None
+
+    def _met_again(self, module: types.ModuleType) -> None:
+        """A captured module the pickle writes again, as a reference to its memo.
+
+        ``reducer_override`` sees a module the first time only; ``persistent_id`` sees every
+        time. A module first written as the globals of its functions may be reached as an object
+        later (an attribute of an object pickled by value): it must then carry the attributes
+        saved code reads as well.
+        """
+        if self.own_mention is module:
+            self.own_mention = None
+        else:
+            self.policy.as_objects.add(module.__name__)
 
     def reducer_override(self, obj: Any) -> Any:
         """How to write ``obj``: a reducer of :data:`_REDUCERS` by its exact type, else the
@@ -163,6 +183,15 @@ class BundlePickler(cloudpickle.Pickler):
         if t.__reduce__ is not object.__reduce__ or t.__reduce_ex__ is not object.__reduce_ex__:
             return self._reduce_custom(obj)
         return NotImplemented
+
+    def _reduce_module_state(self, state: ModuleState) -> Any:
+        # The module is written next as the one whose globals these are, not as an object. A
+        # module first written here counts as reached as an object, as it does wherever else
+        # the pickle meets it first. (Here, not in ModuleState: a state holding the pickler
+        # would keep it, and every object in its memo, alive until the next garbage collection.)
+        if id(state.module) in self.written_modules:
+            self.own_mention = state.module
+        return state.__reduce__()
 
     def _reduce_property(self, prop: property) -> Any:
         if self.policy.strip_docstrings and prop.__doc__ is not None:
@@ -255,13 +284,16 @@ class BundlePickler(cloudpickle.Pickler):
         if not self.policy.wants(module):
             return NotImplemented
         name = module.__name__
-        if self.namespace_of is module:
-            self.namespace_of = None
+        if self.own_mention is module:
+            self.own_mention = None
         else:
             self.policy.as_objects.add(name)
         if not self.owner:
             return (on_disk._bundle_module, (name,))
         self.pickled.add(name)
+        self.written_modules.add(id(module))
+        # Pickle writes the module once more, as the first argument of its state setter.
+        self.own_mention = module
         is_package = hasattr(module, "__path__")
         # The skeleton only: the globals follow, as far as saved code reaches them.
         state: dict[str, Any] = {
@@ -450,6 +482,7 @@ _REDUCERS: dict[type, Callable[[BundlePickler, Any], Any]] = {
     types.FunctionType: BundlePickler._reduce_function,
     types.ModuleType: BundlePickler._reduce_module,
     types.CodeType: BundlePickler._reduce_code,
+    ModuleState: BundlePickler._reduce_module_state,
     typing.TypeVar: BundlePickler._reduce_typevar,
     property: BundlePickler._reduce_property,
     typing.ForwardRef: BundlePickler._reduce_forward_ref,

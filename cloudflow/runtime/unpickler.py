@@ -656,12 +656,12 @@ def _regenerate_dataclass(table: ModuleTable, cls: type, regenerate: Mapping[str
         return
     # dataclass looks the class's module up in sys.modules (for ClassVar, InitVar, KW_ONLY in
     # string annotations, and as the generated methods' globals). The bundle's module is not
-    # there: show dataclass a copy of its globals under a name of its own, for the call only.
+    # there: show dataclass that very module under a name of its own, for the call only. Not a
+    # copy of its globals: the generated methods would keep the copy as theirs, where the model
+    # binder never looks, so a model kept in a module global would stay a placeholder in it.
     home = cls.__module__
     alias = f"__cloudflow_dataclass_{id(table):x}_{id(cls):x}__"
-    stand_in = types.ModuleType(alias)
-    stand_in.__dict__.update(module.__dict__)
-    sys.modules[alias] = stand_in
+    sys.modules[alias] = module
     try:
         cls.__module__ = alias
         dataclasses.dataclass(cls, **regenerate["options"])
