@@ -298,7 +298,7 @@ def test_a_repeat_load_reads_the_weights_as_a_local_store_does_without_hashing_t
     load(tmp_path / "a", remote["proxy"], cache, uri=uri)
     code = r"""
 import json, sys
-from cloudflow import _digests
+from cloudflow.integrity import digests as _digests
 hashed = []
 real = _digests._hash_open_file
 def spy(path, *args, **kwargs):
