@@ -179,7 +179,7 @@ def _cloudflows_in(env_root: Path) -> list[Path]:
 def _assert_cloudflow_from_the_bundle(site_packages_cloudflow: list[Path]) -> None:
     assert site_packages_cloudflow, "no environment holds cloudflow"
     for package in site_packages_cloudflow:
-        assert (package / "capture" / "wheel.py").is_file()  # a real install, not a path to a checkout
+        assert (package / "capture" / "wheel.py").is_file()  # a real install, not a checkout
         dist_info = list(package.parent.glob("cloudflow-*.dist-info"))
         assert len(dist_info) == 1
         assert not (dist_info[0] / "direct_url.json").exists()  # from the wheel, not a source
