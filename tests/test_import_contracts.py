@@ -214,3 +214,34 @@ def test_a_wrong_import_is_caught(graph: dict[str, dict[str, bool]], tmp_path: P
     digests.write_text("import cloudflow.store.cache\n" + digests.read_text())
     made = {"cloudflow.integrity.digests", "cloudflow.store.cache"}
     assert any(made <= set(cycle) for cycle in cycles(import_graph(copy)))
+
+
+#: The largest function and class a reader should have to hold in mind at once.
+MAX_FUNCTION_LINES, MAX_CLASS_LINES = 120, 300
+
+
+def oversized(root: Path = PACKAGE) -> list[str]:
+    """Every function over :data:`MAX_FUNCTION_LINES` and class over :data:`MAX_CLASS_LINES`."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            limit = (
+                MAX_CLASS_LINES
+                if isinstance(node, ast.ClassDef)
+                else MAX_FUNCTION_LINES
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                else None
+            )
+            if limit is not None and node.end_lineno is not None:
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit:
+                    found.append(f"{module_name(path, root)}.{node.name}: {lines} lines")
+    return found
+
+
+def test_no_function_or_class_is_too_long_to_read(tmp_path: Path) -> None:
+    assert oversized() == []
+    long = tmp_path / "cloudflow" / "long.py"
+    long.parent.mkdir()
+    long.write_text("def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES)
+    assert oversized(long.parent) == [f"cloudflow.long.f: {MAX_FUNCTION_LINES + 1} lines"]

@@ -193,18 +193,6 @@ class BundlePickler(cloudpickle.Pickler):
             self.own_mention = state.module
         return state.__reduce__()
 
-    def _reduce_property(self, prop: property) -> Any:
-        if self.policy.strip_docstrings and prop.__doc__ is not None:
-            return (property, (prop.fget, prop.fset, prop.fdel, None))
-        return self._reduce_other(prop)
-
-    def _reduce_forward_ref(self, ref: Any) -> Any:
-        if self.policy.code_tables is not None:
-            # A string annotation (typing.NamedTuple fields under `from __future__ import
-            # annotations`) holds the code compiled from it: made again from the string.
-            return (on_disk._forward_ref, (ref.__forward_arg__, *_forward_ref_options(ref)))
-        return self._reduce_other(ref)
-
     # Objects whose ``__reduce__`` returns their name are written by pickle as a reference to
     # that global (``module.name``, looked up at load). In a captured module that lookup would
     # run before the module's globals are set, and the global may not travel at all: such an
@@ -245,16 +233,6 @@ class BundlePickler(cloudpickle.Pickler):
         copied = {*functools.WRAPPER_ASSIGNMENTS, "__wrapped__", *vars(func)}
         state = {k: v for k, v in vars(wrapper).items() if k not in copied}
         return (on_disk._lru_cache, (func, params["maxsize"], params["typed"]), state or None)
-
-    def _reduce_cached_property(self, prop: Any) -> Any:
-        # Python 3.10 and 3.11 keep an RLock in the descriptor: a new one is made at load.
-        state = {
-            k: v
-            for k, v in vars(prop).items()
-            if k not in ("lock", "func", "__module__")
-            and not (k == "__doc__" and (self.policy.strip_docstrings or v is prop.func.__doc__))
-        }
-        return (functools.cached_property, (prop.func,), state)
 
     def _reduce_newtype(self, new_type: Any) -> Any:
         module = getattr(new_type, "__module__", None)
@@ -474,6 +452,31 @@ class SaveContext:
         return None
 
 
+def _reduce_property(pickler: BundlePickler, prop: property) -> Any:
+    if pickler.policy.strip_docstrings and prop.__doc__ is not None:
+        return (property, (prop.fget, prop.fset, prop.fdel, None))
+    return pickler._reduce_other(prop)
+
+
+def _reduce_forward_ref(pickler: BundlePickler, ref: Any) -> Any:
+    if pickler.policy.code_tables is not None:
+        # A string annotation (typing.NamedTuple fields under `from __future__ import
+        # annotations`) holds the code compiled from it: made again from the string.
+        return (on_disk._forward_ref, (ref.__forward_arg__, *_forward_ref_options(ref)))
+    return pickler._reduce_other(ref)
+
+
+def _reduce_cached_property(pickler: BundlePickler, prop: Any) -> Any:
+    # Python 3.10 and 3.11 keep an RLock in the descriptor: a new one is made at load.
+    state = {
+        k: v
+        for k, v in vars(prop).items()
+        if k not in ("lock", "func", "__module__")
+        and not (k == "__doc__" and (pickler.policy.strip_docstrings or v is prop.func.__doc__))
+    }
+    return (functools.cached_property, (prop.func,), state)
+
+
 #: The reducers by the exact type of the object (a subclass is not matched: its own reduction,
 #: or the fallbacks of ``reducer_override``, apply). Classes are not here: any metaclass makes
 #: one, so ``reducer_override`` asks ``isinstance`` after this table, and objects with a
@@ -484,9 +487,9 @@ _REDUCERS: dict[type, Callable[[BundlePickler, Any], Any]] = {
     types.CodeType: BundlePickler._reduce_code,
     ModuleState: BundlePickler._reduce_module_state,
     typing.TypeVar: BundlePickler._reduce_typevar,
-    property: BundlePickler._reduce_property,
-    typing.ForwardRef: BundlePickler._reduce_forward_ref,
-    functools.cached_property: BundlePickler._reduce_cached_property,
+    property: _reduce_property,
+    typing.ForwardRef: _reduce_forward_ref,
+    functools.cached_property: _reduce_cached_property,
     functools._lru_cache_wrapper: BundlePickler._reduce_lru_cache,
     typing.NewType: BundlePickler._reduce_newtype,
 }
