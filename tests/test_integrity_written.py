@@ -205,10 +205,8 @@ def test_a_file_changed_in_the_staging_folder_after_it_was_written_fails_the_sav
     thread = threading.Thread(target=change_it)
     thread.start()
     try:
-        with pytest.raises(
-            IntegrityError,
-            match=r"'files/named/data/table\.bin' was changed after this save wrote it",
-        ):
+        changed = r"'files/named/data/table\.bin' was changed after this save wrote it"
+        with pytest.raises(IntegrityError, match=changed):
             cloudflow.save_bundle(
                 app.predict_gated,
                 {**_models(app), "gate": _Gate()},
