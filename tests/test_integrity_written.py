@@ -100,6 +100,22 @@ def _in_bundle(path: str) -> str | None:
     return path.split(marker, 1)[1]
 
 
+def _written_and_read_back(opens: list[tuple[str, bool]]) -> tuple[set[str], list[str]]:
+    """The bundle files a save opened for writing, and those of its data folder it opened again
+    after writing them (what the seal would have read back)."""
+    written: set[str] = set()
+    read_back: list[str] = []
+    for path, writes in list(opens):
+        rel = _in_bundle(path)
+        if rel is None:
+            continue
+        if writes:
+            written.add(rel)
+        elif rel in written and rel.startswith("cloudflow/"):
+            read_back.append(rel)
+    return written, read_back
+
+
 @pytest.mark.parametrize("verb", ["save_bundle", "log_bundle"])
 def test_the_seal_reads_back_none_of_the_files_cloudflow_wrote(
     app: Any,
@@ -127,15 +143,7 @@ def test_the_seal_reads_back_none_of_the_files_cloudflow_wrote(
             cloudflow.log_bundle(app.predict, _models(app), files=["data"], signing_key=key)
         target = f"runs:/{run.info.run_id}/model"
         env = {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}  # for the fresh process
-    written, read_back = set(), []
-    for path, writes in list(opens):
-        rel = _in_bundle(path)
-        if rel is None:
-            continue
-        if writes:
-            written.add(rel)
-        elif rel in written and rel.startswith("cloudflow/"):
-            read_back.append(rel)
+    written, read_back = _written_and_read_back(opens)
     ours = {
         "cloudflow/code.pkl",
         "cloudflow/models/scaler/model.pkl",
@@ -252,15 +260,7 @@ def test_an_onnx_session_and_a_jax_tree_are_digested_as_written(
     key = os.urandom(32)
     monkeypatch.setenv("CLOUDFLOW_FSYNC", "0")  # flushing opens every file: off, see above
     cloudflow.save_bundle(flavor_app.predict, saved, tmp_path / "release", signing_key=key)
-    written, read_back = set(), []
-    for path, writes in list(opens):
-        rel = _in_bundle(path)
-        if rel is None:
-            continue
-        if writes:
-            written.add(rel)
-        elif rel in written and rel.startswith("cloudflow/"):
-            read_back.append(rel)
+    written, read_back = _written_and_read_back(opens)
     assert {
         "cloudflow/models/session/model.onnx",
         "cloudflow/models/params/tree.json",

@@ -230,7 +230,7 @@ def _write_into(root: Path, save: _Save, files: _blobs.SharedFileLinks) -> Manif
     writer = CodeWriter(policy)
     if save.data_files:
         _copy_data_files(policy, data, save.data_files)
-    entries, packages = _save_models(SaveContext(policy, _blobs.current()), data, save.models)
+    entries, packages = _save_models(SaveContext(policy, files), data, save.models)
     python_versions = _write_code(writer, save.predict_fn, root)
     requirements, libraries = pinned_requirements(
         policy, packages, python_versions, save.runtime_package
